@@ -1,0 +1,145 @@
+//! The canonical content of a provområde and its SHA-256.
+//!
+//! `content_sha256` lets a re-read of an overlapping window skip unchanged provområden without
+//! reading any child rows. It must therefore be a pure function of exactly the values stored in
+//! `provtillfalle` and `delprovsresultat`, in order, so that a hash computed from parsed XML and one
+//! computed from stored rows agree. The encoding is unambiguous (every field is tagged or
+//! length-prefixed) and versioned: changing it would make every stored hash differ once, which
+//! shows up as one spurious change per provområde, so it must not change casually.
+
+use sha2::{Digest, Sha256};
+
+use super::{Provtillfalle, ProvtillfalleResultat, Utfall, Varde};
+
+/// A SHA-256 over canonical content, stored as lowercase hex.
+pub type ContentHash = String;
+
+/// Prefix that versions the encoding below.
+const ENCODING_TAG: &[u8] = b"nprov-sync/content/v1\0";
+
+/// The hash of a provområde with no provtillfällen (a cleared one).
+pub const EMPTY_CONTENT_SHA256: &str =
+    "b087844d70a291b821abd068480d17308fae607a31907c94be501f5ceec4a532";
+
+/// Hashes the ordered list of (skolform, provtillfälle).
+pub fn content_sha256<'a, I>(items: I) -> ContentHash
+where
+    I: IntoIterator<Item = (&'a str, &'a Provtillfalle)>,
+{
+    let mut h = Sha256::new();
+    h.update(ENCODING_TAG);
+    for (skolform, pt) in items {
+        h.update(b"P");
+        str_field(&mut h, skolform);
+        str_field(&mut h, &pt.uppdaterat.to_string());
+        opt_str(&mut h, pt.genomfort.map(|d| d.to_string()).as_deref());
+        match &pt.resultat {
+            ProvtillfalleResultat::Intedeltagit => h.update(b"I"),
+            ProvtillfalleResultat::Resultat {
+                sammanvagt_provbetyg,
+                delprovsresultat,
+            } => {
+                h.update(b"R");
+                opt_str(&mut h, sammanvagt_provbetyg.as_deref());
+                h.update((delprovsresultat.len() as u64).to_le_bytes());
+                for d in delprovsresultat {
+                    str_field(&mut h, &d.typ);
+                    match &d.utfall {
+                        Utfall::Intedeltagit => h.update(b"i"),
+                        Utfall::Borttappat => h.update(b"b"),
+                        Utfall::Resultat {
+                            varde,
+                            maluppfyllnad,
+                        } => {
+                            h.update(b"r");
+                            match varde {
+                                None => h.update(b"-"),
+                                Some(Varde::Betyg(b)) => {
+                                    h.update(b"g");
+                                    str_field(&mut h, b);
+                                }
+                                Some(Varde::Poang(p)) => {
+                                    h.update(b"p");
+                                    h.update(p.to_le_bytes());
+                                }
+                            }
+                            match maluppfyllnad {
+                                None => h.update(b"-"),
+                                Some(true) => h.update(b"t"),
+                                Some(false) => h.update(b"f"),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    hex::encode(h.finalize())
+}
+
+fn str_field(h: &mut Sha256, s: &str) {
+    h.update((s.len() as u64).to_le_bytes());
+    h.update(s.as_bytes());
+}
+
+fn opt_str(h: &mut Sha256, s: Option<&str>) {
+    match s {
+        None => h.update(b"-"),
+        Some(s) => {
+            h.update(b"+");
+            str_field(h, s);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Delprovsresultat;
+    use chrono::NaiveDate;
+
+    fn pt(betyg: &str) -> Provtillfalle {
+        Provtillfalle {
+            uppdaterat: NaiveDate::from_ymd_opt(2024, 5, 1).expect("valid date"),
+            genomfort: None,
+            resultat: ProvtillfalleResultat::Resultat {
+                sammanvagt_provbetyg: Some(betyg.into()),
+                delprovsresultat: vec![Delprovsresultat {
+                    typ: "LÄSA".into(),
+                    utfall: Utfall::Resultat {
+                        varde: Some(Varde::Poang(12)),
+                        maluppfyllnad: Some(true),
+                    },
+                }],
+            },
+        }
+    }
+
+    #[test]
+    fn empty_content_has_the_published_constant_hash() {
+        assert_eq!(content_sha256(std::iter::empty()), EMPTY_CONTENT_SHA256);
+    }
+
+    #[test]
+    fn hash_depends_on_order_skolform_and_values() {
+        let (a, b) = (pt("A"), pt("B"));
+        let ab = content_sha256([("GR", &a), ("GR", &b)]);
+        assert_ne!(ab, content_sha256([("GR", &b), ("GR", &a)]));
+        assert_ne!(ab, content_sha256([("GR", &a), ("GRSAR", &b)]));
+        assert_eq!(ab, content_sha256([("GR", &a), ("GR", &b)]));
+    }
+
+    #[test]
+    fn fields_cannot_run_into_each_other() {
+        // Without length prefixes "AB"+"C" and "A"+"BC" would hash alike.
+        let mut x = pt("A");
+        x.resultat = ProvtillfalleResultat::Resultat {
+            sammanvagt_provbetyg: None,
+            delprovsresultat: vec![],
+        };
+        assert_ne!(
+            content_sha256([("GRS", &x)]),
+            content_sha256([("GR", &x)])
+        );
+    }
+}

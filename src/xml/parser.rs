@@ -1,0 +1,1276 @@
+//! The streaming parser: bytes in, one [`Item`] per top-level element out.
+//!
+//! It holds the reader, one reusable event buffer and the element in progress, never the document:
+//! a caller writes each record before asking for the next. Namespaces are resolved by quick-xml's
+//! `NsReader`, so any prefix or a default namespace works; all elements of a document must be in
+//! the root's namespace. Attributes are unqualified as in the XSD; prefixed ones (`xsi:…`) are
+//! ignored. Values are trimmed as the XSD's whitespace facets do for dates, numbers and booleans
+//! (and, leniently, for the string enumerations).
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+
+use chrono::{NaiveDate, NaiveDateTime};
+use quick_xml::events::Event;
+use quick_xml::name::ResolveResult;
+use quick_xml::NsReader;
+
+use super::counter::{CountingReader, LimitExceeded, Location};
+use super::error::{DocumentError, RecordError, RecordErrorKind as K};
+use super::version::{EnumField, SchemaVersion};
+use crate::domain::{
+    Arskurs, Delprovsresultat, Omrade, Provomrade, ProvomradeKey, Provtillfalle,
+    ProvtillfalleResultat, Utfall, Varde,
+};
+
+/// Caps that keep a hostile document from costing unbounded memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest single top-level element (one provområde) in bytes.
+    pub max_record_bytes: u64,
+    /// The largest document in bytes, if capped.
+    pub max_document_bytes: Option<u64>,
+}
+
+/// A real provområde element is a few kilobytes; 4 MiB is far beyond any student's results and
+/// still small enough to hold.
+pub const DEFAULT_MAX_RECORD_BYTES: u64 = 4 * 1024 * 1024;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            max_document_bytes: None,
+        }
+    }
+}
+
+/// Nesting in the schema is five levels; anything much deeper is an attack or garbage.
+const MAX_DEPTH: usize = 32;
+/// How many warnings are kept verbatim; the rest are only counted.
+const MAX_KEPT_WARNINGS: usize = 50;
+/// How many distinct unknown enumeration values are kept per field before lumping the rest.
+const MAX_DISTINCT_UNKNOWN: usize = 50;
+
+/// The root element's facts.
+#[derive(Clone, Debug)]
+pub struct DocumentHeader {
+    pub version: SchemaVersion,
+    /// `from` and `tom` as the vendor wrote them (they are informational: the window we asked for
+    /// is what counts).
+    pub from: Option<NaiveDateTime>,
+    pub tom: Option<NaiveDateTime>,
+}
+
+/// Something odd but harmless, with where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warning {
+    pub location: Location,
+    pub message: String,
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.location, self.message)
+    }
+}
+
+/// Running counts of a parse.
+#[derive(Clone, Debug, Default)]
+pub struct ParseStats {
+    pub records: u64,
+    pub quarantined: u64,
+    pub provtillfallen: u64,
+    pub delprovsresultat: u64,
+    /// Values outside the known enumeration of the document's version: (field, value) → count.
+    pub unknown_values: BTreeMap<(EnumField, String), u64>,
+    pub warning_count: u64,
+    /// The first warnings verbatim.
+    pub warnings: Vec<Warning>,
+}
+
+impl ParseStats {
+    /// Unknown values per field, summed.
+    pub fn unknown_by_field(&self) -> BTreeMap<EnumField, u64> {
+        let mut out = BTreeMap::new();
+        for ((field, _), n) in &self.unknown_values {
+            *out.entry(*field).or_insert(0) += n;
+        }
+        out
+    }
+}
+
+/// A parsed top-level element.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub provomrade: Provomrade,
+    pub location: Location,
+}
+
+/// A top-level element that broke the XSD, with its raw XML.
+#[derive(Clone, Debug)]
+pub struct Quarantined {
+    pub error: RecordError,
+    /// Where the element starts.
+    pub record_location: Location,
+    /// The element's bytes as received (lossily decoded if they were not UTF-8).
+    pub raw: String,
+}
+
+#[derive(Clone, Debug)]
+pub enum Item {
+    Record(Record),
+    Quarantined(Quarantined),
+}
+
+/// Local names of the schema's elements (in the document's namespace).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum El {
+    Provresultat,
+    Amnesresultat,
+    Kursresultat,
+    Provtillfalle,
+    Sammanvagtprovbetyg,
+    Delprovsresultat,
+    Intedeltagit,
+    Borttappat,
+    Betyg,
+    Poang,
+    Maluppfyllnad,
+    Typ,
+    /// Any other element, or a schema name in another namespace.
+    Other,
+}
+
+impl El {
+    fn from_local(local: &[u8]) -> El {
+        const AMNESRESULTAT: &[u8] = "ämnesresultat".as_bytes();
+        const PROVTILLFALLE: &[u8] = "provtillfälle".as_bytes();
+        const SAMMANVAGT: &[u8] = "sammanvägtprovbetyg".as_bytes();
+        const POANG: &[u8] = "poäng".as_bytes();
+        const MALUPPFYLLNAD: &[u8] = "måluppfyllnad".as_bytes();
+        match local {
+            b"provresultat" => El::Provresultat,
+            AMNESRESULTAT => El::Amnesresultat,
+            b"kursresultat" => El::Kursresultat,
+            PROVTILLFALLE => El::Provtillfalle,
+            SAMMANVAGT => El::Sammanvagtprovbetyg,
+            b"delprovsresultat" => El::Delprovsresultat,
+            b"intedeltagit" => El::Intedeltagit,
+            b"borttappat" => El::Borttappat,
+            b"betyg" => El::Betyg,
+            POANG => El::Poang,
+            MALUPPFYLLNAD => El::Maluppfyllnad,
+            b"typ" => El::Typ,
+            _ => El::Other,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            El::Provresultat => "provresultat",
+            El::Amnesresultat => "ämnesresultat",
+            El::Kursresultat => "kursresultat",
+            El::Provtillfalle => "provtillfälle",
+            El::Sammanvagtprovbetyg => "sammanvägtprovbetyg",
+            El::Delprovsresultat => "delprovsresultat",
+            El::Intedeltagit => "intedeltagit",
+            El::Borttappat => "borttappat",
+            El::Betyg => "betyg",
+            El::Poang => "poäng",
+            El::Maluppfyllnad => "måluppfyllnad",
+            El::Typ => "typ",
+            El::Other => "?",
+        }
+    }
+}
+
+/// Unqualified attribute names of the schema.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum At {
+    Elev,
+    Amne,
+    Arskurs,
+    Skolform,
+    Kurs,
+    Uppdaterat,
+    Genomfort,
+    From,
+    Tom,
+    Other,
+}
+
+impl At {
+    fn from_local(local: &[u8]) -> At {
+        const AMNE: &[u8] = "ämne".as_bytes();
+        const ARSKURS: &[u8] = "årskurs".as_bytes();
+        const GENOMFORT: &[u8] = "genomfört".as_bytes();
+        match local {
+            b"elev" => At::Elev,
+            AMNE => At::Amne,
+            ARSKURS => At::Arskurs,
+            b"skolform" => At::Skolform,
+            b"kurs" => At::Kurs,
+            b"uppdaterat" => At::Uppdaterat,
+            GENOMFORT => At::Genomfort,
+            b"from" => At::From,
+            b"tom" => At::Tom,
+            _ => At::Other,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            At::Elev => "elev",
+            At::Amne => "ämne",
+            At::Arskurs => "årskurs",
+            At::Skolform => "skolform",
+            At::Kurs => "kurs",
+            At::Uppdaterat => "uppdaterat",
+            At::Genomfort => "genomfört",
+            At::From => "from",
+            At::Tom => "tom",
+            At::Other => "?",
+        }
+    }
+}
+
+/// A simplified event. Attributes of a start tag go to `Parser::attrs`, text to `Parser::text`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Tok {
+    Start { el: El, name: String },
+    End,
+    /// Text or CDATA; `blank` when it is only whitespace.
+    Text { blank: bool },
+    Eof,
+}
+
+/// Internal: either the document or only the current record is broken.
+enum Fault {
+    Doc(DocumentError),
+    Rec(RecordError),
+}
+
+impl From<DocumentError> for Fault {
+    fn from(e: DocumentError) -> Self {
+        Fault::Doc(e)
+    }
+}
+
+/// Streams the records of one nationellaprov document.
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let file = std::io::BufReader::new(std::fs::File::open("response.xml")?);
+/// let mut parser = nprov_sync::xml::Parser::new(file, Default::default())?;
+/// println!("version {}", parser.header().version.label());
+/// while let Some(item) = parser.next_item()? {
+///     // write the record, then ask for the next one
+/// #   let _ = item;
+/// }
+/// # Ok(()) }
+/// ```
+pub struct Parser<R: BufRead> {
+    reader: NsReader<CountingReader<R>>,
+    buf: Vec<u8>,
+    /// Attributes of the last start tag (unqualified ones only).
+    attrs: Vec<(At, String, u64)>,
+    /// Text since the last start tag.
+    text: String,
+    /// Offset of the last token's first byte.
+    tok_pos: u64,
+    /// Names of the open elements (for truncation messages); bounded by `MAX_DEPTH`.
+    open: Vec<String>,
+    namespace: Vec<u8>,
+    header: DocumentHeader,
+    stats: ParseStats,
+    finished: bool,
+    failed: bool,
+    seen_kursresultat: bool,
+}
+
+impl<R: BufRead> Parser<R> {
+    /// Reads the prolog and the root element.
+    ///
+    /// # Errors
+    /// A [`DocumentError`] when the document is empty, not well-formed, declares a DOCTYPE, or its
+    /// root is not `<provresultat>` in a vendor namespace.
+    pub fn new(input: R, limits: Limits) -> Result<Self, DocumentError> {
+        let counting = CountingReader::new(input, limits.max_record_bytes, limits.max_document_bytes);
+        let mut reader = NsReader::from_reader(counting);
+        {
+            let cfg = reader.config_mut();
+            cfg.expand_empty_elements = true;
+            cfg.check_end_names = true;
+            cfg.trim_text(false);
+        }
+        let mut p = Parser {
+            reader,
+            buf: Vec::with_capacity(1024),
+            attrs: Vec::with_capacity(8),
+            text: String::new(),
+            tok_pos: 0,
+            open: Vec::new(),
+            namespace: Vec::new(),
+            header: DocumentHeader {
+                version: SchemaVersion::from_namespace(super::version::NAMESPACE_PREFIX)
+                    .expect("the prefix itself is under the prefix"),
+                from: None,
+                tom: None,
+            },
+            stats: ParseStats::default(),
+            finished: false,
+            failed: false,
+            seen_kursresultat: false,
+        };
+        p.read_root()?;
+        Ok(p)
+    }
+
+    pub fn header(&self) -> &DocumentHeader {
+        &self.header
+    }
+
+    pub fn stats(&self) -> &ParseStats {
+        &self.stats
+    }
+
+    /// Bytes consumed so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.reader.get_ref().consumed()
+    }
+
+    /// The next record or quarantined element; `None` after the root element closed.
+    ///
+    /// # Errors
+    /// A [`DocumentError`] ends the document; calling again after one returns `None`.
+    pub fn next_item(&mut self) -> Result<Option<Item>, DocumentError> {
+        if self.finished || self.failed {
+            return Ok(None);
+        }
+        let r = self.next_item_inner();
+        if r.is_err() {
+            self.failed = true;
+        }
+        r
+    }
+
+    fn next_item_inner(&mut self) -> Result<Option<Item>, DocumentError> {
+        loop {
+            // Between top-level elements: forget the bytes before this point.
+            let pos = self.reader.buffer_position();
+            self.reader.get_mut().checkpoint(pos);
+            match self.next_tok()? {
+                Tok::Text { blank } => {
+                    if !blank {
+                        self.warn(pos, "text directly inside <provresultat> ignored".into());
+                    }
+                }
+                Tok::Start { el, name } => {
+                    return self.read_top_level(el, name, pos).map(Some);
+                }
+                Tok::End => {
+                    self.read_epilog()?;
+                    self.finished = true;
+                    return Ok(None);
+                }
+                Tok::Eof => return Err(self.truncated()),
+            }
+        }
+    }
+
+    // ----- the prolog, the root and the epilog -------------------------------------------------
+
+    fn read_root(&mut self) -> Result<(), DocumentError> {
+        loop {
+            match self.next_tok()? {
+                Tok::Text { blank: true } => {}
+                Tok::Text { blank: false } => {
+                    return Err(DocumentError::Malformed {
+                        location: self.loc(self.tok_pos),
+                        message: "text before the root element".into(),
+                    })
+                }
+                Tok::Eof => return Err(DocumentError::Empty),
+                Tok::End => unreachable!("no element is open before the root"),
+                Tok::Start { el, name } => {
+                    let location = self.loc(self.tok_pos);
+                    if el != El::Provresultat {
+                        return Err(DocumentError::WrongRoot {
+                            location,
+                            found: name,
+                        });
+                    }
+                    return self.root_attributes(location);
+                }
+            }
+        }
+    }
+
+    fn root_attributes(&mut self, location: Location) -> Result<(), DocumentError> {
+        let attrs = std::mem::take(&mut self.attrs);
+        for which in [At::From, At::Tom] {
+            let value = attrs.iter().find(|(a, _, _)| *a == which);
+            let parsed = match value {
+                None => {
+                    self.warn(
+                        location.offset,
+                        format!("<provresultat> has no {} attribute", which.name()),
+                    );
+                    None
+                }
+                Some((_, v, pos)) => match parse_date_time(v) {
+                    Some(t) => Some(t),
+                    None => {
+                        self.warn(
+                            *pos,
+                            format!("<provresultat {}={v:?}> is not an xs:dateTime", which.name()),
+                        );
+                        None
+                    }
+                },
+            };
+            match which {
+                At::From => self.header.from = parsed,
+                _ => self.header.tom = parsed,
+            }
+        }
+        if let (Some(from), Some(tom)) = (self.header.from, self.header.tom) {
+            if from > tom {
+                // The vendor's own v1.1 example does this; keep the data as sent.
+                self.warn(
+                    location.offset,
+                    format!("<provresultat> has from ({from}) later than tom ({tom})"),
+                );
+            }
+        }
+        if self.header.version.unknown {
+            self.warn(
+                location.offset,
+                format!(
+                    "unknown schema namespace {}: parsed with the rules of {}",
+                    self.header.version.namespace, self.header.version.rules.name
+                ),
+            );
+        }
+        self.attrs = attrs;
+        Ok(())
+    }
+
+    fn read_epilog(&mut self) -> Result<(), DocumentError> {
+        loop {
+            match self.next_tok()? {
+                Tok::Eof => return Ok(()),
+                Tok::Text { blank: true } => {}
+                Tok::Text { blank: false } => {
+                    return Err(DocumentError::TrailingContent {
+                        location: self.loc(self.tok_pos),
+                        what: "text".into(),
+                    })
+                }
+                Tok::Start { name, .. } => {
+                    return Err(DocumentError::TrailingContent {
+                        location: self.loc(self.tok_pos),
+                        what: format!("element <{name}>"),
+                    })
+                }
+                Tok::End => unreachable!("no element is open after the root"),
+            }
+        }
+    }
+
+    // ----- records -----------------------------------------------------------------------------
+
+    fn read_top_level(&mut self, el: El, name: String, start: u64) -> Result<Item, DocumentError> {
+        let location = self.loc(start);
+        let result = match el {
+            El::Amnesresultat | El::Kursresultat => {
+                if el == El::Amnesresultat && self.seen_kursresultat {
+                    self.warn(
+                        start,
+                        "<ämnesresultat> after <kursresultat>: the XSD puts all ämnesresultat first"
+                            .into(),
+                    );
+                }
+                if el == El::Kursresultat {
+                    self.seen_kursresultat = true;
+                }
+                self.read_record(el)
+            }
+            _ => Err(Fault::Rec(RecordError {
+                kind: K::UnexpectedElement,
+                location,
+                element: "provresultat".into(),
+                elev: None,
+                message: format!("unexpected element <{name}>"),
+            })),
+        };
+        match result {
+            Ok(provomrade) => {
+                self.stats.records += 1;
+                Ok(Item::Record(Record {
+                    provomrade,
+                    location,
+                }))
+            }
+            Err(Fault::Doc(e)) => Err(e),
+            Err(Fault::Rec(error)) => {
+                // Skip the rest of the element; the raw fragment is everything from its start.
+                while self.open.len() > 1 {
+                    if self.next_tok()? == Tok::Eof {
+                        return Err(self.truncated());
+                    }
+                }
+                let end = self.reader.buffer_position();
+                let raw =
+                    String::from_utf8_lossy(self.reader.get_ref().slice(start, end)).into_owned();
+                self.stats.quarantined += 1;
+                Ok(Item::Quarantined(Quarantined {
+                    error,
+                    record_location: location,
+                    raw,
+                }))
+            }
+        }
+    }
+
+    fn read_record(&mut self, el: El) -> Result<Provomrade, Fault> {
+        let element = el.name();
+        let start = self.tok_pos;
+        let elev = self.take_attr(At::Elev);
+        let elev_name = elev.as_ref().map(|(v, _)| v.clone());
+        let rec_err = |p: &Self, kind, at: u64, message: String| {
+            Fault::Rec(RecordError {
+                kind,
+                location: p.loc(at),
+                element: element.into(),
+                elev: elev_name.clone(),
+                message,
+            })
+        };
+        let required = |p: &mut Self, at: At| -> Result<(String, u64), Fault> {
+            match p.take_attr(at) {
+                None => Err(rec_err(
+                    p,
+                    K::MissingAttribute,
+                    start,
+                    format!("required attribute {} is missing", at.name()),
+                )),
+                Some((v, pos)) if v.trim().is_empty() => Err(rec_err(
+                    p,
+                    K::EmptyAttribute,
+                    pos,
+                    format!("attribute {} is empty", at.name()),
+                )),
+                Some(found) => Ok(found),
+            }
+        };
+        let elev = match elev {
+            None => {
+                return Err(rec_err(
+                    self,
+                    K::MissingAttribute,
+                    start,
+                    "required attribute elev is missing".into(),
+                ))
+            }
+            Some((v, pos)) if v.trim().is_empty() => {
+                return Err(rec_err(self, K::EmptyAttribute, pos, "attribute elev is empty".into()))
+            }
+            Some((v, _)) => v,
+        };
+        let omrade = if el == El::Amnesresultat {
+            let (amne, _) = required(self, At::Amne)?;
+            let (arskurs, pos) = required(self, At::Arskurs)?;
+            let arskurs: Arskurs = arskurs
+                .parse()
+                .map_err(|m: String| rec_err(self, K::BadArskurs, pos, m))?;
+            Omrade::Amne { amne, arskurs }
+        } else {
+            let (kurs, _) = required(self, At::Kurs)?;
+            Omrade::Kurs { kurs }
+        };
+        let (skolform, pos) = required(self, At::Skolform)?;
+        self.note_enum(EnumField::Skolform, &skolform, pos);
+        let key = ProvomradeKey { elev, omrade };
+
+        let mut provtillfallen = Vec::new();
+        loop {
+            match self.next_tok()? {
+                Tok::Text { blank: true } => {}
+                Tok::Text { blank: false } => {
+                    return Err(self.unexpected_text(element, &key.elev));
+                }
+                Tok::Start {
+                    el: El::Provtillfalle,
+                    ..
+                } => provtillfallen.push(self.read_provtillfalle(&key.elev)?),
+                Tok::Start { name, .. } => {
+                    return Err(self.unexpected(element, &name, &key.elev));
+                }
+                Tok::End => break,
+                Tok::Eof => return Err(self.truncated().into()),
+            }
+        }
+        Ok(Provomrade {
+            key,
+            skolform,
+            provtillfallen,
+        })
+    }
+
+    fn read_provtillfalle(&mut self, elev: &str) -> Result<Provtillfalle, Fault> {
+        const E: &str = "provtillfälle";
+        let start = self.tok_pos;
+        let uppdaterat = match self.take_attr(At::Uppdaterat) {
+            None => {
+                return Err(self.rec(
+                    K::MissingAttribute,
+                    start,
+                    E,
+                    elev,
+                    "required attribute uppdaterat is missing".into(),
+                ))
+            }
+            Some((v, pos)) => self.date(&v, pos, E, "uppdaterat", elev)?,
+        };
+        let genomfort = match self.take_attr(At::Genomfort) {
+            None => None,
+            Some((v, pos)) => {
+                if !self.header.version.rules.genomfort {
+                    self.warn(
+                        pos,
+                        format!(
+                            "attribute genomfört is not part of {}; kept",
+                            self.header.version.rules.name
+                        ),
+                    );
+                }
+                Some(self.date(&v, pos, E, "genomfört", elev)?)
+            }
+        };
+        let mut intedeltagit = false;
+        let mut sammanvagt: Option<String> = None;
+        let mut delprov: Vec<Delprovsresultat> = Vec::new();
+        loop {
+            match self.next_tok()? {
+                Tok::Text { blank: true } => {}
+                Tok::Text { blank: false } => return Err(self.unexpected_text(E, elev)),
+                Tok::Start { el, name } => {
+                    let pos = self.tok_pos;
+                    let misplaced = match el {
+                        El::Intedeltagit => {
+                            sammanvagt.is_some() || !delprov.is_empty() || intedeltagit
+                        }
+                        El::Sammanvagtprovbetyg => {
+                            intedeltagit || sammanvagt.is_some() || !delprov.is_empty()
+                        }
+                        El::Delprovsresultat => intedeltagit,
+                        _ => return Err(self.unexpected(E, &name, elev)),
+                    };
+                    if misplaced {
+                        return Err(self.rec(
+                            K::Order,
+                            pos,
+                            E,
+                            elev,
+                            format!(
+                                "<{name}> is out of place: a provtillfälle holds either <intedeltagit/> alone, or an optional <sammanvägtprovbetyg> followed by <delprovsresultat>"
+                            ),
+                        ));
+                    }
+                    match el {
+                        El::Intedeltagit => {
+                            self.read_empty(El::Intedeltagit, elev)?;
+                            intedeltagit = true;
+                        }
+                        El::Sammanvagtprovbetyg => {
+                            let v = self.read_value(El::Sammanvagtprovbetyg, elev)?;
+                            self.note_enum(EnumField::SammanvagtProvbetyg, &v, pos);
+                            sammanvagt = Some(v);
+                        }
+                        _ => delprov.push(self.read_delprov(elev)?),
+                    }
+                }
+                Tok::End => break,
+                Tok::Eof => return Err(self.truncated().into()),
+            }
+        }
+        self.stats.provtillfallen += 1;
+        self.stats.delprovsresultat += delprov.len() as u64;
+        Ok(Provtillfalle {
+            uppdaterat,
+            genomfort,
+            resultat: if intedeltagit {
+                ProvtillfalleResultat::Intedeltagit
+            } else {
+                ProvtillfalleResultat::Resultat {
+                    sammanvagt_provbetyg: sammanvagt,
+                    delprovsresultat: delprov,
+                }
+            },
+        })
+    }
+
+    fn read_delprov(&mut self, elev: &str) -> Result<Delprovsresultat, Fault> {
+        const E: &str = "delprovsresultat";
+        let start = self.tok_pos;
+        // The XSD: ((betyg | poäng)?, måluppfyllnad?) | intedeltagit | borttappat, then typ.
+        let mut betyg: Option<String> = None;
+        let mut poang: Option<i64> = None;
+        let mut maluppfyllnad: Option<bool> = None;
+        let mut marker: Option<Utfall> = None;
+        let mut typ: Option<String> = None;
+        loop {
+            match self.next_tok()? {
+                Tok::Text { blank: true } => {}
+                Tok::Text { blank: false } => return Err(self.unexpected_text(E, elev)),
+                Tok::Start { el, name } => {
+                    let pos = self.tok_pos;
+                    if typ.is_some() {
+                        return Err(self.rec(
+                            K::Order,
+                            pos,
+                            E,
+                            elev,
+                            format!("<{name}> after <typ>: <typ> comes last, once"),
+                        ));
+                    }
+                    let value_seen = betyg.is_some() || poang.is_some();
+                    let misplaced = match el {
+                        El::Betyg | El::Poang => {
+                            if value_seen {
+                                let both = (el == El::Betyg && poang.is_some())
+                                    || (el == El::Poang && betyg.is_some());
+                                return Err(self.rec(
+                                    if both { K::BothBetygAndPoang } else { K::Order },
+                                    pos,
+                                    E,
+                                    elev,
+                                    if both {
+                                        "both <betyg> and <poäng>: the XSD allows one of them".into()
+                                    } else {
+                                        format!("<{name}> repeated")
+                                    },
+                                ));
+                            }
+                            marker.is_some() || maluppfyllnad.is_some()
+                        }
+                        El::Maluppfyllnad => marker.is_some() || maluppfyllnad.is_some(),
+                        El::Intedeltagit | El::Borttappat => {
+                            marker.is_some() || value_seen || maluppfyllnad.is_some()
+                        }
+                        El::Typ => false,
+                        _ => return Err(self.unexpected(E, &name, elev)),
+                    };
+                    if misplaced {
+                        return Err(self.rec(
+                            K::Order,
+                            pos,
+                            E,
+                            elev,
+                            format!("<{name}> is out of place: a delprovsresultat holds <betyg> or <poäng> and <måluppfyllnad>, or <intedeltagit/>, or <borttappat/>, then <typ>"),
+                        ));
+                    }
+                    match el {
+                        El::Betyg => {
+                            let v = self.read_value(El::Betyg, elev)?;
+                            self.note_enum(EnumField::Betyg, &v, pos);
+                            betyg = Some(v);
+                        }
+                        El::Poang => {
+                            let v = self.read_value(El::Poang, elev)?;
+                            poang = Some(parse_integer(&v).ok_or_else(|| {
+                                self.rec(
+                                    K::BadPoang,
+                                    pos,
+                                    "poäng",
+                                    elev,
+                                    format!("{v:?} is not an integer"),
+                                )
+                            })?);
+                        }
+                        El::Maluppfyllnad => {
+                            let v = self.read_value(El::Maluppfyllnad, elev)?;
+                            maluppfyllnad = Some(parse_boolean(&v).ok_or_else(|| {
+                                self.rec(
+                                    K::BadBoolean,
+                                    pos,
+                                    "måluppfyllnad",
+                                    elev,
+                                    format!("{v:?} is not an xs:boolean (true, false, 1, 0)"),
+                                )
+                            })?);
+                        }
+                        El::Intedeltagit => {
+                            self.read_empty(el, elev)?;
+                            marker = Some(Utfall::Intedeltagit);
+                        }
+                        El::Borttappat => {
+                            self.read_empty(el, elev)?;
+                            marker = Some(Utfall::Borttappat);
+                        }
+                        _ => {
+                            let v = self.read_value(El::Typ, elev)?;
+                            self.note_enum(EnumField::Typ, &v, pos);
+                            typ = Some(v);
+                        }
+                    }
+                }
+                Tok::End => break,
+                Tok::Eof => return Err(self.truncated().into()),
+            }
+        }
+        let Some(typ) = typ else {
+            return Err(self.rec(
+                K::MissingElement,
+                start,
+                E,
+                elev,
+                "required element <typ> is missing".into(),
+            ));
+        };
+        let utfall = marker.unwrap_or(Utfall::Resultat {
+            varde: match (betyg, poang) {
+                (Some(b), _) => Some(Varde::Betyg(b)),
+                (None, Some(p)) => Some(Varde::Poang(p)),
+                (None, None) => None,
+            },
+            maluppfyllnad,
+        });
+        Ok(Delprovsresultat { typ, utfall })
+    }
+
+    /// Reads the text content of a simple element up to its end tag, trimmed and non-empty.
+    fn read_value(&mut self, el: El, elev: &str) -> Result<String, Fault> {
+        let start = self.tok_pos;
+        loop {
+            match self.next_tok()? {
+                Tok::Text { .. } => {}
+                Tok::Start { name, .. } => return Err(self.unexpected(el.name(), &name, elev)),
+                Tok::End => break,
+                Tok::Eof => return Err(self.truncated().into()),
+            }
+        }
+        let v = self.text.trim();
+        if v.is_empty() {
+            return Err(self.rec(
+                K::EmptyValue,
+                start,
+                el.name(),
+                elev,
+                format!("<{}> is empty", el.name()),
+            ));
+        }
+        Ok(v.to_owned())
+    }
+
+    /// Reads an element declared with empty content (`<intedeltagit/>`).
+    fn read_empty(&mut self, el: El, elev: &str) -> Result<(), Fault> {
+        loop {
+            match self.next_tok()? {
+                Tok::Text { blank: true } => {}
+                Tok::Text { blank: false } => return Err(self.unexpected_text(el.name(), elev)),
+                Tok::Start { name, .. } => return Err(self.unexpected(el.name(), &name, elev)),
+                Tok::End => return Ok(()),
+                Tok::Eof => return Err(self.truncated().into()),
+            }
+        }
+    }
+
+    // ----- the token layer ---------------------------------------------------------------------
+
+    fn next_tok(&mut self) -> Result<Tok, DocumentError> {
+        loop {
+            self.buf.clear();
+            self.tok_pos = self.reader.buffer_position();
+            let event = self.reader.read_resolved_event_into(&mut self.buf);
+            let (ns, event) = match event {
+                Ok(pair) => pair,
+                Err(e) => {
+                    let at = self.reader.error_position();
+                    return Err(self.xml_error(e, at));
+                }
+            };
+            match event {
+                Event::Start(start) => {
+                    if self.open.len() >= MAX_DEPTH {
+                        return Err(DocumentError::TooDeep {
+                            location: self.reader.get_ref().locate(self.tok_pos),
+                            max: MAX_DEPTH,
+                        });
+                    }
+                    let local = start.local_name();
+                    let root = self.open.is_empty();
+                    let el = match ns {
+                        ResolveResult::Bound(n) if root => {
+                            let ns_str = String::from_utf8_lossy(n.as_ref()).into_owned();
+                            match SchemaVersion::from_namespace(&ns_str) {
+                                Some(v) if local.as_ref() == b"provresultat" => {
+                                    self.namespace = n.as_ref().to_vec();
+                                    self.header.version = v;
+                                    El::Provresultat
+                                }
+                                _ => El::Other,
+                            }
+                        }
+                        ResolveResult::Bound(n) if n.as_ref() == self.namespace.as_slice() => {
+                            match El::from_local(local.as_ref()) {
+                                El::Provresultat => El::Other,
+                                el => el,
+                            }
+                        }
+                        _ => El::Other,
+                    };
+                    let name = if el == El::Other {
+                        // Spell foreign names out with their namespace so the message is useful.
+                        let qname = String::from_utf8_lossy(start.name().as_ref()).into_owned();
+                        match ns {
+                            ResolveResult::Bound(n) => {
+                                format!("{qname} xmlns=\"{}\"", String::from_utf8_lossy(n.as_ref()))
+                            }
+                            _ => format!("{qname} (no namespace)"),
+                        }
+                    } else {
+                        el.name().to_owned()
+                    };
+                    self.attrs.clear();
+                    let attr_base = self.tok_pos;
+                    for attr in start.attributes() {
+                        let attr = match attr {
+                            Ok(a) => a,
+                            Err(e) => {
+                                return Err(DocumentError::Malformed {
+                                    location: self.reader.get_ref().locate(self.tok_pos),
+                                    message: e.to_string(),
+                                })
+                            }
+                        };
+                        let key = attr.key.as_ref();
+                        // Namespace declarations and qualified attributes (xsi:…) are not data.
+                        if key.starts_with(b"xmlns") || key.contains(&b':') {
+                            continue;
+                        }
+                        let at = At::from_local(key);
+                        if at == At::Other {
+                            continue;
+                        }
+                        let value = match attr.unescape_value() {
+                            Ok(v) => v.into_owned(),
+                            Err(e) => {
+                                return Err(DocumentError::Malformed {
+                                    location: self.reader.get_ref().locate(self.tok_pos),
+                                    message: format!(
+                                        "attribute {}: {e}",
+                                        String::from_utf8_lossy(key)
+                                    ),
+                                })
+                            }
+                        };
+                        self.attrs.push((at, value, attr_base));
+                    }
+                    self.open.push(name.clone());
+                    self.text.clear();
+                    return Ok(Tok::Start { el, name });
+                }
+                Event::End(_) => {
+                    self.open.pop();
+                    return Ok(Tok::End);
+                }
+                Event::Text(t) => {
+                    let s = t.decode().map_err(|e| DocumentError::Malformed {
+                        location: self.reader.get_ref().locate(self.tok_pos),
+                        message: e.to_string(),
+                    })?;
+                    let blank = s.chars().all(char::is_whitespace);
+                    self.text.push_str(&s);
+                    return Ok(Tok::Text { blank });
+                }
+                Event::CData(t) => {
+                    let s = String::from_utf8_lossy(&t).into_owned();
+                    let blank = s.chars().all(char::is_whitespace);
+                    self.text.push_str(&s);
+                    return Ok(Tok::Text { blank });
+                }
+                Event::GeneralRef(r) => {
+                    let resolved = match r.resolve_char_ref() {
+                        Ok(Some(c)) => Some(c),
+                        Ok(None) => match r.as_ref() {
+                            b"lt" => Some('<'),
+                            b"gt" => Some('>'),
+                            b"amp" => Some('&'),
+                            b"apos" => Some('\''),
+                            b"quot" => Some('"'),
+                            _ => None,
+                        },
+                        Err(e) => {
+                            return Err(DocumentError::Malformed {
+                                location: self.reader.get_ref().locate(self.tok_pos),
+                                message: e.to_string(),
+                            })
+                        }
+                    };
+                    let Some(c) = resolved else {
+                        return Err(DocumentError::Entity {
+                            location: self.reader.get_ref().locate(self.tok_pos),
+                            name: String::from_utf8_lossy(r.as_ref()).into_owned(),
+                        });
+                    };
+                    self.text.push(c);
+                    return Ok(Tok::Text {
+                        blank: c.is_whitespace(),
+                    });
+                }
+                Event::Decl(d) => {
+                    if let Some(Ok(enc)) = d.encoding() {
+                        let enc = String::from_utf8_lossy(&enc).into_owned();
+                        if !enc.eq_ignore_ascii_case("utf-8") && !enc.eq_ignore_ascii_case("utf8") {
+                            return Err(DocumentError::Encoding {
+                                location: self.reader.get_ref().locate(self.tok_pos),
+                                encoding: enc,
+                            });
+                        }
+                    }
+                }
+                Event::DocType(_) => {
+                    return Err(DocumentError::Doctype {
+                        location: self.reader.get_ref().locate(self.tok_pos),
+                    })
+                }
+                Event::Comment(_) | Event::PI(_) => {}
+                Event::Eof => return Ok(Tok::Eof),
+                Event::Empty(_) => unreachable!("expand_empty_elements is on"),
+            }
+        }
+    }
+
+    fn xml_error(&self, e: quick_xml::Error, at: u64) -> DocumentError {
+        let location = self.loc(at);
+        if let quick_xml::Error::Io(io) = &e {
+            if let Some(limit) = io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<LimitExceeded>())
+            {
+                return DocumentError::Limit {
+                    location,
+                    limit: *limit,
+                };
+            }
+            return DocumentError::Io {
+                location,
+                source: std::io::Error::new(io.kind(), io.to_string()),
+            };
+        }
+        if let quick_xml::Error::Syntax(syntax) = &e {
+            use quick_xml::errors::SyntaxError as S;
+            // Markup still open at the end of input is what a cut-off body looks like.
+            if matches!(
+                syntax,
+                S::UnclosedTag | S::UnclosedComment | S::UnclosedCData | S::UnclosedPIOrXmlDecl
+            ) {
+                return DocumentError::Truncated {
+                    location,
+                    open: self.open.last().cloned().unwrap_or_default(),
+                };
+            }
+        }
+        DocumentError::Malformed {
+            location,
+            message: e.to_string(),
+        }
+    }
+
+    // ----- helpers -----------------------------------------------------------------------------
+
+    fn loc(&self, offset: u64) -> Location {
+        self.reader.get_ref().locate(offset)
+    }
+
+    fn truncated(&self) -> DocumentError {
+        DocumentError::Truncated {
+            location: self.loc(self.reader.buffer_position()),
+            open: self.open.last().cloned().unwrap_or_default(),
+        }
+    }
+
+    fn take_attr(&mut self, at: At) -> Option<(String, u64)> {
+        let i = self.attrs.iter().position(|(a, _, _)| *a == at)?;
+        let (_, v, pos) = self.attrs.swap_remove(i);
+        Some((v, pos))
+    }
+
+    fn rec(&self, kind: K, at: u64, element: &str, elev: &str, message: String) -> Fault {
+        Fault::Rec(RecordError {
+            kind,
+            location: self.loc(at),
+            element: element.into(),
+            elev: Some(elev.into()),
+            message,
+        })
+    }
+
+    fn unexpected(&self, parent: &str, name: &str, elev: &str) -> Fault {
+        self.rec(
+            K::UnexpectedElement,
+            self.tok_pos,
+            parent,
+            elev,
+            format!("unexpected element <{name}>"),
+        )
+    }
+
+    fn unexpected_text(&self, parent: &str, elev: &str) -> Fault {
+        self.rec(
+            K::UnexpectedText,
+            self.tok_pos,
+            parent,
+            elev,
+            format!("unexpected text {:?}", self.text.trim()),
+        )
+    }
+
+    fn date(
+        &self,
+        v: &str,
+        pos: u64,
+        element: &str,
+        attr: &str,
+        elev: &str,
+    ) -> Result<NaiveDate, Fault> {
+        parse_date(v).ok_or_else(|| {
+            self.rec(
+                K::BadDate,
+                pos,
+                element,
+                elev,
+                format!("attribute {attr}={v:?} is not an xs:date (yyyy-mm-dd)"),
+            )
+        })
+    }
+
+    fn note_enum(&mut self, field: EnumField, value: &str, pos: u64) {
+        if self.header.version.rules.knows(field, value) {
+            return;
+        }
+        let distinct = self
+            .stats
+            .unknown_values
+            .keys()
+            .filter(|(f, _)| *f == field)
+            .count();
+        let key = (field, value.to_owned());
+        if distinct >= MAX_DISTINCT_UNKNOWN && !self.stats.unknown_values.contains_key(&key) {
+            *self
+                .stats
+                .unknown_values
+                .entry((field, "(other values)".into()))
+                .or_insert(0) += 1;
+            return;
+        }
+        let n = self.stats.unknown_values.entry(key).or_insert(0);
+        *n += 1;
+        if *n == 1 {
+            self.warn(
+                pos,
+                format!(
+                    "{} {value:?} is not in the {} enumeration; kept",
+                    field.as_str(),
+                    self.header.version.rules.name
+                ),
+            );
+        }
+    }
+
+    fn warn(&mut self, pos: u64, message: String) {
+        self.stats.warning_count += 1;
+        if self.stats.warnings.len() < MAX_KEPT_WARNINGS {
+            let location = self.loc(pos);
+            self.stats.warnings.push(Warning { location, message });
+        }
+    }
+}
+
+impl<R: BufRead> Iterator for Parser<R> {
+    type Item = Result<Item, DocumentError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_item().transpose()
+    }
+}
+
+/// xs:date, optionally with a time zone (which a date carries only as decoration).
+pub fn parse_date(v: &str) -> Option<NaiveDate> {
+    let v = v.trim();
+    let (core, rest) = match (v.get(..10), v.get(10..)) {
+        (Some(core), Some(rest)) => (core, rest),
+        _ => (v, ""),
+    };
+    if !(rest.is_empty() || rest == "Z" || is_offset(rest)) {
+        return None;
+    }
+    NaiveDate::parse_from_str(core, "%Y-%m-%d").ok()
+}
+
+fn is_offset(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 6
+        && (b[0] == b'+' || b[0] == b'-')
+        && b[1].is_ascii_digit()
+        && b[2].is_ascii_digit()
+        && b[3] == b':'
+        && b[4].is_ascii_digit()
+        && b[5].is_ascii_digit()
+}
+
+/// xs:dateTime as the vendor writes it (local time, optional fraction and zone), or the API's own
+/// `yyyy-MM-ddTHH:mm`.
+pub fn parse_date_time(v: &str) -> Option<NaiveDateTime> {
+    let v = v.trim();
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(v) {
+        return Some(t.naive_local());
+    }
+    let v = v.strip_suffix('Z').unwrap_or(v);
+    NaiveDateTime::parse_from_str(v, "%Y-%m-%dT%H:%M:%S%.f")
+        .or_else(|_| NaiveDateTime::parse_from_str(v, "%Y-%m-%dT%H:%M"))
+        .ok()
+}
+
+/// xs:integer (optional sign, decimal digits), within i64.
+pub fn parse_integer(v: &str) -> Option<i64> {
+    let v = v.trim();
+    let digits = v.strip_prefix(['+', '-']).unwrap_or(v);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.strip_prefix('+').unwrap_or(v).parse().ok()
+}
+
+/// xs:boolean.
+pub fn parse_boolean(v: &str) -> Option<bool> {
+    match v.trim() {
+        "true" | "1" => Some(true),
+        "false" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lexical_forms_follow_the_xsd() {
+        assert_eq!(parse_integer(" +24 "), Some(24));
+        assert_eq!(parse_integer("-3"), Some(-3));
+        assert_eq!(parse_integer("2.5"), None);
+        assert_eq!(parse_integer("99999999999999999999"), None);
+        assert_eq!(parse_boolean("1"), Some(true));
+        assert_eq!(parse_boolean("True"), None);
+        assert!(parse_date("2016-09-01").is_some());
+        assert!(parse_date("2016-09-01+02:00").is_some());
+        assert!(parse_date("2016-9-1").is_none());
+        assert!(parse_date("2016-02-30").is_none());
+        assert!(parse_date_time("2016-09-01T00:00:00").is_some());
+        assert!(parse_date_time("2016-09-01T00:00:00.5+01:00").is_some());
+        assert!(parse_date_time("2016-09-01T12:30").is_some());
+    }
+}
