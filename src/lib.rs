@@ -1,2 +1,3 @@
 pub mod domain;
 pub mod xml;
+pub mod store;

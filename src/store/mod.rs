@@ -1,0 +1,252 @@
+//! The mirror: one storage interface, one module per backend.
+//!
+//! Everything the importer (and the sync engine) writes goes through [`Store`] and the
+//! per-document transaction [`DocumentTx`] it opens. The replace semantics live in the backends'
+//! SQL, but the *rules* are the same for all of them and are tested against each:
+//!
+//! * every provområde element replaces all provtillfällen held for its key (source, elev,
+//!   provområde); an element without provtillfällen clears them and the `provomrade` row stays;
+//! * several elements with the same key in one document are, together and in document order, the
+//!   key's current set, wherever in the document they stand;
+//! * a key whose canonical content hash equals the stored one costs an update of `synced_at` only
+//!   and logs nothing;
+//! * only real changes are appended to `change_log` (`upsert`, or `clear` when the set is empty);
+//! * everything from one document commits in one transaction or not at all.
+//!
+//! Memory stays bounded by one batch of records whatever the document size: the set of keys a
+//! document has touched lives in a temporary table of the transaction, not in the process.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use crate::domain::Provomrade;
+use crate::xml::Quarantined;
+
+pub use sqlite::SqliteStore;
+
+/// The default database: a SQLite file in the working directory.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://nprov.db";
+
+/// The `source` used when none is configured.
+pub const DEFAULT_SOURCE: &str = "default";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unsupported database URL {0}: use sqlite://PATH")]
+    UnsupportedUrl(String),
+    #[error("cannot open the database {url}: {source}")]
+    Connect {
+        /// Redacted: never carries a password.
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("migrating the database failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error while {context}: {source}")]
+    Query {
+        context: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Whether trying again later may help (a lost connection, a busy database), as opposed to a
+    /// fault in the data or the schema.
+    pub fn is_transient(&self) -> bool {
+        let e = match self {
+            StoreError::Connect { source, .. } | StoreError::Query { source, .. } => source,
+            _ => return false,
+        };
+        match e {
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+            sqlx::Error::Database(db) => {
+                // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with or without extended codes.
+                let code = db.code().unwrap_or_default();
+                matches!(code.as_ref(), "5" | "6" | "517" | "262")
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Shorthand for wrapping a sqlx error with what we were doing.
+pub(crate) fn query_err(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Query { context, source }
+}
+
+/// What one document is applied as.
+#[derive(Clone, Debug)]
+pub struct ApplyContext {
+    /// The configured source name (the `source` column).
+    pub source: String,
+    /// The document's namespace URI (the `namespace` column).
+    pub namespace: String,
+    /// Names the document in quarantine rows: a file name, or a window.
+    pub document: String,
+    /// The time written to `synced_at`, `changed_at` and `change_log.at`.
+    pub now: DateTime<Utc>,
+}
+
+/// What applying one document did. Keys are counted once however many elements they came in.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ApplySummary {
+    /// Provområde elements applied (not counting quarantined ones).
+    pub records: u64,
+    /// Keys whose content really changed to a non-empty set (logged `upsert`).
+    pub changed: u64,
+    /// Keys received with the content already stored.
+    pub unchanged: u64,
+    /// Keys whose content changed to the empty set (logged `clear`).
+    pub cleared: u64,
+    /// Elements sent to quarantine.
+    pub quarantined: u64,
+    /// Rows written to `provtillfalle` and `delprovsresultat` (for throughput figures).
+    pub provtillfalle_rows: u64,
+    pub delprovsresultat_rows: u64,
+    /// `provomrade` rows created.
+    pub provomrade_rows: u64,
+}
+
+impl ApplySummary {
+    pub fn rows_written(&self) -> u64 {
+        self.provomrade_rows + self.provtillfalle_rows + self.delprovsresultat_rows
+    }
+
+    pub fn add(&mut self, other: &ApplySummary) {
+        self.records += other.records;
+        self.changed += other.changed;
+        self.unchanged += other.unchanged;
+        self.cleared += other.cleared;
+        self.quarantined += other.quarantined;
+        self.provtillfalle_rows += other.provtillfalle_rows;
+        self.delprovsresultat_rows += other.delprovsresultat_rows;
+        self.provomrade_rows += other.provomrade_rows;
+    }
+}
+
+/// Row counts of the mirror's tables.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TableCounts {
+    pub provomrade: i64,
+    pub provtillfalle: i64,
+    pub delprovsresultat: i64,
+    pub quarantine: i64,
+    pub change_log: i64,
+}
+
+/// A database the mirror lives in.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+
+    /// Applies the pending migrations.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// Opens the transaction one document is applied in.
+    async fn begin(&self, ctx: ApplyContext) -> Result<Box<dyn DocumentTx>, StoreError>;
+
+    async fn table_counts(&self) -> Result<TableCounts, StoreError>;
+
+    /// Closes the connections cleanly (flushes SQLite's WAL).
+    async fn close(&self);
+}
+
+/// One document's transaction. Dropping it without [`DocumentTx::commit`] rolls everything back.
+#[async_trait]
+pub trait DocumentTx: Send {
+    /// Applies one provområde element. Writes are batched; a batch is flushed when it is full.
+    async fn apply(&mut self, record: Provomrade) -> Result<(), StoreError>;
+
+    /// Keeps an element that broke the XSD.
+    async fn quarantine(&mut self, q: &Quarantined) -> Result<(), StoreError>;
+
+    /// Flushes, settles hashes of keys that came in several elements, writes `synced_at`,
+    /// `changed_at` and `change_log`, and reports. Further writes of the same transaction (the
+    /// sync engine's watermark) may follow before [`DocumentTx::commit`].
+    async fn finish(&mut self) -> Result<ApplySummary, StoreError>;
+
+    /// Commits. Call [`DocumentTx::finish`] first.
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+
+    /// Rolls back explicitly (dropping does too, but this reports errors).
+    async fn rollback(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+/// Opens the database a URL names.
+pub async fn connect(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(redact_url(url)))
+    }
+}
+
+/// A URL with any password replaced, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    // scheme://user:password@host… → scheme://user:***@host…
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let mut out = url.to_owned();
+    if let Some(at) = authority.rfind('@') {
+        if let Some(colon) = authority[..at].find(':') {
+            let start = scheme_end + 3 + colon + 1;
+            let end = scheme_end + 3 + at;
+            out.replace_range(start..end, "***");
+        }
+    }
+    // Passwords can also ride in the query string (…?password=…).
+    if let Some(q) = out.find('?') {
+        let (head, query) = out.split_at(q + 1);
+        let redacted: Vec<String> = query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_owned(),
+            })
+            .collect();
+        out = format!("{head}{}", redacted.join("&"));
+    }
+    out
+}
+
+/// The one text form of timestamps in the mirror: RFC 3339, UTC, microseconds, `Z`.
+pub fn timestamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_hides_passwords_wherever_they_are() {
+        assert_eq!(
+            redact_url("postgres://nprov:s3cret@db.example:5432/wh"),
+            "postgres://nprov:***@db.example:5432/wh"
+        );
+        assert_eq!(
+            redact_url("postgres://db/wh?user=a&password=s3cret"),
+            "postgres://db/wh?user=a&password=***"
+        );
+        assert_eq!(redact_url("sqlite://nprov.db"), "sqlite://nprov.db");
+    }
+
+    #[test]
+    fn timestamps_have_fixed_width_and_sort() {
+        let a = timestamp(DateTime::from_timestamp(1_700_000_000, 0).expect("valid"));
+        assert_eq!(a, "2023-11-14T22:13:20.000000Z");
+    }
+}

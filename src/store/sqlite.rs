@@ -1,0 +1,771 @@
+//! The SQLite backend.
+//!
+//! Layout: the tables of `migrations/sqlite/`. The database runs in WAL mode with foreign keys on
+//! and a busy timeout, so readers (a warehouse loader, `status`) never block the writer.
+//!
+//! One document is one `BEGIN IMMEDIATE` transaction: it takes SQLite's single write lock up front,
+//! which makes it safe to hand out row ids from `MAX(id) + 1` for the rows it inserts. That saves a
+//! `RETURNING` round trip per batch: every statement through sqlx is a trip to the connection's
+//! worker thread, so writes go as multi-row `VALUES` statements of up to [`ROWS_PER_STATEMENT`]
+//! rows.
+//!
+//! The keys a document touched are tracked in the temporary table `doc_touched` (one row per key,
+//! with the hash stored before the document and the hash it leaves), which lives in the
+//! transaction and spills to disk like any table, so memory does not grow with the document.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::{
+    query_err, redact_url, timestamp, ApplyContext, ApplySummary, DocumentTx, Store, StoreError,
+    TableCounts,
+};
+use crate::domain::{
+    content_sha256, Arskurs, Delprovsresultat, Omrade, Provomrade, ProvomradeKey, Provtillfalle,
+    ProvtillfalleResultat, StoredProvtillfalle, Utfall, EMPTY_CONTENT_SHA256,
+};
+use crate::xml::Quarantined;
+
+static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// Rows per multi-row INSERT. 1 000 rows of 8 columns stay far below SQLite's 32 766 bound
+/// variables and amortise the per-statement round trip.
+const ROWS_PER_STATEMENT: usize = 1000;
+/// Records buffered before a flush: bounds memory and keeps statements large.
+const BATCH_RECORDS: usize = 1000;
+/// Child rows buffered before a flush, whichever limit comes first.
+const BATCH_CHILD_ROWS: usize = 8000;
+/// Keys per lookup statement (three bound values each).
+const KEYS_PER_LOOKUP: usize = 500;
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at a `sqlite://PATH` URL. Migrations are not run.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let connect_err = |source| StoreError::Connect {
+            url: redact_url(url),
+            source,
+        };
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(connect_err)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // NORMAL in WAL mode may lose the last commits on power loss but never consistency;
+            // a lost commit is re-read from the unchanged watermark.
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(30));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(connect_err)?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// The pool, for read-only queries in tests and reports.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn begin(&self, ctx: ApplyContext) -> Result<Box<dyn DocumentTx>, StoreError> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(query_err("starting a transaction"))?;
+        sqlx::query(
+            "CREATE TEMP TABLE IF NOT EXISTS doc_touched (
+                seq           INTEGER PRIMARY KEY,
+                provomrade_id INTEGER NOT NULL UNIQUE,
+                prev_sha256   TEXT,
+                new_sha256    TEXT NOT NULL,
+                elements      INTEGER NOT NULL
+            )",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(query_err("creating the temporary table"))?;
+        sqlx::query("DELETE FROM temp.doc_touched")
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err("clearing the temporary table"))?;
+        let (po, pt, dp): (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COALESCE(MAX(id), 0) FROM provomrade),
+                    (SELECT COALESCE(MAX(id), 0) FROM provtillfalle),
+                    (SELECT COALESCE(MAX(id), 0) FROM delprovsresultat)",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(query_err("reading the highest row ids"))?;
+        Ok(Box::new(SqliteDocumentTx {
+            tx,
+            now: timestamp(ctx.now),
+            ctx,
+            batch: Vec::with_capacity(BATCH_RECORDS),
+            batch_keys: HashSet::with_capacity(BATCH_RECORDS),
+            batch_child_rows: 0,
+            next_provomrade_id: po + 1,
+            next_provtillfalle_id: pt + 1,
+            next_delprov_id: dp + 1,
+            summary: ApplySummary::default(),
+        }))
+    }
+
+    async fn table_counts(&self) -> Result<TableCounts, StoreError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM provomrade), (SELECT COUNT(*) FROM provtillfalle),
+                    (SELECT COUNT(*) FROM delprovsresultat), (SELECT COUNT(*) FROM quarantine),
+                    (SELECT COUNT(*) FROM change_log)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(query_err("counting rows"))?;
+        Ok(TableCounts {
+            provomrade: row.get(0),
+            provtillfalle: row.get(1),
+            delprovsresultat: row.get(2),
+            quarantine: row.get(3),
+            change_log: row.get(4),
+        })
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// A buffered record and the hash of its own provtillfällen.
+struct Pending {
+    record: Provomrade,
+    sha256: String,
+}
+
+/// What the database holds for a key at flush time.
+struct Existing {
+    id: i64,
+    sha256: String,
+    /// Elements of this key already applied by this document.
+    touched: i64,
+}
+
+struct SqliteDocumentTx {
+    tx: Transaction<'static, Sqlite>,
+    ctx: ApplyContext,
+    now: String,
+    batch: Vec<Pending>,
+    batch_keys: HashSet<ProvomradeKey>,
+    batch_child_rows: usize,
+    next_provomrade_id: i64,
+    next_provtillfalle_id: i64,
+    next_delprov_id: i64,
+    summary: ApplySummary,
+}
+
+/// A provtillfälle row to insert, borrowing from the batch.
+struct PtRow<'a> {
+    id: i64,
+    provomrade_id: i64,
+    ordinal: i64,
+    skolform: &'a str,
+    pt: &'a Provtillfalle,
+}
+
+/// A touched-key row for `doc_touched`.
+struct Touch<'a> {
+    provomrade_id: i64,
+    prev: Option<&'a str>,
+    new: &'a str,
+}
+
+impl SqliteDocumentTx {
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_keys.clear();
+        self.batch_child_rows = 0;
+        let existing = self.lookup(&batch).await?;
+
+        let mut new_rows: Vec<(i64, &Pending)> = Vec::new();
+        let mut replace_ids: Vec<i64> = Vec::new();
+        let mut pt_rows: Vec<PtRow<'_>> = Vec::new();
+        let mut touches: Vec<Touch<'_>> = Vec::with_capacity(batch.len());
+        for p in &batch {
+            let (id, first_ordinal) = match existing.get(&p.record.key) {
+                None => {
+                    let id = self.next_provomrade_id;
+                    self.next_provomrade_id += 1;
+                    new_rows.push((id, p));
+                    touches.push(Touch {
+                        provomrade_id: id,
+                        prev: None,
+                        new: &p.sha256,
+                    });
+                    (id, 0)
+                }
+                Some(e) if e.touched > 0 => {
+                    // A later element of a key this document already applied: the stored rows
+                    // are the earlier elements' content, so append after them. The hash is
+                    // settled in `finish`.
+                    let count: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM provtillfalle WHERE provomrade_id = ?",
+                    )
+                    .bind(e.id)
+                    .fetch_one(&mut *self.tx)
+                    .await
+                    .map_err(query_err("counting provtillfällen of a repeated key"))?;
+                    touches.push(Touch {
+                        provomrade_id: e.id,
+                        prev: Some(&e.sha256),
+                        new: &p.sha256,
+                    });
+                    (e.id, count)
+                }
+                Some(e) if e.sha256 == p.sha256 => {
+                    // Unchanged: nothing but synced_at, written in `finish`.
+                    touches.push(Touch {
+                        provomrade_id: e.id,
+                        prev: Some(&e.sha256),
+                        new: &p.sha256,
+                    });
+                    continue;
+                }
+                Some(e) => {
+                    replace_ids.push(e.id);
+                    touches.push(Touch {
+                        provomrade_id: e.id,
+                        prev: Some(&e.sha256),
+                        new: &p.sha256,
+                    });
+                    (e.id, 0)
+                }
+            };
+            for (i, pt) in p.record.provtillfallen.iter().enumerate() {
+                pt_rows.push(PtRow {
+                    id: self.next_provtillfalle_id,
+                    provomrade_id: id,
+                    ordinal: first_ordinal + i as i64,
+                    skolform: &p.record.skolform,
+                    pt,
+                });
+                self.next_provtillfalle_id += 1;
+            }
+        }
+
+        self.insert_provomrade(&new_rows).await?;
+        self.delete_children(&replace_ids).await?;
+        self.insert_provtillfallen(&pt_rows).await?;
+        self.insert_delprov(&pt_rows).await?;
+        self.touch(&touches).await?;
+        self.summary.records += batch.len() as u64;
+        self.summary.provomrade_rows += new_rows.len() as u64;
+        Ok(())
+    }
+
+    /// Finds the stored rows for the batch's keys, with how often this document touched them.
+    async fn lookup(&mut self, batch: &[Pending]) -> Result<HashMap<ProvomradeKey, Existing>, StoreError> {
+        let mut found = HashMap::with_capacity(batch.len());
+        let amne: Vec<&ProvomradeKey> = batch
+            .iter()
+            .map(|p| &p.record.key)
+            .filter(|k| matches!(k.omrade, Omrade::Amne { .. }))
+            .collect();
+        let kurs: Vec<&ProvomradeKey> = batch
+            .iter()
+            .map(|p| &p.record.key)
+            .filter(|k| matches!(k.omrade, Omrade::Kurs { .. }))
+            .collect();
+        for chunk in amne.chunks(KEYS_PER_LOOKUP) {
+            let sql = format!(
+                "WITH k(elev, amne, arskurs) AS (VALUES {})
+                 SELECT p.id, p.elev, p.amne, p.arskurs, p.content_sha256, COALESCE(t.elements, 0)
+                 FROM k JOIN provomrade p
+                   ON p.source = ?1 AND p.kind = 'amne' AND p.elev = k.elev
+                  AND p.amne = k.amne AND p.arskurs = k.arskurs
+                 LEFT JOIN temp.doc_touched t ON t.provomrade_id = p.id",
+                placeholders(chunk.len(), 3, 2)
+            );
+            let mut q = sqlx::query(&sql).bind(&self.ctx.source);
+            for k in chunk {
+                q = q
+                    .bind(&k.elev)
+                    .bind(k.omrade.amne())
+                    .bind(k.omrade.arskurs().map(|a| a.get() as i64));
+            }
+            let rows = q
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(query_err("looking up stored provområden"))?;
+            for r in rows {
+                let arskurs: i64 = r.get(3);
+                let key = ProvomradeKey {
+                    elev: r.get(1),
+                    omrade: Omrade::Amne {
+                        amne: r.get(2),
+                        arskurs: Arskurs::try_from(arskurs).map_err(StoreError::Corrupt)?,
+                    },
+                };
+                found.insert(
+                    key,
+                    Existing {
+                        id: r.get(0),
+                        sha256: r.get(4),
+                        touched: r.get(5),
+                    },
+                );
+            }
+        }
+        for chunk in kurs.chunks(KEYS_PER_LOOKUP) {
+            let sql = format!(
+                "WITH k(elev, kurs) AS (VALUES {})
+                 SELECT p.id, p.elev, p.kurs, p.content_sha256, COALESCE(t.elements, 0)
+                 FROM k JOIN provomrade p
+                   ON p.source = ?1 AND p.kind = 'kurs' AND p.elev = k.elev AND p.kurs = k.kurs
+                 LEFT JOIN temp.doc_touched t ON t.provomrade_id = p.id",
+                placeholders(chunk.len(), 2, 2)
+            );
+            let mut q = sqlx::query(&sql).bind(&self.ctx.source);
+            for k in chunk {
+                q = q.bind(&k.elev).bind(k.omrade.kurs());
+            }
+            let rows = q
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(query_err("looking up stored provområden"))?;
+            for r in rows {
+                let key = ProvomradeKey {
+                    elev: r.get(1),
+                    omrade: Omrade::Kurs { kurs: r.get(2) },
+                };
+                found.insert(
+                    key,
+                    Existing {
+                        id: r.get(0),
+                        sha256: r.get(3),
+                        touched: r.get(4),
+                    },
+                );
+            }
+        }
+        Ok(found)
+    }
+
+    async fn insert_provomrade(&mut self, rows: &[(i64, &Pending)]) -> Result<(), StoreError> {
+        for chunk in rows.chunks(ROWS_PER_STATEMENT / 2) {
+            let sql = format!(
+                "INSERT INTO provomrade (id, source, elev, kind, amne, arskurs, kurs, namespace,
+                     content_sha256, changed_at, synced_at) VALUES {}",
+                placeholders(chunk.len(), 11, 1)
+            );
+            let mut q = sqlx::query(&sql);
+            for (id, p) in chunk {
+                let k = &p.record.key;
+                q = q
+                    .bind(id)
+                    .bind(&self.ctx.source)
+                    .bind(&k.elev)
+                    .bind(k.omrade.kind())
+                    .bind(k.omrade.amne())
+                    .bind(k.omrade.arskurs().map(|a| a.get() as i64))
+                    .bind(k.omrade.kurs())
+                    .bind(&self.ctx.namespace)
+                    .bind(&p.sha256)
+                    .bind(&self.now)
+                    .bind(&self.now);
+            }
+            q.execute(&mut *self.tx)
+                .await
+                .map_err(query_err("inserting provområden"))?;
+        }
+        Ok(())
+    }
+
+    async fn delete_children(&mut self, ids: &[i64]) -> Result<(), StoreError> {
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let list = placeholders(chunk.len(), 1, 1);
+            let sql = format!(
+                "DELETE FROM delprovsresultat WHERE provtillfalle_id IN
+                     (SELECT id FROM provtillfalle WHERE provomrade_id IN {list})"
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            q.execute(&mut *self.tx)
+                .await
+                .map_err(query_err("deleting replaced delprovsresultat"))?;
+            let sql = format!("DELETE FROM provtillfalle WHERE provomrade_id IN {list}");
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            q.execute(&mut *self.tx)
+                .await
+                .map_err(query_err("deleting replaced provtillfällen"))?;
+        }
+        Ok(())
+    }
+
+    async fn insert_provtillfallen(&mut self, rows: &[PtRow<'_>]) -> Result<(), StoreError> {
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO provtillfalle (id, provomrade_id, ordinal, skolform, uppdaterat,
+                     genomfort, intedeltagit, sammanvagt_provbetyg) VALUES {}",
+                placeholders(chunk.len(), 8, 1)
+            );
+            let mut q = sqlx::query(&sql);
+            for r in chunk {
+                q = q
+                    .bind(r.id)
+                    .bind(r.provomrade_id)
+                    .bind(r.ordinal)
+                    .bind(r.skolform)
+                    .bind(r.pt.uppdaterat.to_string())
+                    .bind(r.pt.genomfort.map(|d| d.to_string()))
+                    .bind(r.pt.resultat.intedeltagit())
+                    .bind(r.pt.resultat.sammanvagt_provbetyg());
+            }
+            q.execute(&mut *self.tx)
+                .await
+                .map_err(query_err("inserting provtillfällen"))?;
+        }
+        self.summary.provtillfalle_rows += rows.len() as u64;
+        Ok(())
+    }
+
+    async fn insert_delprov(&mut self, pts: &[PtRow<'_>]) -> Result<(), StoreError> {
+        let mut rows: Vec<(i64, i64, usize, &Delprovsresultat)> = Vec::new();
+        for pt in pts {
+            for (i, d) in pt.pt.resultat.delprovsresultat().iter().enumerate() {
+                rows.push((self.next_delprov_id, pt.id, i, d));
+                self.next_delprov_id += 1;
+            }
+        }
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO delprovsresultat (id, provtillfalle_id, ordinal, typ, utfall, betyg,
+                     poang, maluppfyllnad) VALUES {}",
+                placeholders(chunk.len(), 8, 1)
+            );
+            let mut q = sqlx::query(&sql);
+            for (id, pt_id, ordinal, d) in chunk {
+                q = q
+                    .bind(id)
+                    .bind(pt_id)
+                    .bind(*ordinal as i64)
+                    .bind(&d.typ)
+                    .bind(d.utfall.as_str())
+                    .bind(d.utfall.betyg())
+                    .bind(d.utfall.poang())
+                    .bind(d.utfall.maluppfyllnad());
+            }
+            q.execute(&mut *self.tx)
+                .await
+                .map_err(query_err("inserting delprovsresultat"))?;
+        }
+        self.summary.delprovsresultat_rows += rows.len() as u64;
+        Ok(())
+    }
+
+    async fn touch(&mut self, touches: &[Touch<'_>]) -> Result<(), StoreError> {
+        for chunk in touches.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO temp.doc_touched (provomrade_id, prev_sha256, new_sha256, elements)
+                 VALUES {}
+                 ON CONFLICT (provomrade_id) DO UPDATE SET elements = elements + 1",
+                placeholders_with(chunk.len(), 3, 1, ", 1")
+            );
+            let mut q = sqlx::query(&sql);
+            for t in chunk {
+                q = q.bind(t.provomrade_id).bind(t.prev).bind(t.new);
+            }
+            q.execute(&mut *self.tx)
+                .await
+                .map_err(query_err("recording touched provområden"))?;
+        }
+        Ok(())
+    }
+
+    /// Re-hashes the stored content of keys that came in several elements.
+    async fn settle_repeated_keys(&mut self) -> Result<(), StoreError> {
+        let mut after = 0i64;
+        loop {
+            // Paged, so a document full of repeated keys is still handled in bounded memory.
+            let ids: Vec<i64> = sqlx::query_scalar(
+                "SELECT provomrade_id FROM temp.doc_touched
+                 WHERE elements > 1 AND provomrade_id > ? ORDER BY provomrade_id LIMIT 500",
+            )
+            .bind(after)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(query_err("listing repeated keys"))?;
+            let Some(last) = ids.last() else {
+                return Ok(());
+            };
+            after = *last;
+            for id in ids {
+                let stored = load_provtillfallen(&mut self.tx, id).await?;
+                let sha = content_sha256(
+                    stored
+                        .iter()
+                        .map(|s| (s.skolform.as_str(), &s.provtillfalle)),
+                );
+                sqlx::query("UPDATE temp.doc_touched SET new_sha256 = ? WHERE provomrade_id = ?")
+                    .bind(sha)
+                    .bind(id)
+                    .execute(&mut *self.tx)
+                    .await
+                    .map_err(query_err("settling the hash of a repeated key"))?;
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl DocumentTx for SqliteDocumentTx {
+    async fn apply(&mut self, record: Provomrade) -> Result<(), StoreError> {
+        // A key twice in one batch would be looked up before its first element is written; flush
+        // first so the second occurrence sees the first (rare: only split skolformer do this).
+        if self.batch_keys.contains(&record.key) {
+            self.flush().await?;
+        }
+        let sha256 = content_sha256(
+            record
+                .provtillfallen
+                .iter()
+                .map(|pt| (record.skolform.as_str(), pt)),
+        );
+        self.batch_child_rows += record
+            .provtillfallen
+            .iter()
+            .map(|pt| 1 + pt.resultat.delprovsresultat().len())
+            .sum::<usize>();
+        self.batch_keys.insert(record.key.clone());
+        self.batch.push(Pending { record, sha256 });
+        if self.batch.len() >= BATCH_RECORDS || self.batch_child_rows >= BATCH_CHILD_ROWS {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn quarantine(&mut self, q: &Quarantined) -> Result<(), StoreError> {
+        let e = &q.error;
+        sqlx::query(
+            "INSERT INTO quarantine (source, elev, reason, error_code, element, location, line,
+                 \"column\", document, namespace, raw_xml, quarantined_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&self.ctx.source)
+        .bind(&e.elev)
+        .bind(e.to_string())
+        .bind(e.kind.code())
+        .bind(&e.element)
+        .bind(e.location.to_string())
+        .bind(e.location.line as i64)
+        .bind(e.location.column as i64)
+        .bind(&self.ctx.document)
+        .bind(&self.ctx.namespace)
+        .bind(&q.raw)
+        .bind(&self.now)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query_err("quarantining a record"))?;
+        self.summary.quarantined += 1;
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<ApplySummary, StoreError> {
+        self.flush().await?;
+        self.settle_repeated_keys().await?;
+        // Only rows with something to change are written: new rows already carry all of it.
+        sqlx::query(
+            "UPDATE provomrade SET
+                 content_sha256 = t.new_sha256,
+                 namespace = ?1,
+                 synced_at = ?2,
+                 changed_at = CASE WHEN t.prev_sha256 IS t.new_sha256
+                                   THEN provomrade.changed_at ELSE ?2 END
+             FROM temp.doc_touched AS t
+             WHERE provomrade.id = t.provomrade_id
+               AND (provomrade.content_sha256 IS NOT t.new_sha256
+                    OR provomrade.synced_at IS NOT ?2
+                    OR provomrade.namespace IS NOT ?1)",
+        )
+        .bind(&self.ctx.namespace)
+        .bind(&self.now)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query_err("updating synced provområden"))?;
+        sqlx::query(
+            "INSERT INTO change_log (provomrade_id, op, at)
+             SELECT provomrade_id, CASE WHEN new_sha256 = ?1 THEN 'clear' ELSE 'upsert' END, ?2
+             FROM temp.doc_touched
+             WHERE prev_sha256 IS NOT new_sha256
+             ORDER BY seq",
+        )
+        .bind(EMPTY_CONTENT_SHA256)
+        .bind(&self.now)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query_err("appending to change_log"))?;
+        let (unchanged, cleared, changed): (i64, i64, i64) = sqlx::query_as(
+            "SELECT COALESCE(SUM(prev_sha256 IS new_sha256), 0),
+                    COALESCE(SUM(prev_sha256 IS NOT new_sha256 AND new_sha256 = ?1), 0),
+                    COALESCE(SUM(prev_sha256 IS NOT new_sha256 AND new_sha256 <> ?1), 0)
+             FROM temp.doc_touched",
+        )
+        .bind(EMPTY_CONTENT_SHA256)
+        .fetch_one(&mut *self.tx)
+        .await
+        .map_err(query_err("counting changes"))?;
+        sqlx::query("DELETE FROM temp.doc_touched")
+            .execute(&mut *self.tx)
+            .await
+            .map_err(query_err("clearing the temporary table"))?;
+        self.summary.unchanged = unchanged as u64;
+        self.summary.cleared = cleared as u64;
+        self.summary.changed = changed as u64;
+        Ok(self.summary.clone())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        self.tx
+            .commit()
+            .await
+            .map_err(query_err("committing the document"))
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<(), StoreError> {
+        self.tx
+            .rollback()
+            .await
+            .map_err(query_err("rolling back the document"))
+    }
+}
+
+/// Reads a key's stored provtillfällen back into domain values, in order.
+async fn load_provtillfallen(
+    tx: &mut Transaction<'static, Sqlite>,
+    provomrade_id: i64,
+) -> Result<Vec<StoredProvtillfalle>, StoreError> {
+    let pts = sqlx::query(
+        "SELECT id, skolform, uppdaterat, genomfort, intedeltagit, sammanvagt_provbetyg
+         FROM provtillfalle WHERE provomrade_id = ? ORDER BY ordinal",
+    )
+    .bind(provomrade_id)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(query_err("reading stored provtillfällen"))?;
+    let mut out = Vec::with_capacity(pts.len());
+    for r in pts {
+        let id: i64 = r.get(0);
+        let delprov = sqlx::query(
+            "SELECT typ, utfall, betyg, poang, maluppfyllnad FROM delprovsresultat
+             WHERE provtillfalle_id = ? ORDER BY ordinal",
+        )
+        .bind(id)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(query_err("reading stored delprovsresultat"))?;
+        let mut d = Vec::with_capacity(delprov.len());
+        for dr in delprov {
+            let utfall: String = dr.get(1);
+            d.push(Delprovsresultat {
+                typ: dr.get(0),
+                utfall: Utfall::from_columns(&utfall, dr.get(2), dr.get(3), dr.get(4))
+                    .map_err(StoreError::Corrupt)?,
+            });
+        }
+        let date = |s: Option<String>| -> Result<Option<chrono::NaiveDate>, StoreError> {
+            s.map(|s| {
+                chrono::NaiveDate::parse_from_str(&s, "%Y-%m-%d")
+                    .map_err(|e| StoreError::Corrupt(format!("stored date {s:?}: {e}")))
+            })
+            .transpose()
+        };
+        let uppdaterat = date(Some(r.get(2)))?.expect("Some in, Some out");
+        let intedeltagit: bool = r.get(4);
+        out.push(StoredProvtillfalle {
+            skolform: r.get(1),
+            provtillfalle: Provtillfalle {
+                uppdaterat,
+                genomfort: date(r.get(3))?,
+                resultat: if intedeltagit {
+                    ProvtillfalleResultat::Intedeltagit
+                } else {
+                    ProvtillfalleResultat::Resultat {
+                        sammanvagt_provbetyg: r.get(5),
+                        delprovsresultat: d,
+                    }
+                },
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// `(?, ?, ?), (?, ?, ?)…` for `rows` rows of `cols` values; numbering is positional, with
+/// explicit `?N` from `first` so that a leading bound value (`?1`) can be shared.
+fn placeholders(rows: usize, cols: usize, first: usize) -> String {
+    placeholders_with(rows, cols, first, "")
+}
+
+/// As [`placeholders`], with literal SQL appended inside each row's parentheses.
+fn placeholders_with(rows: usize, cols: usize, first: usize, tail: &str) -> String {
+    let mut s = String::with_capacity(rows * (cols * 7 + 4));
+    let mut n = first;
+    for r in 0..rows {
+        if r > 0 {
+            s.push_str(", ");
+        }
+        s.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                s.push_str(", ");
+            }
+            s.push('?');
+            s.push_str(&n.to_string());
+            n += 1;
+        }
+        s.push_str(tail);
+        s.push(')');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{placeholders, placeholders_with};
+
+    #[test]
+    fn placeholders_number_from_the_given_start() {
+        assert_eq!(placeholders(2, 2, 2), "(?2, ?3), (?4, ?5)");
+        assert_eq!(placeholders(1, 1, 1), "(?1)");
+        assert_eq!(placeholders_with(1, 2, 1, ", 1"), "(?1, ?2, 1)");
+    }
+}
