@@ -1,3 +1,35 @@
+//! # nprov-sync
+//!
+//! Keeps a data warehouse in step with the national-test results ("nationella prov") a school
+//! platform publishes at `GET /api/skolplattform/nationellaprov?from=…&tom=…`.
+//!
+//! ## Architecture
+//!
+//! Data flows one way:
+//!
+//! * [`xml`] streams a response into domain records ([`domain`]) one provområde element at a
+//!   time, for every published schema version, with located errors: a *document* error rejects
+//!   the document, a *record* error quarantines one element.
+//! * [`import`] runs the parser on a blocking thread and hands records over a bounded channel to
+//!   the [`store`], which applies them in one transaction per document with the replace semantics
+//!   (each element replaces its key's provtillfällen; unchanged content is skipped by hash;
+//!   real changes go to `change_log`).
+//! * [`store`] is one trait with a backend per database (SQLite now); the importer never knows
+//!   which one it has.
+//! * [`simulate`] generates populations and writes documents of any version, for the demo,
+//!   benches and tests.
+//! * [`config`], [`telemetry`] and [`cli`] are the shell around it; `main.rs` only maps failure
+//!   classes to exit codes.
+//!
+//! Deciding code (`domain`, `xml`, the hash) imports neither tokio nor sqlx and is tested
+//! without a runtime or database.
+
+pub mod cli;
+pub mod config;
+pub mod demo;
 pub mod domain;
-pub mod xml;
+pub mod import;
+pub mod simulate;
 pub mod store;
+pub mod telemetry;
+pub mod xml;

@@ -1,1 +1,43 @@
-fn main() {}
+//! The `nprov-sync` binary: parse the command line, set up logging, run, and turn the class of a
+//! failure into the exit code: 1 bad input data, 2 bad configuration or usage, 3 database or
+//! system failure.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use nprov_sync::cli::{self, Cli};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match cli::load_settings(&cli) {
+        Ok(s) => s,
+        Err(failure) => return fail(&failure),
+    };
+    nprov_sync::telemetry::init(&settings.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&cli::Failure::Runtime(e.into())),
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match runtime.block_on(cli::run(cli, settings, &mut out)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => fail(&failure),
+    }
+}
+
+fn fail(failure: &cli::Failure) -> ExitCode {
+    // Print the cause chain, skipping causes whose text the message above already contains
+    // (sqlx and others repeat their source in their own message).
+    let error = failure.error();
+    let mut message = error.to_string();
+    for cause in error.chain().skip(1) {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+    }
+    eprintln!("error: {message}");
+    ExitCode::from(failure.exit_code() as u8)
+}

@@ -407,7 +407,7 @@ impl SqliteDocumentTx {
 
     async fn delete_children(&mut self, ids: &[i64]) -> Result<(), StoreError> {
         for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-            let list = placeholders(chunk.len(), 1, 1);
+            let list = format!("({})", (1..=chunk.len()).map(|n| format!("?{n}")).collect::<Vec<_>>().join(", "));
             let sql = format!(
                 "DELETE FROM delprovsresultat WHERE provtillfalle_id IN
                      (SELECT id FROM provtillfalle WHERE provomrade_id IN {list})"

@@ -995,7 +995,7 @@ impl<R: BufRead> Parser<R> {
                 Event::GeneralRef(r) => {
                     let resolved = match r.resolve_char_ref() {
                         Ok(Some(c)) => Some(c),
-                        Ok(None) => match r.as_ref() {
+                        Ok(None) => match &*r as &[u8] {
                             b"lt" => Some('<'),
                             b"gt" => Some('>'),
                             b"amp" => Some('&'),

@@ -1,0 +1,328 @@
+//! The command line: parse arguments, load settings, call the library, and classify failures
+//! into exit codes (see [`Failure`]).
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use chrono::Utc;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Settings, EXAMPLE};
+use crate::import::{import_document, parse_document, ImportError, ImportReport};
+use crate::store::{self, ApplyContext, Store, DEFAULT_SOURCE};
+use crate::xml::{DocumentError, Item, Limits};
+
+#[derive(Debug, Parser)]
+#[command(name = "nprov-sync", version, about = "Mirrors national-test results (nationella prov) from the school platform into a database")]
+pub struct Cli {
+    /// Configuration file (TOML). Without it, defaults and NPROV_… variables apply; the working
+    /// directory is never searched.
+    #[arg(long, global = true, env = "NPROV_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Database URL, overriding [database] url (e.g. sqlite://nprov.db).
+    #[arg(long, global = true, value_name = "URL")]
+    pub database: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Parse documents and report their version, counts and every error with its location.
+    /// Exits non-zero if any document or record has an error.
+    Validate {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Apply saved API responses to the database, in the order given; each file is one
+    /// transaction. `-` reads standard input. Stops at the first document that cannot be applied.
+    Import {
+        /// The source name written to the `source` column.
+        #[arg(long, default_value = DEFAULT_SOURCE)]
+        source: String,
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Apply pending database migrations.
+    Migrate,
+    /// Show the whole pipeline on generated data: import a population into a fresh SQLite file
+    /// (nprov-demo.db), apply a later document with changes and clears, re-read it, and query.
+    Demo(DemoArgs),
+    /// Inspect configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Students in the generated population.
+    #[arg(long, default_value_t = 20_000)]
+    pub students: u64,
+    /// The demo's own database file; it is recreated on every run.
+    #[arg(long, default_value = "nprov-demo.db", value_name = "PATH")]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the example configuration: every setting, commented, with its default.
+    Example,
+    /// Check a configuration (the --config file plus NPROV_… variables) without doing anything.
+    Check,
+}
+
+/// Why a command failed, which decides the exit code.
+#[derive(Debug)]
+pub enum Failure {
+    /// The input data is bad (a document or record error): exit 1.
+    Data(anyhow::Error),
+    /// The configuration or the command line is wrong: exit 2.
+    Config(anyhow::Error),
+    /// The database or the system failed: exit 3.
+    Runtime(anyhow::Error),
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Failure::Data(_) => 1,
+            Failure::Config(_) => 2,
+            Failure::Runtime(_) => 3,
+        }
+    }
+
+    pub fn error(&self) -> &anyhow::Error {
+        match self {
+            Failure::Data(e) | Failure::Config(e) | Failure::Runtime(e) => e,
+        }
+    }
+}
+
+impl From<ImportError> for Failure {
+    fn from(e: ImportError) -> Self {
+        match e {
+            ImportError::Document(_) => Failure::Data(e.into()),
+            _ => Failure::Runtime(e.into()),
+        }
+    }
+}
+
+/// Loads settings for a command: file, environment, then `--database`.
+pub fn load_settings(cli: &Cli) -> Result<Settings, Failure> {
+    let mut settings = Settings::load(cli.config.as_deref(), std::env::vars())
+        .map_err(|e| Failure::Config(e.into()))?;
+    if let Some(url) = &cli.database {
+        settings.database.url = url.clone();
+    }
+    Ok(settings)
+}
+
+/// Runs a parsed command line with loaded settings; output goes to `out`.
+pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> Result<(), Failure> {
+    match cli.command {
+        Command::Validate { files } => validate(&files, settings.limits(), out),
+        Command::Import { source, files } => {
+            let store = open_store(&settings).await?;
+            let result = import_files(store.as_ref(), &source, &files, settings.limits(), out).await;
+            store.close().await;
+            result
+        }
+        Command::Migrate => {
+            let store = store::connect(&settings.database.url)
+                .await
+                .map_err(|e| Failure::Runtime(e.into()))?;
+            store.migrate().await.map_err(|e| Failure::Runtime(e.into()))?;
+            writeln!(out, "migrated {}", store::redact_url(&settings.database.url))
+                .map_err(io_failure)?;
+            store.close().await;
+            Ok(())
+        }
+        Command::Demo(args) => crate::demo::run(&args.file, args.students, out).await,
+        Command::Config(ConfigCommand::Example) => out.write_all(EXAMPLE.as_bytes()).map_err(io_failure),
+        Command::Config(ConfigCommand::Check) => {
+            writeln!(
+                out,
+                "configuration OK ({}): database {}",
+                cli.config
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "defaults and environment".into()),
+                store::redact_url(&settings.database.url)
+            )
+            .map_err(io_failure)
+        }
+    }
+}
+
+/// Opens the configured database, migrating it unless told not to.
+pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, Failure> {
+    let store = store::connect(&settings.database.url)
+        .await
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    if settings.database.migrate_on_start {
+        store.migrate().await.map_err(|e| Failure::Runtime(e.into()))?;
+    }
+    Ok(store)
+}
+
+fn io_failure(e: std::io::Error) -> Failure {
+    Failure::Runtime(anyhow::Error::new(e).context("writing output"))
+}
+
+fn open_input(path: &Path) -> Result<Box<dyn BufRead + Send>, Failure> {
+    if path == Path::new("-") {
+        return Ok(Box::new(BufReader::with_capacity(64 * 1024, std::io::stdin())));
+    }
+    let f = File::open(path)
+        .with_context(|| format!("cannot open {}", path.display()))
+        .map_err(Failure::Runtime)?;
+    Ok(Box::new(BufReader::with_capacity(64 * 1024, f)))
+}
+
+fn validate(files: &[PathBuf], limits: Limits, out: &mut dyn Write) -> Result<(), Failure> {
+    let mut failed = 0usize;
+    for path in files {
+        let input = open_input(path)?;
+        let mut record_errors = Vec::new();
+        let result = parse_document(input, limits, |item| {
+            if let Item::Quarantined(q) = item {
+                record_errors.push(q.error.to_string());
+            }
+        });
+        let name = path.display();
+        let (header, stats, doc_error) = match result {
+            Ok((h, s)) => (Some(h), s, None),
+            Err((h, s, e)) => (h, s, Some(e)),
+        };
+        let version = header
+            .as_ref()
+            .map(|h| format!("{} ({})", h.version.label(), h.version.namespace))
+            .unwrap_or_else(|| "unknown version".into());
+        let w = |out: &mut dyn Write, s: String| writeln!(out, "{s}").map_err(io_failure);
+        w(
+            out,
+            format!(
+                "{name}: {version}: {} records, {} provtillfällen, {} delprovsresultat, {} record errors, {} warnings",
+                stats.records,
+                stats.provtillfallen,
+                stats.delprovsresultat,
+                stats.quarantined,
+                stats.warning_count
+            ),
+        )?;
+        for warning in &stats.warnings {
+            w(out, format!("  warning: {warning}"))?;
+        }
+        if stats.warning_count > stats.warnings.len() as u64 {
+            w(out, format!("  … and {} more warnings", stats.warning_count - stats.warnings.len() as u64))?;
+        }
+        for ((field, value), n) in &stats.unknown_values {
+            w(out, format!("  unknown {} value {value:?}: {n} times", field.as_str()))?;
+        }
+        for e in &record_errors {
+            w(out, format!("  record error: {e}"))?;
+        }
+        if let Some(e) = &doc_error {
+            w(out, format!("  document error: {e}"))?;
+        }
+        if doc_error.is_some() || !record_errors.is_empty() {
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        return Err(Failure::Data(anyhow::anyhow!(
+            "{failed} of {} documents have errors",
+            files.len()
+        )));
+    }
+    Ok(())
+}
+
+async fn import_files(
+    store: &dyn Store,
+    source: &str,
+    files: &[PathBuf],
+    limits: Limits,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
+    let mut total = store::ApplySummary::default();
+    for path in files {
+        let input = open_input(path)?;
+        let started = Instant::now();
+        let ctx = ApplyContext {
+            source: source.to_owned(),
+            namespace: String::new(),
+            document: path.display().to_string(),
+            now: Utc::now(),
+        };
+        let report = match import_document(store, input, limits, ctx).await {
+            Ok(r) => r,
+            Err(ImportError::Document(e)) => {
+                let what = describe_document_error(path, &e);
+                return Err(Failure::Data(anyhow::anyhow!(what)));
+            }
+            Err(e) => {
+                return Err(Failure::from(e)).map_err(|f| match f {
+                    Failure::Runtime(e) => {
+                        Failure::Runtime(e.context(format!("importing {}", path.display())))
+                    }
+                    other => other,
+                })
+            }
+        };
+        print_report(out, &path.display().to_string(), &report, started.elapsed())?;
+        total.add(&report.summary);
+    }
+    if files.len() > 1 {
+        writeln!(
+            out,
+            "total: {} records, {} changed, {} unchanged, {} cleared, {} quarantined",
+            total.records, total.changed, total.unchanged, total.cleared, total.quarantined
+        )
+        .map_err(io_failure)?;
+    }
+    Ok(())
+}
+
+fn describe_document_error(path: &Path, e: &DocumentError) -> String {
+    format!(
+        "{}: {e}; nothing from this document was applied",
+        path.display()
+    )
+}
+
+/// One line per imported document, the same for `import` and `demo`.
+pub fn print_report(
+    out: &mut dyn Write,
+    name: &str,
+    r: &ImportReport,
+    elapsed: std::time::Duration,
+) -> Result<(), Failure> {
+    let s = &r.summary;
+    writeln!(
+        out,
+        "{name}: {}: {} records → {} changed, {} unchanged, {} cleared, {} quarantined ({} rows written, {:.2} s)",
+        r.header.version.label(),
+        s.records,
+        s.changed,
+        s.unchanged,
+        s.cleared,
+        s.quarantined,
+        s.rows_written(),
+        elapsed.as_secs_f64()
+    )
+    .map_err(io_failure)?;
+    for w in r.stats.warnings.iter().take(5) {
+        writeln!(out, "  warning: {w}").map_err(io_failure)?;
+    }
+    if r.stats.warning_count > 5 {
+        writeln!(out, "  … {} warnings in all", r.stats.warning_count).map_err(io_failure)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,190 @@
+//! Applying one document to the mirror: parse on a blocking thread, write on the async side.
+//!
+//! The parser reads a `BufRead` (a file, or later an HTTP body bridged into one) on a blocking
+//! thread and hands records over a bounded channel, so parsing and database writes overlap on two
+//! cores and memory stays bounded by the channel's capacity. A document error rolls the whole
+//! document back; a record error quarantines that record in the same transaction.
+
+use std::io::BufRead;
+
+use tokio::sync::mpsc;
+
+use crate::store::{ApplyContext, ApplySummary, DocumentTx, Store, StoreError};
+use crate::xml::{DocumentError, DocumentHeader, Item, Limits, ParseStats, Parser};
+
+/// Records in flight between the parser thread and the writer.
+const CHANNEL_CAPACITY: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error(transparent)]
+    Document(#[from] DocumentError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the parser thread failed: {0}")]
+    Parser(String),
+}
+
+/// What applying one document did.
+#[derive(Clone, Debug)]
+pub struct ImportReport {
+    pub header: DocumentHeader,
+    pub stats: ParseStats,
+    pub summary: ApplySummary,
+    pub bytes: u64,
+}
+
+enum Msg {
+    Header(Box<DocumentHeader>),
+    Item(Item),
+    Done { stats: Box<ParseStats>, bytes: u64 },
+    Failed(DocumentError),
+}
+
+/// Parses `input` and applies it in one transaction which is left open (finished, not committed)
+/// so the caller can add to it — the sync engine writes its watermark there — and then commit.
+///
+/// `ctx.namespace` is filled from the document.
+///
+/// # Errors
+/// A document error or a store error; the transaction is rolled back and nothing is written.
+pub async fn apply_document<R>(
+    store: &dyn Store,
+    input: R,
+    limits: Limits,
+    mut ctx: ApplyContext,
+) -> Result<(Box<dyn DocumentTx>, ImportReport), ImportError>
+where
+    R: BufRead + Send + 'static,
+{
+    let (tx, mut rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let parser = tokio::task::spawn_blocking(move || parse_into(input, limits, tx));
+
+    let header = match rx.recv().await {
+        Some(Msg::Header(h)) => *h,
+        Some(Msg::Failed(e)) => return Err(e.into()),
+        _ => return Err(join_error(parser.await)),
+    };
+    ctx.namespace = header.version.namespace.clone();
+    let mut doc = store.begin(ctx).await?;
+    let outcome = async {
+        loop {
+            match rx.recv().await {
+                Some(Msg::Item(Item::Record(r))) => doc.apply(r.provomrade).await?,
+                Some(Msg::Item(Item::Quarantined(q))) => doc.quarantine(&q).await?,
+                Some(Msg::Done { stats, bytes }) => return Ok((*stats, bytes)),
+                Some(Msg::Failed(e)) => return Err(ImportError::Document(e)),
+                Some(Msg::Header(_)) | None => return Err(ImportError::Parser("the parser stopped without a result".into())),
+            }
+        }
+    }
+    .await;
+    let (stats, bytes) = match outcome {
+        Ok(done) => done,
+        Err(e) => {
+            // Dropping the receiver stops the parser thread at its next send.
+            drop(rx);
+            doc.rollback().await.ok();
+            return Err(e);
+        }
+    };
+    let summary = match doc.finish().await {
+        Ok(s) => s,
+        Err(e) => {
+            doc.rollback().await.ok();
+            return Err(e.into());
+        }
+    };
+    Ok((
+        doc,
+        ImportReport {
+            header,
+            stats,
+            summary,
+            bytes,
+        },
+    ))
+}
+
+/// Parses and applies one document and commits it.
+///
+/// # Errors
+/// As [`apply_document`], plus a failed commit.
+pub async fn import_document<R>(
+    store: &dyn Store,
+    input: R,
+    limits: Limits,
+    ctx: ApplyContext,
+) -> Result<ImportReport, ImportError>
+where
+    R: BufRead + Send + 'static,
+{
+    let (doc, report) = apply_document(store, input, limits, ctx).await?;
+    doc.commit().await?;
+    Ok(report)
+}
+
+/// Parses a document without a database (for `validate`), calling `on_item` for each item.
+///
+/// # Errors
+/// The document error that ended the parse.
+pub fn parse_document<R: BufRead>(
+    input: R,
+    limits: Limits,
+    mut on_item: impl FnMut(&Item),
+) -> Result<(DocumentHeader, ParseStats), (Option<DocumentHeader>, ParseStats, DocumentError)> {
+    let mut parser = match Parser::new(input, limits) {
+        Ok(p) => p,
+        Err(e) => return Err((None, ParseStats::default(), e)),
+    };
+    loop {
+        match parser.next_item() {
+            Ok(Some(item)) => on_item(&item),
+            Ok(None) => return Ok((parser.header().clone(), parser.stats().clone())),
+            Err(e) => {
+                return Err((
+                    Some(parser.header().clone()),
+                    parser.stats().clone(),
+                    e,
+                ))
+            }
+        }
+    }
+}
+
+fn parse_into<R: BufRead>(input: R, limits: Limits, tx: mpsc::Sender<Msg>) {
+    let mut parser = match Parser::new(input, limits) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = tx.blocking_send(Msg::Failed(e));
+            return;
+        }
+    };
+    if tx
+        .blocking_send(Msg::Header(Box::new(parser.header().clone())))
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        let msg = match parser.next_item() {
+            Ok(Some(item)) => Msg::Item(item),
+            Ok(None) => Msg::Done {
+                stats: Box::new(parser.stats().clone()),
+                bytes: parser.bytes_read(),
+            },
+            Err(e) => Msg::Failed(e),
+        };
+        let last = !matches!(msg, Msg::Item(_));
+        if tx.blocking_send(msg).is_err() || last {
+            return;
+        }
+    }
+}
+
+fn join_error(r: Result<(), tokio::task::JoinError>) -> ImportError {
+    match r {
+        Ok(()) => ImportError::Parser("the parser stopped without a result".into()),
+        Err(e) => ImportError::Parser(e.to_string()),
+    }
+}
