@@ -17,7 +17,11 @@ use crate::store::{self, ApplyContext, Store, DEFAULT_SOURCE};
 use crate::xml::{DocumentError, Item, Limits};
 
 #[derive(Debug, Parser)]
-#[command(name = "nprov-sync", version, about = "Mirrors national-test results (nationella prov) from the school platform into a database")]
+#[command(
+    name = "nprov-sync",
+    version,
+    about = "Mirrors national-test results (nationella prov) from the school platform into a database"
+)]
 pub struct Cli {
     /// Configuration file (TOML). Without it, defaults and NPROV_… variables apply; the working
     /// directory is never searched.
@@ -129,7 +133,8 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> Result<()
         Command::Validate { files } => validate(&files, settings.limits(), out),
         Command::Import { source, files } => {
             let store = open_store(&settings).await?;
-            let result = import_files(store.as_ref(), &source, &files, settings.limits(), out).await;
+            let result =
+                import_files(store.as_ref(), &source, &files, settings.limits(), out).await;
             store.close().await;
             result
         }
@@ -137,26 +142,33 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> Result<()
             let store = store::connect(&settings.database.url)
                 .await
                 .map_err(|e| Failure::Runtime(e.into()))?;
-            store.migrate().await.map_err(|e| Failure::Runtime(e.into()))?;
-            writeln!(out, "migrated {}", store::redact_url(&settings.database.url))
-                .map_err(io_failure)?;
+            store
+                .migrate()
+                .await
+                .map_err(|e| Failure::Runtime(e.into()))?;
+            writeln!(
+                out,
+                "migrated {}",
+                store::redact_url(&settings.database.url)
+            )
+            .map_err(io_failure)?;
             store.close().await;
             Ok(())
         }
         Command::Demo(args) => crate::demo::run(&args.file, args.students, out).await,
-        Command::Config(ConfigCommand::Example) => out.write_all(EXAMPLE.as_bytes()).map_err(io_failure),
-        Command::Config(ConfigCommand::Check) => {
-            writeln!(
-                out,
-                "configuration OK ({}): database {}",
-                cli.config
-                    .as_deref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|| "defaults and environment".into()),
-                store::redact_url(&settings.database.url)
-            )
-            .map_err(io_failure)
+        Command::Config(ConfigCommand::Example) => {
+            out.write_all(EXAMPLE.as_bytes()).map_err(io_failure)
         }
+        Command::Config(ConfigCommand::Check) => writeln!(
+            out,
+            "configuration OK ({}): database {}",
+            cli.config
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "defaults and environment".into()),
+            store::redact_url(&settings.database.url)
+        )
+        .map_err(io_failure),
     }
 }
 
@@ -166,7 +178,10 @@ pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, Failure> 
         .await
         .map_err(|e| Failure::Runtime(e.into()))?;
     if settings.database.migrate_on_start {
-        store.migrate().await.map_err(|e| Failure::Runtime(e.into()))?;
+        store
+            .migrate()
+            .await
+            .map_err(|e| Failure::Runtime(e.into()))?;
     }
     Ok(store)
 }
@@ -177,7 +192,10 @@ fn io_failure(e: std::io::Error) -> Failure {
 
 fn open_input(path: &Path) -> Result<Box<dyn BufRead + Send>, Failure> {
     if path == Path::new("-") {
-        return Ok(Box::new(BufReader::with_capacity(64 * 1024, std::io::stdin())));
+        return Ok(Box::new(BufReader::with_capacity(
+            64 * 1024,
+            std::io::stdin(),
+        )));
     }
     let f = File::open(path)
         .with_context(|| format!("cannot open {}", path.display()))
@@ -196,10 +214,7 @@ fn validate(files: &[PathBuf], limits: Limits, out: &mut dyn Write) -> Result<()
             }
         });
         let name = path.display();
-        let (header, stats, doc_error) = match result {
-            Ok((h, s)) => (Some(h), s, None),
-            Err((h, s, e)) => (h, s, Some(e)),
-        };
+        let (header, stats, doc_error) = (result.header, result.stats, result.error);
         let version = header
             .as_ref()
             .map(|h| format!("{} ({})", h.version.label(), h.version.namespace))
@@ -220,10 +235,19 @@ fn validate(files: &[PathBuf], limits: Limits, out: &mut dyn Write) -> Result<()
             w(out, format!("  warning: {warning}"))?;
         }
         if stats.warning_count > stats.warnings.len() as u64 {
-            w(out, format!("  … and {} more warnings", stats.warning_count - stats.warnings.len() as u64))?;
+            w(
+                out,
+                format!(
+                    "  … and {} more warnings",
+                    stats.warning_count - stats.warnings.len() as u64
+                ),
+            )?;
         }
         for ((field, value), n) in &stats.unknown_values {
-            w(out, format!("  unknown {} value {value:?}: {n} times", field.as_str()))?;
+            w(
+                out,
+                format!("  unknown {} value {value:?}: {n} times", field.as_str()),
+            )?;
         }
         for e in &record_errors {
             w(out, format!("  record error: {e}"))?;

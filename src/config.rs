@@ -119,9 +119,9 @@ impl Settings {
                     path: p.to_owned(),
                     source,
                 })?;
-                let table: toml::Table = text
-                    .parse()
-                    .map_err(|e: toml::de::Error| invalid(p.display().to_string(), e.to_string()))?;
+                let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+                    invalid(p.display().to_string(), e.to_string())
+                })?;
                 (table, p.display().to_string())
             }
             None => (toml::Table::new(), "defaults".to_owned()),
@@ -233,7 +233,12 @@ fn overlay_env(
             toml::Value::Table(t) => {
                 t.insert(s.key.clone(), value);
             }
-            _ => return Err(invalid(&name, format!("[{}] in the file is not a table", s.table))),
+            _ => {
+                return Err(invalid(
+                    &name,
+                    format!("[{}] in the file is not a table", s.table),
+                ))
+            }
         }
     }
     Ok(())
@@ -244,7 +249,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn write(text: &str) -> tempfile::NamedTempFile {
@@ -256,7 +264,10 @@ mod tests {
     #[test]
     fn the_example_is_exactly_the_defaults() {
         let f = write(EXAMPLE);
-        assert_eq!(Settings::load(Some(f.path()), env(&[])).expect("valid"), Settings::default());
+        assert_eq!(
+            Settings::load(Some(f.path()), env(&[])).expect("valid"),
+            Settings::default()
+        );
     }
 
     #[test]
@@ -279,7 +290,9 @@ mod tests {
     #[test]
     fn an_unknown_key_is_named() {
         let f = write("[database]\nulr = \"sqlite://a.db\"\n");
-        let e = Settings::load(Some(f.path()), env(&[])).expect_err("unknown key").to_string();
+        let e = Settings::load(Some(f.path()), env(&[]))
+            .expect_err("unknown key")
+            .to_string();
         assert!(e.contains("ulr"), "{e}");
     }
 
@@ -296,9 +309,14 @@ mod tests {
         let e = Settings::load(None, env(&[("NPROV_PARSER_MAX_RECORD_BYTES", "lots")]))
             .expect_err("not an integer")
             .to_string();
-        assert!(e.contains("NPROV_PARSER_MAX_RECORD_BYTES") && e.contains("lots"), "{e}");
+        assert!(
+            e.contains("NPROV_PARSER_MAX_RECORD_BYTES") && e.contains("lots"),
+            "{e}"
+        );
         let f = write("[log]\nformat = \"xml\"\n");
-        let e = Settings::load(Some(f.path()), env(&[])).expect_err("bad format").to_string();
+        let e = Settings::load(Some(f.path()), env(&[]))
+            .expect_err("bad format")
+            .to_string();
         assert!(e.contains("format") || e.contains("xml"), "{e}");
     }
 

@@ -21,6 +21,15 @@ use crate::xml::Limits;
 
 const SEED: u64 = 2026;
 
+/// A demo step: label, window from, window tom, and which students (at which revision) the
+/// document holds.
+type Step = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Box<dyn Fn(u64) -> Option<u32>>,
+);
+
 /// Queries shown to the user, with what they answer.
 pub const EXAMPLE_QUERIES: &[(&str, &str)] = &[
     (
@@ -54,11 +63,17 @@ pub async fn run(file: &Path, students: u64, out: &mut dyn Write) -> Result<(), 
         match std::fs::remove_file(&p) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(runtime(anyhow::Error::new(e).context("removing the old demo database"))),
+            Err(e) => {
+                return Err(runtime(
+                    anyhow::Error::new(e).context("removing the old demo database"),
+                ))
+            }
         }
     }
     let url = format!("sqlite://{}", file.display());
-    let store = SqliteStore::connect(&url).await.map_err(|e| runtime(e.into()))?;
+    let store = SqliteStore::connect(&url)
+        .await
+        .map_err(|e| runtime(e.into()))?;
     store.migrate().await.map_err(|e| runtime(e.into()))?;
     let population = Population {
         students,
@@ -76,8 +91,13 @@ pub async fn run(file: &Path, students: u64, out: &mut dyn Write) -> Result<(), 
         ),
     )?;
 
-    let steps: [(&str, &str, &str, Box<dyn Fn(u64) -> Option<u32>>); 3] = [
-        ("first sync (everything)", "2026-01-01T00:00:00", "2026-06-30T23:59:00", Box::new(|_| Some(0))),
+    let steps: [Step; 3] = [
+        (
+            "first sync (everything)",
+            "2026-01-01T00:00:00",
+            "2026-06-30T23:59:00",
+            Box::new(|_| Some(0)),
+        ),
         (
             "a later window (10% changed, 4% re-sent unchanged)",
             "2026-07-01T00:00:00",
@@ -146,7 +166,10 @@ pub async fn run(file: &Path, students: u64, out: &mut dyn Write) -> Result<(), 
             w(out, format!("   {}", cells.join(" | ")))?;
         }
     }
-    w(out, format!("\nExplore it yourself: sqlite3 {}", file.display()))?;
+    w(
+        out,
+        format!("\nExplore it yourself: sqlite3 {}", file.display()),
+    )?;
     store.close().await;
     Ok(())
 }

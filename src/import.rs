@@ -74,7 +74,11 @@ where
                 Some(Msg::Item(Item::Quarantined(q))) => doc.quarantine(&q).await?,
                 Some(Msg::Done { stats, bytes }) => return Ok((*stats, bytes)),
                 Some(Msg::Failed(e)) => return Err(ImportError::Document(e)),
-                Some(Msg::Header(_)) | None => return Err(ImportError::Parser("the parser stopped without a result".into())),
+                Some(Msg::Header(_)) | None => {
+                    return Err(ImportError::Parser(
+                        "the parser stopped without a result".into(),
+                    ))
+                }
             }
         }
     }
@@ -124,31 +128,43 @@ where
     Ok(report)
 }
 
+/// The outcome of parsing a document without a database.
+#[derive(Debug)]
+pub struct ParsedDocument {
+    /// `None` when the root element could not be read.
+    pub header: Option<DocumentHeader>,
+    pub stats: ParseStats,
+    /// The document error that ended the parse, if any.
+    pub error: Option<DocumentError>,
+}
+
 /// Parses a document without a database (for `validate`), calling `on_item` for each item.
-///
-/// # Errors
-/// The document error that ended the parse.
 pub fn parse_document<R: BufRead>(
     input: R,
     limits: Limits,
     mut on_item: impl FnMut(&Item),
-) -> Result<(DocumentHeader, ParseStats), (Option<DocumentHeader>, ParseStats, DocumentError)> {
+) -> ParsedDocument {
     let mut parser = match Parser::new(input, limits) {
         Ok(p) => p,
-        Err(e) => return Err((None, ParseStats::default(), e)),
-    };
-    loop {
-        match parser.next_item() {
-            Ok(Some(item)) => on_item(&item),
-            Ok(None) => return Ok((parser.header().clone(), parser.stats().clone())),
-            Err(e) => {
-                return Err((
-                    Some(parser.header().clone()),
-                    parser.stats().clone(),
-                    e,
-                ))
+        Err(e) => {
+            return ParsedDocument {
+                header: None,
+                stats: ParseStats::default(),
+                error: Some(e),
             }
         }
+    };
+    let error = loop {
+        match parser.next_item() {
+            Ok(Some(item)) => on_item(&item),
+            Ok(None) => break None,
+            Err(e) => break Some(e),
+        }
+    };
+    ParsedDocument {
+        header: Some(parser.header().clone()),
+        stats: parser.stats().clone(),
+        error,
     }
 }
 

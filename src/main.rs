@@ -14,7 +14,10 @@ fn main() -> ExitCode {
         Err(failure) => return fail(&failure),
     };
     nprov_sync::telemetry::init(&settings.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(&cli::Failure::Runtime(e.into())),
     };

@@ -10,7 +10,11 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{LogFormat, LogSettings};
 
 /// Builds a subscriber writing to `writer`. `RUST_LOG`, when set, wins over `log.filter`.
-pub fn subscriber<W>(settings: &LogSettings, writer: W, ansi: bool) -> Box<dyn Subscriber + Send + Sync>
+pub fn subscriber<W>(
+    settings: &LogSettings,
+    writer: W,
+    ansi: bool,
+) -> Box<dyn Subscriber + Send + Sync>
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {

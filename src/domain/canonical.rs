@@ -137,9 +137,6 @@ mod tests {
             sammanvagt_provbetyg: None,
             delprovsresultat: vec![],
         };
-        assert_ne!(
-            content_sha256([("GRS", &x)]),
-            content_sha256([("GR", &x)])
-        );
+        assert_ne!(content_sha256([("GRS", &x)]), content_sha256([("GR", &x)]));
     }
 }

@@ -23,7 +23,12 @@ use crate::xml::version::VersionRules;
 const AMNEN: &[(u8, &[&str])] = &[
     (3, &["MA", "SV", "SVA"]),
     (6, &["MA", "SV", "SVA", "EN"]),
-    (9, &["MA", "SV", "SVA", "EN", "BI", "FY", "KE", "GE", "HI", "RE", "SH"]),
+    (
+        9,
+        &[
+            "MA", "SV", "SVA", "EN", "BI", "FY", "KE", "GE", "HI", "RE", "SH",
+        ],
+    ),
 ];
 
 /// Courses with national tests, with the skolform they are usually taken in.
@@ -58,7 +63,8 @@ pub struct Population {
 impl Population {
     /// A stable, UUID-like student id (`{…}` as in the vendor examples).
     pub fn elev_id(&self, index: u64) -> String {
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(self.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let a: u32 = rng.random();
         let b: u16 = rng.random();
         let c: u16 = rng.random();
@@ -79,7 +85,11 @@ impl Population {
         let mut out = Vec::new();
         if shape.random_bool(0.7) {
             let (arskurs, amnen) = AMNEN[shape.random_range(0..AMNEN.len())];
-            let skolform = if shape.random_bool(0.05) { "GRSAR" } else { "GR" };
+            let skolform = if shape.random_bool(0.05) {
+                "GRSAR"
+            } else {
+                "GR"
+            };
             let n = shape.random_range(1..=amnen.len().min(4));
             let start = shape.random_range(0..amnen.len());
             for k in 0..n {
@@ -114,7 +124,12 @@ impl Population {
         out
     }
 
-    fn provtillfallen(&self, rng: &mut ChaCha8Rng, omrade: &str, revision: u32) -> Vec<Provtillfalle> {
+    fn provtillfallen(
+        &self,
+        rng: &mut ChaCha8Rng,
+        omrade: &str,
+        revision: u32,
+    ) -> Vec<Provtillfalle> {
         // Later revisions clear a few provområden: the platform then sends an empty element.
         if revision > 0 && rng.random_bool(0.08) {
             return Vec::new();
@@ -139,10 +154,13 @@ impl Population {
                 resultat: ProvtillfalleResultat::Intedeltagit,
             };
         }
-        let language = omrade.starts_with("SV") || omrade.starts_with("EN") || omrade.starts_with("SFI");
+        let language =
+            omrade.starts_with("SV") || omrade.starts_with("EN") || omrade.starts_with("SFI");
         let typer: Vec<&str> = if language {
             LANGUAGE_TYP.to_vec()
-        } else if v.typ.contains(&"PROVRESULTAT") && omrade.starts_with("MAT") && rng.random_bool(0.5)
+        } else if v.typ.contains(&"PROVRESULTAT")
+            && omrade.starts_with("MAT")
+            && rng.random_bool(0.5)
         {
             vec!["PROVRESULTAT"]
         } else {
@@ -257,10 +275,17 @@ mod tests {
             version: &VERSIONS[0],
             year: 2016,
         };
-        let changed = (0..100).filter(|i| p.student(*i, 0) != p.student(*i, 1)).count();
+        let changed = (0..100)
+            .filter(|i| p.student(*i, 0) != p.student(*i, 1))
+            .count();
         assert!(changed > 90, "{changed}");
         for i in 0..100 {
-            let keys = |r: u32| p.student(i, r).into_iter().map(|x| x.key).collect::<Vec<_>>();
+            let keys = |r: u32| {
+                p.student(i, r)
+                    .into_iter()
+                    .map(|x| x.key)
+                    .collect::<Vec<_>>()
+            };
             assert_eq!(keys(0), keys(1));
         }
     }

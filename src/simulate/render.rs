@@ -59,7 +59,7 @@ impl<W: Write> DocumentWriter<W> {
             if let Some(g) = pt.genomfort {
                 write!(o, " genomfört=\"{g}\"")?;
             }
-            write!(o, " uppdaterat=\"{}\">\n", pt.uppdaterat)?;
+            writeln!(o, " uppdaterat=\"{}\">", pt.uppdaterat)?;
             match &pt.resultat {
                 ProvtillfalleResultat::Intedeltagit => o.write_all(b"\t\t\t<intedeltagit/>\n")?,
                 ProvtillfalleResultat::Resultat {
@@ -67,9 +67,9 @@ impl<W: Write> DocumentWriter<W> {
                     delprovsresultat,
                 } => {
                     if let Some(b) = sammanvagt_provbetyg {
-                        write!(
+                        writeln!(
                             o,
-                            "\t\t\t<sammanvägtprovbetyg>{}</sammanvägtprovbetyg>\n",
+                            "\t\t\t<sammanvägtprovbetyg>{}</sammanvägtprovbetyg>",
                             escape(b)
                         )?;
                     }
@@ -84,26 +84,26 @@ impl<W: Write> DocumentWriter<W> {
                             } => {
                                 match varde {
                                     Some(Varde::Betyg(b)) => {
-                                        write!(o, "\t\t\t\t<betyg>{}</betyg>\n", escape(b))?
+                                        writeln!(o, "\t\t\t\t<betyg>{}</betyg>", escape(b))?
                                     }
                                     Some(Varde::Poang(p)) => {
-                                        write!(o, "\t\t\t\t<poäng>{p}</poäng>\n")?
+                                        writeln!(o, "\t\t\t\t<poäng>{p}</poäng>")?
                                     }
                                     None => {}
                                 }
                                 if let Some(m) = maluppfyllnad {
-                                    write!(o, "\t\t\t\t<måluppfyllnad>{m}</måluppfyllnad>\n")?;
+                                    writeln!(o, "\t\t\t\t<måluppfyllnad>{m}</måluppfyllnad>")?;
                                 }
                             }
                         }
-                        write!(o, "\t\t\t\t<typ>{}</typ>\n", escape(&d.typ))?;
+                        writeln!(o, "\t\t\t\t<typ>{}</typ>", escape(&d.typ))?;
                         o.write_all(b"\t\t\t</delprovsresultat>\n")?;
                     }
                 }
             }
             o.write_all("\t\t</provtillfälle>\n".as_bytes())?;
         }
-        write!(o, "\t</{element}>\n")
+        writeln!(o, "\t</{element}>")
     }
 
     /// Closes the root and returns the writer.
@@ -115,7 +115,12 @@ impl<W: Write> DocumentWriter<W> {
 }
 
 /// Renders a whole document into memory (tests and small fixtures).
-pub fn render_to_string(version: &VersionRules, from: &str, tom: &str, records: &[Provomrade]) -> String {
+pub fn render_to_string(
+    version: &VersionRules,
+    from: &str,
+    tom: &str,
+    records: &[Provomrade],
+) -> String {
     let mut w = DocumentWriter::begin(Vec::new(), version, from, tom).expect("writing to a Vec");
     for r in records {
         w.record(r).expect("writing to a Vec");

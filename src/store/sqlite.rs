@@ -288,7 +288,10 @@ impl SqliteDocumentTx {
     }
 
     /// Finds the stored rows for the batch's keys, with how often this document touched them.
-    async fn lookup(&mut self, batch: &[Pending]) -> Result<HashMap<ProvomradeKey, Existing>, StoreError> {
+    async fn lookup(
+        &mut self,
+        batch: &[Pending],
+    ) -> Result<HashMap<ProvomradeKey, Existing>, StoreError> {
         let mut found = HashMap::with_capacity(batch.len());
         let amne: Vec<&ProvomradeKey> = batch
             .iter()
@@ -407,7 +410,13 @@ impl SqliteDocumentTx {
 
     async fn delete_children(&mut self, ids: &[i64]) -> Result<(), StoreError> {
         for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-            let list = format!("({})", (1..=chunk.len()).map(|n| format!("?{n}")).collect::<Vec<_>>().join(", "));
+            let list = format!(
+                "({})",
+                (1..=chunk.len())
+                    .map(|n| format!("?{n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
             let sql = format!(
                 "DELETE FROM delprovsresultat WHERE provtillfalle_id IN
                      (SELECT id FROM provtillfalle WHERE provomrade_id IN {list})"

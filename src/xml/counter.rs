@@ -80,7 +80,10 @@ impl<R: BufRead> CountingReader<R> {
     /// Line and column of a byte offset at or after the checkpoint. Offsets before it resolve to
     /// the checkpoint itself; offsets past what was consumed resolve to the end.
     pub fn locate(&self, offset: u64) -> Location {
-        let want = offset.clamp(self.mark.offset, self.mark.offset + self.recorded.len() as u64);
+        let want = offset.clamp(
+            self.mark.offset,
+            self.mark.offset + self.recorded.len() as u64,
+        );
         let slice = &self.recorded[..(want - self.mark.offset) as usize];
         let mut loc = self.mark;
         let mut last_line_start = None;
@@ -129,7 +132,9 @@ impl<R: BufRead> Read for CountingReader<R> {
 impl<R: BufRead> BufRead for CountingReader<R> {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         if self.recorded.len() as u64 > self.max_record_bytes {
-            return Err(io::Error::other(LimitExceeded::Record(self.max_record_bytes)));
+            return Err(io::Error::other(LimitExceeded::Record(
+                self.max_record_bytes,
+            )));
         }
         if let Some(max) = self.max_document_bytes {
             if self.consumed > max {
@@ -165,11 +170,32 @@ mod tests {
         let doc = "ab\nmå\nxyz";
         let mut r = CountingReader::new(doc.as_bytes(), 1 << 20, None);
         consume_all(&mut r);
-        assert_eq!(r.locate(0), Location { line: 1, column: 1, offset: 0 });
+        assert_eq!(
+            r.locate(0),
+            Location {
+                line: 1,
+                column: 1,
+                offset: 0
+            }
+        );
         assert_eq!(r.locate(3).line, 2);
         // "må" is 3 bytes; the byte after it is column 3.
-        assert_eq!(r.locate(6), Location { line: 2, column: 3, offset: 6 });
-        assert_eq!(r.locate(8), Location { line: 3, column: 2, offset: 8 });
+        assert_eq!(
+            r.locate(6),
+            Location {
+                line: 2,
+                column: 3,
+                offset: 6
+            }
+        );
+        assert_eq!(
+            r.locate(8),
+            Location {
+                line: 3,
+                column: 2,
+                offset: 8
+            }
+        );
     }
 
     #[test]
@@ -179,12 +205,19 @@ mod tests {
         consume_all(&mut r);
         r.checkpoint(4);
         assert_eq!(r.slice(4, 7), b"two");
-        assert_eq!(r.locate(8), Location { line: 3, column: 1, offset: 8 });
+        assert_eq!(
+            r.locate(8),
+            Location {
+                line: 3,
+                column: 1,
+                offset: 8
+            }
+        );
     }
 
     #[test]
     fn reading_past_the_record_cap_fails() {
-        let doc = vec![b' '; 100];
+        let doc = [b' '; 100];
         let mut r = CountingReader::new(std::io::BufReader::with_capacity(10, &doc[..]), 50, None);
         let err = r.read_to_end(&mut Vec::new()).expect_err("cap");
         assert!(err.to_string().contains("50 bytes"), "{err}");

@@ -16,10 +16,16 @@ pub enum DocumentError {
     Doctype { location: Location },
     #[error("{location}: undeclared entity reference &{name}; (only the five predefined XML entities and character references are allowed)")]
     Entity { location: Location, name: String },
-    #[error("{location}: the root element is {found}, expected <provresultat> in a namespace under {}", super::version::NAMESPACE_PREFIX)]
+    #[error(
+        "{location}: the root element is {found}, expected <provresultat> in a namespace under {}",
+        super::version::NAMESPACE_PREFIX
+    )]
     WrongRoot { location: Location, found: String },
     #[error("{location}: unsupported encoding {encoding:?}: the API delivers UTF-8")]
-    Encoding { location: Location, encoding: String },
+    Encoding {
+        location: Location,
+        encoding: String,
+    },
     #[error("{location}: {what} after the root element")]
     TrailingContent { location: Location, what: String },
     #[error("{location}: elements nested deeper than {max} levels")]
@@ -58,7 +64,10 @@ impl DocumentError {
     /// Whether the bytes stopped early (a cut connection) rather than being wrong: the sync
     /// engine retries the former.
     pub fn is_truncation(&self) -> bool {
-        matches!(self, DocumentError::Truncated { .. } | DocumentError::Io { .. })
+        matches!(
+            self,
+            DocumentError::Truncated { .. } | DocumentError::Io { .. }
+        )
     }
 
     /// A short, stable name for metrics labels and tests.

@@ -238,10 +238,15 @@ impl At {
 /// A simplified event. Attributes of a start tag go to `Parser::attrs`, text to `Parser::text`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Tok {
-    Start { el: El, name: String },
+    Start {
+        el: El,
+        name: String,
+    },
     End,
     /// Text or CDATA; `blank` when it is only whitespace.
-    Text { blank: bool },
+    Text {
+        blank: bool,
+    },
     Eof,
 }
 
@@ -296,7 +301,8 @@ impl<R: BufRead> Parser<R> {
     /// A [`DocumentError`] when the document is empty, not well-formed, declares a DOCTYPE, or its
     /// root is not `<provresultat>` in a vendor namespace.
     pub fn new(input: R, limits: Limits) -> Result<Self, DocumentError> {
-        let counting = CountingReader::new(input, limits.max_record_bytes, limits.max_document_bytes);
+        let counting =
+            CountingReader::new(input, limits.max_record_bytes, limits.max_document_bytes);
         let mut reader = NsReader::from_reader(counting);
         {
             let cfg = reader.config_mut();
@@ -424,7 +430,10 @@ impl<R: BufRead> Parser<R> {
                     None => {
                         self.warn(
                             *pos,
-                            format!("<provresultat {}={v:?}> is not an xs:dateTime", which.name()),
+                            format!(
+                                "<provresultat {}={v:?}> is not an xs:dateTime",
+                                which.name()
+                            ),
                         );
                         None
                     }
@@ -453,7 +462,11 @@ impl<R: BufRead> Parser<R> {
                 ),
             );
         }
-        self.attrs = attrs;
+        self.attrs = attrs
+            .into_iter()
+            .filter(|(a, _, _)| !matches!(a, At::From | At::Tom))
+            .collect();
+        self.warn_leftover_attrs("provresultat");
         Ok(())
     }
 
@@ -575,7 +588,12 @@ impl<R: BufRead> Parser<R> {
                 ))
             }
             Some((v, pos)) if v.trim().is_empty() => {
-                return Err(rec_err(self, K::EmptyAttribute, pos, "attribute elev is empty".into()))
+                return Err(rec_err(
+                    self,
+                    K::EmptyAttribute,
+                    pos,
+                    "attribute elev is empty".into(),
+                ))
             }
             Some((v, _)) => v,
         };
@@ -592,6 +610,7 @@ impl<R: BufRead> Parser<R> {
         };
         let (skolform, pos) = required(self, At::Skolform)?;
         self.note_enum(EnumField::Skolform, &skolform, pos);
+        self.warn_leftover_attrs(element);
         let key = ProvomradeKey { elev, omrade };
 
         let mut provtillfallen = Vec::new();
@@ -649,6 +668,7 @@ impl<R: BufRead> Parser<R> {
                 Some(self.date(&v, pos, E, "genomfört", elev)?)
             }
         };
+        self.warn_leftover_attrs(E);
         let mut intedeltagit = false;
         let mut sammanvagt: Option<String> = None;
         let mut delprov: Vec<Delprovsresultat> = Vec::new();
@@ -715,6 +735,7 @@ impl<R: BufRead> Parser<R> {
     fn read_delprov(&mut self, elev: &str) -> Result<Delprovsresultat, Fault> {
         const E: &str = "delprovsresultat";
         let start = self.tok_pos;
+        self.warn_leftover_attrs(E);
         // The XSD: ((betyg | poäng)?, måluppfyllnad?) | intedeltagit | borttappat, then typ.
         let mut betyg: Option<String> = None;
         let mut poang: Option<i64> = None;
@@ -748,7 +769,8 @@ impl<R: BufRead> Parser<R> {
                                     E,
                                     elev,
                                     if both {
-                                        "both <betyg> and <poäng>: the XSD allows one of them".into()
+                                        "both <betyg> and <poäng>: the XSD allows one of them"
+                                            .into()
                                     } else {
                                         format!("<{name}> repeated")
                                     },
@@ -781,13 +803,14 @@ impl<R: BufRead> Parser<R> {
                         El::Poang => {
                             let v = self.read_value(El::Poang, elev)?;
                             poang = Some(parse_integer(&v).ok_or_else(|| {
-                                self.rec(
-                                    K::BadPoang,
-                                    pos,
-                                    "poäng",
-                                    elev,
-                                    format!("{v:?} is not an integer"),
-                                )
+                                let message = if is_integer_lexical(&v) {
+                                    format!(
+                                        "{v} is an xs:integer beyond the range kept (±9.2·10¹⁸)"
+                                    )
+                                } else {
+                                    format!("{v:?} is not an integer")
+                                };
+                                self.rec(K::BadPoang, pos, "poäng", elev, message)
                             })?);
                         }
                         El::Maluppfyllnad => {
@@ -844,6 +867,7 @@ impl<R: BufRead> Parser<R> {
     /// Reads the text content of a simple element up to its end tag, trimmed and non-empty.
     fn read_value(&mut self, el: El, elev: &str) -> Result<String, Fault> {
         let start = self.tok_pos;
+        self.warn_leftover_attrs(el.name());
         loop {
             match self.next_tok()? {
                 Tok::Text { .. } => {}
@@ -867,6 +891,7 @@ impl<R: BufRead> Parser<R> {
 
     /// Reads an element declared with empty content (`<intedeltagit/>`).
     fn read_empty(&mut self, el: El, elev: &str) -> Result<(), Fault> {
+        self.warn_leftover_attrs(el.name());
         loop {
             match self.next_tok()? {
                 Tok::Text { blank: true } => {}
@@ -953,6 +978,9 @@ impl<R: BufRead> Parser<R> {
                         }
                         let at = At::from_local(key);
                         if at == At::Other {
+                            // Kept by name only, so the element's reader can warn about it.
+                            let name = String::from_utf8_lossy(key).into_owned();
+                            self.attrs.push((at, name, attr_base));
                             continue;
                         }
                         let value = match attr.unescape_value() {
@@ -1093,6 +1121,23 @@ impl<R: BufRead> Parser<R> {
         }
     }
 
+    /// Warns about attributes of the current element that its reader did not take: the XSD does
+    /// not declare them, and they carry nothing we store.
+    fn warn_leftover_attrs(&mut self, element: &str) {
+        let left = std::mem::take(&mut self.attrs);
+        for (at, value, pos) in left {
+            let name = if at == At::Other {
+                value
+            } else {
+                at.name().to_owned()
+            };
+            self.warn(
+                pos,
+                format!("attribute {name} on <{element}> is not in the schema; ignored"),
+            );
+        }
+    }
+
     fn take_attr(&mut self, at: At) -> Option<(String, u64)> {
         let i = self.attrs.iter().position(|(a, _, _)| *a == at)?;
         let (_, v, pos) = self.attrs.swap_remove(i);
@@ -1202,9 +1247,15 @@ pub fn parse_date(v: &str) -> Option<NaiveDate> {
     let v = v.trim();
     let (core, rest) = match (v.get(..10), v.get(10..)) {
         (Some(core), Some(rest)) => (core, rest),
-        _ => (v, ""),
+        _ => return None,
     };
-    if !(rest.is_empty() || rest == "Z" || is_offset(rest)) {
+    // chrono accepts "2024-5-2"; the XSD's lexical form is zero-padded yyyy-mm-dd.
+    let b = core.as_bytes();
+    let padded = b.iter().enumerate().all(|(i, c)| match i {
+        4 | 7 => *c == b'-',
+        _ => c.is_ascii_digit(),
+    });
+    if !padded || !(rest.is_empty() || rest == "Z" || is_offset(rest)) {
         return None;
     }
     NaiveDate::parse_from_str(core, "%Y-%m-%d").ok()
@@ -1236,12 +1287,17 @@ pub fn parse_date_time(v: &str) -> Option<NaiveDateTime> {
 
 /// xs:integer (optional sign, decimal digits), within i64.
 pub fn parse_integer(v: &str) -> Option<i64> {
-    let v = v.trim();
-    let digits = v.strip_prefix(['+', '-']).unwrap_or(v);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    if !is_integer_lexical(v) {
         return None;
     }
+    let v = v.trim();
     v.strip_prefix('+').unwrap_or(v).parse().ok()
+}
+
+fn is_integer_lexical(v: &str) -> bool {
+    let v = v.trim();
+    let digits = v.strip_prefix(['+', '-']).unwrap_or(v);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// xs:boolean.
@@ -1268,6 +1324,7 @@ mod tests {
         assert!(parse_date("2016-09-01").is_some());
         assert!(parse_date("2016-09-01+02:00").is_some());
         assert!(parse_date("2016-9-1").is_none());
+        assert!(parse_date("2024-5-02").is_none());
         assert!(parse_date("2016-02-30").is_none());
         assert!(parse_date_time("2016-09-01T00:00:00").is_some());
         assert!(parse_date_time("2016-09-01T00:00:00.5+01:00").is_some());

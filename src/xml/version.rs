@@ -186,7 +186,8 @@ mod tests {
 
     #[test]
     fn an_unknown_vendor_namespace_gets_the_newest_rules_and_is_flagged() {
-        let sv = SchemaVersion::from_namespace(&format!("{NAMESPACE_PREFIX}v13.0")).expect("vendor");
+        let sv =
+            SchemaVersion::from_namespace(&format!("{NAMESPACE_PREFIX}v13.0")).expect("vendor");
         assert!(sv.unknown);
         assert_eq!(sv.rules.name, "v12.0");
         assert_eq!(sv.label(), "unknown");

@@ -1,0 +1,379 @@
+//! The replace semantics of the mirror, step by step, against real SQLite files.
+
+use crate::helpers::*;
+use nprov_sync::store::Store;
+use sqlx::Row;
+
+#[tokio::test]
+async fn a_sequence_of_documents_ends_in_exactly_the_expected_tables_and_change_log() {
+    let db = fresh_sqlite().await;
+    let s = &db.store;
+
+    // 1. First sight of two keys.
+    let r = import_at(
+        s,
+        "default",
+        &doc(&[
+            amne(
+                "e1",
+                "MA",
+                9,
+                "GR",
+                vec![pt("2026-02-01", "B", &[("A", "B"), ("B", "C")])],
+            ),
+            kurs("e2", "MATMAT01c", "GY", vec![pt("2026-02-01", "C", &[])]),
+        ]),
+        at(1),
+    )
+    .await
+    .expect("import 1");
+    assert_eq!(
+        (r.summary.changed, r.summary.unchanged, r.summary.cleared),
+        (2, 0, 0)
+    );
+
+    // 2. An update of one key; the other is not in the window and must stay as it is.
+    let r = import_at(
+        s,
+        "default",
+        &doc(&[amne(
+            "e1",
+            "MA",
+            9,
+            "GR",
+            vec![pt("2026-02-03", "A", &[("A", "A"), ("B", "C")])],
+        )]),
+        at(2),
+    )
+    .await
+    .expect("import 2");
+    assert_eq!((r.summary.changed, r.summary.unchanged), (1, 0));
+
+    // 3. A second provtillfälle arrives: the element carries the full current list.
+    let r = import_at(
+        s,
+        "default",
+        &doc(&[amne(
+            "e1",
+            "MA",
+            9,
+            "GR",
+            vec![
+                pt("2026-02-03", "A", &[("A", "A"), ("B", "C")]),
+                pt("2026-02-10", "B", &[("A", "B")]),
+            ],
+        )]),
+        at(3),
+    )
+    .await
+    .expect("import 3");
+    assert_eq!(r.summary.changed, 1);
+    assert_eq!(
+        dump(s).await,
+        vec![
+            "default e1 amne MA/9 #0 GR 2026-02-03 g=- i=0 s=A [A:resultat:A:-:- B:resultat:C:-:-]",
+            "default e1 amne MA/9 #1 GR 2026-02-10 g=- i=0 s=B [A:resultat:B:-:-]",
+            "default e2 kurs MATMAT01c #0 GY 2026-02-01 g=- i=0 s=C []",
+        ]
+    );
+
+    // 4. Cleared: an element with no provtillfälle removes them all; the provområde row stays.
+    let clear = doc(&[amne("e1", "MA", 9, "GR", vec![])]);
+    let r = import_at(s, "default", &clear, at(4))
+        .await
+        .expect("import 4");
+    assert_eq!((r.summary.changed, r.summary.cleared), (0, 1));
+    assert_eq!(
+        dump(s).await,
+        vec![
+            "default e1 amne MA/9 (empty)",
+            "default e2 kurs MATMAT01c #0 GY 2026-02-01 g=- i=0 s=C []",
+        ]
+    );
+
+    // 5. Re-sent unchanged: only synced_at moves, nothing is logged.
+    let r = import_at(s, "default", &clear, at(5))
+        .await
+        .expect("import 5");
+    assert_eq!(
+        (r.summary.changed, r.summary.cleared, r.summary.unchanged),
+        (0, 0, 1)
+    );
+    let row = sqlx::query("SELECT changed_at, synced_at FROM provomrade WHERE elev = 'e1'")
+        .fetch_one(s.pool())
+        .await
+        .expect("row");
+    assert_eq!(row.get::<String, _>(0), "2026-03-01T12:04:00.000000Z");
+    assert_eq!(row.get::<String, _>(1), "2026-03-01T12:05:00.000000Z");
+
+    // 6. The same key twice in one document (two skolformer), not adjacent: together they are
+    //    the key's set, in document order; the key is counted and logged once.
+    let split = doc(&[
+        kurs("e2", "MATMAT01c", "GY", vec![pt("2026-02-01", "C", &[])]),
+        kurs(
+            "e3",
+            "SVESVE01",
+            "GY",
+            vec![pt("2026-02-02", "A", &[("LÄSA", "A")])],
+        ),
+        kurs("e2", "MATMAT01c", "VUX", vec![pt("2026-03-01", "B", &[])]),
+    ]);
+    let r = import_at(s, "default", &split, at(6))
+        .await
+        .expect("import 6");
+    assert_eq!(r.summary.records, 3);
+    assert_eq!((r.summary.changed, r.summary.unchanged), (2, 0));
+    assert_eq!(
+        dump(s).await,
+        vec![
+            "default e1 amne MA/9 (empty)",
+            "default e2 kurs MATMAT01c #0 GY 2026-02-01 g=- i=0 s=C []",
+            "default e2 kurs MATMAT01c #1 VUX 2026-03-01 g=- i=0 s=B []",
+            "default e3 kurs SVESVE01 #0 GY 2026-02-02 g=- i=0 s=A [LÄSA:resultat:A:-:-]",
+        ]
+    );
+
+    // 7. That document again: nothing changed, although its first e2 element alone differs
+    //    from what is stored.
+    let before = dump(s).await;
+    let r = import_at(s, "default", &split, at(7))
+        .await
+        .expect("import 7");
+    assert_eq!(
+        (r.summary.changed, r.summary.unchanged, r.summary.cleared),
+        (0, 2, 0)
+    );
+    assert_eq!(dump(s).await, before);
+
+    assert_eq!(
+        change_log(s).await,
+        vec![
+            "e1 MA/9 upsert",
+            "e2 MATMAT01c upsert",
+            "e1 MA/9 upsert",
+            "e1 MA/9 upsert",
+            "e1 MA/9 clear",
+            "e2 MATMAT01c upsert",
+            "e3 SVESVE01 upsert",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_repeated_key_far_apart_across_write_batches_is_still_one_set() {
+    let db = fresh_sqlite().await;
+    let mut records = vec![kurs(
+        "far",
+        "ENGENG05",
+        "GY",
+        vec![pt("2026-01-10", "A", &[("TALA", "A")])],
+    )];
+    // More elements than one write batch holds, so the second "far" element is applied in a
+    // later batch than the first.
+    for i in 0..2500 {
+        records.push(kurs(
+            &format!("s{i}"),
+            "ENGENG05",
+            "GY",
+            vec![pt("2026-01-10", "C", &[])],
+        ));
+    }
+    records.push(kurs(
+        "far",
+        "ENGENG05",
+        "VUX",
+        vec![pt("2026-01-20", "B", &[("TALA", "B")])],
+    ));
+    let xml = doc(&records);
+    let r = import_at(&db.store, "default", &xml, at(1))
+        .await
+        .expect("import");
+    assert_eq!((r.summary.records, r.summary.changed), (2502, 2501));
+    let far: Vec<String> = dump(&db.store)
+        .await
+        .into_iter()
+        .filter(|l| l.contains(" far "))
+        .collect();
+    assert_eq!(
+        far,
+        vec![
+            "default far kurs ENGENG05 #0 GY 2026-01-10 g=- i=0 s=A [TALA:resultat:A:-:-]",
+            "default far kurs ENGENG05 #1 VUX 2026-01-20 g=- i=0 s=B [TALA:resultat:B:-:-]",
+        ]
+    );
+    let r = import_at(&db.store, "default", &xml, at(2))
+        .await
+        .expect("again");
+    assert_eq!((r.summary.changed, r.summary.unchanged), (0, 2501));
+    assert_eq!(change_log(&db.store).await.len(), 2501);
+}
+
+#[tokio::test]
+async fn a_repeated_key_that_shrinks_to_one_element_loses_the_other_provtillfalle() {
+    let db = fresh_sqlite().await;
+    let two = doc(&[
+        kurs("e", "SFIKUB9", "SFI", vec![pt("2026-01-01", "A", &[])]),
+        kurs("e", "SFIKUB9", "VUX", vec![pt("2026-01-02", "B", &[])]),
+    ]);
+    import_at(&db.store, "default", &two, at(1))
+        .await
+        .expect("two");
+    let one = doc(&[kurs(
+        "e",
+        "SFIKUB9",
+        "SFI",
+        vec![pt("2026-01-01", "A", &[])],
+    )]);
+    let r = import_at(&db.store, "default", &one, at(2))
+        .await
+        .expect("one");
+    assert_eq!(r.summary.changed, 1);
+    assert_eq!(
+        dump(&db.store).await,
+        vec!["default e kurs SFIKUB9 #0 SFI 2026-01-01 g=- i=0 s=A []"]
+    );
+}
+
+#[tokio::test]
+async fn sources_are_separate_mirrors_of_the_same_students() {
+    let db = fresh_sqlite().await;
+    let a = doc(&[amne("e", "SV", 6, "GR", vec![pt("2026-01-01", "A", &[])])]);
+    let b = doc(&[amne("e", "SV", 6, "GR", vec![])]);
+    import_at(&db.store, "stockholm", &a, at(1))
+        .await
+        .expect("a");
+    import_at(&db.store, "solna", &b, at(1)).await.expect("b");
+    assert_eq!(
+        dump(&db.store).await,
+        vec![
+            "solna e amne SV/6 (empty)",
+            "stockholm e amne SV/6 #0 GR 2026-01-01 g=- i=0 s=A []",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_natural_key_is_enforced_by_the_database_despite_null_parts() {
+    let db = fresh_sqlite().await;
+    let insert = "INSERT INTO provomrade (source, elev, kind, amne, arskurs, kurs, namespace,
+                  content_sha256, changed_at, synced_at) VALUES (?, 'e', ?, ?, ?, ?, 'ns', 'h', 't', 't')";
+    for (kind, amne, arskurs, kurs) in [
+        ("kurs", None, None, Some("K")),
+        ("amne", Some("MA"), Some(9), None),
+    ] {
+        sqlx::query(insert)
+            .bind("s")
+            .bind(kind)
+            .bind(amne)
+            .bind(arskurs)
+            .bind(kurs)
+            .execute(db.store.pool())
+            .await
+            .expect("first row");
+        let dup = sqlx::query(insert)
+            .bind("s")
+            .bind(kind)
+            .bind(amne)
+            .bind(arskurs)
+            .bind(kurs)
+            .execute(db.store.pool())
+            .await;
+        assert!(
+            dup.is_err(),
+            "a second {kind} row with the same key was accepted"
+        );
+    }
+    // A kind whose key parts do not fit it is refused too.
+    let wrong = sqlx::query(insert)
+        .bind("s")
+        .bind("kurs")
+        .bind(Some("MA"))
+        .bind(None::<i64>)
+        .bind(None::<&str>)
+        .execute(db.store.pool())
+        .await;
+    assert!(wrong.is_err());
+}
+
+#[tokio::test]
+async fn a_document_error_after_good_records_leaves_the_database_exactly_as_it_was() {
+    let db = fresh_sqlite().await;
+    let first = doc(&[kurs(
+        "e1",
+        "MATMAT01a",
+        "GY",
+        vec![pt("2026-01-01", "A", &[])],
+    )]);
+    import_at(&db.store, "default", &first, at(1))
+        .await
+        .expect("first");
+    let before = dump(&db.store).await;
+    let counts_before = db.store.table_counts().await.expect("counts");
+
+    // Valid records (a change to e1, a new e2, a bad record), then the body is cut off.
+    let mut broken = doc(&[
+        kurs("e1", "MATMAT01a", "GY", vec![]),
+        kurs("e2", "MATMAT01b", "GY", vec![pt("2026-01-01", "B", &[])]),
+    ]);
+    broken.truncate(broken.rfind("</provresultat>").expect("root end") - 5);
+    let err = import_at(&db.store, "default", &broken, at(2))
+        .await
+        .expect_err("truncated");
+    assert!(err.to_string().contains("truncated"), "{err}");
+    assert_eq!(dump(&db.store).await, before);
+    assert_eq!(
+        db.store.table_counts().await.expect("counts"),
+        counts_before
+    );
+}
+
+#[tokio::test]
+async fn a_record_error_quarantines_that_record_with_its_xml_and_applies_the_rest() {
+    let db = fresh_sqlite().await;
+    let xml = doc(&[
+        kurs("good1", "MATMAT01a", "GY", vec![pt("2026-01-01", "A", &[])]),
+        kurs(
+            "bad",
+            "MATMAT01a",
+            "GY",
+            vec![pt("2026-01-01", "A", &[("LÄSA", "A")])],
+        ),
+        kurs("good2", "MATMAT01a", "GY", vec![]),
+    ])
+    .replace("<betyg>A</betyg>", "<betyg>A</betyg><poäng>7</poäng>");
+    let r = import_at(&db.store, "default", &xml, at(1))
+        .await
+        .expect("import");
+    assert_eq!((r.summary.records, r.summary.quarantined), (2, 1));
+    let q = sqlx::query(
+        "SELECT source, elev, error_code, element, line, raw_xml, reason FROM quarantine",
+    )
+    .fetch_one(db.store.pool())
+    .await
+    .expect("one quarantined row");
+    assert_eq!(q.get::<String, _>(0), "default");
+    assert_eq!(q.get::<String, _>(1), "bad");
+    assert_eq!(q.get::<String, _>(2), "both_betyg_and_poang");
+    assert_eq!(q.get::<String, _>(3), "delprovsresultat");
+    let raw: String = q.get(5);
+    assert!(
+        raw.starts_with("<kursresultat elev=\"bad\"") && raw.ends_with("</kursresultat>"),
+        "{raw}"
+    );
+    let line = q.get::<i64, _>(4) as usize;
+    assert!(
+        xml.lines()
+            .nth(line - 1)
+            .expect("line exists")
+            .contains("<poäng>7"),
+        "line {line}"
+    );
+    let elevs: Vec<String> = dump(&db.store).await;
+    assert_eq!(
+        elevs,
+        vec![
+            "default good1 kurs MATMAT01a #0 GY 2026-01-01 g=- i=0 s=A []",
+            "default good2 kurs MATMAT01a (empty)",
+        ]
+    );
+}
