@@ -2,7 +2,7 @@
 //! into exit codes (see [`Failure`]).
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -190,17 +190,15 @@ fn io_failure(e: std::io::Error) -> Failure {
     Failure::Runtime(anyhow::Error::new(e).context("writing output"))
 }
 
-fn open_input(path: &Path) -> Result<Box<dyn BufRead + Send>, Failure> {
+/// A file, or standard input for `-`. Unbuffered: the parser reads in large chunks itself.
+fn open_input(path: &Path) -> Result<Box<dyn Read + Send>, Failure> {
     if path == Path::new("-") {
-        return Ok(Box::new(BufReader::with_capacity(
-            64 * 1024,
-            std::io::stdin(),
-        )));
+        return Ok(Box::new(std::io::stdin()));
     }
     let f = File::open(path)
         .with_context(|| format!("cannot open {}", path.display()))
         .map_err(Failure::Runtime)?;
-    Ok(Box::new(BufReader::with_capacity(64 * 1024, f)))
+    Ok(Box::new(f))
 }
 
 fn validate(files: &[PathBuf], limits: Limits, out: &mut dyn Write) -> Result<(), Failure> {

@@ -5,7 +5,7 @@
 //! again unchanged, then that same document once more (as an overlapping window re-reads it), and
 //! finally runs a few of the queries a warehouse would.
 
-use std::io::{BufReader, Seek, Write};
+use std::io::{Seek, Write};
 use std::path::Path;
 use std::time::Instant;
 
@@ -139,7 +139,7 @@ pub async fn run(file: &Path, students: u64, out: &mut dyn Write) -> Result<(), 
             document: format!("demo {from}..{tom}"),
             now: Utc::now(),
         };
-        let report = import_document(&store, BufReader::new(doc), Limits::default(), ctx).await?;
+        let report = import_document(&store, doc, Limits::default(), ctx).await?;
         print_report(out, label, &report, started.elapsed())?;
     }
 

@@ -5,7 +5,7 @@
 //! cores and memory stays bounded by the channel's capacity. A document error rolls the whole
 //! document back; a record error quarantines that record in the same transaction.
 
-use std::io::BufRead;
+use std::io::Read;
 
 use tokio::sync::mpsc;
 
@@ -55,7 +55,7 @@ pub async fn apply_document<R>(
     mut ctx: ApplyContext,
 ) -> Result<(Box<dyn DocumentTx>, ImportReport), ImportError>
 where
-    R: BufRead + Send + 'static,
+    R: Read + Send + 'static,
 {
     let (tx, mut rx) = mpsc::channel(CHANNEL_CAPACITY);
     let parser = tokio::task::spawn_blocking(move || parse_into(input, limits, tx));
@@ -121,7 +121,7 @@ pub async fn import_document<R>(
     ctx: ApplyContext,
 ) -> Result<ImportReport, ImportError>
 where
-    R: BufRead + Send + 'static,
+    R: Read + Send + 'static,
 {
     let (doc, report) = apply_document(store, input, limits, ctx).await?;
     doc.commit().await?;
@@ -139,7 +139,7 @@ pub struct ParsedDocument {
 }
 
 /// Parses a document without a database (for `validate`), calling `on_item` for each item.
-pub fn parse_document<R: BufRead>(
+pub fn parse_document<R: Read>(
     input: R,
     limits: Limits,
     mut on_item: impl FnMut(&Item),
@@ -168,7 +168,7 @@ pub fn parse_document<R: BufRead>(
     }
 }
 
-fn parse_into<R: BufRead>(input: R, limits: Limits, tx: mpsc::Sender<Msg>) {
+fn parse_into<R: Read>(input: R, limits: Limits, tx: mpsc::Sender<Msg>) {
     let mut parser = match Parser::new(input, limits) {
         Ok(p) => p,
         Err(e) => {

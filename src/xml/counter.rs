@@ -1,13 +1,17 @@
-//! A `BufRead` wrapper that knows where the parser is.
+//! The parser's byte source: a `BufRead` over any `Read` that knows where the parser is.
 //!
 //! quick-xml reports byte offsets only. To say "line 812, column 7" without keeping the document,
-//! this wrapper remembers the bytes consumed since the last *checkpoint* (the parser sets one
-//! between top-level elements) together with the line and column of that checkpoint. The same
-//! bytes are the raw fragment of a record that goes to quarantine. Memory is therefore bounded by
-//! one top-level element, and that is capped: past `max_record_bytes` the read fails, so a hostile
+//! and to hand a broken record's raw bytes to quarantine, the bytes since the last *checkpoint*
+//! (the parser sets one at the start of every top-level element) stay in the buffer, with the line
+//! and column of the checkpoint. That one buffer is also the read buffer quick-xml pulls from, so
+//! no byte is copied twice. Memory is bounded by one top-level element plus one read chunk, and
+//! that is capped: past `max_record_bytes` since the checkpoint the read fails, so a hostile
 //! document cannot make us hold it whole. A total cap on the document size is enforced here too.
 
 use std::io::{self, BufRead, Read};
+
+/// How much is read from the source at a time.
+const CHUNK: usize = 64 * 1024;
 
 /// Line and column (both 1-based; the column counts characters, not bytes) and the byte offset.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -43,25 +47,31 @@ impl std::error::Error for LimitExceeded {}
 
 pub struct CountingReader<R> {
     inner: R,
-    /// Bytes consumed since the checkpoint.
-    recorded: Vec<u8>,
-    /// Location of the first byte of `recorded`.
+    /// `buf[start..pos]` was consumed since the checkpoint; `buf[pos..]` is read ahead.
+    buf: Vec<u8>,
+    start: usize,
+    pos: usize,
+    /// Location of `buf[start]`.
     mark: Location,
+    eof: bool,
     consumed: u64,
     max_record_bytes: u64,
     max_document_bytes: Option<u64>,
 }
 
-impl<R: BufRead> CountingReader<R> {
+impl<R: Read> CountingReader<R> {
     pub fn new(inner: R, max_record_bytes: u64, max_document_bytes: Option<u64>) -> Self {
         CountingReader {
             inner,
-            recorded: Vec::new(),
+            buf: Vec::with_capacity(2 * CHUNK),
+            start: 0,
+            pos: 0,
             mark: Location {
                 line: 1,
                 column: 1,
                 offset: 0,
             },
+            eof: false,
             consumed: 0,
             max_record_bytes,
             max_document_bytes,
@@ -72,31 +82,22 @@ impl<R: BufRead> CountingReader<R> {
     /// checkpoint), moving the mark there.
     pub fn checkpoint(&mut self, offset: u64) {
         let loc = self.locate(offset);
-        let cut = (loc.offset - self.mark.offset) as usize;
-        self.recorded.drain(..cut);
+        self.start += (loc.offset - self.mark.offset) as usize;
         self.mark = loc;
     }
 
     /// Line and column of a byte offset at or after the checkpoint. Offsets before it resolve to
     /// the checkpoint itself; offsets past what was consumed resolve to the end.
     pub fn locate(&self, offset: u64) -> Location {
-        let want = offset.clamp(
-            self.mark.offset,
-            self.mark.offset + self.recorded.len() as u64,
-        );
-        let slice = &self.recorded[..(want - self.mark.offset) as usize];
+        let want = offset.clamp(self.mark.offset, self.consumed);
+        let slice = &self.buf[self.start..self.start + (want - self.mark.offset) as usize];
         let mut loc = self.mark;
-        let mut last_line_start = None;
-        for (i, b) in slice.iter().enumerate() {
-            if *b == b'\n' {
-                loc.line += 1;
-                last_line_start = Some(i + 1);
-            }
-        }
-        let tail = match last_line_start {
-            Some(start) => {
+        // memchr counts newlines with SIMD: this runs over every byte once per record.
+        loc.line += memchr::memchr_iter(b'\n', slice).count() as u64;
+        let tail = match memchr::memrchr(b'\n', slice) {
+            Some(i) => {
                 loc.column = 1;
-                &slice[start..]
+                &slice[i + 1..]
             }
             None => slice,
         };
@@ -106,53 +107,76 @@ impl<R: BufRead> CountingReader<R> {
         loc
     }
 
-    /// The bytes between two offsets, both at or after the checkpoint.
+    /// The consumed bytes between two offsets at or after the checkpoint.
     pub fn slice(&self, from: u64, to: u64) -> &[u8] {
-        let len = self.recorded.len() as u64;
-        let a = from.saturating_sub(self.mark.offset).min(len) as usize;
-        let b = to.saturating_sub(self.mark.offset).min(len) as usize;
-        &self.recorded[a..b.max(a)]
+        let len = (self.consumed - self.mark.offset) as usize;
+        let a = (from.saturating_sub(self.mark.offset) as usize).min(len);
+        let b = (to.saturating_sub(self.mark.offset) as usize).min(len);
+        &self.buf[self.start + a..self.start + b.max(a)]
     }
 
     pub fn consumed(&self) -> u64 {
         self.consumed
     }
-}
 
-impl<R: BufRead> Read for CountingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let available = self.fill_buf()?;
-        let n = available.len().min(buf.len());
-        buf[..n].copy_from_slice(&available[..n]);
-        self.consume(n);
-        Ok(n)
-    }
-}
-
-impl<R: BufRead> BufRead for CountingReader<R> {
-    fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        if self.recorded.len() as u64 > self.max_record_bytes {
-            return Err(io::Error::other(LimitExceeded::Record(
-                self.max_record_bytes,
-            )));
+    fn refill(&mut self) -> io::Result<()> {
+        if (self.pos - self.start) as u64 > self.max_record_bytes {
+            return Err(io::Error::other(LimitExceeded::Record(self.max_record_bytes)));
         }
         if let Some(max) = self.max_document_bytes {
             if self.consumed > max {
                 return Err(io::Error::other(LimitExceeded::Document(max)));
             }
         }
-        self.inner.fill_buf()
+        // Drop what lies before the checkpoint once it is most of the buffer: the memmove is
+        // then paid rarely, not once per record.
+        if self.start > 0 && self.start >= self.buf.len() / 2 {
+            self.buf.drain(..self.start);
+            self.pos -= self.start;
+            self.start = 0;
+        }
+        let old = self.buf.len();
+        self.buf.resize(old + CHUNK, 0);
+        let n = loop {
+            match self.inner.read(&mut self.buf[old..]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.buf.truncate(old);
+                    return Err(e);
+                }
+            }
+        };
+        self.buf.truncate(old + n);
+        if n == 0 {
+            self.eof = true;
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(out.len());
+        out[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl<R: Read> BufRead for CountingReader<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.pos == self.buf.len() && !self.eof {
+            self.refill()?;
+        }
+        Ok(&self.buf[self.pos..])
     }
 
     fn consume(&mut self, amt: usize) {
-        // The bytes being consumed are still in the inner buffer: `fill_buf` on a BufRead with
-        // data buffered returns it without I/O. If it fails we only lose location precision.
-        if let Ok(buf) = self.inner.fill_buf() {
-            let n = amt.min(buf.len());
-            self.recorded.extend_from_slice(&buf[..n]);
-        }
+        let amt = amt.min(self.buf.len() - self.pos);
+        self.pos += amt;
         self.consumed += amt as u64;
-        self.inner.consume(amt);
     }
 }
 
@@ -160,7 +184,7 @@ impl<R: BufRead> BufRead for CountingReader<R> {
 mod tests {
     use super::*;
 
-    fn consume_all<R: BufRead>(r: &mut CountingReader<R>) {
+    fn consume_all<R: Read>(r: &mut CountingReader<R>) {
         let mut sink = Vec::new();
         r.read_to_end(&mut sink).expect("read");
     }
@@ -170,32 +194,11 @@ mod tests {
         let doc = "ab\nmå\nxyz";
         let mut r = CountingReader::new(doc.as_bytes(), 1 << 20, None);
         consume_all(&mut r);
-        assert_eq!(
-            r.locate(0),
-            Location {
-                line: 1,
-                column: 1,
-                offset: 0
-            }
-        );
+        assert_eq!(r.locate(0), Location { line: 1, column: 1, offset: 0 });
         assert_eq!(r.locate(3).line, 2);
         // "må" is 3 bytes; the byte after it is column 3.
-        assert_eq!(
-            r.locate(6),
-            Location {
-                line: 2,
-                column: 3,
-                offset: 6
-            }
-        );
-        assert_eq!(
-            r.locate(8),
-            Location {
-                line: 3,
-                column: 2,
-                offset: 8
-            }
-        );
+        assert_eq!(r.locate(6), Location { line: 2, column: 3, offset: 6 });
+        assert_eq!(r.locate(8), Location { line: 3, column: 2, offset: 8 });
     }
 
     #[test]
@@ -205,21 +208,30 @@ mod tests {
         consume_all(&mut r);
         r.checkpoint(4);
         assert_eq!(r.slice(4, 7), b"two");
-        assert_eq!(
-            r.locate(8),
-            Location {
-                line: 3,
-                column: 1,
-                offset: 8
-            }
-        );
+        assert_eq!(r.locate(8), Location { line: 3, column: 1, offset: 8 });
     }
 
     #[test]
     fn reading_past_the_record_cap_fails() {
-        let doc = [b' '; 100];
-        let mut r = CountingReader::new(std::io::BufReader::with_capacity(10, &doc[..]), 50, None);
+        let doc = vec![b' '; 3 * CHUNK];
+        let mut r = CountingReader::new(&doc[..], 50, None);
         let err = r.read_to_end(&mut Vec::new()).expect_err("cap");
         assert!(err.to_string().contains("50 bytes"), "{err}");
+    }
+
+    #[test]
+    fn memory_stays_bounded_when_checkpoints_move_on() {
+        let doc = vec![b'x'; 50 * CHUNK];
+        let mut r = CountingReader::new(&doc[..], 4 * CHUNK as u64, None);
+        loop {
+            let n = r.fill_buf().expect("read").len().min(1000);
+            if n == 0 {
+                break;
+            }
+            r.consume(n);
+            let at = r.consumed();
+            r.checkpoint(at);
+            assert!(r.buf.capacity() <= 4 * CHUNK, "{}", r.buf.capacity());
+        }
     }
 }

@@ -1,19 +1,18 @@
 //! The streaming parser: bytes in, one [`Item`] per top-level element out.
 //!
 //! It holds the reader, one reusable event buffer and the element in progress, never the document:
-//! a caller writes each record before asking for the next. Namespaces are resolved by quick-xml's
-//! `NsReader`, so any prefix or a default namespace works; all elements of a document must be in
-//! the root's namespace. Attributes are unqualified as in the XSD; prefixed ones (`xsi:…`) are
+//! a caller writes each record before asking for the next. Namespaces are resolved here (cheaper
+//! than quick-xml's `NsReader`, which pushes a scope for every element), so any prefix or a default
+//! namespace works; all elements of a document must be in the root's namespace. Attributes are unqualified as in the XSD; prefixed ones (`xsi:…`) are
 //! ignored. Values are trimmed as the XSD's whitespace facets do for dates, numbers and booleans
 //! (and, leniently, for the string enumerations).
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
+use std::io::Read;
 
 use chrono::{NaiveDate, NaiveDateTime};
 use quick_xml::events::Event;
-use quick_xml::name::ResolveResult;
-use quick_xml::NsReader;
+use quick_xml::Reader;
 
 use super::counter::{CountingReader, LimitExceeded, Location};
 use super::error::{DocumentError, RecordError, RecordErrorKind as K};
@@ -240,7 +239,6 @@ impl At {
 enum Tok {
     Start {
         el: El,
-        name: String,
     },
     End,
     /// Text or CDATA; `blank` when it is only whitespace.
@@ -266,7 +264,7 @@ impl From<DocumentError> for Fault {
 ///
 /// ```no_run
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let file = std::io::BufReader::new(std::fs::File::open("response.xml")?);
+/// let file = std::fs::File::open("response.xml")?;
 /// let mut parser = nprov_sync::xml::Parser::new(file, Default::default())?;
 /// println!("version {}", parser.header().version.label());
 /// while let Some(item) = parser.next_item()? {
@@ -275,8 +273,8 @@ impl From<DocumentError> for Fault {
 /// }
 /// # Ok(()) }
 /// ```
-pub struct Parser<R: BufRead> {
-    reader: NsReader<CountingReader<R>>,
+pub struct Parser<R: Read> {
+    reader: Reader<CountingReader<R>>,
     buf: Vec<u8>,
     /// Attributes of the last start tag (unqualified ones only).
     attrs: Vec<(At, String, u64)>,
@@ -284,8 +282,22 @@ pub struct Parser<R: BufRead> {
     text: String,
     /// Offset of the last token's first byte.
     tok_pos: u64,
-    /// Names of the open elements (for truncation messages); bounded by `MAX_DEPTH`.
-    open: Vec<String>,
+    /// The open elements (for depth and truncation messages); bounded by `MAX_DEPTH`.
+    open: Vec<El>,
+    /// Display names of the open `El::Other` elements, innermost last.
+    open_other: Vec<String>,
+    /// Display name of the last `El::Other` start tag.
+    other_name: String,
+    /// In-scope prefixed namespace declarations: (prefix, URI, depth of the declaring element). Documents declare them on the root only, so this
+    /// is tiny; a linear search from the end honours redeclaration.
+    ns_bindings: Vec<(Vec<u8>, Vec<u8>, usize)>,
+    /// Default-namespace declarations, the same way (prefix left empty).
+    default_ns: Vec<(Vec<u8>, Vec<u8>, usize)>,
+    /// The last start tag was an empty element (`<x/>`): its end comes next.
+    pending_end: bool,
+    /// Whether text is being collected (inside a simple element); elsewhere only its
+    /// blankness matters and it is not copied.
+    collect_text: bool,
     namespace: Vec<u8>,
     header: DocumentHeader,
     stats: ParseStats,
@@ -294,7 +306,7 @@ pub struct Parser<R: BufRead> {
     seen_kursresultat: bool,
 }
 
-impl<R: BufRead> Parser<R> {
+impl<R: Read> Parser<R> {
     /// Reads the prolog and the root element.
     ///
     /// # Errors
@@ -303,11 +315,14 @@ impl<R: BufRead> Parser<R> {
     pub fn new(input: R, limits: Limits) -> Result<Self, DocumentError> {
         let counting =
             CountingReader::new(input, limits.max_record_bytes, limits.max_document_bytes);
-        let mut reader = NsReader::from_reader(counting);
+        let mut reader = Reader::from_reader(counting);
         {
             let cfg = reader.config_mut();
-            cfg.expand_empty_elements = true;
+            // Empty elements are expanded by us (see `pending_end`) so that a start tag's
+            // length, and so its position, is known exactly.
+            cfg.expand_empty_elements = false;
             cfg.check_end_names = true;
+            // Not trim_text: it would also trim text next to an entity reference ("A &amp; B").
             cfg.trim_text(false);
         }
         let mut p = Parser {
@@ -317,6 +332,12 @@ impl<R: BufRead> Parser<R> {
             text: String::new(),
             tok_pos: 0,
             open: Vec::new(),
+            open_other: Vec::new(),
+            other_name: String::new(),
+            collect_text: false,
+            pending_end: false,
+            ns_bindings: Vec::new(),
+            default_ns: Vec::new(),
             namespace: Vec::new(),
             header: DocumentHeader {
                 version: SchemaVersion::from_namespace(super::version::NAMESPACE_PREFIX)
@@ -363,19 +384,18 @@ impl<R: BufRead> Parser<R> {
 
     fn next_item_inner(&mut self) -> Result<Option<Item>, DocumentError> {
         loop {
-            // Between top-level elements: forget the bytes before this point.
             let pos = self.reader.buffer_position();
-            self.reader.get_mut().checkpoint(pos);
             match self.next_tok()? {
                 Tok::Text { blank } => {
                     if !blank {
                         self.warn(pos, "text directly inside <provresultat> ignored".into());
                     }
                 }
-                Tok::Start { el, name } => {
-                    return self.read_top_level(el, name, pos).map(Some);
+                Tok::Start { el } => {
+                    return self.read_top_level(el, pos).map(Some);
                 }
                 Tok::End => {
+                    eprintln!("PROBE bindings {} open {}", self.ns_bindings.len(), self.open.len());
                     self.read_epilog()?;
                     self.finished = true;
                     return Ok(None);
@@ -399,12 +419,12 @@ impl<R: BufRead> Parser<R> {
                 }
                 Tok::Eof => return Err(DocumentError::Empty),
                 Tok::End => unreachable!("no element is open before the root"),
-                Tok::Start { el, name } => {
+                Tok::Start { el } => {
                     let location = self.loc(self.tok_pos);
                     if el != El::Provresultat {
                         return Err(DocumentError::WrongRoot {
                             location,
-                            found: name,
+                            found: self.display_name(el),
                         });
                     }
                     return self.root_attributes(location);
@@ -481,10 +501,10 @@ impl<R: BufRead> Parser<R> {
                         what: "text".into(),
                     })
                 }
-                Tok::Start { name, .. } => {
+                Tok::Start { el } => {
                     return Err(DocumentError::TrailingContent {
                         location: self.loc(self.tok_pos),
-                        what: format!("element <{name}>"),
+                        what: format!("element <{}>", self.display_name(el)),
                     })
                 }
                 Tok::End => unreachable!("no element is open after the root"),
@@ -494,7 +514,9 @@ impl<R: BufRead> Parser<R> {
 
     // ----- records -----------------------------------------------------------------------------
 
-    fn read_top_level(&mut self, el: El, name: String, start: u64) -> Result<Item, DocumentError> {
+    fn read_top_level(&mut self, el: El, start: u64) -> Result<Item, DocumentError> {
+        // Forget the bytes before this element: memory holds one top-level element at a time.
+        self.reader.get_mut().checkpoint(start);
         let location = self.loc(start);
         let result = match el {
             El::Amnesresultat | El::Kursresultat => {
@@ -515,7 +537,7 @@ impl<R: BufRead> Parser<R> {
                 location,
                 element: "provresultat".into(),
                 elev: None,
-                message: format!("unexpected element <{name}>"),
+                message: format!("unexpected element <{}>", self.display_name(el)),
             })),
         };
         match result {
@@ -622,10 +644,9 @@ impl<R: BufRead> Parser<R> {
                 }
                 Tok::Start {
                     el: El::Provtillfalle,
-                    ..
                 } => provtillfallen.push(self.read_provtillfalle(&key.elev)?),
-                Tok::Start { name, .. } => {
-                    return Err(self.unexpected(element, &name, &key.elev));
+                Tok::Start { el } => {
+                    return Err(self.unexpected(element, el, &key.elev));
                 }
                 Tok::End => break,
                 Tok::Eof => return Err(self.truncated().into()),
@@ -676,7 +697,7 @@ impl<R: BufRead> Parser<R> {
             match self.next_tok()? {
                 Tok::Text { blank: true } => {}
                 Tok::Text { blank: false } => return Err(self.unexpected_text(E, elev)),
-                Tok::Start { el, name } => {
+                Tok::Start { el } => {
                     let pos = self.tok_pos;
                     let misplaced = match el {
                         El::Intedeltagit => {
@@ -686,7 +707,7 @@ impl<R: BufRead> Parser<R> {
                             intedeltagit || sammanvagt.is_some() || !delprov.is_empty()
                         }
                         El::Delprovsresultat => intedeltagit,
-                        _ => return Err(self.unexpected(E, &name, elev)),
+                        _ => return Err(self.unexpected(E, el, elev)),
                     };
                     if misplaced {
                         return Err(self.rec(
@@ -695,7 +716,8 @@ impl<R: BufRead> Parser<R> {
                             E,
                             elev,
                             format!(
-                                "<{name}> is out of place: a provtillfälle holds either <intedeltagit/> alone, or an optional <sammanvägtprovbetyg> followed by <delprovsresultat>"
+                                "<{}> is out of place: a provtillfälle holds either <intedeltagit/> alone, or an optional <sammanvägtprovbetyg> followed by <delprovsresultat>",
+                                el.name()
                             ),
                         ));
                     }
@@ -746,7 +768,7 @@ impl<R: BufRead> Parser<R> {
             match self.next_tok()? {
                 Tok::Text { blank: true } => {}
                 Tok::Text { blank: false } => return Err(self.unexpected_text(E, elev)),
-                Tok::Start { el, name } => {
+                Tok::Start { el } => {
                     let pos = self.tok_pos;
                     if typ.is_some() {
                         return Err(self.rec(
@@ -754,7 +776,7 @@ impl<R: BufRead> Parser<R> {
                             pos,
                             E,
                             elev,
-                            format!("<{name}> after <typ>: <typ> comes last, once"),
+                            format!("<{}> after <typ>: <typ> comes last, once", self.display_name(el)),
                         ));
                     }
                     let value_seen = betyg.is_some() || poang.is_some();
@@ -772,7 +794,7 @@ impl<R: BufRead> Parser<R> {
                                         "both <betyg> and <poäng>: the XSD allows one of them"
                                             .into()
                                     } else {
-                                        format!("<{name}> repeated")
+                                        format!("<{}> repeated", el.name())
                                     },
                                 ));
                             }
@@ -783,7 +805,7 @@ impl<R: BufRead> Parser<R> {
                             marker.is_some() || value_seen || maluppfyllnad.is_some()
                         }
                         El::Typ => false,
-                        _ => return Err(self.unexpected(E, &name, elev)),
+                        _ => return Err(self.unexpected(E, el, elev)),
                     };
                     if misplaced {
                         return Err(self.rec(
@@ -791,7 +813,7 @@ impl<R: BufRead> Parser<R> {
                             pos,
                             E,
                             elev,
-                            format!("<{name}> is out of place: a delprovsresultat holds <betyg> or <poäng> and <måluppfyllnad>, or <intedeltagit/>, or <borttappat/>, then <typ>"),
+                            format!("<{}> is out of place: a delprovsresultat holds <betyg> or <poäng> and <måluppfyllnad>, or <intedeltagit/>, or <borttappat/>, then <typ>", el.name()),
                         ));
                     }
                     match el {
@@ -868,14 +890,10 @@ impl<R: BufRead> Parser<R> {
     fn read_value(&mut self, el: El, elev: &str) -> Result<String, Fault> {
         let start = self.tok_pos;
         self.warn_leftover_attrs(el.name());
-        loop {
-            match self.next_tok()? {
-                Tok::Text { .. } => {}
-                Tok::Start { name, .. } => return Err(self.unexpected(el.name(), &name, elev)),
-                Tok::End => break,
-                Tok::Eof => return Err(self.truncated().into()),
-            }
-        }
+        self.collect_text = true;
+        let end = self.read_value_end(el, elev);
+        self.collect_text = false;
+        end?;
         let v = self.text.trim();
         if v.is_empty() {
             return Err(self.rec(
@@ -889,6 +907,17 @@ impl<R: BufRead> Parser<R> {
         Ok(v.to_owned())
     }
 
+    fn read_value_end(&mut self, el: El, elev: &str) -> Result<(), Fault> {
+        loop {
+            match self.next_tok()? {
+                Tok::Text { .. } => {}
+                Tok::Start { el: child } => return Err(self.unexpected(el.name(), child, elev)),
+                Tok::End => return Ok(()),
+                Tok::Eof => return Err(self.truncated().into()),
+            }
+        }
+    }
+
     /// Reads an element declared with empty content (`<intedeltagit/>`).
     fn read_empty(&mut self, el: El, elev: &str) -> Result<(), Fault> {
         self.warn_leftover_attrs(el.name());
@@ -896,7 +925,7 @@ impl<R: BufRead> Parser<R> {
             match self.next_tok()? {
                 Tok::Text { blank: true } => {}
                 Tok::Text { blank: false } => return Err(self.unexpected_text(el.name(), elev)),
-                Tok::Start { name, .. } => return Err(self.unexpected(el.name(), &name, elev)),
+                Tok::Start { el: child } => return Err(self.unexpected(el.name(), child, elev)),
                 Tok::End => return Ok(()),
                 Tok::Eof => return Err(self.truncated().into()),
             }
@@ -906,59 +935,36 @@ impl<R: BufRead> Parser<R> {
     // ----- the token layer ---------------------------------------------------------------------
 
     fn next_tok(&mut self) -> Result<Tok, DocumentError> {
+        if self.pending_end {
+            self.pending_end = false;
+            self.close_element();
+            return Ok(Tok::End);
+        }
         loop {
             self.buf.clear();
             self.tok_pos = self.reader.buffer_position();
-            let event = self.reader.read_resolved_event_into(&mut self.buf);
-            let (ns, event) = match event {
-                Ok(pair) => pair,
+            let event = match self.reader.read_event_into(&mut self.buf) {
+                Ok(e) => e,
                 Err(e) => {
                     let at = self.reader.error_position();
                     return Err(self.xml_error(e, at));
                 }
             };
+            let empty = matches!(event, Event::Empty(_));
             match event {
-                Event::Start(start) => {
-                    if self.open.len() >= MAX_DEPTH {
+                Event::Start(start) | Event::Empty(start) => {
+                    // The tag is `<` content `>` (or `/>`) and ends where the reader stands.
+                    let tag_len = start.len() as u64 + if empty { 3 } else { 2 };
+                    self.tok_pos = self.reader.buffer_position().saturating_sub(tag_len);
+                    let depth = self.open.len() + 1;
+                    if depth > MAX_DEPTH {
                         return Err(DocumentError::TooDeep {
                             location: self.reader.get_ref().locate(self.tok_pos),
                             max: MAX_DEPTH,
                         });
                     }
-                    let local = start.local_name();
-                    let root = self.open.is_empty();
-                    let el = match ns {
-                        ResolveResult::Bound(n) if root => {
-                            let ns_str = String::from_utf8_lossy(n.as_ref()).into_owned();
-                            match SchemaVersion::from_namespace(&ns_str) {
-                                Some(v) if local.as_ref() == b"provresultat" => {
-                                    self.namespace = n.as_ref().to_vec();
-                                    self.header.version = v;
-                                    El::Provresultat
-                                }
-                                _ => El::Other,
-                            }
-                        }
-                        ResolveResult::Bound(n) if n.as_ref() == self.namespace.as_slice() => {
-                            match El::from_local(local.as_ref()) {
-                                El::Provresultat => El::Other,
-                                el => el,
-                            }
-                        }
-                        _ => El::Other,
-                    };
-                    let name = if el == El::Other {
-                        // Spell foreign names out with their namespace so the message is useful.
-                        let qname = String::from_utf8_lossy(start.name().as_ref()).into_owned();
-                        match ns {
-                            ResolveResult::Bound(n) => {
-                                format!("{qname} xmlns=\"{}\"", String::from_utf8_lossy(n.as_ref()))
-                            }
-                            _ => format!("{qname} (no namespace)"),
-                        }
-                    } else {
-                        el.name().to_owned()
-                    };
+                    // One pass over the attributes: namespace declarations (which apply to this
+                    // element already) and the schema's unqualified attributes.
                     self.attrs.clear();
                     let attr_base = self.tok_pos;
                     for attr in start.attributes() {
@@ -972,8 +978,28 @@ impl<R: BufRead> Parser<R> {
                             }
                         };
                         let key = attr.key.as_ref();
-                        // Namespace declarations and qualified attributes (xsi:…) are not data.
-                        if key.starts_with(b"xmlns") || key.contains(&b':') {
+                        let value = || {
+                            attr.unescape_value().map_err(|e| DocumentError::Malformed {
+                                location: self.reader.get_ref().locate(self.tok_pos),
+                                message: format!("attribute {}: {e}", String::from_utf8_lossy(key)),
+                            })
+                        };
+                        if let Some(prefix) = key.strip_prefix(b"xmlns") {
+                            let prefix = match prefix {
+                                [] => &[][..],
+                                [b':', p @ ..] => p,
+                                _ => continue,
+                            };
+                            let uri = value()?.into_owned().into_bytes();
+                            if prefix.is_empty() {
+                                self.default_ns.push((Vec::new(), uri, depth));
+                            } else {
+                                self.ns_bindings.push((prefix.to_vec(), uri, depth));
+                            }
+                            continue;
+                        }
+                        // Qualified attributes (xsi:…) are not data.
+                        if key.contains(&b':') {
                             continue;
                         }
                         let at = At::from_local(key);
@@ -983,40 +1009,91 @@ impl<R: BufRead> Parser<R> {
                             self.attrs.push((at, name, attr_base));
                             continue;
                         }
-                        let value = match attr.unescape_value() {
-                            Ok(v) => v.into_owned(),
-                            Err(e) => {
-                                return Err(DocumentError::Malformed {
-                                    location: self.reader.get_ref().locate(self.tok_pos),
-                                    message: format!(
-                                        "attribute {}: {e}",
-                                        String::from_utf8_lossy(key)
-                                    ),
-                                })
-                            }
-                        };
-                        self.attrs.push((at, value, attr_base));
+                        let v = value()?.into_owned();
+                        self.attrs.push((at, v, attr_base));
                     }
-                    self.open.push(name.clone());
+                    let qname = start.name();
+                    let (prefix, local) = match memchr::memchr(b':', qname.as_ref()) {
+                        Some(i) => (&qname.as_ref()[..i], &qname.as_ref()[i + 1..]),
+                        None => (&[][..], qname.as_ref()),
+                    };
+                    if self.ns_bindings.len() > 5 && self.ns_bindings.len() % 100000 == 0 { eprintln!("PROBE grow {} depth {} empty {}", self.ns_bindings.len(), depth, empty); }
+                    let binding = if prefix.is_empty() {
+                        // The common case needs no comparison at all.
+                        self.default_ns.last()
+                    } else {
+                        self.ns_bindings
+                            .iter()
+                            .rev()
+                            .find(|(p, _, _)| p.as_slice() == prefix)
+                    };
+                    let ns = match binding {
+                        Some((_, uri, _)) if !uri.is_empty() => Some(uri.as_slice()),
+                        None if !prefix.is_empty() => {
+                            return Err(DocumentError::Malformed {
+                                location: self.reader.get_ref().locate(self.tok_pos),
+                                message: format!(
+                                    "the prefix {:?} is not bound to a namespace",
+                                    String::from_utf8_lossy(prefix)
+                                ),
+                            })
+                        }
+                        _ => None,
+                    };
+                    let el = match ns {
+                        Some(n) if depth == 1 => {
+                            let ns_str = String::from_utf8_lossy(n).into_owned();
+                            match SchemaVersion::from_namespace(&ns_str) {
+                                Some(v) if local == b"provresultat" => {
+                                    self.namespace = n.to_vec();
+                                    self.header.version = v;
+                                    El::Provresultat
+                                }
+                                _ => El::Other,
+                            }
+                        }
+                        Some(n) if n == self.namespace.as_slice() => match El::from_local(local) {
+                            El::Provresultat => El::Other,
+                            el => el,
+                        },
+                        _ => El::Other,
+                    };
+                    if el == El::Other {
+                        // Spell foreign names out with their namespace so the message is useful.
+                        let q = String::from_utf8_lossy(qname.as_ref()).into_owned();
+                        self.other_name = match ns {
+                            Some(n) => format!("{q} xmlns=\"{}\"", String::from_utf8_lossy(n)),
+                            None => format!("{q} (no namespace)"),
+                        };
+                        self.open_other.push(self.other_name.clone());
+                    }
+                    self.open.push(el);
                     self.text.clear();
-                    return Ok(Tok::Start { el, name });
+                    self.pending_end = empty;
+                    return Ok(Tok::Start { el });
                 }
                 Event::End(_) => {
-                    self.open.pop();
+                    self.close_element();
                     return Ok(Tok::End);
                 }
                 Event::Text(t) => {
+                    if !self.collect_text && is_blank_bytes(&t) {
+                        // Indentation between elements: nothing to decode or keep.
+                        return Ok(Tok::Text { blank: true });
+                    }
                     let s = t.decode().map_err(|e| DocumentError::Malformed {
                         location: self.reader.get_ref().locate(self.tok_pos),
                         message: e.to_string(),
                     })?;
-                    let blank = s.chars().all(char::is_whitespace);
-                    self.text.push_str(&s);
+                    let blank = is_blank(&s);
+                    if self.collect_text || !blank {
+                        self.text.push_str(&s);
+                    }
                     return Ok(Tok::Text { blank });
                 }
                 Event::CData(t) => {
-                    let s = String::from_utf8_lossy(&t).into_owned();
-                    let blank = s.chars().all(char::is_whitespace);
+                    let s = String::from_utf8_lossy(&t);
+                    let blank = is_blank(&s);
                     self.text.push_str(&s);
                     return Ok(Tok::Text { blank });
                 }
@@ -1067,7 +1144,6 @@ impl<R: BufRead> Parser<R> {
                 }
                 Event::Comment(_) | Event::PI(_) => {}
                 Event::Eof => return Ok(Tok::Eof),
-                Event::Empty(_) => unreachable!("expand_empty_elements is on"),
             }
         }
     }
@@ -1098,7 +1174,7 @@ impl<R: BufRead> Parser<R> {
             ) {
                 return DocumentError::Truncated {
                     location,
-                    open: self.open.last().cloned().unwrap_or_default(),
+                    open: self.open_name(),
                 };
             }
         }
@@ -1117,14 +1193,17 @@ impl<R: BufRead> Parser<R> {
     fn truncated(&self) -> DocumentError {
         DocumentError::Truncated {
             location: self.loc(self.reader.buffer_position()),
-            open: self.open.last().cloned().unwrap_or_default(),
+            open: self.open_name(),
         }
     }
 
     /// Warns about attributes of the current element that its reader did not take: the XSD does
     /// not declare them, and they carry nothing we store.
     fn warn_leftover_attrs(&mut self, element: &str) {
-        let left = std::mem::take(&mut self.attrs);
+        if self.attrs.is_empty() {
+            return;
+        }
+        let left: Vec<_> = self.attrs.drain(..).collect();
         for (at, value, pos) in left {
             let name = if at == At::Other {
                 value
@@ -1154,14 +1233,44 @@ impl<R: BufRead> Parser<R> {
         })
     }
 
-    fn unexpected(&self, parent: &str, name: &str, elev: &str) -> Fault {
+    fn unexpected(&self, parent: &str, child: El, elev: &str) -> Fault {
         self.rec(
             K::UnexpectedElement,
             self.tok_pos,
             parent,
             elev,
-            format!("unexpected element <{name}>"),
+            format!("unexpected element <{}>", self.display_name(child)),
         )
+    }
+
+    /// Ends the innermost element: its name and the namespace declarations made on it.
+    fn close_element(&mut self) {
+        if self.open.pop() == Some(El::Other) {
+            self.open_other.pop();
+        }
+        let depth = self.open.len();
+        for scope in [&mut self.ns_bindings, &mut self.default_ns] {
+            while scope.last().is_some_and(|(_, _, d)| *d > depth) {
+                scope.pop();
+            }
+        }
+    }
+
+    /// The name of an element for messages; foreign ones are spelled out with their namespace.
+    fn display_name(&self, el: El) -> String {
+        if el == El::Other {
+            self.other_name.clone()
+        } else {
+            el.name().to_owned()
+        }
+    }
+
+    fn open_name(&self) -> String {
+        match self.open.last() {
+            Some(El::Other) => self.open_other.last().cloned().unwrap_or_default(),
+            Some(el) => el.name().to_owned(),
+            None => String::new(),
+        }
     }
 
     fn unexpected_text(&self, parent: &str, elev: &str) -> Fault {
@@ -1235,11 +1344,20 @@ impl<R: BufRead> Parser<R> {
     }
 }
 
-impl<R: BufRead> Iterator for Parser<R> {
+impl<R: Read> Iterator for Parser<R> {
     type Item = Result<Item, DocumentError>;
     fn next(&mut self) -> Option<Self::Item> {
         self.next_item().transpose()
     }
+}
+
+/// Whitespace only, in the XML sense (space, tab, CR, LF); other Unicode spaces are content.
+fn is_blank(s: &str) -> bool {
+    is_blank_bytes(s.as_bytes())
+}
+
+fn is_blank_bytes(b: &[u8]) -> bool {
+    b.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
 }
 
 /// xs:date, optionally with a time zone (which a date carries only as decoration).
@@ -1258,7 +1376,8 @@ pub fn parse_date(v: &str) -> Option<NaiveDate> {
     if !padded || !(rest.is_empty() || rest == "Z" || is_offset(rest)) {
         return None;
     }
-    NaiveDate::parse_from_str(core, "%Y-%m-%d").ok()
+    let num = |r: std::ops::Range<usize>| core[r].parse::<u32>().ok();
+    NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)
 }
 
 fn is_offset(s: &str) -> bool {

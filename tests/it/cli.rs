@@ -1,0 +1,115 @@
+//! The real binary: output, exit codes (1 bad data, 2 bad configuration, 3 database/system).
+
+use crate::helpers::fixture;
+use std::process::{Command, Output};
+
+fn nprov(args: &[&str], dir: &std::path::Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nprov-sync"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("NPROV_CONFIG")
+        .env_remove("NPROV_DATABASE_URL")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[test]
+fn validate_reports_version_and_counts_and_exits_zero_for_a_good_document() {
+    let dir = tempfile::tempdir().expect("dir");
+    let f = fixture("good/v2.0b.xml");
+    let o = nprov(&["validate", f.to_str().expect("utf-8 path")], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("v2.0b (http://pingpong.se/schemas/nationellaprov/v2.0b)"), "{out}");
+    assert!(out.contains("0 record errors"), "{out}");
+}
+
+#[test]
+fn validate_prints_each_error_with_its_location_and_exits_one() {
+    let dir = tempfile::tempdir().expect("dir");
+    let bad = fixture("bad/record-bad-poang.xml");
+    let doc = fixture("bad/doc-truncated-open-element.xml");
+    let o = nprov(
+        &["validate", bad.to_str().expect("path"), doc.to_str().expect("path")],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("record error: line "), "{out}");
+    assert!(out.contains("in <poäng> of elev {a1b2c3d4-0000-4000-8000-000000000102}"), "{out}");
+    assert!(out.contains("document error: line ") && out.contains("truncated"), "{out}");
+    assert!(out.contains("2 of 2 documents have errors"), "{out}");
+}
+
+#[test]
+fn import_creates_and_migrates_the_database_and_reimport_changes_nothing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let f = fixture("good/v12.0.xml");
+    let f = f.to_str().expect("path");
+    let o = nprov(&["import", "--source", "stockholm", f], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(dir.path().join("nprov.db").exists(), "default database file");
+    let first = text(&o);
+    assert!(first.contains(" 0 unchanged"), "{first}");
+    let o = nprov(&["import", "--source", "stockholm", f], dir.path());
+    let again = text(&o);
+    assert!(again.contains("0 changed") && again.contains("0 cleared"), "{again}");
+}
+
+#[test]
+fn import_of_a_broken_document_says_nothing_was_applied_and_exits_one() {
+    let dir = tempfile::tempdir().expect("dir");
+    let f = fixture("bad/doc-doctype-billion-laughs.xml");
+    let o = nprov(&["import", "--database", "sqlite://x.db", f.to_str().expect("path")], dir.path());
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("DOCTYPE") && out.contains("nothing from this document was applied"), "{out}");
+}
+
+#[test]
+fn the_shipped_example_configuration_passes_the_check() {
+    let dir = tempfile::tempdir().expect("dir");
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+    let o = nprov(&["config", "check", "--config", example.to_str().expect("path")], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let printed = nprov(&["config", "example"], dir.path());
+    assert_eq!(
+        String::from_utf8_lossy(&printed.stdout),
+        std::fs::read_to_string(example).expect("example")
+    );
+}
+
+#[test]
+fn a_bad_configuration_names_the_key_and_exits_two() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[database]\nurll = \"sqlite://x.db\"\n").expect("write");
+    let o = nprov(&["config", "check", "--config", cfg.to_str().expect("path")], dir.path());
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("urll"), "{}", text(&o));
+
+    let o = Command::new(env!("CARGO_BIN_EXE_nprov-sync"))
+        .args(["config", "check"])
+        .env("NPROV_PARSER_MAX_RECORD_BYTES", "many")
+        .output()
+        .expect("runs");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("NPROV_PARSER_MAX_RECORD_BYTES"), "{}", text(&o));
+}
+
+#[test]
+fn a_database_that_cannot_be_opened_exits_three() {
+    let dir = tempfile::tempdir().expect("dir");
+    let f = fixture("good/v1.1.xml");
+    let o = nprov(
+        &["import", "--database", "sqlite:///nonexistent-dir/x.db", f.to_str().expect("path")],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("cannot open the database sqlite:///nonexistent-dir/x.db"), "{}", text(&o));
+}
