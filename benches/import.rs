@@ -25,7 +25,9 @@ struct Figures {
 }
 
 async fn import(db: &std::path::Path, doc: &std::path::Path) -> Figures {
-    let store = SqliteStore::connect(&format!("sqlite://{}", db.display())).await.expect("open");
+    let store = SqliteStore::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .expect("open");
     store.migrate().await.expect("migrate");
     let input = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(doc).expect("doc"));
     let ctx = ApplyContext {
@@ -35,7 +37,9 @@ async fn import(db: &std::path::Path, doc: &std::path::Path) -> Figures {
         now: Utc::now(),
     };
     let t = Instant::now();
-    let r = import_document(&store, input, Limits::default(), ctx).await.expect("import");
+    let r = import_document(&store, input, Limits::default(), ctx)
+        .await
+        .expect("import");
     let seconds = t.elapsed().as_secs_f64();
     store.close().await;
     Figures {
@@ -48,8 +52,26 @@ async fn import(db: &std::path::Path, doc: &std::path::Path) -> Figures {
 #[derive(Default)]
 struct Rows {
     provomrade: Vec<(i64, ProvomradeKey, String)>,
-    provtillfalle: Vec<(i64, i64, i64, String, String, Option<String>, bool, Option<String>)>,
-    delprov: Vec<(i64, i64, i64, String, &'static str, Option<String>, Option<i64>, Option<bool>)>,
+    provtillfalle: Vec<(
+        i64,
+        i64,
+        i64,
+        String,
+        String,
+        Option<String>,
+        bool,
+        Option<String>,
+    )>,
+    delprov: Vec<(
+        i64,
+        i64,
+        i64,
+        String,
+        &'static str,
+        Option<String>,
+        Option<i64>,
+        Option<bool>,
+    )>,
 }
 
 fn rows_of(doc: &std::path::Path) -> Rows {
@@ -96,16 +118,21 @@ fn rows_of(doc: &std::path::Path) -> Rows {
 
 fn ceiling(db: &std::path::Path, rows: &Rows) -> Figures {
     let mut conn = rusqlite::Connection::open(db).expect("open");
-    conn.pragma_update(None, "journal_mode", "WAL").expect("wal");
-    conn.pragma_update(None, "synchronous", "NORMAL").expect("synchronous");
-    conn.pragma_update(None, "foreign_keys", true).expect("foreign keys");
-    let mut migrations: Vec<_> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"))
-        .expect("migrations")
-        .map(|e| e.expect("entry").path())
-        .collect();
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .expect("wal");
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .expect("synchronous");
+    conn.pragma_update(None, "foreign_keys", true)
+        .expect("foreign keys");
+    let mut migrations: Vec<_> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"))
+            .expect("migrations")
+            .map(|e| e.expect("entry").path())
+            .collect();
     migrations.sort();
     for m in migrations {
-        conn.execute_batch(&std::fs::read_to_string(m).expect("sql")).expect("migration");
+        conn.execute_batch(&std::fs::read_to_string(m).expect("sql"))
+            .expect("migration");
     }
     let now = "2026-11-23T12:00:00.000000Z";
     let t = Instant::now();
@@ -164,7 +191,10 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let dir = tempfile::tempdir().expect("dir");
     let small = common::document(SMALL);
     let large = common::document(LARGE);

@@ -48,7 +48,10 @@ fn main() {
     let path = common::document(STUDENTS);
     let bytes = std::fs::read(&path).expect("read document");
     let mb = bytes.len() as f64 / 1e6;
-    println!("document: {} ({mb:.1} MB, {STUDENTS} students)", path.display());
+    println!(
+        "document: {} ({mb:.1} MB, {STUDENTS} students)",
+        path.display()
+    );
 
     let mut c = Criterion::default()
         .configure_from_args()
@@ -56,7 +59,9 @@ fn main() {
         .measurement_time(Duration::from_secs(15));
     let mut group = c.benchmark_group("parse");
     group.throughput(Throughput::Bytes(bytes.len() as u64));
-    group.bench_function("bare quick-xml read_event loop", |b| b.iter(|| bare_loop(&bytes)));
+    group.bench_function("bare quick-xml read_event loop", |b| {
+        b.iter(|| bare_loop(&bytes))
+    });
     group.bench_function("nprov-sync parser", |b| b.iter(|| full_parse(&bytes)));
     group.finish();
 

@@ -8,5 +8,8 @@ fn main() {
         eprintln!("{e}");
         std::process::exit(1);
     }
-    println!("{} records, {} provtillfällen, {} delprovsresultat", doc.stats.records, doc.stats.provtillfallen, doc.stats.delprovsresultat);
+    println!(
+        "{} records, {} provtillfällen, {} delprovsresultat",
+        doc.stats.records, doc.stats.provtillfallen, doc.stats.delprovsresultat
+    );
 }

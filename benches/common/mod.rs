@@ -19,12 +19,22 @@ pub fn population(students: u64) -> Population {
 
 /// A document with every student of the population, generated once per size.
 pub fn document(students: u64) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-{SEED}-{students}.xml"));
+    let path =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-{SEED}-{students}.xml"));
     if !path.exists() {
         let tmp = path.with_extension("tmp");
-        let out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp).expect("create"));
+        let out = std::io::BufWriter::with_capacity(
+            1 << 20,
+            std::fs::File::create(&tmp).expect("create"),
+        );
         population(students)
-            .write_document(out, "2026-01-01T00:00:00", "2026-12-31T23:59:00", 0..students, |_| 0)
+            .write_document(
+                out,
+                "2026-01-01T00:00:00",
+                "2026-12-31T23:59:00",
+                0..students,
+                |_| 0,
+            )
             .expect("generate");
         std::fs::rename(&tmp, &path).expect("rename");
     }

@@ -9,9 +9,11 @@
 //! worker thread, so writes go as multi-row `VALUES` statements of up to [`ROWS_PER_STATEMENT`]
 //! rows.
 //!
-//! The keys a document touched are tracked in the temporary table `doc_touched` (one row per key,
-//! with the hash stored before the document and the hash it leaves), which lives in the
-//! transaction and spills to disk like any table, so memory does not grow with the document.
+//! The stored keys a document touched are tracked in the temporary table `doc_touched` (one row per
+//! key, with the hash stored before the document and the hash it leaves), which lives in the
+//! transaction and spills to disk like any table, so memory does not grow with the document. Keys
+//! the document creates need no row there: their ids, from `first_new_id` on, say so (a created
+//! key that comes again gets a row, to have its hash settled).
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
@@ -39,6 +41,8 @@ static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 /// Rows per multi-row INSERT. 1 000 rows of 8 columns stay far below SQLite's 32 766 bound
 /// variables and amortise the per-statement round trip.
 const ROWS_PER_STATEMENT: usize = 1000;
+/// `provomrade` has 11 columns: half as many rows keep its statements in the same bound.
+const PROVOMRADE_ROWS_PER_STATEMENT: usize = ROWS_PER_STATEMENT / 2;
 /// Records buffered before a flush: bounds memory and keeps statements large.
 const BATCH_RECORDS: usize = 1000;
 /// Child rows buffered before a flush, whichever limit comes first.
@@ -129,6 +133,7 @@ impl Store for SqliteStore {
             batch_keys: HashSet::with_capacity(BATCH_RECORDS),
             batch_child_rows: 0,
             next_provomrade_id: po + 1,
+            first_new_id: po + 1,
             next_provtillfalle_id: pt + 1,
             next_delprov_id: dp + 1,
             summary: ApplySummary::default(),
@@ -180,6 +185,8 @@ struct SqliteDocumentTx {
     batch_keys: HashSet<ProvomradeKey>,
     batch_child_rows: usize,
     next_provomrade_id: i64,
+    /// The first id this document hands out: rows from it on were created by the document.
+    first_new_id: i64,
     next_provtillfalle_id: i64,
     next_delprov_id: i64,
     summary: ApplySummary,
@@ -194,11 +201,167 @@ struct PtRow<'a> {
     pt: &'a Provtillfalle,
 }
 
+/// A delprovsresultat row to insert.
+struct DpRow<'a> {
+    id: i64,
+    provtillfalle_id: i64,
+    ordinal: i64,
+    d: &'a Delprovsresultat,
+}
+
+/// Values every row of a document shares.
+struct Common<'a> {
+    source: &'a str,
+    namespace: &'a str,
+    now: &'a str,
+}
+
+type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+/// One multi-row statement of a batch.
+enum Stmt<'a> {
+    Provomrade(&'a [(i64, &'a Pending)]),
+    DeleteDelprov(&'a [i64]),
+    DeleteProvtillfalle(&'a [i64]),
+    Provtillfalle(&'a [PtRow<'a>]),
+    Delprov(&'a [DpRow<'a>]),
+    Touch(&'a [Touch<'a>]),
+}
+
+impl<'a> Stmt<'a> {
+    fn rows(&self) -> usize {
+        match self {
+            Stmt::Provomrade(r) => r.len(),
+            Stmt::DeleteDelprov(r) | Stmt::DeleteProvtillfalle(r) => r.len(),
+            Stmt::Provtillfalle(r) => r.len(),
+            Stmt::Delprov(r) => r.len(),
+            Stmt::Touch(r) => r.len(),
+        }
+    }
+
+    fn context(&self) -> &'static str {
+        match self {
+            Stmt::Provomrade(_) => "inserting provområden",
+            Stmt::DeleteDelprov(_) => "deleting replaced delprovsresultat",
+            Stmt::DeleteProvtillfalle(_) => "deleting replaced provtillfällen",
+            Stmt::Provtillfalle(_) => "inserting provtillfällen",
+            Stmt::Delprov(_) => "inserting delprovsresultat",
+            Stmt::Touch(_) => "recording touched provområden",
+        }
+    }
+
+    fn sql(&self) -> String {
+        let n = self.rows();
+        let list = || format!("({})", vec!["?"; n].join(", "));
+        match self {
+            Stmt::Provomrade(_) => format!(
+                "INSERT INTO provomrade (id, source, elev, kind, amne, arskurs, kurs, namespace,
+                     content_sha256, changed_at, synced_at) VALUES {}",
+                placeholders(n, 11)
+            ),
+            Stmt::DeleteDelprov(_) => format!(
+                "DELETE FROM delprovsresultat WHERE provtillfalle_id IN
+                     (SELECT id FROM provtillfalle WHERE provomrade_id IN {})",
+                list()
+            ),
+            Stmt::DeleteProvtillfalle(_) => {
+                format!(
+                    "DELETE FROM provtillfalle WHERE provomrade_id IN {}",
+                    list()
+                )
+            }
+            Stmt::Provtillfalle(_) => format!(
+                "INSERT INTO provtillfalle (id, provomrade_id, ordinal, skolform, uppdaterat,
+                     genomfort, intedeltagit, sammanvagt_provbetyg) VALUES {}",
+                placeholders(n, 8)
+            ),
+            Stmt::Delprov(_) => format!(
+                "INSERT INTO delprovsresultat (id, provtillfalle_id, ordinal, typ, utfall, betyg,
+                     poang, maluppfyllnad) VALUES {}",
+                placeholders(n, 8)
+            ),
+            Stmt::Touch(_) => format!(
+                "INSERT INTO temp.doc_touched (provomrade_id, prev_sha256, new_sha256, elements)
+                 VALUES {}
+                 ON CONFLICT (provomrade_id) DO UPDATE SET elements = elements + 1",
+                placeholders(n, 4)
+            ),
+        }
+    }
+
+    fn bind<'q>(&'q self, sql: &'q str, c: &Common<'q>) -> SqliteQuery<'q> {
+        let mut q = sqlx::query(sql).persistent(is_full(self.rows()));
+        match self {
+            Stmt::Provomrade(rows) => {
+                for (id, p) in rows.iter() {
+                    let k = &p.record.key;
+                    q = q
+                        .bind(*id)
+                        .bind(c.source)
+                        .bind(k.elev.as_str())
+                        .bind(k.omrade.kind())
+                        .bind(k.omrade.amne())
+                        .bind(k.omrade.arskurs().map(|a| a.get() as i64))
+                        .bind(k.omrade.kurs())
+                        .bind(c.namespace)
+                        .bind(p.sha256.as_str())
+                        .bind(c.now)
+                        .bind(c.now);
+                }
+            }
+            Stmt::DeleteDelprov(ids) | Stmt::DeleteProvtillfalle(ids) => {
+                for id in ids.iter() {
+                    q = q.bind(*id);
+                }
+            }
+            Stmt::Provtillfalle(rows) => {
+                for r in rows.iter() {
+                    q = q
+                        .bind(r.id)
+                        .bind(r.provomrade_id)
+                        .bind(r.ordinal)
+                        .bind(r.skolform)
+                        .bind(r.pt.uppdaterat.to_string())
+                        .bind(r.pt.genomfort.map(|d| d.to_string()))
+                        .bind(r.pt.resultat.intedeltagit())
+                        .bind(r.pt.resultat.sammanvagt_provbetyg());
+                }
+            }
+            Stmt::Delprov(rows) => {
+                for r in rows.iter() {
+                    q = q
+                        .bind(r.id)
+                        .bind(r.provtillfalle_id)
+                        .bind(r.ordinal)
+                        .bind(r.d.typ.as_str())
+                        .bind(r.d.utfall.as_str())
+                        .bind(r.d.utfall.betyg())
+                        .bind(r.d.utfall.poang())
+                        .bind(r.d.utfall.maluppfyllnad());
+                }
+            }
+            Stmt::Touch(rows) => {
+                for t in rows.iter() {
+                    q = q
+                        .bind(t.provomrade_id)
+                        .bind(t.prev)
+                        .bind(t.new)
+                        .bind(t.elements);
+                }
+            }
+        }
+        q
+    }
+}
+
 /// A touched-key row for `doc_touched`.
 struct Touch<'a> {
     provomrade_id: i64,
+    /// The hash stored before this document; `None` for a key this document created.
     prev: Option<&'a str>,
     new: &'a str,
+    /// Elements of the key so far (added to an existing row's count).
+    elements: i64,
 }
 
 impl SqliteDocumentTx {
@@ -218,20 +381,18 @@ impl SqliteDocumentTx {
         for p in &batch {
             let (id, first_ordinal) = match existing.get(&p.record.key) {
                 None => {
+                    // A new key needs no doc_touched row: its id, at or above `first_new_id`,
+                    // already says that this document made it.
                     let id = self.next_provomrade_id;
                     self.next_provomrade_id += 1;
                     new_rows.push((id, p));
-                    touches.push(Touch {
-                        provomrade_id: id,
-                        prev: None,
-                        new: &p.sha256,
-                    });
                     (id, 0)
                 }
-                Some(e) if e.touched > 0 => {
+                Some(e) if e.touched > 0 || e.id >= self.first_new_id => {
                     // A later element of a key this document already applied: the stored rows
                     // are the earlier elements' content, so append after them. The hash is
                     // settled in `finish`.
+                    let created = e.id >= self.first_new_id;
                     let count: i64 = sqlx::query_scalar(
                         "SELECT COUNT(*) FROM provtillfalle WHERE provomrade_id = ?",
                     )
@@ -241,8 +402,10 @@ impl SqliteDocumentTx {
                     .map_err(query_err("counting provtillfällen of a repeated key"))?;
                     touches.push(Touch {
                         provomrade_id: e.id,
-                        prev: Some(&e.sha256),
+                        prev: (!created).then_some(e.sha256.as_str()),
                         new: &p.sha256,
+                        // A created key's first repeat has no row yet: it is its second element.
+                        elements: if e.touched == 0 { 2 } else { 1 },
                     });
                     (e.id, count)
                 }
@@ -252,6 +415,7 @@ impl SqliteDocumentTx {
                         provomrade_id: e.id,
                         prev: Some(&e.sha256),
                         new: &p.sha256,
+                        elements: 1,
                     });
                     continue;
                 }
@@ -261,6 +425,7 @@ impl SqliteDocumentTx {
                         provomrade_id: e.id,
                         prev: Some(&e.sha256),
                         new: &p.sha256,
+                        elements: 1,
                     });
                     (e.id, 0)
                 }
@@ -277,11 +442,8 @@ impl SqliteDocumentTx {
             }
         }
 
-        self.insert_provomrade(&new_rows).await?;
-        self.delete_children(&replace_ids).await?;
-        self.insert_provtillfallen(&pt_rows).await?;
-        self.insert_delprov(&pt_rows).await?;
-        self.touch(&touches).await?;
+        self.write_batch(&new_rows, &replace_ids, &pt_rows, &touches)
+            .await?;
         self.summary.records += batch.len() as u64;
         self.summary.provomrade_rows += new_rows.len() as u64;
         Ok(())
@@ -308,18 +470,20 @@ impl SqliteDocumentTx {
                 "WITH k(elev, amne, arskurs) AS (VALUES {})
                  SELECT p.id, p.elev, p.amne, p.arskurs, p.content_sha256, COALESCE(t.elements, 0)
                  FROM k JOIN provomrade p
-                   ON p.source = ?1 AND p.kind = 'amne' AND p.elev = k.elev
+                   ON p.source = ? AND p.kind = 'amne' AND p.elev = k.elev
                   AND p.amne = k.amne AND p.arskurs = k.arskurs
                  LEFT JOIN temp.doc_touched t ON t.provomrade_id = p.id",
-                placeholders(chunk.len(), 3, 2)
+                placeholders(chunk.len(), 3)
             );
-            let mut q = sqlx::query(&sql).bind(&self.ctx.source);
+            let mut q = sqlx::query(&sql).persistent(is_full(chunk.len()));
             for k in chunk {
                 q = q
                     .bind(&k.elev)
                     .bind(k.omrade.amne())
                     .bind(k.omrade.arskurs().map(|a| a.get() as i64));
             }
+            // Plain `?` are numbered in order of appearance: the source comes after VALUES.
+            q = q.bind(&self.ctx.source);
             let rows = q
                 .fetch_all(&mut *self.tx)
                 .await
@@ -348,14 +512,15 @@ impl SqliteDocumentTx {
                 "WITH k(elev, kurs) AS (VALUES {})
                  SELECT p.id, p.elev, p.kurs, p.content_sha256, COALESCE(t.elements, 0)
                  FROM k JOIN provomrade p
-                   ON p.source = ?1 AND p.kind = 'kurs' AND p.elev = k.elev AND p.kurs = k.kurs
+                   ON p.source = ? AND p.kind = 'kurs' AND p.elev = k.elev AND p.kurs = k.kurs
                  LEFT JOIN temp.doc_touched t ON t.provomrade_id = p.id",
-                placeholders(chunk.len(), 2, 2)
+                placeholders(chunk.len(), 2)
             );
-            let mut q = sqlx::query(&sql).bind(&self.ctx.source);
+            let mut q = sqlx::query(&sql).persistent(is_full(chunk.len()));
             for k in chunk {
                 q = q.bind(&k.elev).bind(k.omrade.kurs());
             }
+            q = q.bind(&self.ctx.source);
             let rows = q
                 .fetch_all(&mut *self.tx)
                 .await
@@ -378,145 +543,70 @@ impl SqliteDocumentTx {
         Ok(found)
     }
 
-    async fn insert_provomrade(&mut self, rows: &[(i64, &Pending)]) -> Result<(), StoreError> {
-        for chunk in rows.chunks(ROWS_PER_STATEMENT / 2) {
-            let sql = format!(
-                "INSERT INTO provomrade (id, source, elev, kind, amne, arskurs, kurs, namespace,
-                     content_sha256, changed_at, synced_at) VALUES {}",
-                placeholders(chunk.len(), 11, 1)
-            );
-            let mut q = sqlx::query(&sql);
-            for (id, p) in chunk {
-                let k = &p.record.key;
-                q = q
-                    .bind(id)
-                    .bind(&self.ctx.source)
-                    .bind(&k.elev)
-                    .bind(k.omrade.kind())
-                    .bind(k.omrade.amne())
-                    .bind(k.omrade.arskurs().map(|a| a.get() as i64))
-                    .bind(k.omrade.kurs())
-                    .bind(&self.ctx.namespace)
-                    .bind(&p.sha256)
-                    .bind(&self.now)
-                    .bind(&self.now);
-            }
-            q.execute(&mut *self.tx)
-                .await
-                .map_err(query_err("inserting provområden"))?;
-        }
-        Ok(())
-    }
-
-    async fn delete_children(&mut self, ids: &[i64]) -> Result<(), StoreError> {
-        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-            let list = format!(
-                "({})",
-                (1..=chunk.len())
-                    .map(|n| format!("?{n}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            let sql = format!(
-                "DELETE FROM delprovsresultat WHERE provtillfalle_id IN
-                     (SELECT id FROM provtillfalle WHERE provomrade_id IN {list})"
-            );
-            let mut q = sqlx::query(&sql);
-            for id in chunk {
-                q = q.bind(id);
-            }
-            q.execute(&mut *self.tx)
-                .await
-                .map_err(query_err("deleting replaced delprovsresultat"))?;
-            let sql = format!("DELETE FROM provtillfalle WHERE provomrade_id IN {list}");
-            let mut q = sqlx::query(&sql);
-            for id in chunk {
-                q = q.bind(id);
-            }
-            q.execute(&mut *self.tx)
-                .await
-                .map_err(query_err("deleting replaced provtillfällen"))?;
-        }
-        Ok(())
-    }
-
-    async fn insert_provtillfallen(&mut self, rows: &[PtRow<'_>]) -> Result<(), StoreError> {
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO provtillfalle (id, provomrade_id, ordinal, skolform, uppdaterat,
-                     genomfort, intedeltagit, sammanvagt_provbetyg) VALUES {}",
-                placeholders(chunk.len(), 8, 1)
-            );
-            let mut q = sqlx::query(&sql);
-            for r in chunk {
-                q = q
-                    .bind(r.id)
-                    .bind(r.provomrade_id)
-                    .bind(r.ordinal)
-                    .bind(r.skolform)
-                    .bind(r.pt.uppdaterat.to_string())
-                    .bind(r.pt.genomfort.map(|d| d.to_string()))
-                    .bind(r.pt.resultat.intedeltagit())
-                    .bind(r.pt.resultat.sammanvagt_provbetyg());
-            }
-            q.execute(&mut *self.tx)
-                .await
-                .map_err(query_err("inserting provtillfällen"))?;
-        }
-        self.summary.provtillfalle_rows += rows.len() as u64;
-        Ok(())
-    }
-
-    async fn insert_delprov(&mut self, pts: &[PtRow<'_>]) -> Result<(), StoreError> {
-        let mut rows: Vec<(i64, i64, usize, &Delprovsresultat)> = Vec::new();
-        for pt in pts {
+    /// Writes one batch: the statements are built one ahead of the one SQLite is executing, so
+    /// building (binding thousands of values) overlaps with executing on sqlx's worker thread.
+    async fn write_batch(
+        &mut self,
+        new_rows: &[(i64, &Pending)],
+        replace_ids: &[i64],
+        pt_rows: &[PtRow<'_>],
+        touches: &[Touch<'_>],
+    ) -> Result<(), StoreError> {
+        let mut dp_rows: Vec<DpRow<'_>> = Vec::new();
+        for pt in pt_rows {
             for (i, d) in pt.pt.resultat.delprovsresultat().iter().enumerate() {
-                rows.push((self.next_delprov_id, pt.id, i, d));
+                dp_rows.push(DpRow {
+                    id: self.next_delprov_id,
+                    provtillfalle_id: pt.id,
+                    ordinal: i as i64,
+                    d,
+                });
                 self.next_delprov_id += 1;
             }
         }
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO delprovsresultat (id, provtillfalle_id, ordinal, typ, utfall, betyg,
-                     poang, maluppfyllnad) VALUES {}",
-                placeholders(chunk.len(), 8, 1)
-            );
-            let mut q = sqlx::query(&sql);
-            for (id, pt_id, ordinal, d) in chunk {
-                q = q
-                    .bind(id)
-                    .bind(pt_id)
-                    .bind(*ordinal as i64)
-                    .bind(&d.typ)
-                    .bind(d.utfall.as_str())
-                    .bind(d.utfall.betyg())
-                    .bind(d.utfall.poang())
-                    .bind(d.utfall.maluppfyllnad());
-            }
-            q.execute(&mut *self.tx)
-                .await
-                .map_err(query_err("inserting delprovsresultat"))?;
+        // In this order: replaced children go before the new ones are written.
+        let mut stmts: Vec<Stmt<'_>> = Vec::new();
+        stmts.extend(
+            new_rows
+                .chunks(PROVOMRADE_ROWS_PER_STATEMENT)
+                .map(Stmt::Provomrade),
+        );
+        for ids in replace_ids.chunks(ROWS_PER_STATEMENT) {
+            stmts.push(Stmt::DeleteDelprov(ids));
+            stmts.push(Stmt::DeleteProvtillfalle(ids));
         }
-        self.summary.delprovsresultat_rows += rows.len() as u64;
-        Ok(())
-    }
-
-    async fn touch(&mut self, touches: &[Touch<'_>]) -> Result<(), StoreError> {
-        for chunk in touches.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO temp.doc_touched (provomrade_id, prev_sha256, new_sha256, elements)
-                 VALUES {}
-                 ON CONFLICT (provomrade_id) DO UPDATE SET elements = elements + 1",
-                placeholders_with(chunk.len(), 3, 1, ", 1")
+        stmts.extend(pt_rows.chunks(ROWS_PER_STATEMENT).map(Stmt::Provtillfalle));
+        stmts.extend(dp_rows.chunks(ROWS_PER_STATEMENT).map(Stmt::Delprov));
+        stmts.extend(touches.chunks(ROWS_PER_STATEMENT).map(Stmt::Touch));
+        let sqls: Vec<String> = stmts.iter().map(Stmt::sql).collect();
+        let common = Common {
+            source: &self.ctx.source,
+            namespace: &self.ctx.namespace,
+            now: &self.now,
+        };
+        let mut queries = stmts
+            .iter()
+            .zip(&sqls)
+            .map(|(stmt, sql)| (stmt.bind(sql, &common), stmt.context()));
+        let Some(mut current) = queries.next() else {
+            return Ok(());
+        };
+        loop {
+            let (result, next) = tokio::join!(
+                biased;
+                // Polled first: hands the statement to the worker thread, then waits.
+                current.0.execute(&mut *self.tx),
+                // Meanwhile, on this thread: bind the next one.
+                async { queries.next() },
             );
-            let mut q = sqlx::query(&sql);
-            for t in chunk {
-                q = q.bind(t.provomrade_id).bind(t.prev).bind(t.new);
+            result.map_err(query_err(current.1))?;
+            match next {
+                Some(n) => current = n,
+                None => break,
             }
-            q.execute(&mut *self.tx)
-                .await
-                .map_err(query_err("recording touched provområden"))?;
         }
+        self.summary.provtillfalle_rows += pt_rows.len() as u64;
+        self.summary.delprovsresultat_rows += dp_rows.len() as u64;
         Ok(())
     }
 
@@ -621,6 +711,8 @@ impl DocumentTx for SqliteDocumentTx {
                                    THEN provomrade.changed_at ELSE ?2 END
              FROM temp.doc_touched AS t
              WHERE provomrade.id = t.provomrade_id
+               -- Drives the update from the (few) touched keys instead of scanning the table.
+               AND provomrade.id IN (SELECT provomrade_id FROM temp.doc_touched)
                AND (provomrade.content_sha256 IS NOT t.new_sha256
                     OR provomrade.synced_at IS NOT ?2
                     OR provomrade.namespace IS NOT ?1)",
@@ -630,23 +722,37 @@ impl DocumentTx for SqliteDocumentTx {
         .execute(&mut *self.tx)
         .await
         .map_err(query_err("updating synced provområden"))?;
+        // Real changes only: keys this document created (ids from `first_new_id` on, hashes
+        // settled above) and stored keys whose hash moved. Within one document the entries
+        // follow provomrade id order.
         sqlx::query(
             "INSERT INTO change_log (provomrade_id, op, at)
-             SELECT provomrade_id, CASE WHEN new_sha256 = ?1 THEN 'clear' ELSE 'upsert' END, ?2
-             FROM temp.doc_touched
-             WHERE prev_sha256 IS NOT new_sha256
-             ORDER BY seq",
+             SELECT id, CASE WHEN sha = ?1 THEN 'clear' ELSE 'upsert' END, ?2 FROM (
+                 SELECT id, content_sha256 AS sha FROM provomrade WHERE id >= ?3
+                 UNION ALL
+                 SELECT provomrade_id, new_sha256 FROM temp.doc_touched
+                 WHERE prev_sha256 IS NOT NULL AND prev_sha256 <> new_sha256
+             ) ORDER BY id",
         )
         .bind(EMPTY_CONTENT_SHA256)
         .bind(&self.now)
+        .bind(self.first_new_id)
         .execute(&mut *self.tx)
         .await
         .map_err(query_err("appending to change_log"))?;
+        let (created, created_empty): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COALESCE(SUM(content_sha256 = ?1), 0) FROM provomrade WHERE id >= ?2",
+        )
+        .bind(EMPTY_CONTENT_SHA256)
+        .bind(self.first_new_id)
+        .fetch_one(&mut *self.tx)
+        .await
+        .map_err(query_err("counting created provområden"))?;
         let (unchanged, cleared, changed): (i64, i64, i64) = sqlx::query_as(
-            "SELECT COALESCE(SUM(prev_sha256 IS new_sha256), 0),
-                    COALESCE(SUM(prev_sha256 IS NOT new_sha256 AND new_sha256 = ?1), 0),
-                    COALESCE(SUM(prev_sha256 IS NOT new_sha256 AND new_sha256 <> ?1), 0)
-             FROM temp.doc_touched",
+            "SELECT COALESCE(SUM(prev_sha256 = new_sha256), 0),
+                    COALESCE(SUM(prev_sha256 <> new_sha256 AND new_sha256 = ?1), 0),
+                    COALESCE(SUM(prev_sha256 <> new_sha256 AND new_sha256 <> ?1), 0)
+             FROM temp.doc_touched WHERE prev_sha256 IS NOT NULL",
         )
         .bind(EMPTY_CONTENT_SHA256)
         .fetch_one(&mut *self.tx)
@@ -657,8 +763,8 @@ impl DocumentTx for SqliteDocumentTx {
             .await
             .map_err(query_err("clearing the temporary table"))?;
         self.summary.unchanged = unchanged as u64;
-        self.summary.cleared = cleared as u64;
-        self.summary.changed = changed as u64;
+        self.summary.cleared = (cleared + created_empty) as u64;
+        self.summary.changed = (changed + created - created_empty) as u64;
         Ok(self.summary.clone())
     }
 
@@ -738,33 +844,30 @@ async fn load_provtillfallen(
     Ok(out)
 }
 
-/// `(?, ?, ?), (?, ?, ?)…` for `rows` rows of `cols` values; numbering is positional, with
-/// explicit `?N` from `first` so that a leading bound value (`?1`) can be shared.
-fn placeholders(rows: usize, cols: usize, first: usize) -> String {
-    placeholders_with(rows, cols, first, "")
+/// Whether a chunk has a statement size that recurs. Only those are kept in sqlx's per-connection
+/// statement cache: each distinct tail size would otherwise cache one more prepared statement with
+/// thousands of parameters, and memory would grow with the number of documents seen.
+fn is_full(rows: usize) -> bool {
+    rows == ROWS_PER_STATEMENT || rows == PROVOMRADE_ROWS_PER_STATEMENT || rows == KEYS_PER_LOOKUP
+}
+
+/// `(?, ?, ?), (?, ?, ?)…` for `rows` rows of `cols` values.
+///
+/// Anonymous `?` on purpose: sqlx asks SQLite for every parameter's name when binding, and for
+/// numbered ones (`?7`) SQLite finds the name by a linear scan, which makes a statement with
+/// thousands of `?N` quadratic (measured: 90 % of an import's time).
+fn placeholders(rows: usize, cols: usize) -> String {
+    placeholders_with(rows, cols, "")
 }
 
 /// As [`placeholders`], with literal SQL appended inside each row's parentheses.
-fn placeholders_with(rows: usize, cols: usize, first: usize, tail: &str) -> String {
-    let mut s = String::with_capacity(rows * (cols * 7 + 4));
-    let mut n = first;
-    for r in 0..rows {
-        if r > 0 {
-            s.push_str(", ");
-        }
-        s.push('(');
-        for c in 0..cols {
-            if c > 0 {
-                s.push_str(", ");
-            }
-            s.push('?');
-            s.push_str(&n.to_string());
-            n += 1;
-        }
-        s.push_str(tail);
-        s.push(')');
-    }
-    s
+fn placeholders_with(rows: usize, cols: usize, tail: &str) -> String {
+    let mut row = String::with_capacity(cols * 3 + tail.len() + 2);
+    row.push('(');
+    row.push_str(&vec!["?"; cols].join(", "));
+    row.push_str(tail);
+    row.push(')');
+    vec![row; rows].join(", ")
 }
 
 #[cfg(test)]
@@ -772,9 +875,9 @@ mod tests {
     use super::{placeholders, placeholders_with};
 
     #[test]
-    fn placeholders_number_from_the_given_start() {
-        assert_eq!(placeholders(2, 2, 2), "(?2, ?3), (?4, ?5)");
-        assert_eq!(placeholders(1, 1, 1), "(?1)");
-        assert_eq!(placeholders_with(1, 2, 1, ", 1"), "(?1, ?2, 1)");
+    fn placeholders_are_anonymous_rows() {
+        assert_eq!(placeholders(2, 2), "(?, ?), (?, ?)");
+        assert_eq!(placeholders(1, 1), "(?)");
+        assert_eq!(placeholders_with(1, 2, ", 1"), "(?, ?, 1)");
     }
 }

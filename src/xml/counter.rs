@@ -121,7 +121,9 @@ impl<R: Read> CountingReader<R> {
 
     fn refill(&mut self) -> io::Result<()> {
         if (self.pos - self.start) as u64 > self.max_record_bytes {
-            return Err(io::Error::other(LimitExceeded::Record(self.max_record_bytes)));
+            return Err(io::Error::other(LimitExceeded::Record(
+                self.max_record_bytes,
+            )));
         }
         if let Some(max) = self.max_document_bytes {
             if self.consumed > max {
@@ -194,11 +196,32 @@ mod tests {
         let doc = "ab\nmå\nxyz";
         let mut r = CountingReader::new(doc.as_bytes(), 1 << 20, None);
         consume_all(&mut r);
-        assert_eq!(r.locate(0), Location { line: 1, column: 1, offset: 0 });
+        assert_eq!(
+            r.locate(0),
+            Location {
+                line: 1,
+                column: 1,
+                offset: 0
+            }
+        );
         assert_eq!(r.locate(3).line, 2);
         // "må" is 3 bytes; the byte after it is column 3.
-        assert_eq!(r.locate(6), Location { line: 2, column: 3, offset: 6 });
-        assert_eq!(r.locate(8), Location { line: 3, column: 2, offset: 8 });
+        assert_eq!(
+            r.locate(6),
+            Location {
+                line: 2,
+                column: 3,
+                offset: 6
+            }
+        );
+        assert_eq!(
+            r.locate(8),
+            Location {
+                line: 3,
+                column: 2,
+                offset: 8
+            }
+        );
     }
 
     #[test]
@@ -208,7 +231,14 @@ mod tests {
         consume_all(&mut r);
         r.checkpoint(4);
         assert_eq!(r.slice(4, 7), b"two");
-        assert_eq!(r.locate(8), Location { line: 3, column: 1, offset: 8 });
+        assert_eq!(
+            r.locate(8),
+            Location {
+                line: 3,
+                column: 1,
+                offset: 8
+            }
+        );
     }
 
     #[test]

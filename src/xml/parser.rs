@@ -395,7 +395,6 @@ impl<R: Read> Parser<R> {
                     return self.read_top_level(el, pos).map(Some);
                 }
                 Tok::End => {
-                    eprintln!("PROBE bindings {} open {}", self.ns_bindings.len(), self.open.len());
                     self.read_epilog()?;
                     self.finished = true;
                     return Ok(None);
@@ -776,7 +775,10 @@ impl<R: Read> Parser<R> {
                             pos,
                             E,
                             elev,
-                            format!("<{}> after <typ>: <typ> comes last, once", self.display_name(el)),
+                            format!(
+                                "<{}> after <typ>: <typ> comes last, once",
+                                self.display_name(el)
+                            ),
                         ));
                     }
                     let value_seen = betyg.is_some() || poang.is_some();
@@ -1017,7 +1019,6 @@ impl<R: Read> Parser<R> {
                         Some(i) => (&qname.as_ref()[..i], &qname.as_ref()[i + 1..]),
                         None => (&[][..], qname.as_ref()),
                     };
-                    if self.ns_bindings.len() > 5 && self.ns_bindings.len() % 100000 == 0 { eprintln!("PROBE grow {} depth {} empty {}", self.ns_bindings.len(), depth, empty); }
                     let binding = if prefix.is_empty() {
                         // The common case needs no comparison at all.
                         self.default_ns.last()

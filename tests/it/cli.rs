@@ -15,7 +15,11 @@ fn nprov(args: &[&str], dir: &std::path::Path) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 #[test]
@@ -25,7 +29,10 @@ fn validate_reports_version_and_counts_and_exits_zero_for_a_good_document() {
     let o = nprov(&["validate", f.to_str().expect("utf-8 path")], dir.path());
     assert!(o.status.success(), "{}", text(&o));
     let out = text(&o);
-    assert!(out.contains("v2.0b (http://pingpong.se/schemas/nationellaprov/v2.0b)"), "{out}");
+    assert!(
+        out.contains("v2.0b (http://pingpong.se/schemas/nationellaprov/v2.0b)"),
+        "{out}"
+    );
     assert!(out.contains("0 record errors"), "{out}");
 }
 
@@ -35,14 +42,24 @@ fn validate_prints_each_error_with_its_location_and_exits_one() {
     let bad = fixture("bad/record-bad-poang.xml");
     let doc = fixture("bad/doc-truncated-open-element.xml");
     let o = nprov(
-        &["validate", bad.to_str().expect("path"), doc.to_str().expect("path")],
+        &[
+            "validate",
+            bad.to_str().expect("path"),
+            doc.to_str().expect("path"),
+        ],
         dir.path(),
     );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let out = text(&o);
     assert!(out.contains("record error: line "), "{out}");
-    assert!(out.contains("in <poäng> of elev {a1b2c3d4-0000-4000-8000-000000000102}"), "{out}");
-    assert!(out.contains("document error: line ") && out.contains("truncated"), "{out}");
+    assert!(
+        out.contains("in <poäng> of elev {a1b2c3d4-0000-4000-8000-000000000102}"),
+        "{out}"
+    );
+    assert!(
+        out.contains("document error: line ") && out.contains("truncated"),
+        "{out}"
+    );
     assert!(out.contains("2 of 2 documents have errors"), "{out}");
 }
 
@@ -53,29 +70,54 @@ fn import_creates_and_migrates_the_database_and_reimport_changes_nothing() {
     let f = f.to_str().expect("path");
     let o = nprov(&["import", "--source", "stockholm", f], dir.path());
     assert!(o.status.success(), "{}", text(&o));
-    assert!(dir.path().join("nprov.db").exists(), "default database file");
+    assert!(
+        dir.path().join("nprov.db").exists(),
+        "default database file"
+    );
     let first = text(&o);
     assert!(first.contains(" 0 unchanged"), "{first}");
     let o = nprov(&["import", "--source", "stockholm", f], dir.path());
     let again = text(&o);
-    assert!(again.contains("0 changed") && again.contains("0 cleared"), "{again}");
+    assert!(
+        again.contains("0 changed") && again.contains("0 cleared"),
+        "{again}"
+    );
 }
 
 #[test]
 fn import_of_a_broken_document_says_nothing_was_applied_and_exits_one() {
     let dir = tempfile::tempdir().expect("dir");
     let f = fixture("bad/doc-doctype-billion-laughs.xml");
-    let o = nprov(&["import", "--database", "sqlite://x.db", f.to_str().expect("path")], dir.path());
+    let o = nprov(
+        &[
+            "import",
+            "--database",
+            "sqlite://x.db",
+            f.to_str().expect("path"),
+        ],
+        dir.path(),
+    );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let out = text(&o);
-    assert!(out.contains("DOCTYPE") && out.contains("nothing from this document was applied"), "{out}");
+    assert!(
+        out.contains("DOCTYPE") && out.contains("nothing from this document was applied"),
+        "{out}"
+    );
 }
 
 #[test]
 fn the_shipped_example_configuration_passes_the_check() {
     let dir = tempfile::tempdir().expect("dir");
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
-    let o = nprov(&["config", "check", "--config", example.to_str().expect("path")], dir.path());
+    let o = nprov(
+        &[
+            "config",
+            "check",
+            "--config",
+            example.to_str().expect("path"),
+        ],
+        dir.path(),
+    );
     assert!(o.status.success(), "{}", text(&o));
     let printed = nprov(&["config", "example"], dir.path());
     assert_eq!(
@@ -89,7 +131,10 @@ fn a_bad_configuration_names_the_key_and_exits_two() {
     let dir = tempfile::tempdir().expect("dir");
     let cfg = dir.path().join("bad.toml");
     std::fs::write(&cfg, "[database]\nurll = \"sqlite://x.db\"\n").expect("write");
-    let o = nprov(&["config", "check", "--config", cfg.to_str().expect("path")], dir.path());
+    let o = nprov(
+        &["config", "check", "--config", cfg.to_str().expect("path")],
+        dir.path(),
+    );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("urll"), "{}", text(&o));
 
@@ -99,7 +144,11 @@ fn a_bad_configuration_names_the_key_and_exits_two() {
         .output()
         .expect("runs");
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(text(&o).contains("NPROV_PARSER_MAX_RECORD_BYTES"), "{}", text(&o));
+    assert!(
+        text(&o).contains("NPROV_PARSER_MAX_RECORD_BYTES"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -107,9 +156,18 @@ fn a_database_that_cannot_be_opened_exits_three() {
     let dir = tempfile::tempdir().expect("dir");
     let f = fixture("good/v1.1.xml");
     let o = nprov(
-        &["import", "--database", "sqlite:///nonexistent-dir/x.db", f.to_str().expect("path")],
+        &[
+            "import",
+            "--database",
+            "sqlite:///nonexistent-dir/x.db",
+            f.to_str().expect("path"),
+        ],
         dir.path(),
     );
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
-    assert!(text(&o).contains("cannot open the database sqlite:///nonexistent-dir/x.db"), "{}", text(&o));
+    assert!(
+        text(&o).contains("cannot open the database sqlite:///nonexistent-dir/x.db"),
+        "{}",
+        text(&o)
+    );
 }
