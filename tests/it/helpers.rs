@@ -23,6 +23,17 @@ pub async fn fresh_sqlite() -> TestDb {
     TestDb { store, _dir: dir }
 }
 
+/// Whether this is a CI run, where a missing prerequisite is a failure, never a silent skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Says a test is skipped for a missing prerequisite; under CI that fails the test instead.
+pub fn skip(test: &str, why: &str) {
+    assert!(!in_ci(), "{test}: {why}, and CI=true requires it");
+    eprintln!("SKIP {test}: {why}");
+}
+
 /// The vendor's folder, when this checkout has `../shared` beside it.
 pub fn vendor_spec_dir() -> Option<std::path::PathBuf> {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/spec/nationellaprov");
