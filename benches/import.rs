@@ -50,10 +50,28 @@ async fn import(db: &std::path::Path, doc: &std::path::Path) -> Figures {
 
 /// A provtillfalle row: id, provomrade_id, ordinal, skolform, uppdaterat, genomfort,
 /// intedeltagit, sammanvagt_provbetyg.
-type PtRow = (i64, i64, i64, String, String, Option<String>, bool, Option<String>);
+type PtRow = (
+    i64,
+    i64,
+    i64,
+    String,
+    String,
+    Option<String>,
+    bool,
+    Option<String>,
+);
 /// A delprovsresultat row: id, provtillfalle_id, ordinal, typ, utfall, betyg, poang,
 /// maluppfyllnad.
-type DpRow = (i64, i64, i64, String, &'static str, Option<String>, Option<i64>, Option<bool>);
+type DpRow = (
+    i64,
+    i64,
+    i64,
+    String,
+    &'static str,
+    Option<String>,
+    Option<i64>,
+    Option<bool>,
+);
 
 /// Rows as the mirror stores them, built outside the timed part.
 #[derive(Default)]

@@ -154,7 +154,10 @@ async fn every_good_fixture_imports_without_errors_and_merges_its_repeated_key()
 #[test]
 fn good_fixtures_validate_against_the_vendor_xsd() {
     let Some(spec) = vendor_spec_dir() else {
-        skip("good_fixtures_validate…", "../shared/spec/nationellaprov not found");
+        skip(
+            "good_fixtures_validate…",
+            "../shared/spec/nationellaprov not found",
+        );
         return;
     };
     if std::process::Command::new("xmllint")

@@ -18,7 +18,10 @@ const EXPECTED: &[(&str, i64, i64, i64)] = &[
 #[tokio::test]
 async fn every_vendor_example_imports_with_the_exact_rows_it_holds() {
     let Some(dir) = vendor_spec_dir() else {
-        skip("every_vendor_example_imports…", "../shared/spec/nationellaprov not found");
+        skip(
+            "every_vendor_example_imports…",
+            "../shared/spec/nationellaprov not found",
+        );
         return;
     };
     for (version, records, pts, delprov) in EXPECTED {
@@ -71,7 +74,10 @@ async fn every_vendor_example_imports_with_the_exact_rows_it_holds() {
 #[tokio::test]
 async fn vendor_example_values_land_in_the_right_columns() {
     let Some(dir) = vendor_spec_dir() else {
-        skip("vendor_example_values…", "../shared/spec/nationellaprov not found");
+        skip(
+            "vendor_example_values…",
+            "../shared/spec/nationellaprov not found",
+        );
         return;
     };
     let read = |v: &str| {
