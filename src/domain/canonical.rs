@@ -98,7 +98,7 @@ mod tests {
     use crate::domain::Delprovsresultat;
     use chrono::NaiveDate;
 
-    fn pt(betyg: &str) -> Provtillfalle {
+    fn pt(betyg: &'static str) -> Provtillfalle {
         Provtillfalle {
             uppdaterat: NaiveDate::from_ymd_opt(2024, 5, 1).expect("valid date"),
             genomfort: None,

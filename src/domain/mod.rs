@@ -12,9 +12,15 @@ mod canonical;
 
 pub use canonical::{content_sha256, ContentHash, EMPTY_CONTENT_SHA256};
 
+use std::borrow::Cow;
 use std::fmt;
 
 use chrono::NaiveDate;
+
+/// Text of an enumeration that grows between versions (typ, betyg, skolform, …). Known values
+/// borrow the version table's `'static` strings, so the common case allocates nothing; values a
+/// version does not list are owned.
+pub type Text = Cow<'static, str>;
 
 /// Årskurs in grundskolan in which a national test is written. The XSD allows 3, 6 and 9 only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -122,7 +128,7 @@ impl fmt::Display for ProvomradeKey {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Provomrade {
     pub key: ProvomradeKey,
-    pub skolform: String,
+    pub skolform: Text,
     pub provtillfallen: Vec<Provtillfalle>,
 }
 
@@ -141,7 +147,7 @@ pub struct Provtillfalle {
 pub enum ProvtillfalleResultat {
     Intedeltagit,
     Resultat {
-        sammanvagt_provbetyg: Option<String>,
+        sammanvagt_provbetyg: Option<Text>,
         delprovsresultat: Vec<Delprovsresultat>,
     },
 }
@@ -172,7 +178,7 @@ impl ProvtillfalleResultat {
 /// One `<delprovsresultat>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delprovsresultat {
-    pub typ: String,
+    pub typ: Text,
     pub utfall: Utfall,
 }
 
@@ -232,7 +238,7 @@ impl Utfall {
             "borttappat" => Ok(Utfall::Borttappat),
             "resultat" => {
                 let varde = match (betyg, poang) {
-                    (Some(b), None) => Some(Varde::Betyg(b)),
+                    (Some(b), None) => Some(Varde::Betyg(b.into())),
                     (None, Some(p)) => Some(Varde::Poang(p)),
                     (None, None) => None,
                     (Some(_), Some(_)) => return Err("both betyg and poang stored".into()),
@@ -250,7 +256,7 @@ impl Utfall {
 /// A delprov's value: a grade or points (the XSD's choice between `<betyg>` and `<poäng>`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Varde {
-    Betyg(String),
+    Betyg(Text),
     /// `xs:integer` is unbounded; values outside i64 are a record error, not a silent wrap.
     Poang(i64),
 }
@@ -258,6 +264,6 @@ pub enum Varde {
 /// A provtillfälle together with the skolform of the element it came in: the stored row.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredProvtillfalle {
-    pub skolform: String,
+    pub skolform: Text,
     pub provtillfalle: Provtillfalle,
 }

@@ -15,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use super::render::DocumentWriter;
 use crate::domain::{
     Arskurs, Delprovsresultat, Omrade, Provomrade, ProvomradeKey, Provtillfalle,
-    ProvtillfalleResultat, Utfall, Varde,
+    ProvtillfalleResultat, Text, Utfall, Varde,
 };
 use crate::xml::version::VersionRules;
 
@@ -188,7 +188,9 @@ impl Population {
             .copied()
             .filter(|b| omrade.starts_with("SFI") || !matches!(*b, "I" | "G"))
             .collect();
-        let sammanvagt = rng.random_bool(0.85).then(|| pick(rng, &scale).to_owned());
+        let sammanvagt = rng
+            .random_bool(0.85)
+            .then(|| Text::Borrowed(pick(rng, &scale)));
         Provtillfalle {
             uppdaterat,
             genomfort,
@@ -208,7 +210,7 @@ impl Population {
             return Utfall::Borttappat;
         }
         let varde = match rng.random_range(0..10) {
-            0..=5 => Some(Varde::Betyg(pick(rng, self.version.betyg).to_owned())),
+            0..=5 => Some(Varde::Betyg(Text::Borrowed(pick(rng, self.version.betyg)))),
             6..=8 => Some(Varde::Poang(rng.random_range(0..=80))),
             _ => None,
         };

@@ -31,7 +31,7 @@ impl<W: Write> DocumentWriter<W> {
     pub fn record(&mut self, p: &Provomrade) -> io::Result<()> {
         let o = &mut self.out;
         let elev = escape(&p.key.elev);
-        let skolform = escape(&p.skolform);
+        let skolform = escape(p.skolform.as_ref());
         let element = match &p.key.omrade {
             Omrade::Amne { amne, arskurs } => {
                 write!(
@@ -70,7 +70,7 @@ impl<W: Write> DocumentWriter<W> {
                         writeln!(
                             o,
                             "\t\t\t<sammanvägtprovbetyg>{}</sammanvägtprovbetyg>",
-                            escape(b)
+                            escape(b.as_ref())
                         )?;
                     }
                     for d in delprovsresultat {
@@ -83,9 +83,11 @@ impl<W: Write> DocumentWriter<W> {
                                 maluppfyllnad,
                             } => {
                                 match varde {
-                                    Some(Varde::Betyg(b)) => {
-                                        writeln!(o, "\t\t\t\t<betyg>{}</betyg>", escape(b))?
-                                    }
+                                    Some(Varde::Betyg(b)) => writeln!(
+                                        o,
+                                        "\t\t\t\t<betyg>{}</betyg>",
+                                        escape(b.as_ref())
+                                    )?,
                                     Some(Varde::Poang(p)) => {
                                         writeln!(o, "\t\t\t\t<poäng>{p}</poäng>")?
                                     }
@@ -96,7 +98,7 @@ impl<W: Write> DocumentWriter<W> {
                                 }
                             }
                         }
-                        writeln!(o, "\t\t\t\t<typ>{}</typ>", escape(&d.typ))?;
+                        writeln!(o, "\t\t\t\t<typ>{}</typ>", escape(d.typ.as_ref()))?;
                         o.write_all(b"\t\t\t</delprovsresultat>\n")?;
                     }
                 }

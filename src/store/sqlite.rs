@@ -333,7 +333,7 @@ impl<'a> Stmt<'a> {
                         .bind(r.id)
                         .bind(r.provtillfalle_id)
                         .bind(r.ordinal)
-                        .bind(r.d.typ.as_str())
+                        .bind(r.d.typ.as_ref())
                         .bind(r.d.utfall.as_str())
                         .bind(r.d.utfall.betyg())
                         .bind(r.d.utfall.poang())
@@ -632,7 +632,7 @@ impl SqliteDocumentTx {
                 let sha = content_sha256(
                     stored
                         .iter()
-                        .map(|s| (s.skolform.as_str(), &s.provtillfalle)),
+                        .map(|s| (s.skolform.as_ref(), &s.provtillfalle)),
                 );
                 sqlx::query("UPDATE temp.doc_touched SET new_sha256 = ? WHERE provomrade_id = ?")
                     .bind(sha)
@@ -657,7 +657,7 @@ impl DocumentTx for SqliteDocumentTx {
             record
                 .provtillfallen
                 .iter()
-                .map(|pt| (record.skolform.as_str(), pt)),
+                .map(|pt| (record.skolform.as_ref(), pt)),
         );
         self.batch_child_rows += record
             .provtillfallen
@@ -811,7 +811,7 @@ async fn load_provtillfallen(
         for dr in delprov {
             let utfall: String = dr.get(1);
             d.push(Delprovsresultat {
-                typ: dr.get(0),
+                typ: dr.get::<String, _>(0).into(),
                 utfall: Utfall::from_columns(&utfall, dr.get(2), dr.get(3), dr.get(4))
                     .map_err(StoreError::Corrupt)?,
             });
@@ -826,7 +826,7 @@ async fn load_provtillfallen(
         let uppdaterat = date(Some(r.get(2)))?.expect("Some in, Some out");
         let intedeltagit: bool = r.get(4);
         out.push(StoredProvtillfalle {
-            skolform: r.get(1),
+            skolform: r.get::<String, _>(1).into(),
             provtillfalle: Provtillfalle {
                 uppdaterat,
                 genomfort: date(r.get(3))?,
@@ -834,7 +834,7 @@ async fn load_provtillfallen(
                     ProvtillfalleResultat::Intedeltagit
                 } else {
                     ProvtillfalleResultat::Resultat {
-                        sammanvagt_provbetyg: r.get(5),
+                        sammanvagt_provbetyg: r.get::<Option<String>, _>(5).map(Into::into),
                         delprovsresultat: d,
                     }
                 },

@@ -19,7 +19,7 @@ use super::error::{DocumentError, RecordError, RecordErrorKind as K};
 use super::version::{EnumField, SchemaVersion};
 use crate::domain::{
     Arskurs, Delprovsresultat, Omrade, Provomrade, ProvomradeKey, Provtillfalle,
-    ProvtillfalleResultat, Utfall, Varde,
+    ProvtillfalleResultat, Text, Utfall, Varde,
 };
 
 /// Caps that keep a hostile document from costing unbounded memory.
@@ -143,6 +143,36 @@ enum El {
 
 impl El {
     fn from_local(local: &[u8]) -> El {
+        // One comparison per element: the length (and a first byte) picks the only candidate.
+        let candidate = match local.len() {
+            3 => El::Typ,
+            5 => El::Betyg,
+            6 => El::Poang,
+            10 => El::Borttappat,
+            12 => match local[0] {
+                b'p' => El::Provresultat,
+                b'k' => El::Kursresultat,
+                _ => El::Intedeltagit,
+            },
+            14 => match local[0] {
+                b'p' => El::Provtillfalle,
+                b'm' => El::Maluppfyllnad,
+                _ => El::Amnesresultat,
+            },
+            16 => El::Delprovsresultat,
+            20 => El::Sammanvagtprovbetyg,
+            _ => return El::Other,
+        };
+        if local == candidate.name().as_bytes() {
+            candidate
+        } else {
+            El::Other
+        }
+    }
+
+    /// The plain table `from_local` must agree with (checked in the tests).
+    #[cfg(test)]
+    fn from_local_by_table(local: &[u8]) -> El {
         const AMNESRESULTAT: &[u8] = "ämnesresultat".as_bytes();
         const PROVTILLFALLE: &[u8] = "provtillfälle".as_bytes();
         const SAMMANVAGT: &[u8] = "sammanvägtprovbetyg".as_bytes();
@@ -234,6 +264,17 @@ impl At {
     }
 }
 
+/// A namespace declaration in scope.
+struct Binding {
+    /// Empty for the default namespace.
+    prefix: Vec<u8>,
+    uri: Vec<u8>,
+    /// Depth of the declaring element; the declaration ends with it.
+    depth: usize,
+    /// Whether `uri` is the document's namespace, decided once here rather than per element.
+    is_document: bool,
+}
+
 /// A simplified event. Attributes of a start tag go to `Parser::attrs`, text to `Parser::text`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Tok {
@@ -290,9 +331,9 @@ pub struct Parser<R: Read> {
     other_name: String,
     /// In-scope prefixed namespace declarations: (prefix, URI, depth of the declaring element). Documents declare them on the root only, so this
     /// is tiny; a linear search from the end honours redeclaration.
-    ns_bindings: Vec<(Vec<u8>, Vec<u8>, usize)>,
+    ns_bindings: Vec<Binding>,
     /// Default-namespace declarations, the same way (prefix left empty).
-    default_ns: Vec<(Vec<u8>, Vec<u8>, usize)>,
+    default_ns: Vec<Binding>,
     /// The last start tag was an empty element (`<x/>`): its end comes next.
     pending_end: bool,
     /// Whether text is being collected (inside a simple element); elsewhere only its
@@ -630,7 +671,18 @@ impl<R: Read> Parser<R> {
             Omrade::Kurs { kurs }
         };
         let (skolform, pos) = required(self, At::Skolform)?;
-        self.note_enum(EnumField::Skolform, &skolform, pos);
+        let skolform: Text = match self
+            .header
+            .version
+            .rules
+            .intern(EnumField::Skolform, &skolform)
+        {
+            Some(known) => Text::Borrowed(known),
+            None => {
+                self.note_unknown(EnumField::Skolform, &skolform, pos);
+                Text::Owned(skolform)
+            }
+        };
         self.warn_leftover_attrs(element);
         let key = ProvomradeKey { elev, omrade };
 
@@ -690,7 +742,7 @@ impl<R: Read> Parser<R> {
         };
         self.warn_leftover_attrs(E);
         let mut intedeltagit = false;
-        let mut sammanvagt: Option<String> = None;
+        let mut sammanvagt: Option<Text> = None;
         let mut delprov: Vec<Delprovsresultat> = Vec::new();
         loop {
             match self.next_tok()? {
@@ -726,9 +778,11 @@ impl<R: Read> Parser<R> {
                             intedeltagit = true;
                         }
                         El::Sammanvagtprovbetyg => {
-                            let v = self.read_value(El::Sammanvagtprovbetyg, elev)?;
-                            self.note_enum(EnumField::SammanvagtProvbetyg, &v, pos);
-                            sammanvagt = Some(v);
+                            sammanvagt = Some(self.read_enum(
+                                El::Sammanvagtprovbetyg,
+                                EnumField::SammanvagtProvbetyg,
+                                elev,
+                            )?);
                         }
                         _ => delprov.push(self.read_delprov(elev)?),
                     }
@@ -758,11 +812,11 @@ impl<R: Read> Parser<R> {
         let start = self.tok_pos;
         self.warn_leftover_attrs(E);
         // The XSD: ((betyg | poäng)?, måluppfyllnad?) | intedeltagit | borttappat, then typ.
-        let mut betyg: Option<String> = None;
+        let mut betyg: Option<Text> = None;
         let mut poang: Option<i64> = None;
         let mut maluppfyllnad: Option<bool> = None;
         let mut marker: Option<Utfall> = None;
-        let mut typ: Option<String> = None;
+        let mut typ: Option<Text> = None;
         loop {
             match self.next_tok()? {
                 Tok::Text { blank: true } => {}
@@ -820,12 +874,11 @@ impl<R: Read> Parser<R> {
                     }
                     match el {
                         El::Betyg => {
-                            let v = self.read_value(El::Betyg, elev)?;
-                            self.note_enum(EnumField::Betyg, &v, pos);
-                            betyg = Some(v);
+                            betyg = Some(self.read_enum(El::Betyg, EnumField::Betyg, elev)?);
                         }
                         El::Poang => {
-                            let v = self.read_value(El::Poang, elev)?;
+                            let range = self.read_value(El::Poang, elev)?;
+                            let v = &self.text[range];
                             poang = Some(parse_integer(&v).ok_or_else(|| {
                                 let message = if is_integer_lexical(&v) {
                                     format!(
@@ -838,7 +891,8 @@ impl<R: Read> Parser<R> {
                             })?);
                         }
                         El::Maluppfyllnad => {
-                            let v = self.read_value(El::Maluppfyllnad, elev)?;
+                            let range = self.read_value(El::Maluppfyllnad, elev)?;
+                            let v = &self.text[range];
                             maluppfyllnad = Some(parse_boolean(&v).ok_or_else(|| {
                                 self.rec(
                                     K::BadBoolean,
@@ -858,9 +912,7 @@ impl<R: Read> Parser<R> {
                             marker = Some(Utfall::Borttappat);
                         }
                         _ => {
-                            let v = self.read_value(El::Typ, elev)?;
-                            self.note_enum(EnumField::Typ, &v, pos);
-                            typ = Some(v);
+                            typ = Some(self.read_enum(El::Typ, EnumField::Typ, elev)?);
                         }
                     }
                 }
@@ -889,15 +941,18 @@ impl<R: Read> Parser<R> {
     }
 
     /// Reads the text content of a simple element up to its end tag, trimmed and non-empty.
-    fn read_value(&mut self, el: El, elev: &str) -> Result<String, Fault> {
+    /// Reads a simple element's text; the trimmed value is `self.text[range]`.
+    fn read_value(&mut self, el: El, elev: &str) -> Result<std::ops::Range<usize>, Fault> {
         let start = self.tok_pos;
         self.warn_leftover_attrs(el.name());
         self.collect_text = true;
         let end = self.read_value_end(el, elev);
         self.collect_text = false;
         end?;
-        let v = self.text.trim();
-        if v.is_empty() {
+        let trimmed = self.text.trim_start();
+        let from = self.text.len() - trimmed.len();
+        let to = from + trimmed.trim_end().len();
+        if from == to {
             return Err(self.rec(
                 K::EmptyValue,
                 start,
@@ -906,7 +961,29 @@ impl<R: Read> Parser<R> {
                 format!("<{}> is empty", el.name()),
             ));
         }
-        Ok(v.to_owned())
+        Ok(from..to)
+    }
+
+    /// Reads a value of a growing enumeration: interned when the version knows it, kept (and
+    /// counted) when it does not.
+    fn read_enum(&mut self, el: El, field: EnumField, elev: &str) -> Result<Text, Fault> {
+        let pos = self.tok_pos;
+        let range = self.read_value(el, elev)?;
+        Ok(self.enum_text(field, range, pos))
+    }
+
+    fn enum_text(&mut self, field: EnumField, range: std::ops::Range<usize>, pos: u64) -> Text {
+        if let Some(known) = self
+            .header
+            .version
+            .rules
+            .intern(field, &self.text[range.clone()])
+        {
+            return Text::Borrowed(known);
+        }
+        let value = self.text[range].to_owned();
+        self.note_unknown(field, &value, pos);
+        Text::Owned(value)
     }
 
     fn read_value_end(&mut self, el: El, elev: &str) -> Result<(), Fault> {
@@ -993,10 +1070,16 @@ impl<R: Read> Parser<R> {
                                 _ => continue,
                             };
                             let uri = value()?.into_owned().into_bytes();
+                            let binding = Binding {
+                                is_document: !self.namespace.is_empty() && uri == self.namespace,
+                                prefix: prefix.to_vec(),
+                                uri,
+                                depth,
+                            };
                             if prefix.is_empty() {
-                                self.default_ns.push((Vec::new(), uri, depth));
+                                self.default_ns.push(binding);
                             } else {
-                                self.ns_bindings.push((prefix.to_vec(), uri, depth));
+                                self.ns_bindings.push(binding);
                             }
                             continue;
                         }
@@ -1026,10 +1109,11 @@ impl<R: Read> Parser<R> {
                         self.ns_bindings
                             .iter()
                             .rev()
-                            .find(|(p, _, _)| p.as_slice() == prefix)
+                            .find(|b| b.prefix.as_slice() == prefix)
                     };
+                    let is_document = binding.is_some_and(|b| b.is_document);
                     let ns = match binding {
-                        Some((_, uri, _)) if !uri.is_empty() => Some(uri.as_slice()),
+                        Some(b) if !b.uri.is_empty() => Some(b.uri.as_slice()),
                         None if !prefix.is_empty() => {
                             return Err(DocumentError::Malformed {
                                 location: self.reader.get_ref().locate(self.tok_pos),
@@ -1053,7 +1137,7 @@ impl<R: Read> Parser<R> {
                                 _ => El::Other,
                             }
                         }
-                        Some(n) if n == self.namespace.as_slice() => match El::from_local(local) {
+                        Some(_) if is_document => match El::from_local(local) {
                             El::Provresultat => El::Other,
                             el => el,
                         },
@@ -1067,6 +1151,13 @@ impl<R: Read> Parser<R> {
                             None => format!("{q} (no namespace)"),
                         };
                         self.open_other.push(self.other_name.clone());
+                    }
+                    if el == El::Provresultat {
+                        // The document's namespace is known from here on.
+                        let ns = &self.namespace;
+                        for b in self.default_ns.iter_mut().chain(&mut self.ns_bindings) {
+                            b.is_document = b.uri == *ns;
+                        }
                     }
                     self.open.push(el);
                     self.text.clear();
@@ -1251,7 +1342,7 @@ impl<R: Read> Parser<R> {
         }
         let depth = self.open.len();
         for scope in [&mut self.ns_bindings, &mut self.default_ns] {
-            while scope.last().is_some_and(|(_, _, d)| *d > depth) {
+            while scope.last().is_some_and(|b| b.depth > depth) {
                 scope.pop();
             }
         }
@@ -1303,10 +1394,7 @@ impl<R: Read> Parser<R> {
         })
     }
 
-    fn note_enum(&mut self, field: EnumField, value: &str, pos: u64) {
-        if self.header.version.rules.knows(field, value) {
-            return;
-        }
+    fn note_unknown(&mut self, field: EnumField, value: &str, pos: u64) {
         let distinct = self
             .stats
             .unknown_values
@@ -1432,6 +1520,45 @@ pub fn parse_boolean(v: &str) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn element_names_are_recognised_by_length_and_bytes() {
+        let names = [
+            "provresultat",
+            "ämnesresultat",
+            "kursresultat",
+            "provtillfälle",
+            "sammanvägtprovbetyg",
+            "delprovsresultat",
+            "intedeltagit",
+            "borttappat",
+            "betyg",
+            "poäng",
+            "måluppfyllnad",
+            "typ",
+            "provresultaT",
+            "kursresultaX",
+            "ämnesresultaT",
+            "typx",
+            "",
+            "x",
+            "amnesresultat",
+            "provtillfalle",
+            "poang",
+        ];
+        for n in names {
+            assert_eq!(
+                El::from_local(n.as_bytes()),
+                El::from_local_by_table(n.as_bytes()),
+                "{n}"
+            );
+        }
+        assert_eq!(
+            El::from_local("provtillfälle".as_bytes()),
+            El::Provtillfalle
+        );
+        assert_eq!(El::from_local("provtillfalle".as_bytes()), El::Other);
+    }
 
     #[test]
     fn lexical_forms_follow_the_xsd() {

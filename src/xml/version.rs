@@ -160,13 +160,21 @@ impl EnumField {
 
 impl VersionRules {
     pub fn knows(&self, field: EnumField, value: &str) -> bool {
+        self.intern(field, value).is_some()
+    }
+
+    /// The table's own `'static` spelling of a known value, so records need not allocate it.
+    pub fn intern(&self, field: EnumField, value: &str) -> Option<&'static str> {
         let set = match field {
             EnumField::Skolform => self.skolform,
             EnumField::Typ => self.typ,
             EnumField::Betyg => self.betyg,
             EnumField::SammanvagtProvbetyg => self.sammanvagt_provbetyg,
         };
-        set.contains(&value)
+        // Comparing lengths first skips nearly every byte comparison.
+        set.iter()
+            .copied()
+            .find(|k| k.len() == value.len() && *k == value)
     }
 }
 

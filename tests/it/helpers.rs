@@ -65,7 +65,7 @@ pub fn amne(
                 arskurs: Arskurs::try_from(arskurs).expect("3, 6 or 9"),
             },
         },
-        skolform: skolform.into(),
+        skolform: skolform.to_string().into(),
         provtillfallen: pts,
     }
 }
@@ -76,7 +76,7 @@ pub fn kurs(elev: &str, kurs: &str, skolform: &str, pts: Vec<Provtillfalle>) -> 
             elev: elev.into(),
             omrade: Omrade::Kurs { kurs: kurs.into() },
         },
-        skolform: skolform.into(),
+        skolform: skolform.to_string().into(),
         provtillfallen: pts,
     }
 }
@@ -87,13 +87,13 @@ pub fn pt(uppdaterat: &str, sammanvagt: &str, delprov: &[(&str, &str)]) -> Provt
         uppdaterat: date(uppdaterat),
         genomfort: None,
         resultat: ProvtillfalleResultat::Resultat {
-            sammanvagt_provbetyg: Some(sammanvagt.into()),
+            sammanvagt_provbetyg: Some(sammanvagt.to_string().into()),
             delprovsresultat: delprov
                 .iter()
                 .map(|(typ, betyg)| Delprovsresultat {
-                    typ: (*typ).into(),
+                    typ: typ.to_string().into(),
                     utfall: Utfall::Resultat {
-                        varde: Some(Varde::Betyg((*betyg).into())),
+                        varde: Some(Varde::Betyg(betyg.to_string().into())),
                         maluppfyllnad: None,
                     },
                 })

@@ -12,9 +12,12 @@ fn text() -> impl Strategy<Value = String> {
     "[A-Za-z0-9ÅÄÖåäö{}<>&\"'_-]([A-Za-z0-9ÅÄÖåäö{}<>&\"' _-]{0,12}[A-Za-z0-9ÅÄÖåäö{}<>&\"'_-])?"
 }
 
-fn enum_value(known: &'static [&'static str]) -> impl Strategy<Value = String> {
+fn enum_value(known: &'static [&'static str]) -> impl Strategy<Value = Text> {
     // Mostly known values, sometimes one the version does not list (kept, not rejected).
-    prop_oneof![4 => proptest::sample::select(known).prop_map(String::from), 1 => text()]
+    prop_oneof![
+        4 => proptest::sample::select(known).prop_map(Text::Borrowed),
+        1 => text().prop_map(Text::Owned),
+    ]
 }
 
 fn date() -> impl Strategy<Value = chrono::NaiveDate> {
