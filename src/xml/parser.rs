@@ -879,8 +879,8 @@ impl<R: Read> Parser<R> {
                         El::Poang => {
                             let range = self.read_value(El::Poang, elev)?;
                             let v = &self.text[range];
-                            poang = Some(parse_integer(&v).ok_or_else(|| {
-                                let message = if is_integer_lexical(&v) {
+                            poang = Some(parse_integer(v).ok_or_else(|| {
+                                let message = if is_integer_lexical(v) {
                                     format!(
                                         "{v} is an xs:integer beyond the range kept (±9.2·10¹⁸)"
                                     )
@@ -893,7 +893,7 @@ impl<R: Read> Parser<R> {
                         El::Maluppfyllnad => {
                             let range = self.read_value(El::Maluppfyllnad, elev)?;
                             let v = &self.text[range];
-                            maluppfyllnad = Some(parse_boolean(&v).ok_or_else(|| {
+                            maluppfyllnad = Some(parse_boolean(v).ok_or_else(|| {
                                 self.rec(
                                     K::BadBoolean,
                                     pos,
