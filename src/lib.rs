@@ -32,4 +32,5 @@ pub mod import;
 pub mod simulate;
 pub mod store;
 pub mod telemetry;
+pub mod window;
 pub mod xml;
