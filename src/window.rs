@@ -283,9 +283,16 @@ mod tests {
     }
 
     /// (case, watermark, now, expected from/tom as sent, or None)
+    type Case = (
+        &'static str,
+        Option<&'static str>,
+        &'static str,
+        Option<(&'static str, &'static str)>,
+    );
+
     #[test]
     fn next_window_cases() {
-        let cases: &[(&str, Option<&str>, &str, Option<(&str, &str)>)] = &[
+        let cases: &[Case] = &[
             (
                 "first run starts at the configured start, one day at most",
                 None,
