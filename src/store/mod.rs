@@ -24,6 +24,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::domain::Provomrade;
+use crate::window::Window;
 use crate::xml::Quarantined;
 
 pub use sqlite::SqliteStore;
@@ -142,6 +143,52 @@ pub struct TableCounts {
     pub change_log: i64,
 }
 
+/// The end of the last window fully committed for a source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Watermark {
+    /// Authoritative: local wall-clock time repeats in autumn.
+    pub utc: DateTime<Utc>,
+    /// The same moment as local text, for people.
+    pub local: chrono::NaiveDateTime,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Why a window was read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunKind {
+    /// The normal forward sync; commits move the watermark.
+    Sync,
+    /// Re-reading a historic range; never moves the watermark.
+    Backfill,
+}
+
+impl RunKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunKind::Sync => "sync",
+            RunKind::Backfill => "backfill",
+        }
+    }
+}
+
+/// One window attempt, as `sync_run` records it.
+#[derive(Clone, Debug)]
+pub struct SyncRun {
+    pub source: String,
+    pub kind: RunKind,
+    pub window: Window,
+    /// The source's time zone, for the watermark's local text.
+    pub tz: chrono_tz::Tz,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    /// `None` when the request never got a response.
+    pub http_status: Option<u16>,
+    pub bytes: u64,
+    pub summary: ApplySummary,
+    /// `None` for a window that committed; the error text (free of secrets) otherwise.
+    pub error: Option<String>,
+}
+
 /// A database the mirror lives in.
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -155,6 +202,12 @@ pub trait Store: Send + Sync {
     async fn begin(&self, ctx: ApplyContext) -> Result<Box<dyn DocumentTx>, StoreError>;
 
     async fn table_counts(&self) -> Result<TableCounts, StoreError>;
+
+    /// The source's watermark, if it has synced anything.
+    async fn watermark(&self, source: &str) -> Result<Option<Watermark>, StoreError>;
+
+    /// Records a window that failed, in a transaction of its own (its data was rolled back).
+    async fn record_failed_run(&self, run: &SyncRun) -> Result<(), StoreError>;
 
     /// Closes the connections cleanly (flushes SQLite's WAL).
     async fn close(&self);
@@ -173,6 +226,11 @@ pub trait DocumentTx: Send {
     /// `changed_at` and `change_log`, and reports. Further writes of the same transaction (the
     /// sync engine's watermark) may follow before [`DocumentTx::commit`].
     async fn finish(&mut self) -> Result<ApplySummary, StoreError>;
+
+    /// Records the window this document answered, in the same transaction, and for a
+    /// [`RunKind::Sync`] run moves the source's watermark to the window's end (never backwards).
+    /// Call after [`DocumentTx::finish`].
+    async fn record_window(&mut self, run: &SyncRun) -> Result<(), StoreError>;
 
     /// Commits. Call [`DocumentTx::finish`] first.
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;

@@ -27,8 +27,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
-    query_err, redact_url, timestamp, ApplyContext, ApplySummary, DocumentTx, Store, StoreError,
-    TableCounts,
+    query_err, redact_url, timestamp, ApplyContext, ApplySummary, DocumentTx, RunKind, Store,
+    StoreError, SyncRun, TableCounts, Watermark,
 };
 use crate::domain::{
     content_sha256, Arskurs, Delprovsresultat, Omrade, Provomrade, ProvomradeKey, Provtillfalle,
@@ -161,6 +161,76 @@ impl Store for SqliteStore {
     async fn close(&self) {
         self.pool.close().await;
     }
+
+    async fn watermark(&self, source: &str) -> Result<Option<Watermark>, StoreError> {
+        let row = sqlx::query(
+            "SELECT watermark_utc, watermark_local, updated_at FROM sync_watermark WHERE source = ?",
+        )
+        .bind(source)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_err("reading the watermark"))?;
+        let Some(row) = row else { return Ok(None) };
+        let utc: String = row.get(0);
+        let local: String = row.get(1);
+        let updated: String = row.get(2);
+        Ok(Some(Watermark {
+            utc: parse_timestamp(&utc)?,
+            local: chrono::NaiveDateTime::parse_from_str(&local, crate::window::API_FORMAT)
+                .map_err(|e| StoreError::Corrupt(format!("stored watermark {local:?}: {e}")))?,
+            updated_at: parse_timestamp(&updated)?,
+        }))
+    }
+
+    async fn record_failed_run(&self, run: &SyncRun) -> Result<(), StoreError> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(query_err("recording a failed window"))?;
+        insert_run(&mut conn, run, "failed").await
+    }
+}
+
+fn parse_timestamp(s: &str) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| StoreError::Corrupt(format!("stored timestamp {s:?}: {e}")))
+}
+
+async fn insert_run(
+    conn: &mut sqlx::SqliteConnection,
+    run: &SyncRun,
+    outcome: &str,
+) -> Result<(), StoreError> {
+    let s = &run.summary;
+    sqlx::query(
+        "INSERT INTO sync_run (source, kind, from_local, tom_local, from_utc, tom_utc, started_at,
+             finished_at, outcome, http_status, bytes, records, changed, unchanged, cleared,
+             quarantined, error)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&run.source)
+    .bind(run.kind.as_str())
+    .bind(run.window.from_param())
+    .bind(run.window.tom_param())
+    .bind(timestamp(run.window.from_utc))
+    .bind(timestamp(run.window.tom_utc))
+    .bind(timestamp(run.started_at))
+    .bind(timestamp(run.finished_at))
+    .bind(outcome)
+    .bind(run.http_status.map(i64::from))
+    .bind(run.bytes as i64)
+    .bind(s.records as i64)
+    .bind(s.changed as i64)
+    .bind(s.unchanged as i64)
+    .bind(s.cleared as i64)
+    .bind(s.quarantined as i64)
+    .bind(&run.error)
+    .execute(conn)
+    .await
+    .map_err(query_err("recording a window in sync_run"))?;
+    Ok(())
 }
 
 /// A buffered record and the hash of its own provtillfällen.
@@ -766,6 +836,36 @@ impl DocumentTx for SqliteDocumentTx {
         self.summary.cleared = (cleared + created_empty) as u64;
         self.summary.changed = (changed + created - created_empty) as u64;
         Ok(self.summary.clone())
+    }
+
+    async fn record_window(&mut self, run: &SyncRun) -> Result<(), StoreError> {
+        insert_run(&mut self.tx, run, "ok").await?;
+        if run.kind == RunKind::Sync {
+            // Text comparison is time order: the timestamps have a fixed width.
+            sqlx::query(
+                "INSERT INTO sync_watermark (source, watermark_local, watermark_utc, updated_at)
+                 VALUES (?, ?, ?, ?)
+                 ON CONFLICT (source) DO UPDATE SET
+                     watermark_local = excluded.watermark_local,
+                     watermark_utc = excluded.watermark_utc,
+                     updated_at = excluded.updated_at
+                 WHERE excluded.watermark_utc > sync_watermark.watermark_utc",
+            )
+            .bind(&run.source)
+            .bind(
+                run.window
+                    .tom_utc
+                    .with_timezone(&run.tz)
+                    .format(crate::window::API_FORMAT)
+                    .to_string(),
+            )
+            .bind(timestamp(run.window.tom_utc))
+            .bind(&self.now)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(query_err("moving the watermark"))?;
+        }
+        Ok(())
     }
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {

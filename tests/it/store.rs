@@ -377,3 +377,177 @@ async fn a_record_error_quarantines_that_record_with_its_xml_and_applies_the_res
         ]
     );
 }
+
+mod sync_bookkeeping {
+    use super::*;
+    use chrono::{DateTime, Utc};
+    use chrono_tz::Europe::Stockholm;
+    use nprov_sync::import::apply_document;
+    use nprov_sync::store::{ApplyContext, ApplySummary, RunKind, SyncRun};
+    use nprov_sync::window::{covering, Window};
+    use nprov_sync::xml::Limits;
+
+    fn window(from: &str, tom: &str) -> Window {
+        let t = |s: &str| {
+            DateTime::parse_from_rfc3339(s)
+                .expect("time")
+                .with_timezone(&Utc)
+        };
+        covering(Stockholm, t(from), t(tom))
+    }
+
+    fn run(kind: RunKind, w: Window, summary: ApplySummary) -> SyncRun {
+        SyncRun {
+            source: "default".into(),
+            kind,
+            window: w,
+            tz: Stockholm,
+            started_at: at(1),
+            finished_at: at(2),
+            http_status: Some(200),
+            bytes: 123,
+            summary,
+            error: None,
+        }
+    }
+
+    async fn apply_window(db: &TestDb, kind: RunKind, w: Window, commit: bool) {
+        let xml = doc(&[kurs(
+            &format!("e-{}", w.tom_param()),
+            "MATMAT01a",
+            "GY",
+            vec![],
+        )]);
+        let ctx = ApplyContext {
+            source: "default".into(),
+            namespace: String::new(),
+            document: w.label(),
+            now: at(3),
+        };
+        let input = std::io::Cursor::new(xml.into_bytes());
+        let (mut tx, report) = apply_document(&db.store, input, Limits::default(), ctx)
+            .await
+            .expect("apply");
+        tx.record_window(&run(kind, w, report.summary))
+            .await
+            .expect("record");
+        if commit {
+            tx.commit().await.expect("commit");
+        } else {
+            tx.rollback().await.expect("rollback");
+        }
+    }
+
+    async fn runs(db: &TestDb) -> Vec<String> {
+        sqlx::query(
+            "SELECT kind, from_local, tom_local, outcome, records FROM sync_run ORDER BY id",
+        )
+        .fetch_all(db.store.pool())
+        .await
+        .expect("runs")
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}..{} {} {}",
+                r.get::<String, _>(0),
+                r.get::<String, _>(1),
+                r.get::<String, _>(2),
+                r.get::<String, _>(3),
+                r.get::<i64, _>(4)
+            )
+        })
+        .collect()
+    }
+
+    #[tokio::test]
+    async fn a_windows_data_run_and_watermark_commit_together() {
+        let db = fresh_sqlite().await;
+        apply_window(
+            &db,
+            RunKind::Sync,
+            window("2026-01-10T08:00:00Z", "2026-01-10T09:59:00Z"),
+            true,
+        )
+        .await;
+        let w = db
+            .store
+            .watermark("default")
+            .await
+            .expect("read")
+            .expect("set");
+        assert_eq!(w.utc.to_rfc3339(), "2026-01-10T09:59:00+00:00");
+        assert_eq!(w.local.to_string(), "2026-01-10 10:59:00");
+        assert_eq!(
+            runs(&db).await,
+            vec!["sync 2026-01-10T09:00..2026-01-10T10:59 ok 1"]
+        );
+        assert_eq!(db.store.table_counts().await.expect("counts").provomrade, 1);
+    }
+
+    #[tokio::test]
+    async fn a_rolled_back_window_leaves_no_data_run_or_watermark() {
+        let db = fresh_sqlite().await;
+        apply_window(
+            &db,
+            RunKind::Sync,
+            window("2026-01-10T08:00:00Z", "2026-01-10T09:59:00Z"),
+            false,
+        )
+        .await;
+        assert_eq!(db.store.watermark("default").await.expect("read"), None);
+        assert!(runs(&db).await.is_empty());
+        assert_eq!(db.store.table_counts().await.expect("counts").provomrade, 0);
+    }
+
+    #[tokio::test]
+    async fn the_watermark_never_moves_back_and_backfill_never_moves_it() {
+        let db = fresh_sqlite().await;
+        apply_window(
+            &db,
+            RunKind::Sync,
+            window("2026-01-10T08:00:00Z", "2026-01-10T09:59:00Z"),
+            true,
+        )
+        .await;
+        apply_window(
+            &db,
+            RunKind::Sync,
+            window("2026-01-09T08:00:00Z", "2026-01-09T09:59:00Z"),
+            true,
+        )
+        .await;
+        apply_window(
+            &db,
+            RunKind::Backfill,
+            window("2026-02-01T08:00:00Z", "2026-02-01T09:59:00Z"),
+            true,
+        )
+        .await;
+        let w = db
+            .store
+            .watermark("default")
+            .await
+            .expect("read")
+            .expect("set");
+        assert_eq!(w.utc.to_rfc3339(), "2026-01-10T09:59:00+00:00");
+        assert_eq!(runs(&db).await.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_failed_window_is_recorded_on_its_own() {
+        let db = fresh_sqlite().await;
+        let mut r = run(
+            RunKind::Sync,
+            window("2026-01-10T08:00:00Z", "2026-01-10T09:59:00Z"),
+            ApplySummary::default(),
+        );
+        r.http_status = Some(503);
+        r.error = Some("503 Service Unavailable after 5 attempts".into());
+        db.store.record_failed_run(&r).await.expect("record");
+        assert_eq!(
+            runs(&db).await,
+            vec!["sync 2026-01-10T09:00..2026-01-10T10:59 failed 0"]
+        );
+        assert_eq!(db.store.watermark("default").await.expect("read"), None);
+    }
+}
