@@ -30,6 +30,7 @@ pub mod demo;
 pub mod domain;
 pub mod import;
 pub mod simulate;
+pub mod source;
 pub mod store;
 pub mod telemetry;
 pub mod window;

@@ -4,5 +4,6 @@ mod cli;
 mod corpus;
 mod helpers;
 mod roundtrip;
+mod source;
 mod store;
 mod vendor;
