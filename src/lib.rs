@@ -32,6 +32,7 @@ pub mod import;
 pub mod simulate;
 pub mod source;
 pub mod store;
+pub mod sync;
 pub mod telemetry;
 pub mod window;
 pub mod xml;

@@ -6,4 +6,5 @@ mod helpers;
 mod roundtrip;
 mod source;
 mod store;
+mod sync;
 mod vendor;

@@ -1,0 +1,277 @@
+//! Syncing windows: fetch → parse while the body streams in → apply → record → commit.
+//!
+//! A window's changes, its `sync_run` row and the watermark commit in one transaction, so a
+//! process killed at any instant loses nothing: the next start resumes from the watermark. A
+//! window that fails is rolled back and recorded as failed in a transaction of its own; the
+//! watermark stays.
+//!
+//! Retry policy by layer: HTTP statuses and connection errors are retried by the
+//! [`Client`](crate::source::Client); a body that is cut short or not well-formed fails the whole
+//! attempt, which is repeated up to `body_attempts` times; a window the server finds too large
+//! (413), that times out, or whose body passes `max_response_bytes`, is split in halves down to
+//! one minute.
+
+use std::io;
+use std::time::Instant;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use futures_util::TryStreamExt;
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use crate::import::{apply_document, ImportError};
+use crate::source::{Client, SourceError};
+use crate::store::{ApplyContext, ApplySummary, RunKind, Store, StoreError, SyncRun};
+use crate::window::{Plan, Window};
+use crate::xml::counter::LimitExceeded;
+use crate::xml::{DocumentError, Limits};
+
+/// One configured source, ready to sync.
+pub struct SyncSource {
+    pub client: Client,
+    pub plan: Plan,
+    /// Local time of the first window.
+    pub start: NaiveDateTime,
+    /// Parser limits; `max_document_bytes` is the source's `max_response_bytes`.
+    pub limits: Limits,
+    /// Whole attempts per window when bodies break (cut short, not well-formed).
+    pub body_attempts: u32,
+}
+
+impl SyncSource {
+    pub fn name(&self) -> &str {
+        self.client.name()
+    }
+}
+
+/// What one committed window did.
+#[derive(Clone, Debug)]
+pub struct WindowReport {
+    pub window: Window,
+    pub summary: ApplySummary,
+    pub bytes: u64,
+    pub http_status: u16,
+    /// HTTP attempts of the successful body attempt.
+    pub attempts: u32,
+    /// The document's schema version label.
+    pub version: String,
+    pub seconds: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("window {window}: {error}")]
+    Document {
+        window: String,
+        #[source]
+        error: DocumentError,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("window {window}: {message}")]
+    Internal { window: String, message: String },
+}
+
+impl SyncError {
+    /// Whether a smaller window might succeed.
+    fn wants_split(&self) -> bool {
+        match self {
+            SyncError::Source(e) => e.wants_split(),
+            SyncError::Document { error, .. } => matches!(
+                error,
+                DocumentError::Limit {
+                    limit: LimitExceeded::Document(_),
+                    ..
+                }
+            ),
+            _ => false,
+        }
+    }
+
+    /// Whether repeating the whole attempt might succeed (the body broke on the way).
+    fn body_broke(&self) -> bool {
+        match self {
+            SyncError::Document { error, .. } => {
+                error.is_truncation() || matches!(error, DocumentError::Malformed { .. })
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Syncs one window (splitting it if it must) and returns the committed parts in order.
+///
+/// # Errors
+/// The error of the first part that could not be synced; parts before it stay committed, and
+/// for a [`RunKind::Sync`] the watermark stands at the end of the last of them.
+pub async fn sync_window(
+    store: &dyn Store,
+    source: &SyncSource,
+    window: Window,
+    kind: RunKind,
+) -> Result<Vec<WindowReport>, SyncError> {
+    let mut pending = vec![window];
+    let mut done = Vec::new();
+    // A stack of windows still to do, earliest last, so halves are synced in time order.
+    while let Some(w) = pending.pop() {
+        match attempt_window(store, source, w, kind).await {
+            Ok(report) => done.push(report),
+            Err(e) if e.wants_split() => match w.split(source.plan.tz) {
+                Some((first, second)) => {
+                    tracing::info!(source = source.name(), window = %w.label(), error = %e, "splitting the window");
+                    pending.push(second);
+                    pending.push(first);
+                }
+                None => return Err(e),
+            },
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// One window, with whole-attempt retries for broken bodies; records a failure before returning
+/// it.
+async fn attempt_window(
+    store: &dyn Store,
+    source: &SyncSource,
+    window: Window,
+    kind: RunKind,
+) -> Result<WindowReport, SyncError> {
+    let started_at = Utc::now();
+    let clock = Instant::now();
+    let mut attempt = 0;
+    let result = loop {
+        attempt += 1;
+        match try_once(store, source, &window, kind, started_at, clock).await {
+            Err(e) if e.body_broke() && attempt < source.body_attempts => {
+                tracing::warn!(source = source.name(), window = %window.label(), attempt, error = %e, "body broke; trying the window again");
+            }
+            other => break other,
+        }
+    };
+    if let Err(e) = &result {
+        let run = SyncRun {
+            source: source.name().to_owned(),
+            kind,
+            window,
+            tz: source.plan.tz,
+            started_at,
+            finished_at: Utc::now(),
+            http_status: match e {
+                SyncError::Source(s) => s.status(),
+                _ => None,
+            },
+            bytes: 0,
+            summary: ApplySummary::default(),
+            error: Some(e.to_string()),
+        };
+        store.record_failed_run(&run).await?;
+    }
+    result
+}
+
+async fn try_once(
+    store: &dyn Store,
+    source: &SyncSource,
+    window: &Window,
+    kind: RunKind,
+    started_at: DateTime<Utc>,
+    clock: Instant,
+) -> Result<WindowReport, SyncError> {
+    let fetched = source.client.fetch(window, |_, _| {}).await?;
+    let body = fetched.response.bytes_stream().map_err(io::Error::other);
+    // The parser runs on a blocking thread; the bridge lets it read the async body there.
+    let reader = SyncIoBridge::new(StreamReader::new(body));
+    let ctx = ApplyContext {
+        source: source.name().to_owned(),
+        namespace: String::new(),
+        document: format!("window {}", window.label()),
+        now: Utc::now(),
+    };
+    let (mut tx, report) = match apply_document(store, reader, source.limits, ctx).await {
+        Ok(applied) => applied,
+        Err(ImportError::Document(error)) => {
+            return Err(SyncError::Document {
+                window: window.label(),
+                error,
+            })
+        }
+        Err(ImportError::Store(e)) => return Err(e.into()),
+        Err(ImportError::Parser(message)) => {
+            return Err(SyncError::Internal {
+                window: window.label(),
+                message,
+            })
+        }
+    };
+    let run = SyncRun {
+        source: source.name().to_owned(),
+        kind,
+        window: *window,
+        tz: source.plan.tz,
+        started_at,
+        finished_at: Utc::now(),
+        http_status: Some(fetched.status),
+        bytes: report.bytes,
+        summary: report.summary.clone(),
+        error: None,
+    };
+    tx.record_window(&run).await?;
+    tx.commit().await?;
+    Ok(WindowReport {
+        window: *window,
+        summary: report.summary,
+        bytes: report.bytes,
+        http_status: fetched.status,
+        attempts: fetched.attempts,
+        version: report.header.version.label().to_owned(),
+        seconds: clock.elapsed().as_secs_f64(),
+    })
+}
+
+/// Syncs windows from the watermark until caught up with `horizon` (now, or an `--until` time),
+/// calling `on_window` after each commit.
+///
+/// # Errors
+/// The first window that could not be synced; everything before it is committed.
+pub async fn catch_up(
+    store: &dyn Store,
+    source: &SyncSource,
+    horizon: DateTime<Utc>,
+    mut on_window: impl FnMut(&WindowReport),
+) -> Result<Vec<WindowReport>, SyncError> {
+    let mut all = Vec::new();
+    loop {
+        let watermark = store.watermark(source.name()).await?.map(|w| w.utc);
+        let Some(window) = source.plan.next(watermark, source.start, horizon) else {
+            return Ok(all);
+        };
+        for report in sync_window(store, source, window, RunKind::Sync).await? {
+            on_window(&report);
+            all.push(report);
+        }
+    }
+}
+
+/// Re-reads a historic local range without moving the watermark.
+///
+/// # Errors
+/// The first window that could not be synced.
+pub async fn backfill(
+    store: &dyn Store,
+    source: &SyncSource,
+    from: NaiveDateTime,
+    to: NaiveDateTime,
+    mut on_window: impl FnMut(&WindowReport),
+) -> Result<Vec<WindowReport>, SyncError> {
+    let mut all = Vec::new();
+    for window in source.plan.backfill(from, to) {
+        for report in sync_window(store, source, window, RunKind::Backfill).await? {
+            on_window(&report);
+            all.push(report);
+        }
+    }
+    Ok(all)
+}
