@@ -161,8 +161,7 @@ async fn a_window_that_stays_malformed_fails_with_its_location_and_keeps_the_wat
     let db = fresh_sqlite().await;
     let err = catch_up(&db.store, &source(&server.uri(), 6), horizon(), |_| {})
         .await
-        .err()
-        .expect("second window fails");
+        .expect_err("second window fails");
     let text = err.to_string();
     assert!(text.contains("line ") && text.contains("column "), "{text}");
     let wm = db
