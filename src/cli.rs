@@ -55,6 +55,36 @@ pub enum Command {
     },
     /// Apply pending database migrations.
     Migrate,
+    /// Sync every configured source from its watermark: catch up to now (or --until) and exit.
+    /// Exits non-zero with a clear message if a window cannot be synced.
+    Sync {
+        /// Catch up and exit (the continuously running daemon is a later addition).
+        #[arg(long, required = true)]
+        once: bool,
+        /// Stop at this local time (yyyy-MM-ddTHH:mm) instead of now.
+        #[arg(long, value_name = "LOCAL_TIME")]
+        until: Option<String>,
+        /// Only this source.
+        #[arg(long, value_name = "NAME")]
+        source: Option<String>,
+    },
+    /// Re-read a historic range of one source without moving its watermark.
+    Backfill {
+        #[arg(long, value_name = "NAME")]
+        source: Option<String>,
+        /// Local time (yyyy-MM-ddTHH:mm) of the first minute.
+        #[arg(long, value_name = "LOCAL_TIME")]
+        from: String,
+        /// Local time of the last minute.
+        #[arg(long, value_name = "LOCAL_TIME")]
+        to: String,
+    },
+    /// Per source: watermark, lag, last windows; and the tables' row counts.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the whole pipeline on generated data: import a population into a fresh SQLite file
     /// (nprov-demo.db), apply a later document with changes and clears, re-read it, and query.
     Demo(DemoArgs),
@@ -156,20 +186,81 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> Result<()
             Ok(())
         }
         Command::Demo(args) => crate::demo::run(&args.file, args.students, out).await,
+        Command::Sync { until, source, .. } => {
+            let sources = build_sources(&cli.config, &settings, source.as_deref())?;
+            let store = open_store(&settings).await?;
+            let result =
+                crate::run::sync_once(store.as_ref(), &sources, until.as_deref(), out).await;
+            store.close().await;
+            result
+        }
+        Command::Backfill { source, from, to } => {
+            let sources = build_sources(&cli.config, &settings, source.as_deref())?;
+            let [src] = sources.as_slice() else {
+                return Err(Failure::Config(anyhow::anyhow!(
+                    "backfill reads one source: name it with --source (configured: {})",
+                    sources
+                        .iter()
+                        .map(|s| s.name().to_owned())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            };
+            let store = open_store(&settings).await?;
+            let result = crate::run::backfill(store.as_ref(), src, &from, &to, out).await;
+            store.close().await;
+            result
+        }
+        Command::Status { json } => {
+            let store = open_store(&settings).await?;
+            let result = crate::run::status(store.as_ref(), &settings, json, out).await;
+            store.close().await;
+            result
+        }
         Command::Config(ConfigCommand::Example) => {
             out.write_all(EXAMPLE.as_bytes()).map_err(io_failure)
         }
-        Command::Config(ConfigCommand::Check) => writeln!(
-            out,
-            "configuration OK ({}): database {}",
-            cli.config
-                .as_deref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "defaults and environment".into()),
-            store::redact_url(&settings.database.url)
-        )
-        .map_err(io_failure),
+        Command::Config(ConfigCommand::Check) => {
+            // Building the sources reads their credential files: a check that passes means
+            // syncing can start.
+            let sources = build_sources(&cli.config, &settings, None)?;
+            for s in &sources {
+                writeln!(out, "source {}: {}", s.name(), s.client.url_base())
+                    .map_err(io_failure)?;
+            }
+            writeln!(
+                out,
+                "configuration OK ({}): database {}",
+                cli.config
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "defaults and environment".into()),
+                store::redact_url(&settings.database.url)
+            )
+            .map_err(io_failure)
+        }
     }
+}
+
+/// Builds the configured sources (all, or the one named).
+fn build_sources(
+    config: &Option<PathBuf>,
+    settings: &Settings,
+    only: Option<&str>,
+) -> Result<Vec<crate::sync::SyncSource>, Failure> {
+    let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    let mut sources = settings
+        .sources(config.as_deref(), credentials.as_deref())
+        .map_err(|e| Failure::Config(e.into()))?;
+    if let Some(name) = only {
+        sources.retain(|s| s.name() == name);
+        if sources.is_empty() {
+            return Err(Failure::Config(anyhow::anyhow!(
+                "no [[source]] named {name:?} in the configuration"
+            )));
+        }
+    }
+    Ok(sources)
 }
 
 /// Opens the configured database, migrating it unless told not to.

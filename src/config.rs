@@ -98,6 +98,210 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub parser: ParserSettings,
     pub log: LogSettings,
+    /// The platforms to sync from (`[[source]]` tables).
+    pub source: Vec<SourceConfig>,
+}
+
+fn default_source_name() -> String {
+    crate::store::DEFAULT_SOURCE.into()
+}
+fn default_timezone() -> String {
+    "Europe/Stockholm".into()
+}
+fn default_overlap() -> String {
+    "30m".into()
+}
+fn default_safety_lag() -> String {
+    "2m".into()
+}
+fn default_max_window() -> String {
+    "1d".into()
+}
+fn default_max_response_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+fn default_rate_limit() -> u32 {
+    5
+}
+fn default_connect_timeout() -> String {
+    "10s".into()
+}
+fn default_request_timeout() -> String {
+    "5m".into()
+}
+fn default_max_attempts() -> u32 {
+    6
+}
+fn default_body_attempts() -> u32 {
+    3
+}
+
+/// One `[[source]]`: a platform, its credentials and how to poll it. Secrets are never in the
+/// file itself: the `*_file` settings name files (relative names are looked up in systemd's
+/// `$CREDENTIALS_DIRECTORY` when it is set, else beside the config file).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    #[serde(default = "default_source_name")]
+    pub name: String,
+    pub url: String,
+    pub start: String,
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    #[serde(default = "default_overlap")]
+    pub overlap: String,
+    #[serde(default = "default_safety_lag")]
+    pub safety_lag: String,
+    #[serde(default = "default_max_window")]
+    pub max_window: String,
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: u64,
+    #[serde(default = "default_rate_limit")]
+    pub rate_limit_per_second: u32,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: String,
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: String,
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "default_body_attempts")]
+    pub body_attempts: u32,
+    #[serde(default)]
+    pub client_certificate_file: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub basic_user: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl SourceConfig {
+    /// Turns the text settings into a ready source: durations, zone and start parsed, secret
+    /// files read, the HTTP client built.
+    ///
+    /// # Errors
+    /// A message naming `source.<name>.<key>` and what is wrong with it.
+    pub fn build(
+        &self,
+        parser: &ParserSettings,
+        config_dir: Option<&Path>,
+        credentials_dir: Option<&Path>,
+    ) -> Result<crate::sync::SyncSource, ConfigError> {
+        use crate::source::{Auth, Client, SourceSettings};
+        let key = |k: &str| format!("source.{}.{k}", self.name);
+        let duration = |k: &str, v: &str| -> Result<chrono::Duration, ConfigError> {
+            let d = humantime::parse_duration(v).map_err(|e| {
+                invalid(
+                    key(k),
+                    format!("{v:?} is not a duration like \"30m\" or \"1d\": {e}"),
+                )
+            })?;
+            chrono::Duration::from_std(d).map_err(|e| invalid(key(k), e.to_string()))
+        };
+        let std_duration = |k: &str, v: &str| -> Result<std::time::Duration, ConfigError> {
+            humantime::parse_duration(v)
+                .map_err(|e| invalid(key(k), format!("{v:?} is not a duration like \"10s\": {e}")))
+        };
+        let tz: chrono_tz::Tz = self
+            .timezone
+            .parse()
+            .map_err(|e| invalid(key("timezone"), format!("{:?}: {e}", self.timezone)))?;
+        let start =
+            crate::window::parse_local(&self.start).map_err(|e| invalid(key("start"), e))?;
+        let plan = crate::window::Plan {
+            tz,
+            overlap: duration("overlap", &self.overlap)?,
+            safety_lag: duration("safety_lag", &self.safety_lag)?,
+            max_window: duration("max_window", &self.max_window)?,
+        };
+        plan.validate().map_err(|e| invalid(key("max_window"), e))?;
+        let rate = std::num::NonZeroU32::new(self.rate_limit_per_second)
+            .ok_or_else(|| invalid(key("rate_limit_per_second"), "must be at least 1"))?;
+        if self.max_attempts == 0 || self.body_attempts == 0 {
+            return Err(invalid(key("max_attempts"), "attempts must be at least 1"));
+        }
+        let read = |k: &str, p: &Path| -> Result<Vec<u8>, ConfigError> {
+            let path = if p.is_absolute() {
+                p.to_owned()
+            } else if let Some(dir) = credentials_dir {
+                dir.join(p)
+            } else {
+                config_dir.unwrap_or(Path::new(".")).join(p)
+            };
+            // The message names the file, never its content.
+            std::fs::read(&path)
+                .map_err(|e| invalid(key(k), format!("cannot read {}: {e}", path.display())))
+        };
+        let secret_text = |k: &str, p: &Path| -> Result<secrecy::SecretString, ConfigError> {
+            let bytes = read(k, p)?;
+            let text =
+                String::from_utf8(bytes).map_err(|_| invalid(key(k), "is not UTF-8 text"))?;
+            Ok(secrecy::SecretString::from(
+                text.trim_end_matches(['\r', '\n']).to_owned(),
+            ))
+        };
+        let mut auth = Auth::default();
+        match (&self.client_certificate_file, &self.client_key_file) {
+            (Some(cert), Some(k)) => {
+                let mut pem = read("client_certificate_file", cert)?;
+                pem.push(b'\n');
+                pem.extend(read("client_key_file", k)?);
+                auth.identity_pem = Some(secrecy::SecretBox::new(Box::new(pem)));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(invalid(
+                    key("client_certificate_file"),
+                    "mutual TLS needs both client_certificate_file and client_key_file",
+                ))
+            }
+        }
+        if let Some(ca) = &self.ca_file {
+            auth.extra_roots_pem.push(read("ca_file", ca)?);
+        }
+        match (&self.basic_user, &self.password_file) {
+            (Some(user), Some(p)) => {
+                auth.basic = Some((user.clone(), secret_text("password_file", p)?))
+            }
+            (None, None) => {}
+            _ => {
+                return Err(invalid(
+                    key("basic_user"),
+                    "HTTP basic authentication needs both basic_user and password_file",
+                ))
+            }
+        }
+        if let Some(t) = &self.token_file {
+            auth.bearer = Some(secret_text("token_file", t)?);
+        }
+        let client = Client::new(SourceSettings {
+            name: self.name.clone(),
+            base_url: self.url.clone(),
+            rate_limit_per_second: rate,
+            connect_timeout: std_duration("connect_timeout", &self.connect_timeout)?,
+            request_timeout: std_duration("request_timeout", &self.request_timeout)?,
+            max_attempts: self.max_attempts,
+            backoff_base: std::time::Duration::from_millis(500),
+            backoff_cap: std::time::Duration::from_secs(60),
+            auth,
+        })
+        .map_err(|e| invalid(key("url"), e.to_string()))?;
+        Ok(crate::sync::SyncSource {
+            client,
+            plan,
+            start,
+            limits: crate::xml::Limits {
+                max_record_bytes: parser.max_record_bytes,
+                max_document_bytes: Some(self.max_response_bytes),
+            },
+            body_attempts: self.body_attempts,
+        })
+    }
 }
 
 impl Settings {
@@ -156,7 +360,32 @@ impl Settings {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
             return Err(invalid(origin, format!("log.filter: {e}")));
         }
+        let mut names = std::collections::HashSet::new();
+        for s in &self.source {
+            if !names.insert(s.name.as_str()) {
+                return Err(invalid(
+                    origin,
+                    format!("source.{}: the name is used twice", s.name),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Builds every configured source (reading its credentials).
+    ///
+    /// # Errors
+    /// The first source that cannot be built, named with its key.
+    pub fn sources(
+        &self,
+        config_path: Option<&Path>,
+        credentials_dir: Option<&Path>,
+    ) -> Result<Vec<crate::sync::SyncSource>, ConfigError> {
+        let dir = config_path.and_then(Path::parent);
+        self.source
+            .iter()
+            .map(|s| s.build(&self.parser, dir, credentials_dir))
+            .collect()
     }
 
     pub fn limits(&self) -> crate::xml::Limits {
@@ -318,6 +547,84 @@ mod tests {
             .expect_err("bad format")
             .to_string();
         assert!(e.contains("format") || e.contains("xml"), "{e}");
+    }
+
+    /// The documented source block, uncommented, is a valid configuration.
+    fn example_with_source() -> String {
+        let mut out = String::new();
+        let mut in_block = false;
+        for line in EXAMPLE.lines() {
+            if line == "# [[source]]" {
+                in_block = true;
+            }
+            match line.strip_prefix("# ") {
+                // Settings are "# key = value"; prose and the nested commented settings stay.
+                Some(rest) if in_block && (rest.starts_with("[[") || rest.contains(" = ")) => {
+                    out.push_str(rest)
+                }
+                _ => out.push_str(line),
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    #[test]
+    fn the_documented_source_block_loads_and_builds() {
+        let f = write(&example_with_source());
+        let s = Settings::load(Some(f.path()), env(&[])).expect("valid");
+        assert_eq!(s.source.len(), 1);
+        let src = &s.source[0];
+        assert_eq!(src.url, "https://skolplattform.example.se");
+        assert_eq!(src.overlap, "30m");
+        let built = s.sources(Some(f.path()), None).expect("builds");
+        assert_eq!(built[0].plan.max_window, chrono::Duration::days(1));
+        assert_eq!(built[0].limits.max_document_bytes, Some(256 * 1024 * 1024));
+    }
+
+    #[test]
+    fn source_errors_name_the_source_and_key() {
+        let f = write(
+            "[[source]]\nname = \"solna\"\nurl = \"https://x.example\"\nstart = \"2026-08-01T00:00\"\noverlap = \"half an hour\"\n",
+        );
+        let s = Settings::load(Some(f.path()), env(&[])).expect("loads");
+        let e = s
+            .sources(Some(f.path()), None)
+            .err()
+            .expect("bad duration")
+            .to_string();
+        assert!(e.contains("source.solna.overlap"), "{e}");
+        let f = write(
+            "[[source]]\nurl = \"https://x.example\"\nstart = \"2026-08-01T00:00\"\npassword_file = \"pw\"\n",
+        );
+        let s = Settings::load(Some(f.path()), env(&[])).expect("loads");
+        let e = s
+            .sources(Some(f.path()), None)
+            .err()
+            .expect("half of basic auth")
+            .to_string();
+        assert!(e.contains("basic_user"), "{e}");
+    }
+
+    #[test]
+    fn credentials_are_read_from_the_credentials_directory_and_never_shown() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("pw"), "s3cret-value\n").expect("write");
+        let f = write(
+            "[[source]]\nurl = \"https://x.example\"\nstart = \"2026-08-01T00:00\"\nbasic_user = \"kommun\"\npassword_file = \"pw\"\n",
+        );
+        let s = Settings::load(Some(f.path()), env(&[])).expect("loads");
+        s.sources(Some(f.path()), Some(dir.path()))
+            .expect("builds with the credential");
+        let missing = s
+            .sources(Some(f.path()), None)
+            .err()
+            .expect("not beside the config")
+            .to_string();
+        assert!(
+            missing.contains("cannot read") && !missing.contains("s3cret"),
+            "{missing}"
+        );
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod import;
+pub mod run;
 pub mod simulate;
 pub mod source;
 pub mod store;

@@ -192,6 +192,11 @@ impl Client {
         &self.settings.name
     }
 
+    /// The endpoint without a window, for messages.
+    pub fn url_base(&self) -> &reqwest::Url {
+        &self.endpoint
+    }
+
     /// The URL a window is fetched from (no credentials are ever in it).
     pub fn url(&self, window: &Window) -> reqwest::Url {
         let mut url = self.endpoint.clone();

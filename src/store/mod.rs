@@ -189,6 +189,22 @@ pub struct SyncRun {
     pub error: Option<String>,
 }
 
+/// A `sync_run` row as `status` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RunRow {
+    pub kind: String,
+    pub from_local: String,
+    pub tom_local: String,
+    pub outcome: String,
+    pub finished_at: String,
+    pub http_status: Option<i64>,
+    pub records: i64,
+    pub changed: i64,
+    pub cleared: i64,
+    pub quarantined: i64,
+    pub error: Option<String>,
+}
+
 /// A database the mirror lives in.
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -208,6 +224,12 @@ pub trait Store: Send + Sync {
 
     /// Records a window that failed, in a transaction of its own (its data was rolled back).
     async fn record_failed_run(&self, run: &SyncRun) -> Result<(), StoreError>;
+
+    /// The latest window attempts of a source, newest first.
+    async fn recent_runs(&self, source: &str, limit: u32) -> Result<Vec<RunRow>, StoreError>;
+
+    /// Every source that has a watermark or a recorded window.
+    async fn known_sources(&self) -> Result<Vec<String>, StoreError>;
 
     /// Closes the connections cleanly (flushes SQLite's WAL).
     async fn close(&self);

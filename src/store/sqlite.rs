@@ -27,8 +27,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
-    query_err, redact_url, timestamp, ApplyContext, ApplySummary, DocumentTx, RunKind, Store,
-    StoreError, SyncRun, TableCounts, Watermark,
+    query_err, redact_url, timestamp, ApplyContext, ApplySummary, DocumentTx, RunKind, RunRow,
+    Store, StoreError, SyncRun, TableCounts, Watermark,
 };
 use crate::domain::{
     content_sha256, Arskurs, Delprovsresultat, Omrade, Provomrade, ProvomradeKey, Provtillfalle,
@@ -180,6 +180,44 @@ impl Store for SqliteStore {
                 .map_err(|e| StoreError::Corrupt(format!("stored watermark {local:?}: {e}")))?,
             updated_at: parse_timestamp(&updated)?,
         }))
+    }
+
+    async fn recent_runs(&self, source: &str, limit: u32) -> Result<Vec<RunRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT kind, from_local, tom_local, outcome, finished_at, http_status, records,
+                    changed, cleared, quarantined, error
+             FROM sync_run WHERE source = ? ORDER BY id DESC LIMIT ?",
+        )
+        .bind(source)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_err("reading recent windows"))?;
+        Ok(rows
+            .iter()
+            .map(|r| RunRow {
+                kind: r.get(0),
+                from_local: r.get(1),
+                tom_local: r.get(2),
+                outcome: r.get(3),
+                finished_at: r.get(4),
+                http_status: r.get(5),
+                records: r.get(6),
+                changed: r.get(7),
+                cleared: r.get(8),
+                quarantined: r.get(9),
+                error: r.get(10),
+            })
+            .collect())
+    }
+
+    async fn known_sources(&self) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT source FROM sync_watermark UNION SELECT DISTINCT source FROM sync_run ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_err("listing sources"))
     }
 
     async fn record_failed_run(&self, run: &SyncRun) -> Result<(), StoreError> {

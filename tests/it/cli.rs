@@ -171,3 +171,103 @@ fn a_database_that_cannot_be_opened_exits_three() {
         text(&o)
     );
 }
+
+mod sync_commands {
+    use super::*;
+    use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+    fn config(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
+        let cfg = dir.join("nprov.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[database]\nurl = \"sqlite://{}/db.sqlite\"\n\n[[source]]\nname = \"stockholm\"\nurl = \"{url}\"\nstart = \"2026-01-10T00:00\"\nmax_window = \"6h\"\nrate_limit_per_second = 50\n",
+                dir.display()
+            ),
+        )
+        .expect("write config");
+        cfg
+    }
+
+    fn answering(req: &Request) -> ResponseTemplate {
+        let q: std::collections::HashMap<_, _> = req.url.query_pairs().into_owned().collect();
+        ResponseTemplate::new(200).set_body_string(crate::helpers::doc(&[crate::helpers::kurs(
+            &format!("e-{}", q["from"]),
+            "MATMAT01a",
+            "GY",
+            vec![],
+        )]))
+    }
+
+    #[tokio::test]
+    async fn sync_once_until_catches_up_and_status_reports_the_watermark() {
+        let server = MockServer::start().await;
+        Mock::given(wiremock::matchers::method("GET"))
+            .respond_with(answering)
+            .mount(&server)
+            .await;
+        let dir = tempfile::tempdir().expect("dir");
+        let cfg = config(dir.path(), &server.uri());
+        let cfg = cfg.to_str().expect("path");
+        let o = nprov(
+            &[
+                "sync",
+                "--once",
+                "--until",
+                "2026-01-11T00:00",
+                "--config",
+                cfg,
+            ],
+            dir.path(),
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        let out = text(&o);
+        assert!(
+            out.contains("stockholm 2026-01-10T00:00..2026-01-10T05:59: HTTP 200"),
+            "{out}"
+        );
+        assert!(
+            out.contains("windows synced; watermark 2026-01-11T00:00"),
+            "{out}"
+        );
+
+        let o = nprov(&["status", "--json", "--config", cfg], dir.path());
+        assert!(o.status.success(), "{}", text(&o));
+        let status: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+        assert_eq!(status["sources"][0]["watermark_local"], "2026-01-11T00:00");
+        assert_eq!(status["sources"][0]["recent_windows"][0]["outcome"], "ok");
+
+        let o = nprov(&["config", "check", "--config", cfg], dir.path());
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(text(&o).contains("source stockholm: "), "{}", text(&o));
+    }
+
+    #[tokio::test]
+    async fn a_refused_sync_exits_three_and_says_what_to_check() {
+        let server = MockServer::start().await;
+        Mock::given(wiremock::matchers::method("GET"))
+            .respond_with(ResponseTemplate::new(401))
+            .mount(&server)
+            .await;
+        let dir = tempfile::tempdir().expect("dir");
+        let cfg = config(dir.path(), &server.uri());
+        let o = nprov(
+            &[
+                "sync",
+                "--once",
+                "--until",
+                "2026-01-10T03:00",
+                "--config",
+                cfg.to_str().expect("path"),
+            ],
+            dir.path(),
+        );
+        assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+        let out = text(&o);
+        assert!(
+            out.contains("HTTP 401") && out.contains("client certificate"),
+            "{out}"
+        );
+        assert!(out.contains("the watermark stays where it was"), "{out}");
+    }
+}

@@ -1,0 +1,208 @@
+//! The bodies of `sync --once`, `backfill` and `status`: the engine driven from the command line,
+//! with one line per committed window.
+
+use std::io::Write;
+
+use chrono::Utc;
+
+use crate::cli::Failure;
+use crate::config::Settings;
+use crate::store::Store;
+use crate::sync::{SyncError, SyncSource, WindowReport};
+use crate::window::{latest_instant, parse_local};
+
+fn io_failure(e: std::io::Error) -> Failure {
+    Failure::Runtime(anyhow::Error::new(e).context("writing output"))
+}
+
+fn sync_failure(source: &str, e: SyncError) -> Failure {
+    let classify = |e: SyncError| match e {
+        SyncError::Document { .. } => Failure::Data(e.into()),
+        other => Failure::Runtime(other.into()),
+    };
+    match classify(e) {
+        Failure::Data(e) => Failure::Data(e.context(format!("source {source}"))),
+        Failure::Runtime(e) => Failure::Runtime(e.context(format!(
+            "source {source}: the window was not synced; the watermark stays where it was"
+        ))),
+        other => other,
+    }
+}
+
+fn line(out: &mut dyn Write, source: &str, r: &WindowReport) -> Result<(), Failure> {
+    let s = &r.summary;
+    writeln!(
+        out,
+        "{source} {}: HTTP {} ({} attempt{}), {}, {} bytes, {} records → {} changed, {} unchanged, {} cleared, {} quarantined ({:.2} s)",
+        r.window.label(),
+        r.http_status,
+        r.attempts,
+        if r.attempts == 1 { "" } else { "s" },
+        r.version,
+        r.bytes,
+        s.records,
+        s.changed,
+        s.unchanged,
+        s.cleared,
+        s.quarantined,
+        r.seconds
+    )
+    .map_err(io_failure)
+}
+
+/// `sync --once`: every source caught up to now (or `until`, local time), one after another.
+pub async fn sync_once(
+    store: &dyn Store,
+    sources: &[SyncSource],
+    until: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
+    if sources.is_empty() {
+        return Err(Failure::Config(anyhow::anyhow!(
+            "no [[source]] is configured: see `nprov-sync config example`"
+        )));
+    }
+    for src in sources {
+        // With --until, plan as if it were that time: the last window ends at `until`.
+        let horizon = match until {
+            None => Utc::now(),
+            Some(t) => {
+                let local =
+                    parse_local(t).map_err(|e| Failure::Config(anyhow::anyhow!("--until: {e}")))?;
+                // The planner ends windows at now − lag and never in now's minute.
+                latest_instant(src.plan.tz, local)
+                    + src.plan.safety_lag.max(chrono::Duration::minutes(1))
+            }
+        };
+        let mut failed = None;
+        let result = crate::sync::catch_up(store, src, horizon, |r| {
+            if failed.is_none() {
+                failed = line(out, src.name(), r).err();
+            }
+        })
+        .await;
+        if let Some(f) = failed {
+            return Err(f);
+        }
+        let reports = result.map_err(|e| sync_failure(src.name(), e))?;
+        let wm = store
+            .watermark(src.name())
+            .await
+            .map_err(|e| Failure::Runtime(e.into()))?;
+        writeln!(
+            out,
+            "{}: {} windows synced; watermark {}",
+            src.name(),
+            reports.len(),
+            wm.map(|w| w.local.format("%Y-%m-%dT%H:%M").to_string())
+                .unwrap_or_else(|| "not set (nothing to sync yet)".into())
+        )
+        .map_err(io_failure)?;
+    }
+    Ok(())
+}
+
+/// `backfill`: a historic range re-read; the watermark does not move.
+pub async fn backfill(
+    store: &dyn Store,
+    src: &SyncSource,
+    from: &str,
+    to: &str,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
+    let from = parse_local(from).map_err(|e| Failure::Config(anyhow::anyhow!("--from: {e}")))?;
+    let to = parse_local(to).map_err(|e| Failure::Config(anyhow::anyhow!("--to: {e}")))?;
+    if to < from {
+        return Err(Failure::Config(anyhow::anyhow!("--to is before --from")));
+    }
+    let mut failed = None;
+    let result = crate::sync::backfill(store, src, from, to, |r| {
+        if failed.is_none() {
+            failed = line(out, src.name(), r).err();
+        }
+    })
+    .await;
+    if let Some(f) = failed {
+        return Err(f);
+    }
+    let reports = result.map_err(|e| sync_failure(src.name(), e))?;
+    writeln!(out, "{}: backfilled {} windows", src.name(), reports.len()).map_err(io_failure)
+}
+
+/// `status`: per source watermark, lag and latest windows, and the tables' sizes.
+pub async fn status(
+    store: &dyn Store,
+    settings: &Settings,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
+    let runtime = |e: crate::store::StoreError| Failure::Runtime(e.into());
+    let mut names: Vec<String> = settings.source.iter().map(|s| s.name.clone()).collect();
+    for known in store.known_sources().await.map_err(runtime)? {
+        if !names.contains(&known) {
+            names.push(known);
+        }
+    }
+    let now = Utc::now();
+    let mut sources = Vec::new();
+    for name in &names {
+        let wm = store.watermark(name).await.map_err(runtime)?;
+        let runs = store.recent_runs(name, 5).await.map_err(runtime)?;
+        sources.push(serde_json::json!({
+            "source": name,
+            "watermark_local": wm.as_ref().map(|w| w.local.format("%Y-%m-%dT%H:%M").to_string()),
+            "watermark_utc": wm.as_ref().map(|w| w.utc.to_rfc3339()),
+            "lag_seconds": wm.as_ref().map(|w| (now - w.utc).num_seconds()),
+            "recent_windows": runs,
+        }));
+    }
+    let counts = store.table_counts().await.map_err(runtime)?;
+    if json {
+        let doc =
+            serde_json::json!({ "sources": sources, "tables": counts, "at": now.to_rfc3339() });
+        return writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&doc).expect("JSON values serialize")
+        )
+        .map_err(io_failure);
+    }
+    for s in &sources {
+        let lag = s["lag_seconds"]
+            .as_i64()
+            .map(|l| format!("{}h{:02}m", l / 3600, (l % 3600) / 60));
+        writeln!(
+            out,
+            "source {}: watermark {} (lag {})",
+            s["source"].as_str().unwrap_or_default(),
+            s["watermark_local"].as_str().unwrap_or("not set"),
+            lag.as_deref().unwrap_or("-")
+        )
+        .map_err(io_failure)?;
+        for r in s["recent_windows"].as_array().into_iter().flatten() {
+            writeln!(
+                out,
+                "  {} {} {}..{} {} records {} changed {}{}",
+                r["finished_at"].as_str().unwrap_or_default(),
+                r["kind"].as_str().unwrap_or_default(),
+                r["from_local"].as_str().unwrap_or_default(),
+                r["tom_local"].as_str().unwrap_or_default(),
+                r["outcome"].as_str().unwrap_or_default(),
+                r["records"],
+                r["changed"],
+                r["error"]
+                    .as_str()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            )
+            .map_err(io_failure)?;
+        }
+    }
+    writeln!(
+        out,
+        "tables: provomrade {}, provtillfalle {}, delprovsresultat {}, change_log {}, quarantine {}",
+        counts.provomrade, counts.provtillfalle, counts.delprovsresultat, counts.change_log, counts.quarantine
+    )
+    .map_err(io_failure)?;
+    Ok(())
+}
