@@ -55,6 +55,17 @@ pub const EXAMPLE_QUERIES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Who is in the later window, at which revision: 10 % changed (some of them cleared), 4 % sent
+/// again as they were.
+fn later_window(i: u64) -> Option<u32> {
+    match i % 25 {
+        0 | 10 | 20 => Some(1),
+        3 => Some(0),
+        _ if i % 10 == 5 => Some(1),
+        _ => None,
+    }
+}
+
 pub async fn run(file: &Path, students: u64, out: &mut dyn Write) -> Result<(), Failure> {
     let runtime = |e: anyhow::Error| Failure::Runtime(e);
     for suffix in ["", "-wal", "-shm"] {
@@ -102,23 +113,13 @@ pub async fn run(file: &Path, students: u64, out: &mut dyn Write) -> Result<(), 
             "a later window (10% changed, 4% re-sent unchanged)",
             "2026-07-01T00:00:00",
             "2026-07-01T12:00:00",
-            Box::new(|i| match i % 25 {
-                0 | 10 | 20 => Some(1),
-                3 => Some(0),
-                _ if i % 10 == 5 => Some(1),
-                _ => None,
-            }),
+            Box::new(later_window),
         ),
         (
             "the same window read again (overlap)",
             "2026-07-01T00:00:00",
             "2026-07-01T12:00:00",
-            Box::new(|i| match i % 25 {
-                0 | 10 | 20 => Some(1),
-                3 => Some(0),
-                _ if i % 10 == 5 => Some(1),
-                _ => None,
-            }),
+            Box::new(later_window),
         ),
     ];
     for (label, from, tom, pick) in steps {

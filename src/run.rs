@@ -29,6 +29,34 @@ fn sync_failure(source: &str, e: SyncError) -> Failure {
     }
 }
 
+/// Prints one line per committed window from inside the engine's callback, which cannot fail:
+/// the first write error is kept and reported after the engine returns.
+struct Printer<'a> {
+    out: &'a mut dyn Write,
+    source: &'a str,
+    failed: Option<Failure>,
+}
+
+impl<'a> Printer<'a> {
+    fn new(out: &'a mut dyn Write, source: &'a str) -> Self {
+        Printer {
+            out,
+            source,
+            failed: None,
+        }
+    }
+
+    fn window(&mut self, r: &WindowReport) {
+        if self.failed.is_none() {
+            self.failed = line(self.out, self.source, r).err();
+        }
+    }
+
+    fn finish(self) -> Result<(), Failure> {
+        self.failed.map_or(Ok(()), Err)
+    }
+}
+
 fn line(out: &mut dyn Write, source: &str, r: &WindowReport) -> Result<(), Failure> {
     let s = &r.summary;
     writeln!(
@@ -74,16 +102,9 @@ pub async fn sync_once(
                     + src.plan.safety_lag.max(chrono::Duration::minutes(1))
             }
         };
-        let mut failed = None;
-        let result = crate::sync::catch_up(store, src, horizon, |r| {
-            if failed.is_none() {
-                failed = line(out, src.name(), r).err();
-            }
-        })
-        .await;
-        if let Some(f) = failed {
-            return Err(f);
-        }
+        let mut printer = Printer::new(out, src.name());
+        let result = crate::sync::catch_up(store, src, horizon, |r| printer.window(r)).await;
+        printer.finish()?;
         let reports = result.map_err(|e| sync_failure(src.name(), e))?;
         let wm = store
             .watermark(src.name())
@@ -115,16 +136,9 @@ pub async fn backfill(
     if to < from {
         return Err(Failure::Config(anyhow::anyhow!("--to is before --from")));
     }
-    let mut failed = None;
-    let result = crate::sync::backfill(store, src, from, to, |r| {
-        if failed.is_none() {
-            failed = line(out, src.name(), r).err();
-        }
-    })
-    .await;
-    if let Some(f) = failed {
-        return Err(f);
-    }
+    let mut printer = Printer::new(out, src.name());
+    let result = crate::sync::backfill(store, src, from, to, |r| printer.window(r)).await;
+    printer.finish()?;
     let reports = result.map_err(|e| sync_failure(src.name(), e))?;
     writeln!(out, "{}: backfilled {} windows", src.name(), reports.len()).map_err(io_failure)
 }
