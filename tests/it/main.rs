@@ -4,6 +4,7 @@ mod cli;
 mod corpus;
 mod helpers;
 mod roundtrip;
+mod simulated;
 mod source;
 mod store;
 mod sync;

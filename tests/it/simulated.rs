@@ -1,0 +1,309 @@
+//! Full syncs against the simulated platform over HTTP: the mirror must end equal, row for row,
+//! to the platform's current state, with faults on, and across a daylight-saving transition while
+//! time passes.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Europe::Stockholm;
+use nprov_sync::simulate::server::{serve, Faults, Simulator, Stats, VirtualClock};
+use nprov_sync::simulate::{render_to_string, Platform, Population};
+use nprov_sync::source::{Auth, Client, SourceSettings};
+use nprov_sync::sync::{catch_up, SyncSource};
+use nprov_sync::window::Plan;
+use nprov_sync::xml::version::newest;
+use nprov_sync::xml::Limits;
+
+use crate::helpers::*;
+
+fn t(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .expect("time")
+        .with_timezone(&Utc)
+}
+
+struct Running {
+    url: String,
+    stats: Arc<Stats>,
+    clock: VirtualClock,
+    platform: Arc<Platform>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn simulator(
+    platform: Platform,
+    now: DateTime<Utc>,
+    faults: Faults,
+    basic: Option<(&str, &str)>,
+) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let stats = Arc::new(Stats::default());
+    let clock = VirtualClock::new(now);
+    let platform = Arc::new(platform);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let sim = Simulator {
+        platform: platform.clone(),
+        clock: clock.clone(),
+        faults,
+        basic: basic.map(|(u, p)| (u.to_owned(), p.to_owned())),
+    };
+    tokio::spawn(serve(listener, sim, stats.clone(), async {
+        stopped.await.ok();
+    }));
+    Running {
+        url,
+        stats,
+        clock,
+        platform,
+        _stop: stop,
+    }
+}
+
+fn source(
+    url: &str,
+    rate: u32,
+    max_window: chrono::Duration,
+    overlap: chrono::Duration,
+    start: &str,
+) -> SyncSource {
+    SyncSource {
+        client: Client::new(SourceSettings {
+            name: "default".into(),
+            base_url: url.into(),
+            rate_limit_per_second: NonZeroU32::new(rate).expect("rate"),
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(20),
+            max_attempts: 12,
+            backoff_base: Duration::from_millis(5),
+            backoff_cap: Duration::from_millis(50),
+            auth: Auth::default(),
+        })
+        .expect("client"),
+        plan: Plan {
+            tz: Stockholm,
+            overlap,
+            safety_lag: chrono::Duration::minutes(2),
+            max_window,
+        },
+        start: nprov_sync::window::parse_local(start).expect("start"),
+        limits: Limits::default(),
+        body_attempts: 12,
+    }
+}
+
+/// The platform's current state imported as one document into a fresh database: what a correct
+/// sync must equal.
+async fn reference(platform: &Platform, now: DateTime<Utc>) -> Vec<String> {
+    let db = fresh_sqlite().await;
+    let xml = render_to_string(
+        newest(),
+        "2000-01-01T00:00:00",
+        "2100-01-01T00:00:00",
+        &platform.current_state(now),
+    );
+    import_at(&db.store, "default", &xml, at(0))
+        .await
+        .expect("reference import");
+    dump(&db.store).await
+}
+
+#[tokio::test]
+async fn a_full_catch_up_equals_the_platforms_current_state_row_for_row() {
+    let pop = Population {
+        students: 400,
+        seed: 11,
+        version: newest(),
+        year: 2026,
+    };
+    let platform = Platform::new(
+        pop,
+        Stockholm,
+        t("2026-01-05T00:00:00Z"),
+        t("2026-01-12T00:00:00Z"),
+        3,
+    );
+    let now = t("2026-01-12T06:00:00Z");
+    let sim = simulator(platform, now, Faults::default(), None).await;
+    let db = fresh_sqlite().await;
+    let src = source(
+        &sim.url,
+        200,
+        chrono::Duration::hours(12),
+        chrono::Duration::minutes(30),
+        "2026-01-05T00:00",
+    );
+    catch_up(&db.store, &src, now, |_| {})
+        .await
+        .expect("catch up");
+    assert_eq!(dump(&db.store).await, reference(&sim.platform, now).await);
+    assert!(sim.platform.changes_by(now) > 400);
+}
+
+#[tokio::test]
+async fn with_faults_and_a_rate_limit_the_catch_up_still_ends_equal_and_polite() {
+    let pop = Population {
+        students: 300,
+        seed: 12,
+        version: newest(),
+        year: 2026,
+    };
+    let platform = Platform::new(
+        pop,
+        Stockholm,
+        t("2026-01-05T00:00:00Z"),
+        t("2026-01-08T00:00:00Z"),
+        3,
+    );
+    let now = t("2026-01-08T06:00:00Z");
+    let faults = Faults {
+        server_error: 0.15,
+        truncated: 0.1,
+        malformed: 0.1,
+        rate_limit_per_second: Some(12),
+        seed: 5,
+    };
+    let sim = simulator(platform, now, faults, None).await;
+    let db = fresh_sqlite().await;
+    let src = source(
+        &sim.url,
+        10,
+        chrono::Duration::hours(2),
+        chrono::Duration::minutes(30),
+        "2026-01-05T00:00",
+    );
+    catch_up(&db.store, &src, now, |_| {})
+        .await
+        .expect("catch up through faults");
+    assert_eq!(dump(&db.store).await, reference(&sim.platform, now).await);
+    assert!(
+        sim.stats.faults.load(Ordering::Relaxed) > 0,
+        "no fault was injected"
+    );
+    assert_eq!(
+        sim.stats.rate_limited.load(Ordering::Relaxed),
+        0,
+        "the client exceeded the limit"
+    );
+    let arrivals = sim.stats.arrivals.lock().expect("lock").clone();
+    for (i, a) in arrivals.iter().enumerate() {
+        let within = arrivals[i..]
+            .iter()
+            .filter(|b| **b < *a + Duration::from_secs(1))
+            .count();
+        assert!(within <= 10, "{within} requests in one second");
+    }
+}
+
+#[tokio::test]
+async fn syncing_while_the_autumn_hour_repeats_misses_nothing() {
+    // Changes every few minutes through the night the clocks go back; the client polls while
+    // time passes, with short windows and no overlap, so only the window rule protects it.
+    let pop = Population {
+        students: 250,
+        seed: 13,
+        version: newest(),
+        year: 2026,
+    };
+    let platform = Platform::new(
+        pop,
+        Stockholm,
+        t("2026-10-24T23:00:00Z"),
+        t("2026-10-25T03:00:00Z"),
+        2,
+    );
+    let start_now = t("2026-10-24T23:00:00Z");
+    let sim = simulator(platform, start_now, Faults::default(), None).await;
+    let db = fresh_sqlite().await;
+    let src = source(
+        &sim.url,
+        500,
+        chrono::Duration::minutes(20),
+        chrono::Duration::zero(),
+        "2026-10-25T01:00",
+    );
+    let end = t("2026-10-25T03:30:00Z");
+    let mut now = start_now;
+    while now <= end {
+        sim.clock.set(now);
+        catch_up(&db.store, &src, now, |_| {}).await.expect("poll");
+        now += chrono::Duration::minutes(7);
+    }
+    let final_now = sim.clock.now();
+    // Everything that happened up to the last synced minute is mirrored in its current state.
+    assert_eq!(
+        dump(&db.store).await,
+        reference(&sim.platform, final_now).await
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_refused_and_the_right_one_syncs() {
+    let pop = Population {
+        students: 20,
+        seed: 14,
+        version: newest(),
+        year: 2026,
+    };
+    let platform = Platform::new(
+        pop,
+        Stockholm,
+        t("2026-01-05T00:00:00Z"),
+        t("2026-01-05T12:00:00Z"),
+        1,
+    );
+    let now = t("2026-01-05T13:00:00Z");
+    let sim = simulator(platform, now, Faults::default(), Some(("kommun", "rätt"))).await;
+    let db = fresh_sqlite().await;
+    let mut src = source(
+        &sim.url,
+        50,
+        chrono::Duration::days(1),
+        chrono::Duration::minutes(30),
+        "2026-01-05T00:00",
+    );
+    let wrong = Client::new(SourceSettings {
+        name: "default".into(),
+        base_url: sim.url.clone(),
+        rate_limit_per_second: NonZeroU32::new(50).expect("rate"),
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(5),
+        max_attempts: 3,
+        backoff_base: Duration::from_millis(5),
+        backoff_cap: Duration::from_millis(10),
+        auth: Auth {
+            basic: Some(("kommun".into(), "fel".to_string().into())),
+            ..Auth::default()
+        },
+    })
+    .expect("client");
+    src.client = wrong;
+    let err = catch_up(&db.store, &src, now, |_| {})
+        .await
+        .expect_err("401");
+    assert!(err.to_string().contains("credentials"), "{err}");
+    src.client = Client::new(SourceSettings {
+        name: "default".into(),
+        base_url: sim.url.clone(),
+        rate_limit_per_second: NonZeroU32::new(50).expect("rate"),
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(5),
+        max_attempts: 3,
+        backoff_base: Duration::from_millis(5),
+        backoff_cap: Duration::from_millis(10),
+        auth: Auth {
+            basic: Some(("kommun".into(), "rätt".to_string().into())),
+            ..Auth::default()
+        },
+    })
+    .expect("client");
+    catch_up(&db.store, &src, now, |_| {})
+        .await
+        .expect("right password");
+    assert_eq!(dump(&db.store).await, reference(&sim.platform, now).await);
+}
