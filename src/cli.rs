@@ -88,6 +88,9 @@ pub enum Command {
     /// Show the whole pipeline on generated data: import a population into a fresh SQLite file
     /// (nprov-demo.db), apply a later document with changes and clears, re-read it, and query.
     Demo(DemoArgs),
+    /// Serve a simulated platform (generated students, a school year of changes) on a local port,
+    /// for trying a configuration or the client's behaviour under faults. Stops on Ctrl-C.
+    Simulate(SimulateArgs),
     /// Inspect configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -101,6 +104,43 @@ pub struct DemoArgs {
     /// The demo's own database file; it is recreated on every run.
     #[arg(long, default_value = "nprov-demo.db", value_name = "PATH")]
     pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Address to listen on; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:8088")]
+    pub listen: std::net::SocketAddr,
+    #[arg(long, default_value_t = 20_000)]
+    pub students: u64,
+    #[arg(long, default_value_t = 2026)]
+    pub seed: u64,
+    /// Schema version to answer in (v1.1, v1.2, v2.0b, v4.0a, v12.0).
+    #[arg(long, default_value = "v12.0")]
+    pub version: String,
+    /// Local time of the first change.
+    #[arg(long, default_value = "2025-08-11T07:00")]
+    pub first_change: String,
+    /// Local time of the last change.
+    #[arg(long, default_value = "2026-06-12T17:00")]
+    pub last_change: String,
+    /// Probability of an HTTP 500 per request.
+    #[arg(long, default_value_t = 0.0)]
+    pub server_errors: f64,
+    /// Probability of a body cut in half.
+    #[arg(long, default_value_t = 0.0)]
+    pub truncated: f64,
+    /// Probability of a malformed body.
+    #[arg(long, default_value_t = 0.0)]
+    pub malformed: f64,
+    /// Answer 429 with Retry-After to requests beyond this many per second.
+    #[arg(long)]
+    pub rate_limit: Option<u32>,
+    /// Demand HTTP basic authentication with this user (password from --password-file).
+    #[arg(long, requires = "password_file")]
+    pub basic_user: Option<String>,
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,6 +226,7 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> Result<()
             Ok(())
         }
         Command::Demo(args) => crate::demo::run(&args.file, args.students, out).await,
+        Command::Simulate(args) => simulate(args, out).await,
         Command::Sync { until, source, .. } => {
             let sources = build_sources(&cli.config, &settings, source.as_deref())?;
             let store = open_store(&settings).await?;
@@ -240,6 +281,94 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> Result<()
             .map_err(io_failure)
         }
     }
+}
+
+async fn simulate(args: SimulateArgs, out: &mut dyn Write) -> Result<(), Failure> {
+    use crate::simulate::server::{serve, Faults, Simulator, Stats, VirtualClock};
+    use crate::simulate::{Platform, Population};
+    let config = |m: String| Failure::Config(anyhow::anyhow!(m));
+    let version = crate::xml::version::VERSIONS
+        .iter()
+        .find(|v| v.name == args.version)
+        .ok_or_else(|| {
+            config(format!(
+                "--version {}: not a published version",
+                args.version
+            ))
+        })?;
+    let tz = chrono_tz::Europe::Stockholm;
+    let first = crate::window::parse_local(&args.first_change)
+        .map_err(|e| config(format!("--first-change: {e}")))?;
+    let last = crate::window::parse_local(&args.last_change)
+        .map_err(|e| config(format!("--last-change: {e}")))?;
+    let password = match &args.password_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| config(format!("--password-file {}: {e}", p.display())))?
+                .trim_end()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let platform = Platform::new(
+        Population {
+            students: args.students,
+            seed: args.seed,
+            version,
+            year: 2026,
+        },
+        tz,
+        crate::window::earliest_instant(tz, first),
+        crate::window::latest_instant(tz, last),
+        3,
+    );
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| {
+            Failure::Runtime(anyhow::Error::new(e).context(format!("binding {}", args.listen)))
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    writeln!(
+        out,
+        "simulated platform: http://{addr} ({} students, {} changes, schema {}); source url = \"http://{addr}\"; Ctrl-C stops",
+        args.students,
+        platform.changes_by(chrono::Utc::now()),
+        version.name
+    )
+    .map_err(io_failure)?;
+    out.flush().map_err(io_failure)?;
+    let sim = Simulator {
+        platform: std::sync::Arc::new(platform),
+        // Real time: changes become visible as their moment passes.
+        clock: VirtualClock::new(chrono::Utc::now()),
+        faults: Faults {
+            server_error: args.server_errors,
+            truncated: args.truncated,
+            malformed: args.malformed,
+            rate_limit_per_second: args.rate_limit,
+            seed: args.seed,
+        },
+        basic: args.basic_user.zip(password),
+    };
+    let clock = sim.clock.clone();
+    // Keep the virtual clock on real time while serving.
+    let ticker = tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            every.tick().await;
+            clock.set(chrono::Utc::now());
+        }
+    });
+    let stats = std::sync::Arc::new(Stats::default());
+    let result = serve(listener, sim, stats, async {
+        tokio::signal::ctrl_c().await.ok();
+    })
+    .await;
+    ticker.abort();
+    result.map_err(|e| Failure::Runtime(e.into()))
 }
 
 /// Builds the configured sources (all, or the one named).

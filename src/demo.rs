@@ -1,34 +1,27 @@
-//! `nprov-sync demo`: the whole pipeline on generated data, in a fresh SQLite file.
+//! `nprov-sync demo`: the whole pipeline against a simulated platform, into a fresh SQLite file.
 //!
-//! It imports a generated population (one document, as a first sync would receive it), then a
-//! later document in which some students' results changed or were removed and others were sent
-//! again unchanged, then that same document once more (as an overlapping window re-reads it), and
-//! finally runs a few of the queries a warehouse would.
+//! It starts the simulator on a loopback port with a generated school year (every student's
+//! results change one to three times), syncs the year over HTTP window by window as `sync
+//! --once` would, reads one day again (nothing changes), checks that the mirror holds exactly the
+//! platform's current state, and runs a few of the queries a warehouse would.
 
-use std::io::{Seek, Write};
+use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::Utc;
 use sqlx::{Column, Row};
 
-use crate::cli::{print_report, Failure};
-use crate::import::import_document;
-use crate::simulate::Population;
-use crate::store::{ApplyContext, SqliteStore, Store, DEFAULT_SOURCE};
+use crate::cli::Failure;
+use crate::simulate::server::{serve, Faults, Simulator, Stats, VirtualClock};
+use crate::simulate::{Platform, Population};
+use crate::source::{Client, SourceSettings};
+use crate::store::{SqliteStore, Store, DEFAULT_SOURCE};
+use crate::sync::SyncSource;
 use crate::xml::version::newest;
 use crate::xml::Limits;
 
 const SEED: u64 = 2026;
-
-/// A demo step: label, window from, window tom, and which students (at which revision) the
-/// document holds.
-type Step = (
-    &'static str,
-    &'static str,
-    &'static str,
-    Box<dyn Fn(u64) -> Option<u32>>,
-);
 
 /// Queries shown to the user, with what they answer.
 pub const EXAMPLE_QUERIES: &[(&str, &str)] = &[
@@ -49,22 +42,11 @@ pub const EXAMPLE_QUERIES: &[(&str, &str)] = &[
          GROUP BY p.kurs, d.utfall ORDER BY delprov DESC LIMIT 6",
     ),
     (
-        "What an incremental loader reads: change_log per import",
-        "SELECT at, op, COUNT(*) AS changes, MIN(seq) AS first_seq, MAX(seq) AS last_seq
-         FROM change_log GROUP BY at, op ORDER BY at, op",
+        "What an incremental loader reads: change_log by operation",
+        "SELECT op, COUNT(*) AS changes, MIN(seq) AS first_seq, MAX(seq) AS last_seq
+         FROM change_log GROUP BY op ORDER BY op",
     ),
 ];
-
-/// Who is in the later window, at which revision: 10 % changed (some of them cleared), 4 % sent
-/// again as they were.
-fn later_window(i: u64) -> Option<u32> {
-    match i % 25 {
-        0 | 10 | 20 => Some(1),
-        3 => Some(0),
-        _ if i % 10 == 5 => Some(1),
-        _ => None,
-    }
-}
 
 pub async fn run(file: &Path, students: u64, out: &mut dyn Write) -> Result<(), Failure> {
     let runtime = |e: anyhow::Error| Failure::Runtime(e);
@@ -93,56 +75,158 @@ pub async fn run(file: &Path, students: u64, out: &mut dyn Write) -> Result<(), 
         year: 2026,
     };
     let w = |out: &mut dyn Write, s: String| writeln!(out, "{s}").map_err(|e| runtime(e.into()));
+    // A school year on the simulated platform: every student's results change one to three
+    // times between August and June; "now" is mid-June.
+    let tz = chrono_tz::Europe::Stockholm;
+    let instant = |s: &str| {
+        crate::window::earliest_instant(tz, crate::window::parse_local(s).expect("demo time"))
+    };
+    let platform = Arc::new(Platform::new(
+        population,
+        tz,
+        instant("2025-08-11T07:00"),
+        instant("2026-06-12T17:00"),
+        3,
+    ));
+    let now = instant("2026-06-15T08:00");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| {
+            runtime(anyhow::Error::new(e).context("binding the simulator to a loopback port"))
+        })?;
+    let url = format!(
+        "http://{}",
+        listener.local_addr().map_err(|e| runtime(e.into()))?
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let stats = Arc::new(Stats::default());
+    let server = tokio::spawn(serve(
+        listener,
+        Simulator {
+            platform: platform.clone(),
+            clock: VirtualClock::new(now),
+            faults: Faults::default(),
+            basic: None,
+        },
+        stats.clone(),
+        async {
+            stopped.await.ok();
+        },
+    ));
     w(
         out,
         format!(
-            "nprov-sync demo: {students} generated students, schema {}, database {}",
-            population.version.name,
+            "nprov-sync demo: a simulated platform at {url} with {students} students ({} changes over a school year, schema {}); syncing into {}",
+            platform.changes_by(now),
+            platform.population.version.name,
             file.display()
         ),
     )?;
+    let source = SyncSource {
+        client: Client::new(SourceSettings {
+            name: DEFAULT_SOURCE.into(),
+            base_url: url.clone(),
+            // The simulator is on this machine: a real platform gets the default 5 per second.
+            rate_limit_per_second: std::num::NonZeroU32::new(100).expect("non-zero"),
+            connect_timeout: std::time::Duration::from_secs(5),
+            request_timeout: std::time::Duration::from_secs(60),
+            max_attempts: 6,
+            backoff_base: std::time::Duration::from_millis(100),
+            backoff_cap: std::time::Duration::from_secs(5),
+            auth: Default::default(),
+        })
+        .map_err(|e| runtime(e.into()))?,
+        plan: crate::window::Plan {
+            tz,
+            overlap: chrono::Duration::minutes(30),
+            safety_lag: chrono::Duration::minutes(2),
+            max_window: chrono::Duration::days(1),
+        },
+        start: crate::window::parse_local("2025-08-01T00:00").expect("demo start"),
+        limits: Limits::default(),
+        body_attempts: 3,
+    };
 
-    let steps: [Step; 3] = [
-        (
-            "first sync (everything)",
-            "2026-01-01T00:00:00",
-            "2026-06-30T23:59:00",
-            Box::new(|_| Some(0)),
-        ),
-        (
-            "a later window (10% changed, 4% re-sent unchanged)",
-            "2026-07-01T00:00:00",
-            "2026-07-01T12:00:00",
-            Box::new(later_window),
-        ),
-        (
-            "the same window read again (overlap)",
-            "2026-07-01T00:00:00",
-            "2026-07-01T12:00:00",
-            Box::new(later_window),
-        ),
-    ];
-    for (label, from, tom, pick) in steps {
-        let mut doc = tempfile::tempfile().map_err(|e| runtime(e.into()))?;
-        {
-            let mut writer = std::io::BufWriter::new(&mut doc);
-            let members = (0..students).filter(|i| pick(*i).is_some());
-            population
-                .write_document(&mut writer, from, tom, members, |i| pick(i).unwrap_or(0))
-                .map_err(|e| runtime(e.into()))?;
-            writer.flush().map_err(|e| runtime(e.into()))?;
+    // 1. The first sync: the whole year, one committed window per day.
+    let started = Instant::now();
+    let mut total = crate::store::ApplySummary::default();
+    let mut windows = 0usize;
+    let mut last_print = Instant::now();
+    let result = crate::sync::catch_up(&store, &source, now, |r| {
+        windows += 1;
+        total.add(&r.summary);
+        if last_print.elapsed().as_secs() >= 2 {
+            last_print = Instant::now();
+            let _ = writeln!(
+                out,
+                "  … {} synced ({windows} windows)",
+                r.window.tom_param()
+            );
         }
-        doc.rewind().map_err(|e| runtime(e.into()))?;
-        let started = Instant::now();
-        let ctx = ApplyContext {
-            source: DEFAULT_SOURCE.into(),
-            namespace: String::new(),
-            document: format!("demo {from}..{tom}"),
-            now: Utc::now(),
-        };
-        let report = import_document(&store, doc, Limits::default(), ctx).await?;
-        print_report(out, label, &report, started.elapsed())?;
-    }
+    })
+    .await;
+    result.map_err(|e| runtime(e.into()))?;
+    w(
+        out,
+        format!(
+            "first sync: {windows} windows, {} requests, {} records → {} changed, {} unchanged, {} cleared ({:.1} s)",
+            stats.requests.load(std::sync::atomic::Ordering::Relaxed),
+            total.records,
+            total.changed,
+            total.unchanged,
+            total.cleared,
+            started.elapsed().as_secs_f64()
+        ),
+    )?;
+
+    // 2. An overlapping window read again: everything in it is unchanged and nothing is logged.
+    let before = store.table_counts().await.map_err(|e| runtime(e.into()))?;
+    let started = Instant::now();
+    let again = crate::sync::backfill(
+        &store,
+        &source,
+        crate::window::parse_local("2026-05-20T00:00").expect("demo time"),
+        crate::window::parse_local("2026-05-20T23:59").expect("demo time"),
+        |_| {},
+    )
+    .await
+    .map_err(|e| runtime(e.into()))?;
+    let after = store.table_counts().await.map_err(|e| runtime(e.into()))?;
+    let s = again.first().map(|r| r.summary.clone()).unwrap_or_default();
+    w(
+        out,
+        format!(
+            "2026-05-20 read again (backfill): {} records → {} changed, {} unchanged; change_log {} → {} ({:.2} s)",
+            s.records,
+            s.changed,
+            s.unchanged,
+            before.change_log,
+            after.change_log,
+            started.elapsed().as_secs_f64()
+        ),
+    )?;
+
+    // 3. The mirror holds exactly the platform's current state.
+    let expected: std::collections::HashSet<_> = platform
+        .current_state(now)
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
+    w(
+        out,
+        format!(
+            "check: {} provområden in the database, {} on the platform{}",
+            after.provomrade,
+            expected.len(),
+            if after.provomrade as usize == expected.len() {
+                " — equal"
+            } else {
+                " — DIFFERENT"
+            }
+        ),
+    )?;
+    let _ = stop.send(());
+    let _ = server.await;
 
     let counts = store.table_counts().await.map_err(|e| runtime(e.into()))?;
     w(
