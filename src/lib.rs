@@ -5,8 +5,13 @@
 //!
 //! ## Architecture
 //!
-//! Data flows one way:
+//! Data flows one way: [`window`] decides what to ask, [`source`] fetches bytes, [`xml`] makes
+//! domain records, [`sync`] applies them through [`store`] and commits them with the watermark.
 //!
+//! * [`window`] plans `from`/`tom` windows from the watermark (an instant) so that no change is
+//!   missed across daylight-saving transitions, whatever way the platform reads local times.
+//! * [`source`] is the HTTP client: rate-limited (every request spaced, retries included),
+//!   retrying by a pure policy, credentials held as secrets.
 //! * [`xml`] streams a response into domain records ([`domain`]) one provområde element at a
 //!   time, for every published schema version, with located errors: a *document* error rejects
 //!   the document, a *record* error quarantines one element.
@@ -14,12 +19,14 @@
 //!   the [`store`], which applies them in one transaction per document with the replace semantics
 //!   (each element replaces its key's provtillfällen; unchanged content is skipped by hash;
 //!   real changes go to `change_log`).
-//! * [`store`] is one trait with a backend per database (SQLite now); the importer never knows
-//!   which one it has.
-//! * [`simulate`] generates populations and writes documents of any version, for the demo,
-//!   benches and tests.
-//! * [`config`], [`telemetry`] and [`cli`] are the shell around it; `main.rs` only maps failure
-//!   classes to exit codes.
+//! * [`sync`] drives a window: fetch, parse while the body streams in, apply, record the run and
+//!   move the watermark in the same transaction; retries broken bodies, splits large windows.
+//! * [`store`] is one trait with a backend per database (SQLite now); nothing above it knows which
+//!   one it has.
+//! * [`simulate`] generates populations, writes documents of any version and serves a simulated
+//!   platform over HTTP, for the demo, the benches and the tests.
+//! * [`config`], [`telemetry`], [`cli`] and [`run`] are the shell around it; `main.rs` only maps
+//!   failure classes to exit codes.
 //!
 //! Deciding code (`domain`, `xml`, the hash) imports neither tokio nor sqlx and is tested
 //! without a runtime or database.
