@@ -6,7 +6,7 @@
 //! watermark stays.
 //!
 //! Retry policy by layer: HTTP statuses and connection errors are retried by the
-//! [`Client`](crate::source::Client); a body that is cut short or not well-formed fails the whole
+//! [`Client`]; a body that is cut short or not well-formed fails the whole
 //! attempt, which is repeated up to `body_attempts` times; a window the server finds too large
 //! (413), that times out, or whose body passes `max_response_bytes`, is split in halves down to
 //! one minute.

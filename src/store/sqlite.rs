@@ -6,7 +6,7 @@
 //! One document is one `BEGIN IMMEDIATE` transaction: it takes SQLite's single write lock up front,
 //! which makes it safe to hand out row ids from `MAX(id) + 1` for the rows it inserts. That saves a
 //! `RETURNING` round trip per batch: every statement through sqlx is a trip to the connection's
-//! worker thread, so writes go as multi-row `VALUES` statements of up to [`ROWS_PER_STATEMENT`]
+//! worker thread, so writes go as multi-row `VALUES` statements of up to `ROWS_PER_STATEMENT` (1 000)
 //! rows.
 //!
 //! The stored keys a document touched are tracked in the temporary table `doc_touched` (one row per
