@@ -267,41 +267,29 @@ async fn a_wrong_password_is_refused_and_the_right_one_syncs() {
         chrono::Duration::minutes(30),
         "2026-01-05T00:00",
     );
-    let wrong = Client::new(SourceSettings {
-        name: "default".into(),
-        base_url: sim.url.clone(),
-        rate_limit_per_second: NonZeroU32::new(50).expect("rate"),
-        connect_timeout: Duration::from_secs(2),
-        request_timeout: Duration::from_secs(5),
-        max_attempts: 3,
-        backoff_base: Duration::from_millis(5),
-        backoff_cap: Duration::from_millis(10),
-        auth: Auth {
-            basic: Some(("kommun".into(), "fel".to_string().into())),
-            ..Auth::default()
-        },
-    })
-    .expect("client");
-    src.client = wrong;
+    let with_password = |password: &str| {
+        Client::new(SourceSettings {
+            name: "default".into(),
+            base_url: sim.url.clone(),
+            rate_limit_per_second: NonZeroU32::new(50).expect("rate"),
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(5),
+            max_attempts: 3,
+            backoff_base: Duration::from_millis(5),
+            backoff_cap: Duration::from_millis(10),
+            auth: Auth {
+                basic: Some(("kommun".into(), password.to_string().into())),
+                ..Auth::default()
+            },
+        })
+        .expect("client")
+    };
+    src.client = with_password("fel");
     let err = catch_up(&db.store, &src, now, |_| {})
         .await
         .expect_err("401");
     assert!(err.to_string().contains("credentials"), "{err}");
-    src.client = Client::new(SourceSettings {
-        name: "default".into(),
-        base_url: sim.url.clone(),
-        rate_limit_per_second: NonZeroU32::new(50).expect("rate"),
-        connect_timeout: Duration::from_secs(2),
-        request_timeout: Duration::from_secs(5),
-        max_attempts: 3,
-        backoff_base: Duration::from_millis(5),
-        backoff_cap: Duration::from_millis(10),
-        auth: Auth {
-            basic: Some(("kommun".into(), "rätt".to_string().into())),
-            ..Auth::default()
-        },
-    })
-    .expect("client");
+    src.client = with_password("rätt");
     catch_up(&db.store, &src, now, |_| {})
         .await
         .expect("right password");
