@@ -295,3 +295,109 @@ async fn a_wrong_password_is_refused_and_the_right_one_syncs() {
         .expect("right password");
     assert_eq!(dump(&db.store).await, reference(&sim.platform, now).await);
 }
+
+#[tokio::test]
+async fn a_sync_killed_mid_run_resumes_from_its_watermark_and_ends_equal() {
+    let pop = Population {
+        students: 600,
+        seed: 15,
+        version: newest(),
+        year: 2026,
+    };
+    let platform = Platform::new(
+        pop,
+        Stockholm,
+        t("2026-01-05T00:00:00Z"),
+        t("2026-01-09T00:00:00Z"),
+        3,
+    );
+    let now = t("2026-01-09T06:00:00Z");
+    let sim = simulator(platform, now, Faults::default(), None).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = dir.path().join("nprov.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[database]\nurl = \"sqlite://{}/db.sqlite\"\n\n[[source]]\nurl = \"{}\"\nstart = \"2026-01-05T00:00\"\nmax_window = \"2h\"\nrate_limit_per_second = 8\n",
+            dir.path().display(),
+            sim.url
+        ),
+    )
+    .expect("config");
+    let args = [
+        "sync",
+        "--once",
+        "--until",
+        "2026-01-09T07:00",
+        "--config",
+        cfg.to_str().expect("path"),
+    ];
+    // About 50 windows at 8 requests a second: kill it part-way, at no particular moment.
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nprov-sync"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    // Kill it as soon as it has committed something: at 8 requests a second the remaining
+    // windows take seconds, so this is always part-way, without relying on timing.
+    let url = format!("sqlite://{}/db.sqlite", dir.path().display());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let cut = loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no window committed within a minute"
+        );
+        if !std::path::Path::new(&format!("{}/db.sqlite", dir.path().display())).exists() {
+            continue;
+        }
+        let Ok(store) = nprov_sync::store::SqliteStore::connect(&url).await else {
+            continue;
+        };
+        let wm = nprov_sync::store::Store::watermark(&store, "default").await;
+        store.pool().close().await;
+        if let Ok(Some(wm)) = wm {
+            break wm;
+        }
+    };
+    assert!(cut.utc > t("2026-01-04T00:00:00Z"));
+    child.kill().await.expect("kill");
+    let store = nprov_sync::store::SqliteStore::connect(&url)
+        .await
+        .expect("open");
+    // A window may have committed between the poll and the kill: resume from what is stored.
+    let cut = nprov_sync::store::Store::watermark(&store, "default")
+        .await
+        .expect("read")
+        .expect("set");
+    assert!(
+        cut.local < nprov_sync::window::parse_local("2026-01-09T07:00").expect("t"),
+        "it finished before the kill"
+    );
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_nprov-sync"))
+        .args(args)
+        .output()
+        .await
+        .expect("run again");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // The second run starts one overlap before where the first one stopped.
+    let resumed_from = (cut.local - chrono::Duration::minutes(30))
+        .format("%Y-%m-%dT%H:%M")
+        .to_string();
+    assert!(
+        stdout
+            .lines()
+            .next()
+            .expect("a window")
+            .contains(&format!("default {resumed_from}..")),
+        "{stdout}"
+    );
+    assert_eq!(dump(&store).await, reference(&sim.platform, now).await);
+}
