@@ -25,6 +25,18 @@ fn t(s: &str) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
+/// A platform of `students` (seeded) whose results change 1 to `max_changes` times between two
+/// instants.
+fn platform(students: u64, seed: u64, first: &str, last: &str, max_changes: u32) -> Platform {
+    let pop = Population {
+        students,
+        seed,
+        version: newest(),
+        year: 2026,
+    };
+    Platform::new(pop, Stockholm, t(first), t(last), max_changes)
+}
+
 struct Running {
     url: String,
     stats: Arc<Stats>,
@@ -115,19 +127,7 @@ async fn reference(platform: &Platform, now: DateTime<Utc>) -> Vec<String> {
 
 #[tokio::test]
 async fn a_full_catch_up_equals_the_platforms_current_state_row_for_row() {
-    let pop = Population {
-        students: 400,
-        seed: 11,
-        version: newest(),
-        year: 2026,
-    };
-    let platform = Platform::new(
-        pop,
-        Stockholm,
-        t("2026-01-05T00:00:00Z"),
-        t("2026-01-12T00:00:00Z"),
-        3,
-    );
+    let platform = platform(400, 11, "2026-01-05T00:00:00Z", "2026-01-12T00:00:00Z", 3);
     let now = t("2026-01-12T06:00:00Z");
     let sim = simulator(platform, now, Faults::default(), None).await;
     let db = fresh_sqlite().await;
@@ -147,19 +147,7 @@ async fn a_full_catch_up_equals_the_platforms_current_state_row_for_row() {
 
 #[tokio::test]
 async fn with_faults_and_a_rate_limit_the_catch_up_still_ends_equal_and_polite() {
-    let pop = Population {
-        students: 300,
-        seed: 12,
-        version: newest(),
-        year: 2026,
-    };
-    let platform = Platform::new(
-        pop,
-        Stockholm,
-        t("2026-01-05T00:00:00Z"),
-        t("2026-01-08T00:00:00Z"),
-        3,
-    );
+    let platform = platform(300, 12, "2026-01-05T00:00:00Z", "2026-01-08T00:00:00Z", 3);
     let now = t("2026-01-08T06:00:00Z");
     let faults = Faults {
         server_error: 0.15,
@@ -204,19 +192,7 @@ async fn with_faults_and_a_rate_limit_the_catch_up_still_ends_equal_and_polite()
 async fn syncing_while_the_autumn_hour_repeats_misses_nothing() {
     // Changes every few minutes through the night the clocks go back; the client polls while
     // time passes, with short windows and no overlap, so only the window rule protects it.
-    let pop = Population {
-        students: 250,
-        seed: 13,
-        version: newest(),
-        year: 2026,
-    };
-    let platform = Platform::new(
-        pop,
-        Stockholm,
-        t("2026-10-24T23:00:00Z"),
-        t("2026-10-25T03:00:00Z"),
-        2,
-    );
+    let platform = platform(250, 13, "2026-10-24T23:00:00Z", "2026-10-25T03:00:00Z", 2);
     let start_now = t("2026-10-24T23:00:00Z");
     let sim = simulator(platform, start_now, Faults::default(), None).await;
     let db = fresh_sqlite().await;
@@ -244,19 +220,7 @@ async fn syncing_while_the_autumn_hour_repeats_misses_nothing() {
 
 #[tokio::test]
 async fn a_wrong_password_is_refused_and_the_right_one_syncs() {
-    let pop = Population {
-        students: 20,
-        seed: 14,
-        version: newest(),
-        year: 2026,
-    };
-    let platform = Platform::new(
-        pop,
-        Stockholm,
-        t("2026-01-05T00:00:00Z"),
-        t("2026-01-05T12:00:00Z"),
-        1,
-    );
+    let platform = platform(20, 14, "2026-01-05T00:00:00Z", "2026-01-05T12:00:00Z", 1);
     let now = t("2026-01-05T13:00:00Z");
     let sim = simulator(platform, now, Faults::default(), Some(("kommun", "rätt"))).await;
     let db = fresh_sqlite().await;
@@ -298,19 +262,7 @@ async fn a_wrong_password_is_refused_and_the_right_one_syncs() {
 
 #[tokio::test]
 async fn a_sync_killed_mid_run_resumes_from_its_watermark_and_ends_equal() {
-    let pop = Population {
-        students: 600,
-        seed: 15,
-        version: newest(),
-        year: 2026,
-    };
-    let platform = Platform::new(
-        pop,
-        Stockholm,
-        t("2026-01-05T00:00:00Z"),
-        t("2026-01-09T00:00:00Z"),
-        3,
-    );
+    let platform = platform(600, 15, "2026-01-05T00:00:00Z", "2026-01-09T00:00:00Z", 3);
     let now = t("2026-01-09T06:00:00Z");
     let sim = simulator(platform, now, Faults::default(), None).await;
     let dir = tempfile::tempdir().expect("dir");
