@@ -102,6 +102,10 @@ impl SyncError {
 
 /// Syncs one window (splitting it if it must) and returns the committed parts in order.
 ///
+/// `expected_watermark` is the watermark a [`RunKind::Sync`] window was planned from; each part
+/// commits only if the stored watermark still is what the parts before it left (see
+/// [`SyncRun::expected_watermark`]).
+///
 /// # Errors
 /// The error of the first part that could not be synced; parts before it stay committed, and
 /// for a [`RunKind::Sync`] the watermark stands at the end of the last of them.
@@ -110,13 +114,21 @@ pub async fn sync_window(
     source: &SyncSource,
     window: Window,
     kind: RunKind,
+    mut expected_watermark: Option<DateTime<Utc>>,
 ) -> Result<Vec<WindowReport>, SyncError> {
     let mut pending = vec![window];
     let mut done = Vec::new();
     // A stack of windows still to do, earliest last, so halves are synced in time order.
     while let Some(w) = pending.pop() {
-        match attempt_window(store, source, w, kind).await {
-            Ok(report) => done.push(report),
+        match attempt_window(store, source, w, kind, expected_watermark).await {
+            Ok(report) => {
+                // The watermark never moves backwards: a first half that ends inside the overlap
+                // leaves it where it was.
+                if kind == RunKind::Sync {
+                    expected_watermark = expected_watermark.max(Some(w.tom_utc));
+                }
+                done.push(report)
+            }
             Err(e) if e.wants_split() => match w.split(source.plan.tz) {
                 Some((first, second)) => {
                     tracing::info!(source = source.name(), window = %w.label(), error = %e, "splitting the window");
@@ -138,13 +150,24 @@ async fn attempt_window(
     source: &SyncSource,
     window: Window,
     kind: RunKind,
+    expected_watermark: Option<DateTime<Utc>>,
 ) -> Result<WindowReport, SyncError> {
     let started_at = Utc::now();
     let clock = Instant::now();
     let mut attempt = 0;
     let result = loop {
         attempt += 1;
-        match try_once(store, source, &window, kind, started_at, clock).await {
+        match try_once(
+            store,
+            source,
+            &window,
+            kind,
+            expected_watermark,
+            started_at,
+            clock,
+        )
+        .await
+        {
             Err(e) if e.body_broke() && attempt < source.body_attempts => {
                 tracing::warn!(source = source.name(), window = %window.label(), attempt, error = %e, "body broke; trying the window again");
             }
@@ -166,6 +189,7 @@ async fn attempt_window(
             bytes: 0,
             summary: ApplySummary::default(),
             error: Some(e.to_string()),
+            expected_watermark,
         };
         store.record_failed_run(&run).await?;
     }
@@ -177,6 +201,7 @@ async fn try_once(
     source: &SyncSource,
     window: &Window,
     kind: RunKind,
+    expected_watermark: Option<DateTime<Utc>>,
     started_at: DateTime<Utc>,
     clock: Instant,
 ) -> Result<WindowReport, SyncError> {
@@ -217,8 +242,12 @@ async fn try_once(
         bytes: report.bytes,
         summary: report.summary.clone(),
         error: None,
+        expected_watermark,
     };
-    tx.record_window(&run).await?;
+    if let Err(e) = tx.record_window(&run).await {
+        tx.rollback().await.ok();
+        return Err(e.into());
+    }
     tx.commit().await?;
     Ok(WindowReport {
         window: *window,
@@ -248,7 +277,7 @@ pub async fn catch_up(
         let Some(window) = source.plan.next(watermark, source.start, horizon) else {
             return Ok(all);
         };
-        for report in sync_window(store, source, window, RunKind::Sync).await? {
+        for report in sync_window(store, source, window, RunKind::Sync, watermark).await? {
             on_window(&report);
             all.push(report);
         }
@@ -268,7 +297,7 @@ pub async fn backfill(
 ) -> Result<Vec<WindowReport>, SyncError> {
     let mut all = Vec::new();
     for window in source.plan.backfill(from, to) {
-        for report in sync_window(store, source, window, RunKind::Backfill).await? {
+        for report in sync_window(store, source, window, RunKind::Backfill, None).await? {
             on_window(&report);
             all.push(report);
         }

@@ -56,6 +56,14 @@ pub enum StoreError {
     },
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    /// Another writer moved the source's watermark since this window was planned: committing
+    /// would apply the window twice. Nothing was written; plan again from the stored watermark.
+    #[error("source {source_name}: the watermark moved to {found} while this window was in flight (expected {expected}); another instance is syncing this source, so this window was rolled back")]
+    WatermarkMoved {
+        source_name: String,
+        expected: String,
+        found: String,
+    },
 }
 
 impl StoreError {
@@ -187,6 +195,11 @@ pub struct SyncRun {
     pub summary: ApplySummary,
     /// `None` for a window that committed; the error text (free of secrets) otherwise.
     pub error: Option<String>,
+    /// For a [`RunKind::Sync`] run: the watermark the window was planned from (`None` before the
+    /// first window). [`DocumentTx::record_window`] commits only if the stored watermark is still
+    /// this one, which fences off a second instance (or a second `sync --once`) that synced the
+    /// same source meanwhile: no window is ever committed twice.
+    pub expected_watermark: Option<DateTime<Utc>>,
 }
 
 /// A `sync_run` row as `status` shows it.
@@ -231,8 +244,45 @@ pub trait Store: Send + Sync {
     /// Every source that has a watermark or a recorded window.
     async fn known_sources(&self) -> Result<Vec<String>, StoreError>;
 
+    /// Tries to become the one instance that syncs `source` among all instances sharing this
+    /// database. `Ok(None)`: another instance leads it; try again later. The returned handle holds
+    /// the leadership until it is dropped or released, or until [`Leadership::still_held`] finds
+    /// it lost (PostgreSQL: a session advisory lock on a dedicated connection).
+    async fn try_lead(&self, source: &str) -> Result<Option<Box<dyn Leadership>>, StoreError>;
+
+    /// Whether the database answers (for readiness checks).
+    async fn ping(&self) -> Result<(), StoreError>;
+
     /// Closes the connections cleanly (flushes SQLite's WAL).
     async fn close(&self);
+}
+
+/// The right to sync one source, held until dropped.
+///
+/// Leadership is advisory: correctness does not rest on it. Even if two instances believed they
+/// led the same source, [`SyncRun::expected_watermark`] makes the second commit of a window fail.
+#[async_trait]
+pub trait Leadership: Send + Sync {
+    /// Whether the leadership is still held: `false` once the connection that holds it is lost
+    /// (the database then lets another instance take over).
+    async fn still_held(&mut self) -> bool;
+
+    /// Gives the leadership up at once (dropping does too, as soon as the connection closes).
+    async fn release(self: Box<Self>);
+}
+
+/// Leadership where the database has no other instances to coordinate with: a SQLite file is
+/// written by the processes of one machine, and the watermark fence keeps them from committing a
+/// window twice.
+pub struct SoleLeadership;
+
+#[async_trait]
+impl Leadership for SoleLeadership {
+    async fn still_held(&mut self) -> bool {
+        true
+    }
+
+    async fn release(self: Box<Self>) {}
 }
 
 /// One document's transaction. Dropping it without [`DocumentTx::commit`] rolls everything back.
@@ -252,6 +302,10 @@ pub trait DocumentTx: Send {
     /// Records the window this document answered, in the same transaction, and for a
     /// [`RunKind::Sync`] run moves the source's watermark to the window's end (never backwards).
     /// Call after [`DocumentTx::finish`].
+    ///
+    /// # Errors
+    /// [`StoreError::WatermarkMoved`] when the stored watermark is no longer
+    /// [`SyncRun::expected_watermark`]; roll back then.
     async fn record_window(&mut self, run: &SyncRun) -> Result<(), StoreError>;
 
     /// Commits. Call [`DocumentTx::finish`] first.

@@ -27,8 +27,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
-    query_err, redact_url, timestamp, ApplyContext, ApplySummary, DocumentTx, RunKind, RunRow,
-    Store, StoreError, SyncRun, TableCounts, Watermark,
+    query_err, redact_url, timestamp, ApplyContext, ApplySummary, DocumentTx, Leadership, RunKind,
+    RunRow, SoleLeadership, Store, StoreError, SyncRun, TableCounts, Watermark,
 };
 use crate::domain::{
     content_sha256, Arskurs, Delprovsresultat, Omrade, Provomrade, ProvomradeKey, Provtillfalle,
@@ -218,6 +218,18 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(query_err("listing sources"))
+    }
+
+    async fn try_lead(&self, _source: &str) -> Result<Option<Box<dyn Leadership>>, StoreError> {
+        Ok(Some(Box::new(SoleLeadership)))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(query_err("checking the database"))?;
+        Ok(())
     }
 
     async fn record_failed_run(&self, run: &SyncRun) -> Result<(), StoreError> {
@@ -878,31 +890,48 @@ impl DocumentTx for SqliteDocumentTx {
 
     async fn record_window(&mut self, run: &SyncRun) -> Result<(), StoreError> {
         insert_run(&mut self.tx, run, "ok").await?;
-        if run.kind == RunKind::Sync {
-            // Text comparison is time order: the timestamps have a fixed width.
-            sqlx::query(
-                "INSERT INTO sync_watermark (source, watermark_local, watermark_utc, updated_at)
-                 VALUES (?, ?, ?, ?)
-                 ON CONFLICT (source) DO UPDATE SET
-                     watermark_local = excluded.watermark_local,
-                     watermark_utc = excluded.watermark_utc,
-                     updated_at = excluded.updated_at
-                 WHERE excluded.watermark_utc > sync_watermark.watermark_utc",
-            )
-            .bind(&run.source)
-            .bind(
-                run.window
-                    .tom_utc
-                    .with_timezone(&run.tz)
-                    .format(crate::window::API_FORMAT)
-                    .to_string(),
-            )
-            .bind(timestamp(run.window.tom_utc))
-            .bind(&self.now)
-            .execute(&mut *self.tx)
-            .await
-            .map_err(query_err("moving the watermark"))?;
+        if run.kind != RunKind::Sync {
+            return Ok(());
         }
+        // The fence: this transaction holds SQLite's write lock (BEGIN IMMEDIATE), so the
+        // watermark read here cannot change before the commit.
+        let stored: Option<String> =
+            sqlx::query_scalar("SELECT watermark_utc FROM sync_watermark WHERE source = ?")
+                .bind(&run.source)
+                .fetch_optional(&mut *self.tx)
+                .await
+                .map_err(query_err("reading the watermark"))?;
+        let expected = run.expected_watermark.map(timestamp);
+        if stored != expected {
+            return Err(StoreError::WatermarkMoved {
+                source_name: run.source.clone(),
+                expected: expected.unwrap_or_else(|| "none".into()),
+                found: stored.unwrap_or_else(|| "none".into()),
+            });
+        }
+        // Text comparison is time order: the timestamps have a fixed width.
+        sqlx::query(
+            "INSERT INTO sync_watermark (source, watermark_local, watermark_utc, updated_at)
+             VALUES (?, ?, ?, ?)
+             ON CONFLICT (source) DO UPDATE SET
+                 watermark_local = excluded.watermark_local,
+                 watermark_utc = excluded.watermark_utc,
+                 updated_at = excluded.updated_at
+             WHERE excluded.watermark_utc > sync_watermark.watermark_utc",
+        )
+        .bind(&run.source)
+        .bind(
+            run.window
+                .tom_utc
+                .with_timezone(&run.tz)
+                .format(crate::window::API_FORMAT)
+                .to_string(),
+        )
+        .bind(timestamp(run.window.tom_utc))
+        .bind(&self.now)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query_err("moving the watermark"))?;
         Ok(())
     }
 

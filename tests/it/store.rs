@@ -396,8 +396,14 @@ mod sync_bookkeeping {
         covering(Stockholm, t(from), t(tom))
     }
 
-    fn run(kind: RunKind, w: Window, summary: ApplySummary) -> SyncRun {
+    fn run(
+        kind: RunKind,
+        w: Window,
+        summary: ApplySummary,
+        expected_watermark: Option<DateTime<Utc>>,
+    ) -> SyncRun {
         SyncRun {
+            expected_watermark,
             source: "default".into(),
             kind,
             window: w,
@@ -425,10 +431,16 @@ mod sync_bookkeeping {
             now: at(3),
         };
         let input = std::io::Cursor::new(xml.into_bytes());
+        let expected = db
+            .store
+            .watermark("default")
+            .await
+            .expect("watermark")
+            .map(|w| w.utc);
         let (mut tx, report) = apply_document(&db.store, input, Limits::default(), ctx)
             .await
             .expect("apply");
-        tx.record_window(&run(kind, w, report.summary))
+        tx.record_window(&run(kind, w, report.summary, expected))
             .await
             .expect("record");
         if commit {
@@ -540,6 +552,7 @@ mod sync_bookkeeping {
             RunKind::Sync,
             window("2026-01-10T08:00:00Z", "2026-01-10T09:59:00Z"),
             ApplySummary::default(),
+            None,
         );
         r.http_status = Some(503);
         r.error = Some("503 Service Unavailable after 5 attempts".into());
@@ -549,5 +562,89 @@ mod sync_bookkeeping {
             vec!["sync 2026-01-10T09:00..2026-01-10T10:59 failed 0"]
         );
         assert_eq!(db.store.watermark("default").await.expect("read"), None);
+    }
+
+    #[tokio::test]
+    async fn a_window_planned_from_a_watermark_that_moved_meanwhile_is_rolled_back_whole() {
+        // Two writers plan the same window from the same watermark; the first commits. The
+        // second must not commit it again: not its data, not its run row, not the watermark.
+        let db = fresh_sqlite().await;
+        let first = window("2026-01-10T08:00:00Z", "2026-01-10T09:59:00Z");
+        apply_window(&db, RunKind::Sync, first, true).await;
+        let planned_from = db
+            .store
+            .watermark("default")
+            .await
+            .expect("read")
+            .map(|w| w.utc);
+        let next = window("2026-01-10T09:30:00Z", "2026-01-10T11:59:00Z");
+        apply_window(&db, RunKind::Sync, next, true).await;
+        let before = (dump(&db.store).await, runs(&db).await);
+
+        let stale = window("2026-01-10T09:30:00Z", "2026-01-10T12:59:00Z");
+        let xml = doc(&[kurs("e-stale", "MATMAT01a", "GY", vec![])]);
+        let ctx = ApplyContext {
+            source: "default".into(),
+            namespace: String::new(),
+            document: stale.label(),
+            now: at(4),
+        };
+        let input = std::io::Cursor::new(xml.into_bytes());
+        let (mut tx, report) = apply_document(&db.store, input, Limits::default(), ctx)
+            .await
+            .expect("apply");
+        let e = tx
+            .record_window(&run(RunKind::Sync, stale, report.summary, planned_from))
+            .await
+            .expect_err("the watermark moved");
+        assert!(
+            matches!(e, nprov_sync::store::StoreError::WatermarkMoved { .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("another instance"), "{e}");
+        tx.rollback().await.expect("rollback");
+        assert_eq!((dump(&db.store).await, runs(&db).await), before);
+        assert_eq!(
+            db.store
+                .watermark("default")
+                .await
+                .expect("read")
+                .map(|w| w.utc),
+            Some(next.tom_utc)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_first_window_is_fenced_too() {
+        // Two first syncs (no watermark yet): the second finds one and rolls back.
+        let db = fresh_sqlite().await;
+        apply_window(
+            &db,
+            RunKind::Sync,
+            window("2026-01-10T08:00:00Z", "2026-01-10T09:59:00Z"),
+            true,
+        )
+        .await;
+        let w = window("2026-01-10T08:00:00Z", "2026-01-10T09:59:00Z");
+        let ctx = ApplyContext {
+            source: "default".into(),
+            namespace: String::new(),
+            document: w.label(),
+            now: at(4),
+        };
+        let xml = doc(&[kurs("e-second", "MATMAT01a", "GY", vec![])]);
+        let (mut tx, report) = apply_document(
+            &db.store,
+            std::io::Cursor::new(xml.into_bytes()),
+            Limits::default(),
+            ctx,
+        )
+        .await
+        .expect("apply");
+        let e = tx
+            .record_window(&run(RunKind::Sync, w, report.summary, None))
+            .await
+            .expect_err("a watermark exists");
+        assert!(e.to_string().contains("expected none"), "{e}");
     }
 }
