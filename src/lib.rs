@@ -36,6 +36,7 @@ pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod import;
+pub mod metrics;
 pub mod run;
 pub mod simulate;
 pub mod source;

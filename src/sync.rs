@@ -17,8 +17,10 @@ use std::time::Instant;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use futures_util::TryStreamExt;
 use tokio_util::io::{StreamReader, SyncIoBridge};
+use tokio_util::sync::CancellationToken;
 
 use crate::import::{apply_document, ImportError};
+use crate::metrics::WindowOutcome;
 use crate::source::{Client, SourceError};
 use crate::store::{ApplyContext, ApplySummary, RunKind, Store, StoreError, SyncRun};
 use crate::window::{Plan, Window};
@@ -55,6 +57,10 @@ pub struct WindowReport {
     /// The document's schema version label.
     pub version: String,
     pub seconds: f64,
+    /// Enumeration values outside the document's version, by field.
+    pub unknown_values: Vec<(&'static str, u64)>,
+    /// Time the commit took.
+    pub commit: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,11 +175,16 @@ async fn attempt_window(
         .await
         {
             Err(e) if e.body_broke() && attempt < source.body_attempts => {
+                source
+                    .client
+                    .metrics()
+                    .retry(crate::source::RetryReason::Body);
                 tracing::warn!(source = source.name(), window = %window.label(), attempt, error = %e, "body broke; trying the window again");
             }
             other => break other,
         }
     };
+    observe_window(source, kind, &window, &result, clock.elapsed());
     if let Err(e) = &result {
         let run = SyncRun {
             source: source.name().to_owned(),
@@ -194,6 +205,73 @@ async fn attempt_window(
         store.record_failed_run(&run).await?;
     }
     result
+}
+
+/// The one place a window's outcome is logged and counted: one structured event per window
+/// attempt, and the metrics from the same values.
+fn observe_window(
+    source: &SyncSource,
+    kind: RunKind,
+    window: &Window,
+    result: &Result<WindowReport, SyncError>,
+    elapsed: std::time::Duration,
+) {
+    let metrics = source.client.metrics();
+    match result {
+        Ok(r) => {
+            let s = &r.summary;
+            tracing::info!(
+                source = source.name(),
+                kind = kind.as_str(),
+                from = %window.from_param(),
+                tom = %window.tom_param(),
+                outcome = "ok",
+                http_status = r.http_status,
+                attempts = r.attempts,
+                version = %r.version,
+                bytes = r.bytes,
+                records = s.records,
+                changed = s.changed,
+                unchanged = s.unchanged,
+                cleared = s.cleared,
+                quarantined = s.quarantined,
+                duration_seconds = elapsed.as_secs_f64(),
+                "window synced"
+            );
+            metrics.response_bytes(r.bytes);
+            metrics.window(&WindowOutcome {
+                kind,
+                ok: true,
+                duration: elapsed,
+                summary: s,
+                unknown_values: &r.unknown_values,
+                commit: Some(r.commit),
+            });
+            if kind == RunKind::Sync {
+                metrics.watermark(window.tom_utc);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(
+                source = source.name(),
+                kind = kind.as_str(),
+                from = %window.from_param(),
+                tom = %window.tom_param(),
+                outcome = "failed",
+                duration_seconds = elapsed.as_secs_f64(),
+                error = %e,
+                "window failed"
+            );
+            metrics.window(&WindowOutcome {
+                kind,
+                ok: false,
+                duration: elapsed,
+                summary: &ApplySummary::default(),
+                unknown_values: &[],
+                commit: None,
+            });
+        }
+    }
 }
 
 async fn try_once(
@@ -248,7 +326,9 @@ async fn try_once(
         tx.rollback().await.ok();
         return Err(e.into());
     }
+    let committing = Instant::now();
     tx.commit().await?;
+    let commit = committing.elapsed();
     Ok(WindowReport {
         window: *window,
         summary: report.summary,
@@ -257,6 +337,13 @@ async fn try_once(
         attempts: fetched.attempts,
         version: report.header.version.label().to_owned(),
         seconds: clock.elapsed().as_secs_f64(),
+        unknown_values: report
+            .stats
+            .unknown_by_field()
+            .into_iter()
+            .map(|(field, n)| (field.as_str(), n))
+            .collect(),
+        commit,
     })
 }
 
@@ -269,19 +356,38 @@ pub async fn catch_up(
     store: &dyn Store,
     source: &SyncSource,
     horizon: DateTime<Utc>,
+    on_window: impl FnMut(&WindowReport),
+) -> Result<Vec<WindowReport>, SyncError> {
+    catch_up_until(store, source, horizon, &CancellationToken::new(), on_window).await
+}
+
+/// As [`catch_up`], but stops planning new windows once `stop` is cancelled. A window in flight
+/// is not interrupted here: it commits or fails as a whole (the daemon bounds how long it waits).
+///
+/// # Errors
+/// The first window that could not be synced; everything before it is committed.
+pub async fn catch_up_until(
+    store: &dyn Store,
+    source: &SyncSource,
+    horizon: DateTime<Utc>,
+    stop: &CancellationToken,
     mut on_window: impl FnMut(&WindowReport),
 ) -> Result<Vec<WindowReport>, SyncError> {
     let mut all = Vec::new();
-    loop {
+    while !stop.is_cancelled() {
         let watermark = store.watermark(source.name()).await?.map(|w| w.utc);
+        if let Some(w) = watermark {
+            source.client.metrics().watermark(w);
+        }
         let Some(window) = source.plan.next(watermark, source.start, horizon) else {
-            return Ok(all);
+            break;
         };
         for report in sync_window(store, source, window, RunKind::Sync, watermark).await? {
             on_window(&report);
             all.push(report);
         }
     }
+    Ok(all)
 }
 
 /// Re-reads a historic local range without moving the watermark.

@@ -21,6 +21,7 @@ use secrecy::{ExposeSecret, SecretBox, SecretString};
 
 pub use policy::{RetryReason, Verdict};
 
+use crate::metrics::SourceMetrics;
 use crate::window::Window;
 
 /// The path the client appends to a source's base URL.
@@ -128,6 +129,9 @@ pub struct Client {
     endpoint: reqwest::Url,
     limiter: Arc<DefaultDirectRateLimiter>,
     settings: SourceSettings,
+    /// Where attempts and retries are counted; detached (never exported) unless the daemon
+    /// hands in its own with [`Client::with_metrics`].
+    metrics: SourceMetrics,
 }
 
 impl Client {
@@ -184,8 +188,20 @@ impl Client {
             http,
             endpoint,
             limiter: Arc::new(RateLimiter::direct(quota)),
+            metrics: SourceMetrics::detached(&settings.name),
             settings,
         })
+    }
+
+    /// Counts this client's requests (and the sync engine's windows of this source) in `metrics`.
+    pub fn with_metrics(mut self, metrics: SourceMetrics) -> Client {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The source's metric handles.
+    pub fn metrics(&self) -> &SourceMetrics {
+        &self.metrics
     }
 
     pub fn name(&self) -> &str {
@@ -229,7 +245,13 @@ impl Client {
             if let Some(token) = &self.settings.auth.bearer {
                 request = request.bearer_auth(token.expose_secret());
             }
-            let (reason, delay, status) = match request.send().await {
+            let sent = std::time::Instant::now();
+            let result = request.send().await;
+            self.metrics.http_attempt(
+                result.as_ref().ok().map(|r| r.status().as_u16()),
+                sent.elapsed(),
+            );
+            let (reason, delay, status) = match result {
                 Ok(response) => {
                     let status = response.status();
                     match policy::classify(status, response.headers(), SystemTime::now()) {
@@ -283,6 +305,7 @@ impl Client {
                     (reason, None, None)
                 }
             };
+            self.metrics.retry(reason);
             on_retry(reason, status);
             let wait = delay.unwrap_or_else(|| {
                 policy::backoff(

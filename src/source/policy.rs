@@ -40,6 +40,15 @@ pub enum RetryReason {
 }
 
 impl RetryReason {
+    pub const ALL: [RetryReason; 6] = [
+        RetryReason::RateLimited,
+        RetryReason::Unavailable,
+        RetryReason::ServerError,
+        RetryReason::Transport,
+        RetryReason::Timeout,
+        RetryReason::Body,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RetryReason::RateLimited => "rate_limited",

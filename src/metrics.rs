@@ -1,0 +1,539 @@
+//! Prometheus metrics: one [`Metrics`] owning its own [`Registry`] (each test makes its own), and
+//! per-source handles ([`SourceMetrics`]) that the HTTP client and the sync engine report to.
+//!
+//! Names follow Prometheus conventions: the `nprov_` prefix, base units (`_seconds`, `_bytes`),
+//! `_total` for counters. Labels are bounded: source names from the configuration, outcome and
+//! reason enumerations, HTTP status classes, enumeration field names. Nothing personal (no elev
+//! id, no URL, no error text) is ever a label.
+//!
+//! The list of exported families is [`FAMILIES`]; `monitoring/metrics.txt` must match it, and
+//! the alert rules and the dashboard may use nothing else (tested).
+//!
+//! Where an event is both logged and counted, the log line is emitted here too, so the two
+//! cannot drift apart.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::source::RetryReason;
+use crate::store::RunKind;
+
+/// Every metric family the daemon exports, process metrics included (on Linux). The process
+/// collector also exports `process_virtual_memory_max_bytes`, but only where a memory limit is
+/// set, so it is not listed: dashboards and alerts must not rely on it.
+pub const FAMILIES: &[&str] = &[
+    "nprov_build_info",
+    "nprov_leader",
+    "nprov_sync_windows_total",
+    "nprov_sync_window_duration_seconds",
+    "nprov_sync_last_success_timestamp_seconds",
+    "nprov_sync_last_attempt_timestamp_seconds",
+    "nprov_sync_watermark_timestamp_seconds",
+    "nprov_sync_lag_seconds",
+    "nprov_sync_consecutive_failures",
+    "nprov_sync_http_requests_total",
+    "nprov_sync_http_request_duration_seconds",
+    "nprov_sync_http_response_bytes_total",
+    "nprov_sync_http_retries_total",
+    "nprov_sync_http_rate_limited_total",
+    "nprov_sync_records_received_total",
+    "nprov_sync_provomraden_total",
+    "nprov_sync_records_quarantined_total",
+    "nprov_sync_unknown_values_total",
+    "nprov_sync_db_commit_duration_seconds",
+    "process_cpu_seconds_total",
+    "process_open_fds",
+    "process_max_fds",
+    "process_virtual_memory_bytes",
+    "process_resident_memory_bytes",
+    "process_start_time_seconds",
+    "process_threads",
+];
+
+/// Request and window durations range from milliseconds (an empty window) to minutes (a day of
+/// a large municipality over a slow link).
+const DURATION_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+/// Commits are local to the database: milliseconds to a few seconds.
+const COMMIT_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// All metrics of one process.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Families>,
+}
+
+struct Families {
+    registry: Registry,
+    leader: IntGaugeVec,
+    windows: IntCounterVec,
+    window_duration: HistogramVec,
+    last_success: GaugeVec,
+    last_attempt: GaugeVec,
+    watermark: GaugeVec,
+    lag: GaugeVec,
+    consecutive_failures: IntGaugeVec,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+    http_bytes: IntCounterVec,
+    http_retries: IntCounterVec,
+    http_rate_limited: IntCounterVec,
+    records_received: IntCounterVec,
+    provomraden: IntCounterVec,
+    quarantined: IntCounterVec,
+    unknown_values: IntCounterVec,
+    commit_duration: HistogramVec,
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition")
+}
+
+fn gauge(name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    GaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition")
+}
+
+fn int_gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition")
+}
+
+fn histogram(name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        &["source"],
+    )
+    .expect("valid metric definition")
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every family registered, `nprov_build_info` set, and (on Linux)
+    /// the process collector.
+    pub fn new() -> Metrics {
+        let f = Families {
+            registry: Registry::new(),
+            leader: int_gauge(
+                "nprov_leader",
+                "1 on the instance that leads (syncs) the source, 0 on a standby",
+                &["source"],
+            ),
+            windows: counter(
+                "nprov_sync_windows_total",
+                "Window attempts by kind (sync, backfill) and outcome (ok, failed)",
+                &["source", "kind", "outcome"],
+            ),
+            window_duration: histogram(
+                "nprov_sync_window_duration_seconds",
+                "Time from a window's first request to its commit",
+                DURATION_BUCKETS,
+            ),
+            last_success: gauge(
+                "nprov_sync_last_success_timestamp_seconds",
+                "Unix time of the last committed window",
+                &["source"],
+            ),
+            last_attempt: gauge(
+                "nprov_sync_last_attempt_timestamp_seconds",
+                "Unix time of the last window attempt, committed or failed",
+                &["source"],
+            ),
+            watermark: gauge(
+                "nprov_sync_watermark_timestamp_seconds",
+                "Unix time of the source's watermark: everything up to it is committed",
+                &["source"],
+            ),
+            lag: gauge(
+                "nprov_sync_lag_seconds",
+                "Now minus the watermark, computed at scrape time",
+                &["source"],
+            ),
+            consecutive_failures: int_gauge(
+                "nprov_sync_consecutive_failures",
+                "Sync runs that failed in a row (0 after a success)",
+                &["source"],
+            ),
+            http_requests: counter(
+                "nprov_sync_http_requests_total",
+                "HTTP requests to the platform by status class (error: no response)",
+                &["source", "class"],
+            ),
+            http_duration: histogram(
+                "nprov_sync_http_request_duration_seconds",
+                "Time from sending a request to its response headers",
+                DURATION_BUCKETS,
+            ),
+            http_bytes: counter(
+                "nprov_sync_http_response_bytes_total",
+                "Response body bytes read from the platform",
+                &["source"],
+            ),
+            http_retries: counter(
+                "nprov_sync_http_retries_total",
+                "Requests or whole window attempts repeated, by reason",
+                &["source", "reason"],
+            ),
+            http_rate_limited: counter(
+                "nprov_sync_http_rate_limited_total",
+                "HTTP 429 responses received",
+                &["source"],
+            ),
+            records_received: counter(
+                "nprov_sync_records_received_total",
+                "Provområde elements received and applied",
+                &["source"],
+            ),
+            provomraden: counter(
+                "nprov_sync_provomraden_total",
+                "Provområden (keys) received, by what applying them did",
+                &["source", "outcome"],
+            ),
+            quarantined: counter(
+                "nprov_sync_records_quarantined_total",
+                "Elements that broke the XSD and were sent to the quarantine table",
+                &["source"],
+            ),
+            unknown_values: counter(
+                "nprov_sync_unknown_values_total",
+                "Enumeration values the document's schema version does not list, by field",
+                &["source", "field"],
+            ),
+            commit_duration: histogram(
+                "nprov_sync_db_commit_duration_seconds",
+                "Time to commit a window's transaction",
+                COMMIT_BUCKETS,
+            ),
+            // Registered below.
+        };
+        let r = &f.registry;
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(f.leader.clone()),
+            Box::new(f.windows.clone()),
+            Box::new(f.window_duration.clone()),
+            Box::new(f.last_success.clone()),
+            Box::new(f.last_attempt.clone()),
+            Box::new(f.watermark.clone()),
+            Box::new(f.lag.clone()),
+            Box::new(f.consecutive_failures.clone()),
+            Box::new(f.http_requests.clone()),
+            Box::new(f.http_duration.clone()),
+            Box::new(f.http_bytes.clone()),
+            Box::new(f.http_retries.clone()),
+            Box::new(f.http_rate_limited.clone()),
+            Box::new(f.records_received.clone()),
+            Box::new(f.provomraden.clone()),
+            Box::new(f.quarantined.clone()),
+            Box::new(f.unknown_values.clone()),
+            Box::new(f.commit_duration.clone()),
+        ];
+        for c in collectors {
+            r.register(c).expect("each family is registered once");
+        }
+        let build_info = IntGaugeVec::new(
+            Opts::new("nprov_build_info", "Always 1; the version is a label"),
+            &["version"],
+        )
+        .expect("valid metric definition");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        r.register(Box::new(build_info))
+            .expect("each family is registered once");
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("the process collector is registered once");
+        Metrics { inner: Arc::new(f) }
+    }
+
+    /// The handles of one source. Every per-source family gets its series at once (at zero), so
+    /// dashboards and `rate()` see a source before its first event.
+    pub fn source(&self, name: &str) -> SourceMetrics {
+        let f = &self.inner;
+        for kind in [RunKind::Sync, RunKind::Backfill] {
+            for outcome in ["ok", "failed"] {
+                f.windows.with_label_values(&[name, kind.as_str(), outcome]);
+            }
+        }
+        for class in ["2xx", "3xx", "4xx", "5xx", "error"] {
+            f.http_requests.with_label_values(&[name, class]);
+        }
+        for reason in RetryReason::ALL {
+            f.http_retries.with_label_values(&[name, reason.as_str()]);
+        }
+        for outcome in ["changed", "unchanged", "cleared"] {
+            f.provomraden.with_label_values(&[name, outcome]);
+        }
+        SourceMetrics {
+            name: name.to_owned(),
+            families: self.inner.clone(),
+            http_bytes: f.http_bytes.with_label_values(&[name]),
+            http_duration: f.http_duration.with_label_values(&[name]),
+            http_rate_limited: f.http_rate_limited.with_label_values(&[name]),
+            records_received: f.records_received.with_label_values(&[name]),
+            quarantined: f.quarantined.with_label_values(&[name]),
+            commit_duration: f.commit_duration.with_label_values(&[name]),
+            window_duration: f.window_duration.with_label_values(&[name]),
+            last_success: f.last_success.with_label_values(&[name]),
+            last_attempt: f.last_attempt.with_label_values(&[name]),
+            watermark: f.watermark.with_label_values(&[name]),
+            consecutive_failures: f.consecutive_failures.with_label_values(&[name]),
+            leader: f.leader.with_label_values(&[name]),
+        }
+    }
+
+    /// The text exposition format, with lag brought up to `now` first.
+    pub fn render(&self, now: DateTime<Utc>) -> String {
+        let f = &self.inner;
+        let now = now.timestamp_millis() as f64 / 1000.0;
+        for family in f.watermark.collect() {
+            for m in family.get_metric() {
+                let source = m
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == "source")
+                    .map(|l| l.value().to_owned())
+                    .unwrap_or_default();
+                let wm = m.get_gauge().get_value();
+                if wm > 0.0 {
+                    f.lag.with_label_values(&[&source]).set(now - wm);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&f.registry.gather(), &mut out)
+            .expect("the text encoder writes to memory");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+
+    /// The registry, for tests that inspect it.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+}
+
+use prometheus::core::Collector;
+
+/// One source's metric handles; cheap to clone.
+#[derive(Clone)]
+pub struct SourceMetrics {
+    name: String,
+    families: Arc<Families>,
+    http_bytes: IntCounter,
+    http_duration: Histogram,
+    http_rate_limited: IntCounter,
+    records_received: IntCounter,
+    quarantined: IntCounter,
+    commit_duration: Histogram,
+    window_duration: Histogram,
+    last_success: Gauge,
+    last_attempt: Gauge,
+    watermark: Gauge,
+    consecutive_failures: IntGauge,
+    leader: IntGauge,
+}
+
+impl std::fmt::Debug for SourceMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceMetrics")
+            .field("source", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a window's outcome was, for [`SourceMetrics::window`].
+pub struct WindowOutcome<'a> {
+    pub kind: RunKind,
+    pub ok: bool,
+    pub duration: Duration,
+    pub summary: &'a crate::store::ApplySummary,
+    /// Unknown enumeration values by field name.
+    pub unknown_values: &'a [(&'static str, u64)],
+    pub commit: Option<Duration>,
+}
+
+impl SourceMetrics {
+    /// Handles on a registry of their own, never exported: for one-shot commands.
+    pub fn detached(name: &str) -> SourceMetrics {
+        Metrics::new().source(name)
+    }
+
+    /// One HTTP attempt: its status (`None` when no response came) and time to headers.
+    pub fn http_attempt(&self, status: Option<u16>, elapsed: Duration) {
+        let class = match status {
+            Some(200..=299) => "2xx",
+            Some(300..=399) => "3xx",
+            Some(400..=499) => "4xx",
+            Some(500..=599) => "5xx",
+            _ => "error",
+        };
+        self.families
+            .http_requests
+            .with_label_values(&[self.name.as_str(), class])
+            .inc();
+        self.http_duration.observe(elapsed.as_secs_f64());
+        if status == Some(429) {
+            self.http_rate_limited.inc();
+        }
+    }
+
+    pub fn retry(&self, reason: RetryReason) {
+        self.families
+            .http_retries
+            .with_label_values(&[self.name.as_str(), reason.as_str()])
+            .inc();
+    }
+
+    pub fn response_bytes(&self, bytes: u64) {
+        self.http_bytes.inc_by(bytes);
+    }
+
+    /// A window attempt finished (committed, or failed and rolled back).
+    pub fn window(&self, o: &WindowOutcome<'_>) {
+        let f = &self.families;
+        let now = Utc::now().timestamp_millis() as f64 / 1000.0;
+        f.windows
+            .with_label_values(&[
+                self.name.as_str(),
+                o.kind.as_str(),
+                if o.ok { "ok" } else { "failed" },
+            ])
+            .inc();
+        self.last_attempt.set(now);
+        if !o.ok {
+            return;
+        }
+        self.window_duration.observe(o.duration.as_secs_f64());
+        if o.kind == RunKind::Sync {
+            self.last_success.set(now);
+        }
+        let s = o.summary;
+        self.records_received.inc_by(s.records);
+        self.quarantined.inc_by(s.quarantined);
+        for (outcome, n) in [
+            ("changed", s.changed),
+            ("unchanged", s.unchanged),
+            ("cleared", s.cleared),
+        ] {
+            f.provomraden
+                .with_label_values(&[self.name.as_str(), outcome])
+                .inc_by(n);
+        }
+        for (field, n) in o.unknown_values {
+            f.unknown_values
+                .with_label_values(&[self.name.as_str(), field])
+                .inc_by(*n);
+        }
+        if let Some(c) = o.commit {
+            self.commit_duration.observe(c.as_secs_f64());
+        }
+    }
+
+    /// The stored watermark (after a commit, or as read at start-up).
+    pub fn watermark(&self, at: DateTime<Utc>) {
+        self.watermark.set(at.timestamp_millis() as f64 / 1000.0);
+    }
+
+    /// A sync run (a catch-up) ended; `failed` counts towards the back-off.
+    pub fn run_finished(&self, failed: bool) {
+        if failed {
+            self.consecutive_failures.inc();
+        } else {
+            self.consecutive_failures.set(0);
+        }
+    }
+
+    pub fn consecutive_failures(&self) -> i64 {
+        self.consecutive_failures.get()
+    }
+
+    /// Unix time of the last committed window, 0 before the first.
+    pub fn last_success(&self) -> f64 {
+        self.last_success.get()
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_family_is_exported_and_nothing_else() {
+        let m = Metrics::new();
+        let s = m.source("default");
+        // Histograms and labelled families appear once they have a series.
+        s.http_attempt(Some(200), Duration::from_millis(5));
+        s.watermark(Utc::now());
+        s.set_leader(true);
+        s.window(&WindowOutcome {
+            kind: RunKind::Sync,
+            ok: true,
+            duration: Duration::from_secs(1),
+            summary: &crate::store::ApplySummary::default(),
+            unknown_values: &[("betyg", 1)],
+            commit: Some(Duration::from_millis(3)),
+        });
+        let text = m.render(Utc::now());
+        let mut exported: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .filter(|f| *f != "process_virtual_memory_max_bytes")
+            .collect();
+        exported.sort_unstable();
+        let mut listed: Vec<&str> = FAMILIES.to_vec();
+        if !cfg!(target_os = "linux") {
+            listed.retain(|f| !f.starts_with("process_"));
+        }
+        listed.sort_unstable();
+        assert_eq!(exported, listed);
+    }
+
+    #[test]
+    fn lag_is_now_minus_the_watermark_at_scrape_time() {
+        let m = Metrics::new();
+        let s = m.source("solna");
+        let wm = DateTime::from_timestamp(1_800_000_000, 0).expect("valid");
+        s.watermark(wm);
+        let text = m.render(wm + chrono::Duration::seconds(754));
+        assert!(
+            text.contains("nprov_sync_lag_seconds{source=\"solna\"} 754"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_429_counts_as_a_4xx_request_and_a_rate_limit() {
+        let m = Metrics::new();
+        let s = m.source("default");
+        s.http_attempt(Some(429), Duration::from_millis(1));
+        s.http_attempt(None, Duration::from_millis(1));
+        let text = m.render(Utc::now());
+        for line in [
+            "nprov_sync_http_requests_total{class=\"4xx\",source=\"default\"} 1",
+            "nprov_sync_http_requests_total{class=\"error\",source=\"default\"} 1",
+            "nprov_sync_http_rate_limited_total{source=\"default\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+    }
+}
