@@ -53,12 +53,15 @@ pub enum Command {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
+    /// Run as a service: sync every configured source on its schedule, serve /metrics, /healthz
+    /// and /readyz, stop cleanly on SIGTERM/SIGINT, reload the configuration on SIGHUP.
+    Run,
     /// Apply pending database migrations.
     Migrate,
     /// Sync every configured source from its watermark: catch up to now (or --until) and exit.
     /// Exits non-zero with a clear message if a window cannot be synced.
     Sync {
-        /// Catch up and exit (the continuously running daemon is a later addition).
+        /// Catch up and exit (`nprov-sync run` is the long-running service).
         #[arg(long, required = true)]
         once: bool,
         /// Stop at this local time (yyyy-MM-ddTHH:mm) instead of now.
@@ -225,6 +228,7 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> Result<()
             store.close().await;
             Ok(())
         }
+        Command::Run => run_daemon(&cli.config, cli.database.clone(), settings).await,
         Command::Demo(args) => crate::demo::run(&args.file, args.students, out).await,
         Command::Simulate(args) => simulate(args, out).await,
         Command::Sync { until, source, .. } => {
@@ -369,6 +373,61 @@ async fn simulate(args: SimulateArgs, out: &mut dyn Write) -> Result<(), Failure
     .await;
     ticker.abort();
     result.map_err(|e| Failure::Runtime(e.into()))
+}
+
+async fn run_daemon(
+    config: &Option<PathBuf>,
+    database: Option<String>,
+    settings: Settings,
+) -> Result<(), Failure> {
+    use crate::daemon::{self, Loaded, World};
+    let daemon_config = settings.daemon().map_err(|e| Failure::Config(e.into()))?;
+    let sources = build_sources(config, &settings, None)?;
+    if sources.is_empty() {
+        return Err(Failure::Config(anyhow::anyhow!(
+            "no [[source]] is configured: see `nprov-sync config example`"
+        )));
+    }
+    let store = open_store(&settings).await?;
+    let listener = match daemon_config.metrics_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            Failure::Runtime(anyhow::Error::new(e).context(format!("metrics.listen {addr}")))
+        })?),
+        None => None,
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (reload_tx, reload) = tokio::sync::mpsc::channel(4);
+    daemon::spawn_signal_handlers(shutdown.clone(), reload_tx).map_err(|e| {
+        Failure::Runtime(anyhow::Error::new(e).context("installing signal handlers"))
+    })?;
+    let config_path = config.clone();
+    let loader: daemon::Loader = Box::new(move || {
+        let mut settings =
+            Settings::load(config_path.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;
+        if let Some(url) = &database {
+            settings.database.url = url.clone();
+        }
+        let sources =
+            build_sources(&config_path, &settings, None).map_err(|f| f.error().to_string())?;
+        Ok(Loaded { settings, sources })
+    });
+    let world = World {
+        listener,
+        shutdown,
+        reload,
+        loader,
+        notifier: Arc::new(daemon::SystemdNotifier),
+        metrics: crate::metrics::Metrics::new(),
+        watchdog: sd_notify::watchdog_enabled(),
+    };
+    let result = daemon::run(store.clone(), Loaded { settings, sources }, world).await;
+    store.close().await;
+    result.map_err(|e| match e {
+        daemon::DaemonError::Config(_) | daemon::DaemonError::NoSources => {
+            Failure::Config(e.into())
+        }
+        other => Failure::Runtime(other.into()),
+    })
 }
 
 /// Builds the configured sources (all, or the one named).

@@ -92,12 +92,56 @@ impl Default for LogSettings {
     }
 }
 
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// `host:port` of the metrics/health listener; empty turns it off.
+    pub listen: String,
+    pub ready_max_age: String,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings {
+            listen: "127.0.0.1:9464".into(),
+            ready_max_age: "1h".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonSettings {
+    pub shutdown_grace: String,
+    pub failure_backoff_max: String,
+}
+
+impl Default for DaemonSettings {
+    fn default() -> Self {
+        DaemonSettings {
+            shutdown_grace: "30s".into(),
+            failure_backoff_max: "30m".into(),
+        }
+    }
+}
+
+/// The daemon's settings as typed values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DaemonConfig {
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    pub ready_max_age: std::time::Duration,
+    pub shutdown_grace: std::time::Duration,
+    pub failure_backoff_max: std::time::Duration,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub database: DatabaseSettings,
     pub parser: ParserSettings,
     pub log: LogSettings,
+    pub metrics: MetricsSettings,
+    pub daemon: DaemonSettings,
     /// The platforms to sync from (`[[source]]` tables).
     pub source: Vec<SourceConfig>,
 }
@@ -107,6 +151,9 @@ fn default_source_name() -> String {
 }
 fn default_timezone() -> String {
     "Europe/Stockholm".into()
+}
+fn default_schedule() -> String {
+    "0 */5 * * * *".into()
 }
 fn default_overlap() -> String {
     "30m".into()
@@ -148,6 +195,9 @@ pub struct SourceConfig {
     pub start: String,
     #[serde(default = "default_timezone")]
     pub timezone: String,
+    /// Cron expression with seconds, in `timezone`.
+    #[serde(default = "default_schedule")]
+    pub schedule: String,
     #[serde(default = "default_overlap")]
     pub overlap: String,
     #[serde(default = "default_safety_lag")]
@@ -211,6 +261,8 @@ impl SourceConfig {
             .timezone
             .parse()
             .map_err(|e| invalid(key("timezone"), format!("{:?}: {e}", self.timezone)))?;
+        crate::daemon::check_schedule(&self.schedule, tz)
+            .map_err(|e| invalid(key("schedule"), e))?;
         let start =
             crate::window::parse_local(&self.start).map_err(|e| invalid(key("start"), e))?;
         let plan = crate::window::Plan {
@@ -234,8 +286,14 @@ impl SourceConfig {
                 config_dir.unwrap_or(Path::new(".")).join(p)
             };
             // The message names the file, never its content.
-            std::fs::read(&path)
-                .map_err(|e| invalid(key(k), format!("cannot read {}: {e}", path.display())))
+            let bytes = std::fs::read(&path)
+                .map_err(|e| invalid(key(k), format!("cannot read {}: {e}", path.display())))?;
+            // An empty file is a credential that was never filled in (or systemd's placeholder
+            // for one that is not used): say so instead of failing later at the platform.
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                return Err(invalid(key(k), format!("{} is empty", path.display())));
+            }
+            Ok(bytes)
         };
         let secret_text = |k: &str, p: &Path| -> Result<secrecy::SecretString, ConfigError> {
             let bytes = read(k, p)?;
@@ -360,6 +418,7 @@ impl Settings {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
             return Err(invalid(origin, format!("log.filter: {e}")));
         }
+        self.daemon().map_err(|e| invalid(origin, e.to_string()))?;
         let mut names = std::collections::HashSet::new();
         for s in &self.source {
             if !names.insert(s.name.as_str()) {
@@ -386,6 +445,36 @@ impl Settings {
             .iter()
             .map(|s| s.build(&self.parser, dir, credentials_dir))
             .collect()
+    }
+
+    /// The daemon's settings, parsed.
+    ///
+    /// # Errors
+    /// A value that does not parse, named by its key.
+    pub fn daemon(&self) -> Result<DaemonConfig, ConfigError> {
+        let duration = |k: &str, v: &str| {
+            humantime::parse_duration(v)
+                .map_err(|e| invalid(k, format!("{v:?} is not a duration like \"30s\": {e}")))
+        };
+        let listen = self.metrics.listen.trim();
+        Ok(DaemonConfig {
+            metrics_listen: if listen.is_empty() {
+                None
+            } else {
+                Some(listen.parse().map_err(|e| {
+                    invalid(
+                        "metrics.listen",
+                        format!("{listen:?} is not an address like 127.0.0.1:9464: {e}"),
+                    )
+                })?)
+            },
+            ready_max_age: duration("metrics.ready_max_age", &self.metrics.ready_max_age)?,
+            shutdown_grace: duration("daemon.shutdown_grace", &self.daemon.shutdown_grace)?,
+            failure_backoff_max: duration(
+                "daemon.failure_backoff_max",
+                &self.daemon.failure_backoff_max,
+            )?,
+        })
     }
 
     pub fn limits(&self) -> crate::xml::Limits {

@@ -33,6 +33,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod domain;
 pub mod import;

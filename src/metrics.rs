@@ -462,6 +462,13 @@ impl SourceMetrics {
         self.consecutive_failures.get()
     }
 
+    /// The last committed window's time as stored (at start-up, so freshness survives a restart).
+    pub fn restore_last_success(&self, at: DateTime<Utc>) {
+        if self.last_success.get() == 0.0 {
+            self.last_success.set(at.timestamp_millis() as f64 / 1000.0);
+        }
+    }
+
     /// Unix time of the last committed window, 0 before the first.
     pub fn last_success(&self) -> f64 {
         self.last_success.get()

@@ -18,10 +18,18 @@ pub fn subscriber<W>(
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
-    let filter = std::env::var("RUST_LOG")
+    let directives = std::env::var("RUST_LOG")
         .ok()
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::new(&settings.filter));
+        .filter(|f| EnvFilter::try_new(f).is_ok())
+        .unwrap_or_else(|| settings.filter.clone());
+    // The scheduler announces its internals at info level; keep them out of an operator's log
+    // unless a filter asks for them by name.
+    let directives = if directives.contains("tokio_cron_scheduler") {
+        directives
+    } else {
+        format!("{directives},tokio_cron_scheduler=warn")
+    };
+    let filter = EnvFilter::new(directives);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)

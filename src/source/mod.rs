@@ -194,9 +194,8 @@ impl Client {
     }
 
     /// Counts this client's requests (and the sync engine's windows of this source) in `metrics`.
-    pub fn with_metrics(mut self, metrics: SourceMetrics) -> Client {
+    pub fn set_metrics(&mut self, metrics: SourceMetrics) {
         self.metrics = metrics;
-        self
     }
 
     /// The source's metric handles.

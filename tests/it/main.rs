@@ -2,6 +2,7 @@
 
 mod cli;
 mod corpus;
+mod daemon;
 mod helpers;
 mod roundtrip;
 mod simulated;
