@@ -5,13 +5,21 @@
 //! purpose: a per-second arrival limit answered with `429` and `Retry-After`, random `500`s, and
 //! bodies cut short or made malformed. Fault decisions come from a seeded generator so a test
 //! run is reproducible. It listens where it is told (tests and the demo pass a loopback port 0).
+//!
+//! Bodies stream: a blocking thread renders the answer one student at a time into 64 KiB chunks
+//! that a bounded channel hands to the response, so a window over a whole year of a large
+//! population costs the simulator a few chunks of memory, not the document. A body cut short
+//! sends about half of the records and then breaks the connection (an error in the body stream:
+//! hyper closes without the closing chunk), as a real connection dropping mid-transfer would.
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -174,37 +182,148 @@ async fn answer(
         stats.faults.fetch_add(1, Ordering::Relaxed);
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
-    let records = state.sim.platform.answer(from, tom, state.sim.clock.now());
-    let fmt = |t: chrono::NaiveDateTime| t.format("%Y-%m-%dT%H:%M:00").to_string();
-    let mut body = Vec::new();
-    let written = DocumentWriter::begin(
-        &mut body,
-        state.sim.platform.population.version,
-        &fmt(from),
-        &fmt(tom),
-    )
-    .and_then(|mut w| {
-        for r in &records {
-            w.record(r)?;
-        }
-        w.end().map(|_| ())
-    });
-    if let Err(e) = written {
-        return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
-    }
-    if cut {
-        stats.faults.fetch_add(1, Ordering::Relaxed);
-        body.truncate(body.len() / 2);
+    let fault = if cut {
+        BodyFault::Cut
     } else if garble {
-        stats.faults.fetch_add(1, Ordering::Relaxed);
-        let text = String::from_utf8_lossy(&body).replacen("</provresultat>", "</provresultat", 1);
-        body = text.into_bytes();
+        BodyFault::Garbled
     } else {
+        BodyFault::None
+    };
+    if fault == BodyFault::None {
         stats.ok.fetch_add(1, Ordering::Relaxed);
+    } else {
+        stats.faults.fetch_add(1, Ordering::Relaxed);
     }
+    let (tx, rx) = tokio::sync::mpsc::channel(CHUNKS_IN_FLIGHT);
+    let platform = state.sim.platform.clone();
+    let now = state.sim.clock.now();
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChunkSender {
+            tx,
+            buf: Vec::with_capacity(CHUNK_BYTES),
+        };
+        if let Err(e) = render(&platform, from, tom, now, fault, &mut out) {
+            // Headers are gone already: all that is left is to break the body. (Usually the
+            // client went away and nobody hears it.)
+            out.abort(e);
+        }
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
     (
         [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
-        body,
+        Body::from_stream(body),
     )
         .into_response()
+}
+
+/// What is wrong with a body on purpose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BodyFault {
+    None,
+    /// About half is sent, then the connection breaks (no closing chunk).
+    Cut,
+    /// The root's end tag lacks its `>`.
+    Garbled,
+}
+
+/// Bytes per body chunk.
+const CHUNK_BYTES: usize = 64 * 1024;
+/// Chunks rendered ahead of the client: a slow reader slows the renderer, memory stays bounded.
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// Writes the answer to `[from, tom]` as of `now`, one student at a time.
+fn render(
+    platform: &Platform,
+    from: chrono::NaiveDateTime,
+    tom: chrono::NaiveDateTime,
+    now: DateTime<Utc>,
+    fault: BodyFault,
+    out: &mut ChunkSender,
+) -> io::Result<()> {
+    let fmt = |t: chrono::NaiveDateTime| t.format("%Y-%m-%dT%H:%M:00").to_string();
+    let students = platform.changed_students(from, tom, now);
+    // Counting costs a second generation pass, paid only by the rare cut response.
+    let cut_before =
+        (fault == BodyFault::Cut).then(|| platform.records_of(&students, now).count() / 2);
+    let mut w = DocumentWriter::begin(
+        &mut *out,
+        platform.population.version,
+        &fmt(from),
+        &fmt(tom),
+    )?;
+    for (n, record) in platform.records_of(&students, now).enumerate() {
+        if cut_before == Some(n) {
+            break;
+        }
+        w.record(&record)?;
+    }
+    match fault {
+        BodyFault::None => {
+            w.end()?;
+        }
+        BodyFault::Cut => w.into_inner().cut(),
+        BodyFault::Garbled => {
+            let out = w.into_inner();
+            out.write_all(b"</provresultat\n")?;
+            out.flush()?;
+        }
+    }
+    Ok(())
+}
+
+/// A `Write` on the rendering thread whose bytes leave in chunks through a bounded channel, as
+/// the items of a streaming body.
+struct ChunkSender {
+    tx: tokio::sync::mpsc::Sender<io::Result<Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkSender {
+    fn send(&mut self) -> io::Result<()> {
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_BYTES));
+        self.tx
+            .blocking_send(Ok(Bytes::from(chunk)))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))
+    }
+
+    /// Sends the first half of what is buffered (so the cut usually falls inside an element,
+    /// never inside a UTF-8 sequence), then breaks the body.
+    fn cut(&mut self) {
+        let mut keep = self.buf.len() / 2;
+        while keep > 0 && self.buf[keep] & 0xC0 == 0x80 {
+            keep -= 1;
+        }
+        self.buf.truncate(keep);
+        if self.send().is_ok() {
+            self.abort(io::Error::other(
+                "body cut short on purpose (simulated fault)",
+            ));
+        }
+    }
+
+    /// Ends the body with an error: hyper then closes the connection without the closing chunk,
+    /// so the client sees a body that broke, not one that ended.
+    fn abort(&mut self, error: io::Error) {
+        // Nobody to tell when the client is gone already.
+        let _ = self.tx.blocking_send(Err(error));
+    }
+}
+
+impl Write for ChunkSender {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.send()
+    }
 }

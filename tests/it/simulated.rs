@@ -353,3 +353,73 @@ async fn a_sync_killed_mid_run_resumes_from_its_watermark_and_ends_equal() {
     );
     assert_eq!(dump(&store).await, reference(&sim.platform, now).await);
 }
+
+#[tokio::test]
+async fn a_streamed_answer_is_the_rendered_document_byte_for_byte_without_a_length() {
+    let platform = platform(3000, 16, "2026-01-05T00:00:00Z", "2026-01-12T00:00:00Z", 2);
+    let now = t("2026-01-12T06:00:00Z");
+    let sim = simulator(platform, now, Faults::default(), None).await;
+    let url = format!(
+        "{}{}?from=2026-01-01T00:00&tom=2026-01-13T00:00",
+        sim.url,
+        nprov_sync::source::ENDPOINT_PATH
+    );
+    let response = reqwest::get(&url).await.expect("response");
+    assert_eq!(response.status(), 200);
+    // Streamed: the length is not known when the headers leave.
+    assert_eq!(response.content_length(), None);
+    let body = response.bytes().await.expect("whole body");
+    let expected = render_to_string(
+        newest(),
+        "2026-01-01T00:00:00",
+        "2026-01-13T00:00:00",
+        &sim.platform.answer(
+            nprov_sync::window::parse_local("2026-01-01T00:00").expect("from"),
+            nprov_sync::window::parse_local("2026-01-13T00:00").expect("tom"),
+            now,
+        ),
+    );
+    assert!(body.len() > 1_000_000, "{} bytes", body.len());
+    assert!(body == expected.as_bytes(), "the streamed body differs");
+}
+
+#[tokio::test]
+async fn a_cut_body_breaks_off_and_a_malformed_one_ends_in_a_broken_tag() {
+    let platform = platform(500, 17, "2026-01-05T00:00:00Z", "2026-01-06T00:00:00Z", 1);
+    let now = t("2026-01-06T06:00:00Z");
+    let path = format!(
+        "{}?from=2026-01-05T00:00&tom=2026-01-06T00:00",
+        nprov_sync::source::ENDPOINT_PATH
+    );
+    let cut = Faults {
+        truncated: 1.0,
+        ..Faults::default()
+    };
+    let sim = simulator(platform, now, cut, None).await;
+    let response = reqwest::get(format!("{}{path}", sim.url))
+        .await
+        .expect("headers arrive");
+    assert_eq!(response.status(), 200);
+    // The body does not end, it breaks: the client cannot take it for a complete response.
+    let err = response.bytes().await.expect_err("a cut body");
+    assert!(err.is_body() || err.is_decode(), "{err:?}");
+    assert_eq!(sim.stats.faults.load(Ordering::Relaxed), 1);
+
+    let platform = self::platform(500, 17, "2026-01-05T00:00:00Z", "2026-01-06T00:00:00Z", 1);
+    let garbled = Faults {
+        malformed: 1.0,
+        ..Faults::default()
+    };
+    let sim = simulator(platform, now, garbled, None).await;
+    let body = reqwest::get(format!("{}{path}", sim.url))
+        .await
+        .expect("response")
+        .text()
+        .await
+        .expect("a whole (malformed) body");
+    assert!(
+        body.ends_with("</provresultat\n") && !body.contains("</provresultat>"),
+        "{}",
+        &body[body.len().saturating_sub(80)..]
+    );
+}
