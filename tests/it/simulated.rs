@@ -14,7 +14,7 @@ use nprov_sync::simulate::{render_to_string, Platform, Population};
 use nprov_sync::source::{Auth, Client, SourceSettings};
 use nprov_sync::sync::{catch_up, SyncSource};
 use nprov_sync::window::Plan;
-use nprov_sync::xml::version::newest;
+use nprov_sync::xml::version::{newest, VersionRules, VERSIONS};
 use nprov_sync::xml::Limits;
 
 use crate::helpers::*;
@@ -28,10 +28,22 @@ fn t(s: &str) -> DateTime<Utc> {
 /// A platform of `students` (seeded) whose results change 1 to `max_changes` times between two
 /// instants.
 fn platform(students: u64, seed: u64, first: &str, last: &str, max_changes: u32) -> Platform {
+    platform_in(newest(), students, seed, first, last, max_changes)
+}
+
+/// As [`platform`], answering in a chosen schema version.
+fn platform_in(
+    version: &'static VersionRules,
+    students: u64,
+    seed: u64,
+    first: &str,
+    last: &str,
+    max_changes: u32,
+) -> Platform {
     let pop = Population {
         students,
         seed,
-        version: newest(),
+        version,
         year: 2026,
     };
     Platform::new(pop, Stockholm, t(first), t(last), max_changes)
@@ -422,4 +434,68 @@ async fn a_cut_body_breaks_off_and_a_malformed_one_ends_in_a_broken_tag() {
         "{}",
         &body[body.len().saturating_sub(80)..]
     );
+}
+
+#[tokio::test]
+async fn the_simulators_answers_validate_against_the_vendor_xsd_of_every_version() {
+    let test = "the_simulators_answers_validate…";
+    let Some(spec) = vendor_spec_dir() else {
+        skip(test, "../shared/spec/nationellaprov not found");
+        return;
+    };
+    if !xmllint_available() {
+        skip(test, "xmllint is not installed");
+        return;
+    }
+    // Every version the vendor published is one we answer in, and the other way round.
+    let mut published: Vec<String> = std::fs::read_dir(&spec)
+        .expect("spec dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| spec.join(name).join("nationellaprov.xsd").is_file())
+        .collect();
+    published.sort();
+    let mut ours: Vec<String> = VERSIONS.iter().map(|v| v.name.to_owned()).collect();
+    ours.sort();
+    assert_eq!(published, ours);
+
+    let dir = tempfile::tempdir().expect("dir");
+    let now = t("2026-01-08T06:00:00Z");
+    for version in VERSIONS {
+        let platform = platform_in(
+            version,
+            400,
+            18,
+            "2026-01-05T00:00:00Z",
+            "2026-01-08T00:00:00Z",
+            3,
+        );
+        let sim = simulator(platform, now, Faults::default(), None).await;
+        let url = format!(
+            "{}{}?from=2026-01-01T00:00&tom=2026-01-09T00:00",
+            sim.url,
+            nprov_sync::source::ENDPOINT_PATH
+        );
+        let body = reqwest::get(&url)
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .expect("response")
+            .bytes()
+            .await
+            .expect("body");
+        // Not vacuous: both kinds of record, with their delprov, are in it.
+        let text = std::str::from_utf8(&body).expect("UTF-8");
+        for element in ["<ämnesresultat ", "<kursresultat ", "<delprovsresultat>"] {
+            assert!(text.contains(element), "{}: no {element}", version.name);
+        }
+        let file = dir.path().join(format!("{}.xml", version.name));
+        std::fs::write(&file, &body).expect("write");
+        let xsd = spec.join(version.name).join("nationellaprov.xsd");
+        if let Err(report) = xmllint_validate(&xsd, &file) {
+            panic!(
+                "{}: {}",
+                version.name,
+                report.lines().take(20).collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
 }
