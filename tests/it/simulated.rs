@@ -1,6 +1,6 @@
 //! Full syncs against the simulated platform over HTTP: the mirror must end equal, row for row,
-//! to the platform's current state, with faults on, and across a daylight-saving transition while
-//! time passes.
+//! to the platform's current state, with faults on, and across both daylight-saving transitions
+//! while time passes, with windows starting, ending and straddling each of them.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
@@ -13,7 +13,7 @@ use nprov_sync::simulate::server::{serve, Faults, Simulator, Stats, VirtualClock
 use nprov_sync::simulate::{render_to_string, Platform, Population};
 use nprov_sync::source::{Auth, Client, SourceSettings};
 use nprov_sync::sync::{catch_up, SyncSource};
-use nprov_sync::window::Plan;
+use nprov_sync::window::{latest_instant, parse_local, Plan};
 use nprov_sync::xml::version::{newest, VersionRules, VERSIONS};
 use nprov_sync::xml::Limits;
 
@@ -498,4 +498,359 @@ async fn the_simulators_answers_validate_against_the_vendor_xsd_of_every_version
             );
         }
     }
+}
+
+#[tokio::test]
+async fn syncing_while_the_spring_hour_is_skipped_misses_nothing() {
+    // The night the clocks go forward (02:00 CET becomes 03:00 CEST at 01:00 UTC): changes every
+    // few minutes, the client polling while time passes, short windows, no overlap.
+    let platform = platform(250, 19, "2026-03-28T23:00:00Z", "2026-03-29T03:00:00Z", 2);
+    let start_now = t("2026-03-28T23:00:00Z");
+    let sim = simulator(platform, start_now, Faults::default(), None).await;
+    let db = fresh_sqlite().await;
+    let src = source(
+        &sim.url,
+        500,
+        chrono::Duration::minutes(20),
+        chrono::Duration::zero(),
+        "2026-03-29T00:00",
+    );
+    let end = t("2026-03-29T03:30:00Z");
+    let mut now = start_now;
+    let mut windows = Vec::new();
+    while now <= end {
+        sim.clock.set(now);
+        windows.extend(catch_up(&db.store, &src, now, |_| {}).await.expect("poll"));
+        now += chrono::Duration::minutes(7);
+    }
+    // The clocks did go forward under the client: a window asked across the gap.
+    let gap = t("2026-03-29T01:00:00Z");
+    assert!(
+        windows
+            .iter()
+            .any(|r| r.window.from_utc < gap && r.window.tom_utc >= gap),
+        "no window straddled the transition"
+    );
+    let final_now = sim.clock.now();
+    assert_eq!(
+        dump(&db.store).await,
+        reference(&sim.platform, final_now).await
+    );
+}
+
+/// A night around a transition, synced in phases whose windows start, end or straddle it.
+struct EdgeCase {
+    name: &'static str,
+    /// The platform's changes fall in `[first, last)` (instants).
+    changes: (&'static str, &'static str),
+    /// The source's configured `start` (local).
+    start: &'static str,
+    /// Where the source's first window must start (instant).
+    first_from: &'static str,
+    max_window_minutes: i64,
+    /// Where each phase's last window ends: an instant (`…Z`), or a local `--until` time read
+    /// as `sync --once --until` does (its latest instant). Polls while time passes follow.
+    ends: &'static [&'static str],
+    /// Whether the case is about a window with minutes on both sides of the transition (one
+    /// must then exist; consecutive windows share a minute, so others may straddle too).
+    straddles: bool,
+}
+
+/// Spring: 2026-03-29 01:00 UTC, when 02:00 CET becomes 03:00 CEST (02:00–02:59 never happens).
+const SPRING: &str = "2026-03-29T01:00:00Z";
+/// Autumn: 2026-10-25 01:00 UTC, when 03:00 CEST becomes 02:00 CET (02:00–02:59 happens twice:
+/// 00:00–00:59 and 01:00–01:59 UTC).
+const AUTUMN: &str = "2026-10-25T01:00:00Z";
+
+const EDGE_CASES: &[(&str, EdgeCase)] = &[
+    (
+        SPRING,
+        EdgeCase {
+            name: "spring: a window ends at the last minute before the gap, the next starts there",
+            changes: ("2026-03-28T23:00:00Z", "2026-03-29T03:00:00Z"),
+            start: "2026-03-29T00:00",
+            first_from: "2026-03-28T23:00:00Z",
+            max_window_minutes: 20,
+            ends: &["2026-03-29T00:59:00Z"],
+            straddles: false,
+        },
+    ),
+    (
+        SPRING,
+        EdgeCase {
+            name: "spring: --until inside the gap ends at its last minute before",
+            changes: ("2026-03-28T23:00:00Z", "2026-03-29T03:00:00Z"),
+            start: "2026-03-29T00:00",
+            first_from: "2026-03-28T23:00:00Z",
+            max_window_minutes: 20,
+            ends: &["2026-03-29T02:30"],
+            straddles: false,
+        },
+    ),
+    (
+        SPRING,
+        EdgeCase {
+            name: "spring: a window ends at the first minute after the gap, the next starts there",
+            changes: ("2026-03-28T23:00:00Z", "2026-03-29T03:00:00Z"),
+            start: "2026-03-29T00:00",
+            first_from: "2026-03-28T23:00:00Z",
+            max_window_minutes: 20,
+            ends: &["2026-03-29T03:00"],
+            straddles: false,
+        },
+    ),
+    (
+        SPRING,
+        EdgeCase {
+            name: "spring: a window straddles the gap",
+            changes: ("2026-03-28T23:00:00Z", "2026-03-29T03:00:00Z"),
+            start: "2026-03-29T00:00",
+            first_from: "2026-03-28T23:00:00Z",
+            max_window_minutes: 20,
+            ends: &["2026-03-29T00:50:00Z"],
+            straddles: true,
+        },
+    ),
+    (
+        SPRING,
+        EdgeCase {
+            name: "spring: one window over the whole night",
+            changes: ("2026-03-28T23:00:00Z", "2026-03-29T03:00:00Z"),
+            start: "2026-03-29T00:00",
+            first_from: "2026-03-28T23:00:00Z",
+            max_window_minutes: 360,
+            ends: &["2026-03-29T03:30:00Z"],
+            straddles: true,
+        },
+    ),
+    (
+        SPRING,
+        EdgeCase {
+            name: "spring: the configured start is the first minute after the gap",
+            changes: ("2026-03-29T01:00:00Z", "2026-03-29T03:00:00Z"),
+            start: "2026-03-29T03:00",
+            first_from: "2026-03-29T01:00:00Z",
+            max_window_minutes: 20,
+            ends: &["2026-03-29T03:30:00Z"],
+            straddles: false,
+        },
+    ),
+    (
+        SPRING,
+        EdgeCase {
+            name: "spring: the configured start is inside the gap",
+            changes: ("2026-03-29T01:00:00Z", "2026-03-29T03:00:00Z"),
+            start: "2026-03-29T02:30",
+            first_from: "2026-03-29T01:00:00Z",
+            max_window_minutes: 20,
+            ends: &["2026-03-29T03:30:00Z"],
+            straddles: false,
+        },
+    ),
+    (
+        AUTUMN,
+        EdgeCase {
+            name: "autumn: a window ends just before the repeated hour, the next starts there",
+            changes: ("2026-10-24T23:00:00Z", "2026-10-25T03:00:00Z"),
+            start: "2026-10-25T01:00",
+            first_from: "2026-10-24T23:00:00Z",
+            max_window_minutes: 20,
+            ends: &["2026-10-24T23:59:00Z"],
+            straddles: false,
+        },
+    ),
+    (
+        AUTUMN,
+        EdgeCase {
+            name: "autumn: a window ends in the first pass through the repeated hour",
+            changes: ("2026-10-24T23:00:00Z", "2026-10-25T03:00:00Z"),
+            start: "2026-10-25T01:00",
+            first_from: "2026-10-24T23:00:00Z",
+            max_window_minutes: 20,
+            ends: &["2026-10-25T00:30:00Z"],
+            straddles: false,
+        },
+    ),
+    (
+        AUTUMN,
+        EdgeCase {
+            name: "autumn: a window ends at the last minute before the clocks go back",
+            changes: ("2026-10-24T23:00:00Z", "2026-10-25T03:00:00Z"),
+            start: "2026-10-25T01:00",
+            first_from: "2026-10-24T23:00:00Z",
+            max_window_minutes: 20,
+            ends: &["2026-10-25T00:59:00Z"],
+            straddles: false,
+        },
+    ),
+    (
+        AUTUMN,
+        EdgeCase {
+            name: "autumn: a window ends at the first minute after the clocks go back, the next starts there",
+            changes: ("2026-10-24T23:00:00Z", "2026-10-25T03:00:00Z"),
+            start: "2026-10-25T01:00",
+            first_from: "2026-10-24T23:00:00Z",
+            max_window_minutes: 20,
+            ends: &["2026-10-25T01:00:00Z"],
+            straddles: false,
+        },
+    ),
+    (
+        AUTUMN,
+        EdgeCase {
+            name: "autumn: --until inside the repeated hour ends in its second pass",
+            changes: ("2026-10-24T23:00:00Z", "2026-10-25T03:00:00Z"),
+            start: "2026-10-25T01:00",
+            first_from: "2026-10-24T23:00:00Z",
+            max_window_minutes: 20,
+            ends: &["2026-10-25T02:30"],
+            straddles: false,
+        },
+    ),
+    (
+        AUTUMN,
+        EdgeCase {
+            name: "autumn: a window ends at the repeated hour's last minute",
+            changes: ("2026-10-24T23:00:00Z", "2026-10-25T03:00:00Z"),
+            start: "2026-10-25T01:00",
+            first_from: "2026-10-24T23:00:00Z",
+            max_window_minutes: 20,
+            ends: &["2026-10-25T01:59:00Z"],
+            straddles: false,
+        },
+    ),
+    (
+        AUTUMN,
+        EdgeCase {
+            name: "autumn: a window straddles the transition",
+            changes: ("2026-10-24T23:00:00Z", "2026-10-25T03:00:00Z"),
+            start: "2026-10-25T01:00",
+            first_from: "2026-10-24T23:00:00Z",
+            max_window_minutes: 20,
+            ends: &["2026-10-25T00:50:00Z"],
+            straddles: true,
+        },
+    ),
+    (
+        AUTUMN,
+        EdgeCase {
+            name: "autumn: one window over the whole night",
+            changes: ("2026-10-24T23:00:00Z", "2026-10-25T03:00:00Z"),
+            start: "2026-10-25T01:00",
+            first_from: "2026-10-24T23:00:00Z",
+            max_window_minutes: 360,
+            ends: &["2026-10-25T03:30:00Z"],
+            straddles: true,
+        },
+    ),
+    (
+        AUTUMN,
+        EdgeCase {
+            name: "autumn: the configured start is the repeated hour (its earlier pass is taken)",
+            changes: ("2026-10-25T00:00:00Z", "2026-10-25T03:00:00Z"),
+            start: "2026-10-25T02:00",
+            first_from: "2026-10-25T00:00:00Z",
+            max_window_minutes: 20,
+            ends: &["2026-10-25T03:30:00Z"],
+            straddles: false,
+        },
+    ),
+    (
+        AUTUMN,
+        EdgeCase {
+            name: "autumn: the configured start is the first minute after the repeated hour",
+            changes: ("2026-10-25T02:00:00Z", "2026-10-25T04:00:00Z"),
+            start: "2026-10-25T03:00",
+            first_from: "2026-10-25T02:00:00Z",
+            max_window_minutes: 20,
+            ends: &["2026-10-25T04:30:00Z"],
+            straddles: false,
+        },
+    ),
+];
+
+#[tokio::test]
+async fn windows_that_start_end_or_straddle_a_transition_miss_nothing() {
+    // Every case runs; the failures are reported together, so a broken rule shows its pattern.
+    let mut failed = Vec::new();
+    for (seed, (transition, case)) in EDGE_CASES.iter().enumerate() {
+        if let Err(why) = edge_case(t(transition), case, 100 + seed as u64).await {
+            failed.push(format!("{}: {why}", case.name));
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+async fn edge_case(transition: DateTime<Utc>, case: &EdgeCase, seed: u64) -> Result<(), String> {
+    // One change per student, a few a minute: a change the windows miss is a student missing.
+    let platform = platform(500, seed, case.changes.0, case.changes.1, 1);
+    let sim = simulator(platform, t(case.first_from), Faults::default(), None).await;
+    let db = fresh_sqlite().await;
+    let src = source(
+        &sim.url,
+        500,
+        chrono::Duration::minutes(case.max_window_minutes),
+        chrono::Duration::zero(),
+        case.start,
+    );
+    let mut windows = Vec::new();
+    let mut now = t(case.first_from);
+    // The phases: each a catch-up whose last window ends at the edge, run when the platform's
+    // clock says it is just that late (a platform only answers with what has happened).
+    for end in case.ends {
+        let last_tom = if end.ends_with('Z') {
+            t(end)
+        } else {
+            latest_instant(Stockholm, parse_local(end).expect("until"))
+        };
+        // As `sync --once --until`: the horizon is the safety lag past the last minute.
+        now = last_tom + src.plan.safety_lag;
+        sim.clock.set(now);
+        let reports = catch_up(&db.store, &src, now, |_| {})
+            .await
+            .map_err(|e| e.to_string())?;
+        let last = reports.last().ok_or("the phase synced no window")?.window;
+        if last.tom_utc != last_tom {
+            return Err(format!(
+                "the phase ended at {}, not {last_tom}",
+                last.tom_utc
+            ));
+        }
+        windows.extend(reports);
+    }
+    // Then the daemon's life: a poll every 7 minutes while time passes, past the last change.
+    let stop = t(case.changes.1) + chrono::Duration::minutes(30);
+    loop {
+        now += chrono::Duration::minutes(7);
+        if now > stop {
+            break;
+        }
+        sim.clock.set(now);
+        let reports = catch_up(&db.store, &src, now, |_| {})
+            .await
+            .map_err(|e| e.to_string())?;
+        windows.extend(reports);
+    }
+    let first = windows.first().ok_or("no window")?.window;
+    if first.from_utc != t(case.first_from) {
+        return Err(format!("the first window started at {}", first.from_utc));
+    }
+    let straddled = windows
+        .iter()
+        .any(|r| r.window.from_utc < transition && r.window.tom_utc >= transition);
+    if case.straddles && !straddled {
+        return Err("no window straddled the transition".into());
+    }
+    let mirror = dump(&db.store).await;
+    let platform = reference(&sim.platform, sim.clock.now()).await;
+    if mirror != platform {
+        let missing: Vec<&String> = platform.iter().filter(|r| !mirror.contains(r)).collect();
+        return Err(format!(
+            "the mirror differs from the platform: {} of {} rows missing or stale, e.g. {:?}",
+            missing.len(),
+            platform.len(),
+            missing.first()
+        ));
+    }
+    Ok(())
 }
