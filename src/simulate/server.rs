@@ -11,6 +11,11 @@
 //! population costs the simulator a few chunks of memory, not the document. A body cut short
 //! sends about half of the records and then breaks the connection (an error in the body stream:
 //! hyper closes without the closing chunk), as a real connection dropping mid-transfer would.
+//!
+//! [`serve`] speaks plain HTTP; [`serve_tls`] speaks HTTPS and, like the platform, demands a
+//! client certificate signed by a configured CA (mutual TLS): a client without one fails in the
+//! handshake and never reaches the handler. The TLS listener accepts with tokio-rustls and serves
+//! each connection with hyper-util, handshakes on the connection's own task under a timeout.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -54,6 +59,8 @@ pub struct Stats {
     pub rate_limited: AtomicU64,
     pub faults: AtomicU64,
     pub unauthorized: AtomicU64,
+    /// TLS handshakes that failed: no client certificate, an unknown one, or no TLS at all.
+    pub tls_refused: AtomicU64,
     /// Arrival times, so a test can check the client's rate.
     pub arrivals: Mutex<Vec<Instant>>,
 }
@@ -108,18 +115,214 @@ pub async fn serve(
     stats: Arc<Stats>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    axum::serve(listener, router(sim, stats))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// How long a client may take over its TLS handshake before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The platform's documented authentication: TLS with a client certificate that it requires.
+///
+/// The crypto provider is *ring*, named explicitly, the one reqwest uses: no process-wide default
+/// provider is installed, so nothing here can panic over an ambiguous or repeated one.
+#[derive(Clone)]
+pub struct TlsSettings {
+    config: Arc<rustls::ServerConfig>,
+}
+
+/// Why TLS settings cannot be used; names the file or the part, never key material.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {}: {error}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        error: io::Error,
+    },
+    #[error("{what}: {message}")]
+    Pem { what: &'static str, message: String },
+    #[error("{what}: no certificate in it")]
+    NoCertificate { what: &'static str },
+    #[error("client CA: {0}")]
+    ClientCa(#[from] rustls::server::VerifierBuilderError),
+    #[error("server certificate and key: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+impl TlsSettings {
+    /// From PEM: the server's certificate chain (leaf first) and private key, and the CA
+    /// certificates one of which must have signed a client's certificate.
+    ///
+    /// # Errors
+    /// PEM that does not parse, no certificate where one is needed, a key that does not fit.
+    pub fn from_pem(
+        cert_chain: &[u8],
+        key: &[u8],
+        client_ca: &[u8],
+    ) -> Result<TlsSettings, TlsError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = |what: &'static str, pem: &[u8]| {
+            let certs = CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| TlsError::Pem {
+                    what,
+                    message: e.to_string(),
+                })?;
+            if certs.is_empty() {
+                return Err(TlsError::NoCertificate { what });
+            }
+            Ok(certs)
+        };
+        let chain = certs("server certificate", cert_chain)?;
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| TlsError::Pem {
+            what: "server key",
+            message: e.to_string(),
+        })?;
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in certs("client CA", client_ca)? {
+            roots.add(ca)?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)?;
+        // HTTP/1.1 only, as on the plain listener.
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(TlsSettings {
+            config: Arc::new(config),
+        })
+    }
+
+    /// As [`TlsSettings::from_pem`], from files.
+    ///
+    /// # Errors
+    /// A file that cannot be read (named in the error), or what `from_pem` refuses.
+    pub fn from_pem_files(
+        cert_chain: &std::path::Path,
+        key: &std::path::Path,
+        client_ca: &std::path::Path,
+    ) -> Result<TlsSettings, TlsError> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|error| TlsError::Read {
+                path: path.to_owned(),
+                error,
+            })
+        };
+        TlsSettings::from_pem(&read(cert_chain)?, &read(key)?, &read(client_ca)?)
+    }
+}
+
+/// As [`serve`], over TLS with a required client certificate. A client whose handshake fails
+/// (no certificate, or one the client CA did not sign) is counted in [`Stats::tls_refused`] and
+/// never reaches a handler.
+///
+/// # Errors
+/// When the listener fails.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    sim: Simulator,
+    stats: Arc<Stats>,
+    tls: TlsSettings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(sim, stats.clone());
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut connections = tokio::task::JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait rather than spin.
+                        tracing::warn!(error = %e, "simulator: accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                connections.spawn(serve_tls_connection(
+                    tcp,
+                    peer,
+                    acceptor.clone(),
+                    app.clone(),
+                    stats.clone(),
+                    stop.clone(),
+                ));
+            }
+        }
+    }
+    // Stop accepting, let responses in flight finish, then return.
+    stop.cancel();
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn serve_tls_connection(
+    tcp: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: Router,
+    stats: Arc<Stats>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+    let stream = tokio::select! {
+        () = stop.cancelled() => return,
+        done = handshake => match done {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                stats.tls_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, error = %e, "simulator: TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                stats.tls_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, "simulator: TLS handshake timed out");
+                return;
+            }
+        },
+    };
+    let builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    let connection = builder.serve_connection(
+        hyper_util::rt::TokioIo::new(stream),
+        hyper_util::service::TowerToHyperService::new(app),
+    );
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "simulator: connection ended with an error");
+    }
+}
+
+fn router(sim: Simulator, stats: Arc<Stats>) -> Router {
     let state = Arc::new(AppState {
         rng: Mutex::new(ChaCha8Rng::seed_from_u64(sim.faults.seed)),
         sim,
         stats,
         recent: Mutex::new(VecDeque::new()),
     });
-    let app = Router::new()
+    Router::new()
         .route(ENDPOINT_PATH, get(answer))
-        .with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+        .with_state(state)
 }
 
 async fn answer(

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Europe::Stockholm;
-use nprov_sync::simulate::server::{serve, Faults, Simulator, Stats, VirtualClock};
+use nprov_sync::simulate::server::{
+    serve, serve_tls, Faults, Simulator, Stats, TlsSettings, VirtualClock,
+};
 use nprov_sync::simulate::{render_to_string, Platform, Population};
 use nprov_sync::source::{Auth, Client, SourceSettings};
 use nprov_sync::sync::{catch_up, SyncSource};
@@ -853,4 +855,311 @@ async fn edge_case(transition: DateTime<Utc>, case: &EdgeCase, seed: u64) -> Res
         ));
     }
     Ok(())
+}
+
+/// A private CA, a server certificate for the loopback address it signed, and a client
+/// certificate it signed: what a municipality gets from the platform, made up for the test.
+struct Pki {
+    ca: String,
+    server_cert: String,
+    server_key: String,
+    client_cert: String,
+    client_key: String,
+}
+
+fn pki(ca_name: &str) -> Pki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, ca_name);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(names).expect("params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "nprov-sync test");
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &issuer).expect("certificate");
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = leaf(
+        vec!["localhost".into(), "127.0.0.1".into()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (client_cert, client_key) = leaf(
+        vec!["kommun.example".into()],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    Pki {
+        ca: ca_cert.pem(),
+        server_cert,
+        server_key,
+        client_cert,
+        client_key,
+    }
+}
+
+/// The simulator behind mutual TLS; `url` is `https://127.0.0.1:PORT`.
+async fn tls_simulator(platform: Platform, now: DateTime<Utc>, pki: &Pki) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("https://{}", listener.local_addr().expect("addr"));
+    let tls = TlsSettings::from_pem(
+        pki.server_cert.as_bytes(),
+        pki.server_key.as_bytes(),
+        pki.ca.as_bytes(),
+    )
+    .expect("TLS settings");
+    let stats = Arc::new(Stats::default());
+    let clock = VirtualClock::new(now);
+    let platform = Arc::new(platform);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let sim = Simulator {
+        platform: platform.clone(),
+        clock: clock.clone(),
+        faults: Faults::default(),
+        basic: None,
+    };
+    tokio::spawn(serve_tls(listener, sim, stats.clone(), tls, async {
+        stopped.await.ok();
+    }));
+    Running {
+        url,
+        stats,
+        clock,
+        platform,
+        _stop: stop,
+    }
+}
+
+fn client_with(url: &str, auth: Auth) -> Client {
+    Client::new(SourceSettings {
+        name: "default".into(),
+        base_url: url.into(),
+        rate_limit_per_second: NonZeroU32::new(100).expect("rate"),
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(10),
+        max_attempts: 2,
+        backoff_base: Duration::from_millis(5),
+        backoff_cap: Duration::from_millis(10),
+        auth,
+    })
+    .expect("client")
+}
+
+#[tokio::test]
+async fn over_mutual_tls_a_client_certificate_syncs_and_none_is_refused_at_the_handshake() {
+    let pki = pki("nprov-sync test CA");
+    let platform = platform(300, 20, "2026-01-05T00:00:00Z", "2026-01-07T00:00:00Z", 3);
+    let now = t("2026-01-07T06:00:00Z");
+    let sim = tls_simulator(platform, now, &pki).await;
+    let db = fresh_sqlite().await;
+    let mut src = source(
+        &sim.url,
+        100,
+        chrono::Duration::hours(12),
+        chrono::Duration::minutes(30),
+        "2026-01-05T00:00",
+    );
+
+    // Without a client certificate: refused in the handshake, never answered, promptly.
+    src.client = client_with(
+        &sim.url,
+        Auth {
+            extra_roots_pem: vec![pki.ca.clone().into_bytes()],
+            ..Auth::default()
+        },
+    );
+    let err = tokio::time::timeout(
+        Duration::from_secs(30),
+        catch_up(&db.store, &src, now, |_| {}),
+    )
+    .await
+    .expect("a refusal, not a hang")
+    .expect_err("no client certificate");
+    let message = err.to_string();
+    assert!(
+        message.contains("connection failed") && message.contains("CertificateRequired"),
+        "{message}"
+    );
+    assert!(sim.stats.tls_refused.load(Ordering::Relaxed) >= 1);
+    assert_eq!(sim.stats.requests.load(Ordering::Relaxed), 0);
+
+    // With a certificate from another CA: refused the same way.
+    let other = self::pki("another CA");
+    src.client = client_with(
+        &sim.url,
+        Auth {
+            identity_pem: Some(secrecy::SecretBox::new(Box::new(
+                format!("{}{}", other.client_cert, other.client_key).into_bytes(),
+            ))),
+            extra_roots_pem: vec![pki.ca.clone().into_bytes()],
+            ..Auth::default()
+        },
+    );
+    let err = tokio::time::timeout(
+        Duration::from_secs(30),
+        catch_up(&db.store, &src, now, |_| {}),
+    )
+    .await
+    .expect("a refusal, not a hang")
+    .expect_err("a certificate the CA did not sign");
+    let message = err.to_string();
+    assert!(
+        message.contains("connection failed") && message.contains("UnknownCA"),
+        "{message}"
+    );
+    assert_eq!(sim.stats.requests.load(Ordering::Relaxed), 0);
+
+    // With the certificate the CA signed: a full catch-up, equal to the platform.
+    src.client = client_with(
+        &sim.url,
+        Auth {
+            identity_pem: Some(secrecy::SecretBox::new(Box::new(
+                format!("{}{}", pki.client_cert, pki.client_key).into_bytes(),
+            ))),
+            extra_roots_pem: vec![pki.ca.clone().into_bytes()],
+            ..Auth::default()
+        },
+    );
+    catch_up(&db.store, &src, now, |_| {})
+        .await
+        .expect("catch up over mutual TLS");
+    assert_eq!(dump(&db.store).await, reference(&sim.platform, now).await);
+    assert!(sim.stats.ok.load(Ordering::Relaxed) > 0);
+}
+
+#[tokio::test]
+async fn the_configured_certificate_files_reach_the_platform_over_mutual_tls() {
+    let pki = pki("nprov-sync test CA");
+    let platform = platform(100, 21, "2026-01-05T00:00:00Z", "2026-01-06T00:00:00Z", 2);
+    let now = t("2026-01-06T06:00:00Z");
+    let sim = tls_simulator(platform, now, &pki).await;
+    let dir = tempfile::tempdir().expect("dir");
+    for (name, pem) in [
+        ("client.crt", &pki.client_cert),
+        ("client.key", &pki.client_key),
+        ("platform-ca.crt", &pki.ca),
+    ] {
+        std::fs::write(dir.path().join(name), pem).expect("write PEM");
+    }
+    // Relative names, looked up beside the configuration file, as an operator would write them.
+    let config: nprov_sync::config::SourceConfig = toml::from_str(&format!(
+        "url = \"{}\"\nstart = \"2026-01-05T00:00\"\nmax_window = \"12h\"\nclient_certificate_file = \"client.crt\"\nclient_key_file = \"client.key\"\nca_file = \"platform-ca.crt\"\n",
+        sim.url
+    ))
+    .expect("source config");
+    let src = config
+        .build(&Default::default(), Some(dir.path()), None)
+        .expect("source builds");
+    let db = fresh_sqlite().await;
+    catch_up(&db.store, &src, now, |_| {})
+        .await
+        .expect("catch up with the configured certificate");
+    assert_eq!(dump(&db.store).await, reference(&sim.platform, now).await);
+    assert_eq!(sim.stats.tls_refused.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn the_simulate_command_serves_mutual_tls_from_pem_files() {
+    use tokio::io::AsyncBufReadExt;
+    let pki = pki("nprov-sync test CA");
+    let dir = tempfile::tempdir().expect("dir");
+    let file = |name: &str, pem: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).expect("write PEM");
+        path.to_str().expect("path").to_owned()
+    };
+    let (cert, key, ca) = (
+        file("server.crt", &pki.server_cert),
+        file("server.key", &pki.server_key),
+        file("ca.crt", &pki.ca),
+    );
+    let simulate = |key: &str| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_nprov-sync"));
+        command
+            .args(["simulate", "--listen", "127.0.0.1:0", "--students", "50"])
+            .args(["--tls-cert", &cert, "--tls-key", key, "--client-ca", &ca])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        command
+    };
+
+    // A key file that is not there is a configuration error naming it.
+    let missing = dir.path().join("missing.key");
+    let out = simulate(missing.to_str().expect("path"))
+        .output()
+        .await
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("missing.key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut child = simulate(&key).spawn().expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let first = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::io::BufReader::new(stdout).lines().next_line(),
+    )
+    .await
+    .expect("the simulator starts")
+    .expect("read")
+    .expect("a line");
+    // "simulated platform: https://127.0.0.1:PORT (…"
+    let url = first
+        .split_whitespace()
+        .nth(2)
+        .filter(|u| u.starts_with("https://"))
+        .unwrap_or_else(|| panic!("{first}"))
+        .to_owned();
+    let window = nprov_sync::window::covering(
+        Stockholm,
+        t("2026-01-05T00:00:00Z"),
+        t("2026-01-05T23:59:00Z"),
+    );
+    let with_certificate = client_with(
+        &url,
+        Auth {
+            identity_pem: Some(secrecy::SecretBox::new(Box::new(
+                format!("{}{}", pki.client_cert, pki.client_key).into_bytes(),
+            ))),
+            extra_roots_pem: vec![pki.ca.clone().into_bytes()],
+            ..Auth::default()
+        },
+    );
+    let fetched = with_certificate
+        .fetch(&window, |_, _| {})
+        .await
+        .expect("answered over mutual TLS");
+    assert_eq!(fetched.status, 200);
+    let without = client_with(
+        &url,
+        Auth {
+            extra_roots_pem: vec![pki.ca.clone().into_bytes()],
+            ..Auth::default()
+        },
+    );
+    let refused = without
+        .fetch(&window, |_, _| {})
+        .await
+        .err()
+        .expect("refused without a client certificate");
+    assert!(
+        refused.to_string().contains("CertificateRequired"),
+        "{refused}"
+    );
+    child.kill().await.expect("kill");
 }
