@@ -144,6 +144,16 @@ pub struct SimulateArgs {
     pub basic_user: Option<String>,
     #[arg(long)]
     pub password_file: Option<PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first) and demand client
+    /// certificates signed by --client-ca: mutual TLS, as the platform does.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "client_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that must have signed a client's certificate.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -288,7 +298,7 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> Result<()
 }
 
 async fn simulate(args: SimulateArgs, out: &mut dyn Write) -> Result<(), Failure> {
-    use crate::simulate::server::{serve, Faults, Simulator, Stats, VirtualClock};
+    use crate::simulate::server::{serve, serve_tls, Faults, Simulator, Stats, VirtualClock};
     use crate::simulate::{Platform, Population};
     let config = |m: String| Failure::Config(anyhow::anyhow!(m));
     let version = crate::xml::version::VERSIONS
@@ -326,6 +336,14 @@ async fn simulate(args: SimulateArgs, out: &mut dyn Write) -> Result<(), Failure
         crate::window::latest_instant(tz, last),
         3,
     );
+    let tls = match (&args.tls_cert, &args.tls_key, &args.client_ca) {
+        (Some(cert), Some(key), Some(ca)) => Some(
+            crate::simulate::server::TlsSettings::from_pem_files(cert, key, ca)
+                .map_err(|e| config(format!("--tls-cert/--tls-key/--client-ca: {e}")))?,
+        ),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| {
@@ -336,7 +354,7 @@ async fn simulate(args: SimulateArgs, out: &mut dyn Write) -> Result<(), Failure
         .map_err(|e| Failure::Runtime(e.into()))?;
     writeln!(
         out,
-        "simulated platform: http://{addr} ({} students, {} changes, schema {}); source url = \"http://{addr}\"; Ctrl-C stops",
+        "simulated platform: {scheme}://{addr} ({} students, {} changes, schema {}); source url = \"{scheme}://{addr}\"; Ctrl-C stops",
         args.students,
         platform.changes_by(chrono::Utc::now()),
         version.name
@@ -367,10 +385,13 @@ async fn simulate(args: SimulateArgs, out: &mut dyn Write) -> Result<(), Failure
         }
     });
     let stats = std::sync::Arc::new(Stats::default());
-    let result = serve(listener, sim, stats, async {
+    let ctrl_c = async {
         tokio::signal::ctrl_c().await.ok();
-    })
-    .await;
+    };
+    let result = match tls {
+        Some(tls) => serve_tls(listener, sim, stats, tls, ctrl_c).await,
+        None => serve(listener, sim, stats, ctrl_c).await,
+    };
     ticker.abort();
     result.map_err(|e| Failure::Runtime(e.into()))
 }

@@ -84,6 +84,19 @@ impl Platform {
         tom: NaiveDateTime,
         now: DateTime<Utc>,
     ) -> Vec<Provomrade> {
+        let students = self.changed_students(from, tom, now);
+        self.records_of(&students, now).collect()
+    }
+
+    /// The students in the API's answer to `[from, tom]` as of `now` (see [`Platform::answer`]),
+    /// by index. Only indices: a whole year's answer is a few hundred kilobytes of them, where
+    /// its records would be hundreds of megabytes.
+    pub fn changed_students(
+        &self,
+        from: NaiveDateTime,
+        tom: NaiveDateTime,
+        now: DateTime<Utc>,
+    ) -> Vec<u32> {
         let lo = self.changes.partition_point(|c| c.stamp < from);
         let hi = self
             .changes
@@ -95,39 +108,36 @@ impl Platform {
             .collect();
         students.sort_unstable();
         students.dedup();
-        self.records(students.into_iter(), now)
+        students
+    }
+
+    /// The students' records as of `now` in the order the XSD wants (every ämnesresultat, then
+    /// every kursresultat), generated one student at a time as the iterator is advanced.
+    pub fn records_of<'a>(
+        &'a self,
+        students: &'a [u32],
+        now: DateTime<Utc>,
+    ) -> impl Iterator<Item = Provomrade> + 'a {
+        [true, false].into_iter().flat_map(move |want_amne| {
+            students.iter().flat_map(move |&s| {
+                self.revision_at(s, now)
+                    .map(|r| self.population.student(u64::from(s), r))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(move |p| matches!(p.key.omrade, Omrade::Amne { .. }) == want_amne)
+            })
+        })
     }
 
     /// Everything the platform holds as of `now`, as a full sync should end up with it.
     pub fn current_state(&self, now: DateTime<Utc>) -> Vec<Provomrade> {
-        self.records(0..self.population.students as u32, now)
+        let everyone: Vec<u32> = (0..self.population.students as u32).collect();
+        self.records_of(&everyone, now).collect()
     }
 
     /// Number of changes that happened by `now`.
     pub fn changes_by(&self, now: DateTime<Utc>) -> usize {
         self.changes.iter().filter(|c| c.at <= now).count()
-    }
-
-    fn records(
-        &self,
-        students: impl Iterator<Item = u32> + Clone,
-        now: DateTime<Utc>,
-    ) -> Vec<Provomrade> {
-        let mut out = Vec::new();
-        for want_amne in [true, false] {
-            for s in students.clone() {
-                let Some(r) = self.revision_at(s, now) else {
-                    continue;
-                };
-                out.extend(
-                    self.population
-                        .student(u64::from(s), r)
-                        .into_iter()
-                        .filter(|p| matches!(p.key.omrade, Omrade::Amne { .. }) == want_amne),
-                );
-            }
-        }
-        out
     }
 }
 

@@ -114,6 +114,12 @@ impl<W: Write> DocumentWriter<W> {
         self.out.flush()?;
         Ok(self.out)
     }
+
+    /// Gives the output back *without* closing the root, for the simulator's faults: a body cut
+    /// short or ended with a broken end tag.
+    pub fn into_inner(self) -> W {
+        self.out
+    }
 }
 
 /// Renders a whole document into memory (tests and small fixtures).

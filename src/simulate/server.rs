@@ -5,13 +5,26 @@
 //! purpose: a per-second arrival limit answered with `429` and `Retry-After`, random `500`s, and
 //! bodies cut short or made malformed. Fault decisions come from a seeded generator so a test
 //! run is reproducible. It listens where it is told (tests and the demo pass a loopback port 0).
+//!
+//! Bodies stream: a blocking thread renders the answer one student at a time into 64 KiB chunks
+//! that a bounded channel hands to the response, so a window over a whole year of a large
+//! population costs the simulator a few chunks of memory, not the document. A body cut short
+//! sends about half of the records and then breaks the connection (an error in the body stream:
+//! hyper closes without the closing chunk), as a real connection dropping mid-transfer would.
+//!
+//! [`serve`] speaks plain HTTP; [`serve_tls`] speaks HTTPS and, like the platform, demands a
+//! client certificate signed by a configured CA (mutual TLS): a client without one fails in the
+//! handshake and never reaches the handler. The TLS listener accepts with tokio-rustls and serves
+//! each connection with hyper-util, handshakes on the connection's own task under a timeout.
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -46,6 +59,8 @@ pub struct Stats {
     pub rate_limited: AtomicU64,
     pub faults: AtomicU64,
     pub unauthorized: AtomicU64,
+    /// TLS handshakes that failed: no client certificate, an unknown one, or no TLS at all.
+    pub tls_refused: AtomicU64,
     /// Arrival times, so a test can check the client's rate.
     pub arrivals: Mutex<Vec<Instant>>,
 }
@@ -100,18 +115,214 @@ pub async fn serve(
     stats: Arc<Stats>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    axum::serve(listener, router(sim, stats))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// How long a client may take over its TLS handshake before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The platform's documented authentication: TLS with a client certificate that it requires.
+///
+/// The crypto provider is *ring*, named explicitly, the one reqwest uses: no process-wide default
+/// provider is installed, so nothing here can panic over an ambiguous or repeated one.
+#[derive(Clone)]
+pub struct TlsSettings {
+    config: Arc<rustls::ServerConfig>,
+}
+
+/// Why TLS settings cannot be used; names the file or the part, never key material.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {}: {error}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        error: io::Error,
+    },
+    #[error("{what}: {message}")]
+    Pem { what: &'static str, message: String },
+    #[error("{what}: no certificate in it")]
+    NoCertificate { what: &'static str },
+    #[error("client CA: {0}")]
+    ClientCa(#[from] rustls::server::VerifierBuilderError),
+    #[error("server certificate and key: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+impl TlsSettings {
+    /// From PEM: the server's certificate chain (leaf first) and private key, and the CA
+    /// certificates one of which must have signed a client's certificate.
+    ///
+    /// # Errors
+    /// PEM that does not parse, no certificate where one is needed, a key that does not fit.
+    pub fn from_pem(
+        cert_chain: &[u8],
+        key: &[u8],
+        client_ca: &[u8],
+    ) -> Result<TlsSettings, TlsError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = |what: &'static str, pem: &[u8]| {
+            let certs = CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| TlsError::Pem {
+                    what,
+                    message: e.to_string(),
+                })?;
+            if certs.is_empty() {
+                return Err(TlsError::NoCertificate { what });
+            }
+            Ok(certs)
+        };
+        let chain = certs("server certificate", cert_chain)?;
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| TlsError::Pem {
+            what: "server key",
+            message: e.to_string(),
+        })?;
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in certs("client CA", client_ca)? {
+            roots.add(ca)?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)?;
+        // HTTP/1.1 only, as on the plain listener.
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(TlsSettings {
+            config: Arc::new(config),
+        })
+    }
+
+    /// As [`TlsSettings::from_pem`], from files.
+    ///
+    /// # Errors
+    /// A file that cannot be read (named in the error), or what `from_pem` refuses.
+    pub fn from_pem_files(
+        cert_chain: &std::path::Path,
+        key: &std::path::Path,
+        client_ca: &std::path::Path,
+    ) -> Result<TlsSettings, TlsError> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|error| TlsError::Read {
+                path: path.to_owned(),
+                error,
+            })
+        };
+        TlsSettings::from_pem(&read(cert_chain)?, &read(key)?, &read(client_ca)?)
+    }
+}
+
+/// As [`serve`], over TLS with a required client certificate. A client whose handshake fails
+/// (no certificate, or one the client CA did not sign) is counted in [`Stats::tls_refused`] and
+/// never reaches a handler.
+///
+/// # Errors
+/// When the listener fails.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    sim: Simulator,
+    stats: Arc<Stats>,
+    tls: TlsSettings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(sim, stats.clone());
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut connections = tokio::task::JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait rather than spin.
+                        tracing::warn!(error = %e, "simulator: accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                connections.spawn(serve_tls_connection(
+                    tcp,
+                    peer,
+                    acceptor.clone(),
+                    app.clone(),
+                    stats.clone(),
+                    stop.clone(),
+                ));
+            }
+        }
+    }
+    // Stop accepting, let responses in flight finish, then return.
+    stop.cancel();
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn serve_tls_connection(
+    tcp: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: Router,
+    stats: Arc<Stats>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+    let stream = tokio::select! {
+        () = stop.cancelled() => return,
+        done = handshake => match done {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                stats.tls_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, error = %e, "simulator: TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                stats.tls_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, "simulator: TLS handshake timed out");
+                return;
+            }
+        },
+    };
+    let builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    let connection = builder.serve_connection(
+        hyper_util::rt::TokioIo::new(stream),
+        hyper_util::service::TowerToHyperService::new(app),
+    );
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "simulator: connection ended with an error");
+    }
+}
+
+fn router(sim: Simulator, stats: Arc<Stats>) -> Router {
     let state = Arc::new(AppState {
         rng: Mutex::new(ChaCha8Rng::seed_from_u64(sim.faults.seed)),
         sim,
         stats,
         recent: Mutex::new(VecDeque::new()),
     });
-    let app = Router::new()
+    Router::new()
         .route(ENDPOINT_PATH, get(answer))
-        .with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+        .with_state(state)
 }
 
 async fn answer(
@@ -174,37 +385,148 @@ async fn answer(
         stats.faults.fetch_add(1, Ordering::Relaxed);
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
-    let records = state.sim.platform.answer(from, tom, state.sim.clock.now());
-    let fmt = |t: chrono::NaiveDateTime| t.format("%Y-%m-%dT%H:%M:00").to_string();
-    let mut body = Vec::new();
-    let written = DocumentWriter::begin(
-        &mut body,
-        state.sim.platform.population.version,
-        &fmt(from),
-        &fmt(tom),
-    )
-    .and_then(|mut w| {
-        for r in &records {
-            w.record(r)?;
-        }
-        w.end().map(|_| ())
-    });
-    if let Err(e) = written {
-        return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
-    }
-    if cut {
-        stats.faults.fetch_add(1, Ordering::Relaxed);
-        body.truncate(body.len() / 2);
+    let fault = if cut {
+        BodyFault::Cut
     } else if garble {
-        stats.faults.fetch_add(1, Ordering::Relaxed);
-        let text = String::from_utf8_lossy(&body).replacen("</provresultat>", "</provresultat", 1);
-        body = text.into_bytes();
+        BodyFault::Garbled
     } else {
+        BodyFault::None
+    };
+    if fault == BodyFault::None {
         stats.ok.fetch_add(1, Ordering::Relaxed);
+    } else {
+        stats.faults.fetch_add(1, Ordering::Relaxed);
     }
+    let (tx, rx) = tokio::sync::mpsc::channel(CHUNKS_IN_FLIGHT);
+    let platform = state.sim.platform.clone();
+    let now = state.sim.clock.now();
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChunkSender {
+            tx,
+            buf: Vec::with_capacity(CHUNK_BYTES),
+        };
+        if let Err(e) = render(&platform, from, tom, now, fault, &mut out) {
+            // Headers are gone already: all that is left is to break the body. (Usually the
+            // client went away and nobody hears it.)
+            out.abort(e);
+        }
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
     (
         [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
-        body,
+        Body::from_stream(body),
     )
         .into_response()
+}
+
+/// What is wrong with a body on purpose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BodyFault {
+    None,
+    /// About half is sent, then the connection breaks (no closing chunk).
+    Cut,
+    /// The root's end tag lacks its `>`.
+    Garbled,
+}
+
+/// Bytes per body chunk.
+const CHUNK_BYTES: usize = 64 * 1024;
+/// Chunks rendered ahead of the client: a slow reader slows the renderer, memory stays bounded.
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// Writes the answer to `[from, tom]` as of `now`, one student at a time.
+fn render(
+    platform: &Platform,
+    from: chrono::NaiveDateTime,
+    tom: chrono::NaiveDateTime,
+    now: DateTime<Utc>,
+    fault: BodyFault,
+    out: &mut ChunkSender,
+) -> io::Result<()> {
+    let fmt = |t: chrono::NaiveDateTime| t.format("%Y-%m-%dT%H:%M:00").to_string();
+    let students = platform.changed_students(from, tom, now);
+    // Counting costs a second generation pass, paid only by the rare cut response.
+    let cut_before =
+        (fault == BodyFault::Cut).then(|| platform.records_of(&students, now).count() / 2);
+    let mut w = DocumentWriter::begin(
+        &mut *out,
+        platform.population.version,
+        &fmt(from),
+        &fmt(tom),
+    )?;
+    for (n, record) in platform.records_of(&students, now).enumerate() {
+        if cut_before == Some(n) {
+            break;
+        }
+        w.record(&record)?;
+    }
+    match fault {
+        BodyFault::None => {
+            w.end()?;
+        }
+        BodyFault::Cut => w.into_inner().cut(),
+        BodyFault::Garbled => {
+            let out = w.into_inner();
+            out.write_all(b"</provresultat\n")?;
+            out.flush()?;
+        }
+    }
+    Ok(())
+}
+
+/// A `Write` on the rendering thread whose bytes leave in chunks through a bounded channel, as
+/// the items of a streaming body.
+struct ChunkSender {
+    tx: tokio::sync::mpsc::Sender<io::Result<Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkSender {
+    fn send(&mut self) -> io::Result<()> {
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_BYTES));
+        self.tx
+            .blocking_send(Ok(Bytes::from(chunk)))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))
+    }
+
+    /// Sends the first half of what is buffered (so the cut usually falls inside an element,
+    /// never inside a UTF-8 sequence), then breaks the body.
+    fn cut(&mut self) {
+        let mut keep = self.buf.len() / 2;
+        while keep > 0 && self.buf[keep] & 0xC0 == 0x80 {
+            keep -= 1;
+        }
+        self.buf.truncate(keep);
+        if self.send().is_ok() {
+            self.abort(io::Error::other(
+                "body cut short on purpose (simulated fault)",
+            ));
+        }
+    }
+
+    /// Ends the body with an error: hyper then closes the connection without the closing chunk,
+    /// so the client sees a body that broke, not one that ended.
+    fn abort(&mut self, error: io::Error) {
+        // Nobody to tell when the client is gone already.
+        let _ = self.tx.blocking_send(Err(error));
+    }
+}
+
+impl Write for ChunkSender {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.send()
+    }
 }

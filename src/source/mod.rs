@@ -84,8 +84,9 @@ pub enum SourceError {
         window: String,
         kind: &'static str,
         attempts: u32,
-        /// reqwest's message; it names the URL, which carries no credentials (they are refused
-        /// in URLs and sent in headers or the TLS handshake).
+        /// reqwest's message and its causes (a refused handshake says why only there); it names
+        /// the URL, which carries no credentials (they are refused in URLs and sent in headers
+        /// or the TLS handshake).
         message: String,
         timed_out: bool,
     },
@@ -292,7 +293,7 @@ impl Client {
                                 "connection failed"
                             },
                             attempts: attempt,
-                            message: e.to_string(),
+                            message: with_causes(&e),
                             timed_out,
                         });
                     }
@@ -318,4 +319,21 @@ impl Client {
             tokio::time::sleep(wait).await;
         }
     }
+}
+
+/// An error's message followed by those of its causes: reqwest says "error sending request",
+/// the reason (a refused client certificate, a connection reset) is further down the chain.
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        // hyper repeats its inner error in its own message; say each thing once.
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        cause = c.source();
+    }
+    message
 }

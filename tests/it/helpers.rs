@@ -40,6 +40,30 @@ pub fn vendor_spec_dir() -> Option<std::path::PathBuf> {
     p.is_dir().then_some(p)
 }
 
+/// Whether `xmllint` (libxml2-utils) can be run.
+pub fn xmllint_available() -> bool {
+    std::process::Command::new("xmllint")
+        .arg("--version")
+        .output()
+        .is_ok()
+}
+
+/// `xmllint --noout --schema XSD FILE`: `Err` with xmllint's report when the file is not valid.
+pub fn xmllint_validate(xsd: &std::path::Path, file: &std::path::Path) -> Result<(), String> {
+    let out = std::process::Command::new("xmllint")
+        .arg("--noout")
+        .arg("--schema")
+        .arg(xsd)
+        .arg(file)
+        .output()
+        .expect("xmllint runs");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 pub fn fixture(path: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")

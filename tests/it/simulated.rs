@@ -1,6 +1,6 @@
 //! Full syncs against the simulated platform over HTTP: the mirror must end equal, row for row,
-//! to the platform's current state, with faults on, and across a daylight-saving transition while
-//! time passes.
+//! to the platform's current state, with faults on, and across both daylight-saving transitions
+//! while time passes, with windows starting, ending and straddling each of them.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
@@ -9,12 +9,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Europe::Stockholm;
-use nprov_sync::simulate::server::{serve, Faults, Simulator, Stats, VirtualClock};
+use nprov_sync::simulate::server::{
+    serve, serve_tls, Faults, Simulator, Stats, TlsSettings, VirtualClock,
+};
 use nprov_sync::simulate::{render_to_string, Platform, Population};
 use nprov_sync::source::{Auth, Client, SourceSettings};
 use nprov_sync::sync::{catch_up, SyncSource};
-use nprov_sync::window::Plan;
-use nprov_sync::xml::version::newest;
+use nprov_sync::window::{latest_instant, parse_local, Plan};
+use nprov_sync::xml::version::{newest, VersionRules, VERSIONS};
 use nprov_sync::xml::Limits;
 
 use crate::helpers::*;
@@ -28,10 +30,22 @@ fn t(s: &str) -> DateTime<Utc> {
 /// A platform of `students` (seeded) whose results change 1 to `max_changes` times between two
 /// instants.
 fn platform(students: u64, seed: u64, first: &str, last: &str, max_changes: u32) -> Platform {
+    platform_in(newest(), students, seed, first, last, max_changes)
+}
+
+/// As [`platform`], answering in a chosen schema version.
+fn platform_in(
+    version: &'static VersionRules,
+    students: u64,
+    seed: u64,
+    first: &str,
+    last: &str,
+    max_changes: u32,
+) -> Platform {
     let pop = Population {
         students,
         seed,
-        version: newest(),
+        version,
         year: 2026,
     };
     Platform::new(pop, Stockholm, t(first), t(last), max_changes)
@@ -352,4 +366,800 @@ async fn a_sync_killed_mid_run_resumes_from_its_watermark_and_ends_equal() {
         "{stdout}"
     );
     assert_eq!(dump(&store).await, reference(&sim.platform, now).await);
+}
+
+#[tokio::test]
+async fn a_streamed_answer_is_the_rendered_document_byte_for_byte_without_a_length() {
+    let platform = platform(3000, 16, "2026-01-05T00:00:00Z", "2026-01-12T00:00:00Z", 2);
+    let now = t("2026-01-12T06:00:00Z");
+    let sim = simulator(platform, now, Faults::default(), None).await;
+    let url = format!(
+        "{}{}?from=2026-01-01T00:00&tom=2026-01-13T00:00",
+        sim.url,
+        nprov_sync::source::ENDPOINT_PATH
+    );
+    let response = reqwest::get(&url).await.expect("response");
+    assert_eq!(response.status(), 200);
+    // Streamed: the length is not known when the headers leave.
+    assert_eq!(response.content_length(), None);
+    let body = response.bytes().await.expect("whole body");
+    let expected = render_to_string(
+        newest(),
+        "2026-01-01T00:00:00",
+        "2026-01-13T00:00:00",
+        &sim.platform.answer(
+            nprov_sync::window::parse_local("2026-01-01T00:00").expect("from"),
+            nprov_sync::window::parse_local("2026-01-13T00:00").expect("tom"),
+            now,
+        ),
+    );
+    assert!(body.len() > 1_000_000, "{} bytes", body.len());
+    assert!(body == expected.as_bytes(), "the streamed body differs");
+}
+
+#[tokio::test]
+async fn a_cut_body_breaks_off_and_a_malformed_one_ends_in_a_broken_tag() {
+    let platform = platform(500, 17, "2026-01-05T00:00:00Z", "2026-01-06T00:00:00Z", 1);
+    let now = t("2026-01-06T06:00:00Z");
+    let path = format!(
+        "{}?from=2026-01-05T00:00&tom=2026-01-06T00:00",
+        nprov_sync::source::ENDPOINT_PATH
+    );
+    let cut = Faults {
+        truncated: 1.0,
+        ..Faults::default()
+    };
+    let sim = simulator(platform, now, cut, None).await;
+    let response = reqwest::get(format!("{}{path}", sim.url))
+        .await
+        .expect("headers arrive");
+    assert_eq!(response.status(), 200);
+    // The body does not end, it breaks: the client cannot take it for a complete response.
+    let err = response.bytes().await.expect_err("a cut body");
+    assert!(err.is_body() || err.is_decode(), "{err:?}");
+    assert_eq!(sim.stats.faults.load(Ordering::Relaxed), 1);
+
+    let platform = self::platform(500, 17, "2026-01-05T00:00:00Z", "2026-01-06T00:00:00Z", 1);
+    let garbled = Faults {
+        malformed: 1.0,
+        ..Faults::default()
+    };
+    let sim = simulator(platform, now, garbled, None).await;
+    let body = reqwest::get(format!("{}{path}", sim.url))
+        .await
+        .expect("response")
+        .text()
+        .await
+        .expect("a whole (malformed) body");
+    assert!(
+        body.ends_with("</provresultat\n") && !body.contains("</provresultat>"),
+        "{}",
+        &body[body.len().saturating_sub(80)..]
+    );
+}
+
+#[tokio::test]
+async fn the_simulators_answers_validate_against_the_vendor_xsd_of_every_version() {
+    let test = "the_simulators_answers_validate…";
+    let Some(spec) = vendor_spec_dir() else {
+        skip(test, "../shared/spec/nationellaprov not found");
+        return;
+    };
+    if !xmllint_available() {
+        skip(test, "xmllint is not installed");
+        return;
+    }
+    // Every version the vendor published is one we answer in, and the other way round.
+    let mut published: Vec<String> = std::fs::read_dir(&spec)
+        .expect("spec dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| spec.join(name).join("nationellaprov.xsd").is_file())
+        .collect();
+    published.sort();
+    let mut ours: Vec<String> = VERSIONS.iter().map(|v| v.name.to_owned()).collect();
+    ours.sort();
+    assert_eq!(published, ours);
+
+    let dir = tempfile::tempdir().expect("dir");
+    let now = t("2026-01-08T06:00:00Z");
+    for version in VERSIONS {
+        let platform = platform_in(
+            version,
+            400,
+            18,
+            "2026-01-05T00:00:00Z",
+            "2026-01-08T00:00:00Z",
+            3,
+        );
+        let sim = simulator(platform, now, Faults::default(), None).await;
+        let url = format!(
+            "{}{}?from=2026-01-01T00:00&tom=2026-01-09T00:00",
+            sim.url,
+            nprov_sync::source::ENDPOINT_PATH
+        );
+        let body = reqwest::get(&url)
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .expect("response")
+            .bytes()
+            .await
+            .expect("body");
+        // Not vacuous: both kinds of record, with their delprov, are in it.
+        let text = std::str::from_utf8(&body).expect("UTF-8");
+        for element in ["<ämnesresultat ", "<kursresultat ", "<delprovsresultat>"] {
+            assert!(text.contains(element), "{}: no {element}", version.name);
+        }
+        let file = dir.path().join(format!("{}.xml", version.name));
+        std::fs::write(&file, &body).expect("write");
+        let xsd = spec.join(version.name).join("nationellaprov.xsd");
+        if let Err(report) = xmllint_validate(&xsd, &file) {
+            panic!(
+                "{}: {}",
+                version.name,
+                report.lines().take(20).collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn syncing_while_the_spring_hour_is_skipped_misses_nothing() {
+    // The night the clocks go forward (02:00 CET becomes 03:00 CEST at 01:00 UTC): changes every
+    // few minutes, the client polling while time passes, short windows, no overlap.
+    let platform = platform(250, 19, "2026-03-28T23:00:00Z", "2026-03-29T03:00:00Z", 2);
+    let start_now = t("2026-03-28T23:00:00Z");
+    let sim = simulator(platform, start_now, Faults::default(), None).await;
+    let db = fresh_sqlite().await;
+    let src = source(
+        &sim.url,
+        500,
+        chrono::Duration::minutes(20),
+        chrono::Duration::zero(),
+        "2026-03-29T00:00",
+    );
+    let end = t("2026-03-29T03:30:00Z");
+    let mut now = start_now;
+    let mut windows = Vec::new();
+    while now <= end {
+        sim.clock.set(now);
+        windows.extend(catch_up(&db.store, &src, now, |_| {}).await.expect("poll"));
+        now += chrono::Duration::minutes(7);
+    }
+    // The clocks did go forward under the client: a window asked across the gap.
+    let gap = t("2026-03-29T01:00:00Z");
+    assert!(
+        windows
+            .iter()
+            .any(|r| r.window.from_utc < gap && r.window.tom_utc >= gap),
+        "no window straddled the transition"
+    );
+    let final_now = sim.clock.now();
+    assert_eq!(
+        dump(&db.store).await,
+        reference(&sim.platform, final_now).await
+    );
+}
+
+/// A night around a transition, synced in phases whose windows start, end or straddle it.
+struct EdgeCase {
+    name: &'static str,
+    /// The platform's changes fall in `[first, last)` (instants).
+    changes: (&'static str, &'static str),
+    /// The source's configured `start` (local).
+    start: &'static str,
+    /// Where the source's first window must start (instant).
+    first_from: &'static str,
+    max_window_minutes: i64,
+    /// Where each phase's last window ends: an instant (`…Z`), or a local `--until` time read
+    /// as `sync --once --until` does (its latest instant). Polls while time passes follow.
+    ends: &'static [&'static str],
+    /// Whether the case is about a window with minutes on both sides of the transition (one
+    /// must then exist; consecutive windows share a minute, so others may straddle too).
+    straddles: bool,
+}
+
+/// Spring: 2026-03-29 01:00 UTC, when 02:00 CET becomes 03:00 CEST (02:00–02:59 never happens).
+const SPRING: &str = "2026-03-29T01:00:00Z";
+/// Autumn: 2026-10-25 01:00 UTC, when 03:00 CEST becomes 02:00 CET (02:00–02:59 happens twice:
+/// 00:00–00:59 and 01:00–01:59 UTC).
+const AUTUMN: &str = "2026-10-25T01:00:00Z";
+
+const EDGE_CASES: &[(&str, EdgeCase)] = &[
+    (
+        SPRING,
+        EdgeCase {
+            name: "spring: a window ends at the last minute before the gap, the next starts there",
+            changes: ("2026-03-28T23:00:00Z", "2026-03-29T03:00:00Z"),
+            start: "2026-03-29T00:00",
+            first_from: "2026-03-28T23:00:00Z",
+            max_window_minutes: 20,
+            ends: &["2026-03-29T00:59:00Z"],
+            straddles: false,
+        },
+    ),
+    (
+        SPRING,
+        EdgeCase {
+            name: "spring: --until inside the gap ends at its last minute before",
+            changes: ("2026-03-28T23:00:00Z", "2026-03-29T03:00:00Z"),
+            start: "2026-03-29T00:00",
+            first_from: "2026-03-28T23:00:00Z",
+            max_window_minutes: 20,
+            ends: &["2026-03-29T02:30"],
+            straddles: false,
+        },
+    ),
+    (
+        SPRING,
+        EdgeCase {
+            name: "spring: a window ends at the first minute after the gap, the next starts there",
+            changes: ("2026-03-28T23:00:00Z", "2026-03-29T03:00:00Z"),
+            start: "2026-03-29T00:00",
+            first_from: "2026-03-28T23:00:00Z",
+            max_window_minutes: 20,
+            ends: &["2026-03-29T03:00"],
+            straddles: false,
+        },
+    ),
+    (
+        SPRING,
+        EdgeCase {
+            name: "spring: a window straddles the gap",
+            changes: ("2026-03-28T23:00:00Z", "2026-03-29T03:00:00Z"),
+            start: "2026-03-29T00:00",
+            first_from: "2026-03-28T23:00:00Z",
+            max_window_minutes: 20,
+            ends: &["2026-03-29T00:50:00Z"],
+            straddles: true,
+        },
+    ),
+    (
+        SPRING,
+        EdgeCase {
+            name: "spring: one window over the whole night",
+            changes: ("2026-03-28T23:00:00Z", "2026-03-29T03:00:00Z"),
+            start: "2026-03-29T00:00",
+            first_from: "2026-03-28T23:00:00Z",
+            max_window_minutes: 360,
+            ends: &["2026-03-29T03:30:00Z"],
+            straddles: true,
+        },
+    ),
+    (
+        SPRING,
+        EdgeCase {
+            name: "spring: the configured start is the first minute after the gap",
+            changes: ("2026-03-29T01:00:00Z", "2026-03-29T03:00:00Z"),
+            start: "2026-03-29T03:00",
+            first_from: "2026-03-29T01:00:00Z",
+            max_window_minutes: 20,
+            ends: &["2026-03-29T03:30:00Z"],
+            straddles: false,
+        },
+    ),
+    (
+        SPRING,
+        EdgeCase {
+            name: "spring: the configured start is inside the gap",
+            changes: ("2026-03-29T01:00:00Z", "2026-03-29T03:00:00Z"),
+            start: "2026-03-29T02:30",
+            first_from: "2026-03-29T01:00:00Z",
+            max_window_minutes: 20,
+            ends: &["2026-03-29T03:30:00Z"],
+            straddles: false,
+        },
+    ),
+    (
+        AUTUMN,
+        EdgeCase {
+            name: "autumn: a window ends just before the repeated hour, the next starts there",
+            changes: ("2026-10-24T23:00:00Z", "2026-10-25T03:00:00Z"),
+            start: "2026-10-25T01:00",
+            first_from: "2026-10-24T23:00:00Z",
+            max_window_minutes: 20,
+            ends: &["2026-10-24T23:59:00Z"],
+            straddles: false,
+        },
+    ),
+    (
+        AUTUMN,
+        EdgeCase {
+            name: "autumn: a window ends in the first pass through the repeated hour",
+            changes: ("2026-10-24T23:00:00Z", "2026-10-25T03:00:00Z"),
+            start: "2026-10-25T01:00",
+            first_from: "2026-10-24T23:00:00Z",
+            max_window_minutes: 20,
+            ends: &["2026-10-25T00:30:00Z"],
+            straddles: false,
+        },
+    ),
+    (
+        AUTUMN,
+        EdgeCase {
+            name: "autumn: a window ends at the last minute before the clocks go back",
+            changes: ("2026-10-24T23:00:00Z", "2026-10-25T03:00:00Z"),
+            start: "2026-10-25T01:00",
+            first_from: "2026-10-24T23:00:00Z",
+            max_window_minutes: 20,
+            ends: &["2026-10-25T00:59:00Z"],
+            straddles: false,
+        },
+    ),
+    (
+        AUTUMN,
+        EdgeCase {
+            name: "autumn: a window ends at the first minute after the clocks go back, the next starts there",
+            changes: ("2026-10-24T23:00:00Z", "2026-10-25T03:00:00Z"),
+            start: "2026-10-25T01:00",
+            first_from: "2026-10-24T23:00:00Z",
+            max_window_minutes: 20,
+            ends: &["2026-10-25T01:00:00Z"],
+            straddles: false,
+        },
+    ),
+    (
+        AUTUMN,
+        EdgeCase {
+            name: "autumn: --until inside the repeated hour ends in its second pass",
+            changes: ("2026-10-24T23:00:00Z", "2026-10-25T03:00:00Z"),
+            start: "2026-10-25T01:00",
+            first_from: "2026-10-24T23:00:00Z",
+            max_window_minutes: 20,
+            ends: &["2026-10-25T02:30"],
+            straddles: false,
+        },
+    ),
+    (
+        AUTUMN,
+        EdgeCase {
+            name: "autumn: a window ends at the repeated hour's last minute",
+            changes: ("2026-10-24T23:00:00Z", "2026-10-25T03:00:00Z"),
+            start: "2026-10-25T01:00",
+            first_from: "2026-10-24T23:00:00Z",
+            max_window_minutes: 20,
+            ends: &["2026-10-25T01:59:00Z"],
+            straddles: false,
+        },
+    ),
+    (
+        AUTUMN,
+        EdgeCase {
+            name: "autumn: a window straddles the transition",
+            changes: ("2026-10-24T23:00:00Z", "2026-10-25T03:00:00Z"),
+            start: "2026-10-25T01:00",
+            first_from: "2026-10-24T23:00:00Z",
+            max_window_minutes: 20,
+            ends: &["2026-10-25T00:50:00Z"],
+            straddles: true,
+        },
+    ),
+    (
+        AUTUMN,
+        EdgeCase {
+            name: "autumn: one window over the whole night",
+            changes: ("2026-10-24T23:00:00Z", "2026-10-25T03:00:00Z"),
+            start: "2026-10-25T01:00",
+            first_from: "2026-10-24T23:00:00Z",
+            max_window_minutes: 360,
+            ends: &["2026-10-25T03:30:00Z"],
+            straddles: true,
+        },
+    ),
+    (
+        AUTUMN,
+        EdgeCase {
+            name: "autumn: the configured start is the repeated hour (its earlier pass is taken)",
+            changes: ("2026-10-25T00:00:00Z", "2026-10-25T03:00:00Z"),
+            start: "2026-10-25T02:00",
+            first_from: "2026-10-25T00:00:00Z",
+            max_window_minutes: 20,
+            ends: &["2026-10-25T03:30:00Z"],
+            straddles: false,
+        },
+    ),
+    (
+        AUTUMN,
+        EdgeCase {
+            name: "autumn: the configured start is the first minute after the repeated hour",
+            changes: ("2026-10-25T02:00:00Z", "2026-10-25T04:00:00Z"),
+            start: "2026-10-25T03:00",
+            first_from: "2026-10-25T02:00:00Z",
+            max_window_minutes: 20,
+            ends: &["2026-10-25T04:30:00Z"],
+            straddles: false,
+        },
+    ),
+];
+
+#[tokio::test]
+async fn windows_that_start_end_or_straddle_a_transition_miss_nothing() {
+    // Every case runs; the failures are reported together, so a broken rule shows its pattern.
+    let mut failed = Vec::new();
+    for (seed, (transition, case)) in EDGE_CASES.iter().enumerate() {
+        if let Err(why) = edge_case(t(transition), case, 100 + seed as u64).await {
+            failed.push(format!("{}: {why}", case.name));
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+async fn edge_case(transition: DateTime<Utc>, case: &EdgeCase, seed: u64) -> Result<(), String> {
+    // One change per student, a few a minute: a change the windows miss is a student missing.
+    let platform = platform(500, seed, case.changes.0, case.changes.1, 1);
+    let sim = simulator(platform, t(case.first_from), Faults::default(), None).await;
+    let db = fresh_sqlite().await;
+    let src = source(
+        &sim.url,
+        500,
+        chrono::Duration::minutes(case.max_window_minutes),
+        chrono::Duration::zero(),
+        case.start,
+    );
+    let mut windows = Vec::new();
+    let mut now = t(case.first_from);
+    // The phases: each a catch-up whose last window ends at the edge, run when the platform's
+    // clock says it is just that late (a platform only answers with what has happened).
+    for end in case.ends {
+        let last_tom = if end.ends_with('Z') {
+            t(end)
+        } else {
+            latest_instant(Stockholm, parse_local(end).expect("until"))
+        };
+        // As `sync --once --until`: the horizon is the safety lag past the last minute.
+        now = last_tom + src.plan.safety_lag;
+        sim.clock.set(now);
+        let reports = catch_up(&db.store, &src, now, |_| {})
+            .await
+            .map_err(|e| e.to_string())?;
+        let last = reports.last().ok_or("the phase synced no window")?.window;
+        if last.tom_utc != last_tom {
+            return Err(format!(
+                "the phase ended at {}, not {last_tom}",
+                last.tom_utc
+            ));
+        }
+        windows.extend(reports);
+    }
+    // Then the daemon's life: a poll every 7 minutes while time passes, past the last change.
+    let stop = t(case.changes.1) + chrono::Duration::minutes(30);
+    loop {
+        now += chrono::Duration::minutes(7);
+        if now > stop {
+            break;
+        }
+        sim.clock.set(now);
+        let reports = catch_up(&db.store, &src, now, |_| {})
+            .await
+            .map_err(|e| e.to_string())?;
+        windows.extend(reports);
+    }
+    let first = windows.first().ok_or("no window")?.window;
+    if first.from_utc != t(case.first_from) {
+        return Err(format!("the first window started at {}", first.from_utc));
+    }
+    let straddled = windows
+        .iter()
+        .any(|r| r.window.from_utc < transition && r.window.tom_utc >= transition);
+    if case.straddles && !straddled {
+        return Err("no window straddled the transition".into());
+    }
+    let mirror = dump(&db.store).await;
+    let platform = reference(&sim.platform, sim.clock.now()).await;
+    if mirror != platform {
+        let missing: Vec<&String> = platform.iter().filter(|r| !mirror.contains(r)).collect();
+        return Err(format!(
+            "the mirror differs from the platform: {} of {} rows missing or stale, e.g. {:?}",
+            missing.len(),
+            platform.len(),
+            missing.first()
+        ));
+    }
+    Ok(())
+}
+
+/// A private CA, a server certificate for the loopback address it signed, and a client
+/// certificate it signed: what a municipality gets from the platform, made up for the test.
+struct Pki {
+    ca: String,
+    server_cert: String,
+    server_key: String,
+    client_cert: String,
+    client_key: String,
+}
+
+fn pki(ca_name: &str) -> Pki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, ca_name);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(names).expect("params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "nprov-sync test");
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &issuer).expect("certificate");
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = leaf(
+        vec!["localhost".into(), "127.0.0.1".into()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (client_cert, client_key) = leaf(
+        vec!["kommun.example".into()],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    Pki {
+        ca: ca_cert.pem(),
+        server_cert,
+        server_key,
+        client_cert,
+        client_key,
+    }
+}
+
+/// The simulator behind mutual TLS; `url` is `https://127.0.0.1:PORT`.
+async fn tls_simulator(platform: Platform, now: DateTime<Utc>, pki: &Pki) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("https://{}", listener.local_addr().expect("addr"));
+    let tls = TlsSettings::from_pem(
+        pki.server_cert.as_bytes(),
+        pki.server_key.as_bytes(),
+        pki.ca.as_bytes(),
+    )
+    .expect("TLS settings");
+    let stats = Arc::new(Stats::default());
+    let clock = VirtualClock::new(now);
+    let platform = Arc::new(platform);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let sim = Simulator {
+        platform: platform.clone(),
+        clock: clock.clone(),
+        faults: Faults::default(),
+        basic: None,
+    };
+    tokio::spawn(serve_tls(listener, sim, stats.clone(), tls, async {
+        stopped.await.ok();
+    }));
+    Running {
+        url,
+        stats,
+        clock,
+        platform,
+        _stop: stop,
+    }
+}
+
+fn client_with(url: &str, auth: Auth) -> Client {
+    Client::new(SourceSettings {
+        name: "default".into(),
+        base_url: url.into(),
+        rate_limit_per_second: NonZeroU32::new(100).expect("rate"),
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(10),
+        max_attempts: 2,
+        backoff_base: Duration::from_millis(5),
+        backoff_cap: Duration::from_millis(10),
+        auth,
+    })
+    .expect("client")
+}
+
+#[tokio::test]
+async fn over_mutual_tls_a_client_certificate_syncs_and_none_is_refused_at_the_handshake() {
+    let pki = pki("nprov-sync test CA");
+    let platform = platform(300, 20, "2026-01-05T00:00:00Z", "2026-01-07T00:00:00Z", 3);
+    let now = t("2026-01-07T06:00:00Z");
+    let sim = tls_simulator(platform, now, &pki).await;
+    let db = fresh_sqlite().await;
+    let mut src = source(
+        &sim.url,
+        100,
+        chrono::Duration::hours(12),
+        chrono::Duration::minutes(30),
+        "2026-01-05T00:00",
+    );
+
+    // Without a client certificate: refused in the handshake, never answered, promptly.
+    src.client = client_with(
+        &sim.url,
+        Auth {
+            extra_roots_pem: vec![pki.ca.clone().into_bytes()],
+            ..Auth::default()
+        },
+    );
+    let err = tokio::time::timeout(
+        Duration::from_secs(30),
+        catch_up(&db.store, &src, now, |_| {}),
+    )
+    .await
+    .expect("a refusal, not a hang")
+    .expect_err("no client certificate");
+    let message = err.to_string();
+    assert!(
+        message.contains("connection failed") && message.contains("CertificateRequired"),
+        "{message}"
+    );
+    assert!(sim.stats.tls_refused.load(Ordering::Relaxed) >= 1);
+    assert_eq!(sim.stats.requests.load(Ordering::Relaxed), 0);
+
+    // With a certificate from another CA: refused the same way.
+    let other = self::pki("another CA");
+    src.client = client_with(
+        &sim.url,
+        Auth {
+            identity_pem: Some(secrecy::SecretBox::new(Box::new(
+                format!("{}{}", other.client_cert, other.client_key).into_bytes(),
+            ))),
+            extra_roots_pem: vec![pki.ca.clone().into_bytes()],
+            ..Auth::default()
+        },
+    );
+    let err = tokio::time::timeout(
+        Duration::from_secs(30),
+        catch_up(&db.store, &src, now, |_| {}),
+    )
+    .await
+    .expect("a refusal, not a hang")
+    .expect_err("a certificate the CA did not sign");
+    let message = err.to_string();
+    assert!(
+        message.contains("connection failed") && message.contains("UnknownCA"),
+        "{message}"
+    );
+    assert_eq!(sim.stats.requests.load(Ordering::Relaxed), 0);
+
+    // With the certificate the CA signed: a full catch-up, equal to the platform.
+    src.client = client_with(
+        &sim.url,
+        Auth {
+            identity_pem: Some(secrecy::SecretBox::new(Box::new(
+                format!("{}{}", pki.client_cert, pki.client_key).into_bytes(),
+            ))),
+            extra_roots_pem: vec![pki.ca.clone().into_bytes()],
+            ..Auth::default()
+        },
+    );
+    catch_up(&db.store, &src, now, |_| {})
+        .await
+        .expect("catch up over mutual TLS");
+    assert_eq!(dump(&db.store).await, reference(&sim.platform, now).await);
+    assert!(sim.stats.ok.load(Ordering::Relaxed) > 0);
+}
+
+#[tokio::test]
+async fn the_configured_certificate_files_reach_the_platform_over_mutual_tls() {
+    let pki = pki("nprov-sync test CA");
+    let platform = platform(100, 21, "2026-01-05T00:00:00Z", "2026-01-06T00:00:00Z", 2);
+    let now = t("2026-01-06T06:00:00Z");
+    let sim = tls_simulator(platform, now, &pki).await;
+    let dir = tempfile::tempdir().expect("dir");
+    for (name, pem) in [
+        ("client.crt", &pki.client_cert),
+        ("client.key", &pki.client_key),
+        ("platform-ca.crt", &pki.ca),
+    ] {
+        std::fs::write(dir.path().join(name), pem).expect("write PEM");
+    }
+    // Relative names, looked up beside the configuration file, as an operator would write them.
+    let config: nprov_sync::config::SourceConfig = toml::from_str(&format!(
+        "url = \"{}\"\nstart = \"2026-01-05T00:00\"\nmax_window = \"12h\"\nclient_certificate_file = \"client.crt\"\nclient_key_file = \"client.key\"\nca_file = \"platform-ca.crt\"\n",
+        sim.url
+    ))
+    .expect("source config");
+    let src = config
+        .build(&Default::default(), Some(dir.path()), None)
+        .expect("source builds");
+    let db = fresh_sqlite().await;
+    catch_up(&db.store, &src, now, |_| {})
+        .await
+        .expect("catch up with the configured certificate");
+    assert_eq!(dump(&db.store).await, reference(&sim.platform, now).await);
+    assert_eq!(sim.stats.tls_refused.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn the_simulate_command_serves_mutual_tls_from_pem_files() {
+    use tokio::io::AsyncBufReadExt;
+    let pki = pki("nprov-sync test CA");
+    let dir = tempfile::tempdir().expect("dir");
+    let file = |name: &str, pem: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).expect("write PEM");
+        path.to_str().expect("path").to_owned()
+    };
+    let (cert, key, ca) = (
+        file("server.crt", &pki.server_cert),
+        file("server.key", &pki.server_key),
+        file("ca.crt", &pki.ca),
+    );
+    let simulate = |key: &str| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_nprov-sync"));
+        command
+            .args(["simulate", "--listen", "127.0.0.1:0", "--students", "50"])
+            .args(["--tls-cert", &cert, "--tls-key", key, "--client-ca", &ca])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        command
+    };
+
+    // A key file that is not there is a configuration error naming it.
+    let missing = dir.path().join("missing.key");
+    let out = simulate(missing.to_str().expect("path"))
+        .output()
+        .await
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("missing.key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut child = simulate(&key).spawn().expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let first = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::io::BufReader::new(stdout).lines().next_line(),
+    )
+    .await
+    .expect("the simulator starts")
+    .expect("read")
+    .expect("a line");
+    // "simulated platform: https://127.0.0.1:PORT (…"
+    let url = first
+        .split_whitespace()
+        .nth(2)
+        .filter(|u| u.starts_with("https://"))
+        .unwrap_or_else(|| panic!("{first}"))
+        .to_owned();
+    let window = nprov_sync::window::covering(
+        Stockholm,
+        t("2026-01-05T00:00:00Z"),
+        t("2026-01-05T23:59:00Z"),
+    );
+    let with_certificate = client_with(
+        &url,
+        Auth {
+            identity_pem: Some(secrecy::SecretBox::new(Box::new(
+                format!("{}{}", pki.client_cert, pki.client_key).into_bytes(),
+            ))),
+            extra_roots_pem: vec![pki.ca.clone().into_bytes()],
+            ..Auth::default()
+        },
+    );
+    let fetched = with_certificate
+        .fetch(&window, |_, _| {})
+        .await
+        .expect("answered over mutual TLS");
+    assert_eq!(fetched.status, 200);
+    let without = client_with(
+        &url,
+        Auth {
+            extra_roots_pem: vec![pki.ca.clone().into_bytes()],
+            ..Auth::default()
+        },
+    );
+    let refused = without
+        .fetch(&window, |_, _| {})
+        .await
+        .err()
+        .expect("refused without a client certificate");
+    assert!(
+        refused.to_string().contains("CertificateRequired"),
+        "{refused}"
+    );
+    child.kill().await.expect("kill");
 }
