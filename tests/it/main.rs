@@ -4,6 +4,7 @@ mod cli;
 mod corpus;
 mod daemon;
 mod helpers;
+mod monitoring;
 mod roundtrip;
 mod simulated;
 mod source;

@@ -1,0 +1,178 @@
+//! A full catch-up of a simulated school year into SQLite, measured on the real binary.
+//!
+//! The simulator runs as one child process (`nprov-sync simulate`), the client as another
+//! (`nprov-sync sync --once`, then `backfill` over the same range to re-read every window with
+//! nothing changed), so the client's figures are its own: wall time, CPU time and peak resident
+//! memory (VmHWM, sampled from /proc while it runs). Twice: with `max_window` one day, and with one
+//! window for the whole year, which shows whether memory grows with the window.
+//!
+//! `cargo bench --bench catchup` (200 000 students; `NPROV_BENCH_STUDENTS` to change). Figures
+//! are printed, nothing is asserted.
+
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const START: &str = "2025-08-01T00:00";
+const UNTIL: &str = "2026-06-13T00:00";
+/// Linux's USER_HZ: /proc reports CPU time in these ticks.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+struct Simulator(Child);
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
+#[derive(Debug)]
+struct Measured {
+    wall: f64,
+    cpu: f64,
+    peak_mib: f64,
+}
+
+fn proc_peak_kib(pid: u32) -> Option<f64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn proc_cpu_ticks(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) end at the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after ") ".
+    Some(fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?)
+}
+
+/// Runs a command to its end, sampling its peak memory and CPU time from /proc.
+fn measure(cmd: &mut Command) -> Measured {
+    let started = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let (mut peak, mut ticks) = (0.0f64, 0.0f64);
+    let status = loop {
+        if let Some(p) = proc_peak_kib(pid) {
+            peak = peak.max(p);
+        }
+        if let Some(t) = proc_cpu_ticks(pid) {
+            ticks = ticks.max(t);
+        }
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let wall = started.elapsed().as_secs_f64();
+    if !status.success() {
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err).ok();
+        panic!("{cmd:?} failed: {status}\n{err}");
+    }
+    Measured {
+        wall,
+        cpu: ticks / TICKS_PER_SECOND,
+        peak_mib: peak / 1024.0,
+    }
+}
+
+fn start_simulator(bin: &str, students: u64) -> (Simulator, String) {
+    let mut child = Command::new(bin)
+        .args(["simulate", "--listen", "127.0.0.1:0", "--students"])
+        .arg(students.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the simulator");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the simulator's first line");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("the simulator prints its URL")
+        .trim_end_matches([',', ';'])
+        .to_owned();
+    (Simulator(child), url)
+}
+
+fn counts(db: &Path) -> (i64, i64) {
+    let conn = rusqlite::Connection::open(db).expect("open");
+    let one = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).expect(sql) };
+    let rows = one(
+        "SELECT (SELECT COUNT(*) FROM provomrade) + (SELECT COUNT(*) FROM provtillfalle)
+              + (SELECT COUNT(*) FROM delprovsresultat)",
+    );
+    let records = one("SELECT COALESCE(SUM(records), 0) FROM sync_run WHERE outcome = 'ok'");
+    (rows, records)
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let bin = env!("CARGO_BIN_EXE_nprov-sync");
+    let students: u64 = std::env::var("NPROV_BENCH_STUDENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200_000);
+    let (_sim, url) = start_simulator(bin, students);
+    let dir = tempfile::tempdir().expect("dir");
+    println!("catch-up of {students} students ({START} .. {UNTIL}) from the simulator at {url}");
+    for (label, max_window) in [("max_window 1d", "1d"), ("one window for the year", "400d")] {
+        let db = dir.path().join(format!("catchup-{max_window}.db"));
+        let config = dir.path().join(format!("catchup-{max_window}.toml"));
+        // Loopback and a simulator: the politeness limit would only measure itself here.
+        std::fs::write(
+            &config,
+            format!(
+                "[database]\nurl = \"sqlite://{}\"\n[[source]]\nurl = \"{url}\"\nstart = \"{START}\"\n\
+                 max_window = \"{max_window}\"\nrate_limit_per_second = 1000\nrequest_timeout = \"30m\"\n\
+                 max_response_bytes = 4294967296\n",
+                db.display()
+            ),
+        )
+        .expect("config");
+        let first = measure(
+            Command::new(bin)
+                .args(["sync", "--once", "--until", UNTIL, "--config"])
+                .arg(&config),
+        );
+        let (rows, records) = counts(&db);
+        let again = measure(
+            Command::new(bin)
+                .args(["backfill", "--from", START, "--to", UNTIL, "--config"])
+                .arg(&config),
+        );
+        println!(
+            "{label}: first sync {:.1} s wall, {:.1} s CPU, {records} records = {:.0} records/s, \
+             {rows} rows = {:.0} rows/s, peak RSS {:.1} MiB",
+            first.wall,
+            first.cpu,
+            records as f64 / first.wall,
+            rows as f64 / first.wall,
+            first.peak_mib
+        );
+        println!(
+            "{label}: re-sync, nothing changed: {:.1} s wall ({:.2} of the first), {:.1} s CPU \
+             ({:.2} of the first), peak RSS {:.1} MiB",
+            again.wall,
+            again.wall / first.wall,
+            again.cpu,
+            again.cpu / first.cpu,
+            again.peak_mib
+        );
+    }
+}
