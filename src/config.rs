@@ -515,35 +515,165 @@ fn documented_settings() -> Vec<Setting> {
     out
 }
 
+/// The `[[source]]` settings documented (commented out) in the example, with their example
+/// values: the keys `NPROV_SOURCE_<NAME>_<KEY>` may set.
+fn documented_source_keys() -> Vec<(String, toml::Value)> {
+    let mut out = Vec::new();
+    let mut in_block = false;
+    for line in EXAMPLE.lines() {
+        if line == "# [[source]]" {
+            in_block = true;
+            continue;
+        }
+        if !in_block {
+            continue;
+        }
+        // "# key = value", or "# # key = value" for the optional ones shown commented.
+        let Some(rest) = line.strip_prefix("# ") else {
+            continue;
+        };
+        let rest = rest.strip_prefix("# ").unwrap_or(rest);
+        let Some((key, value)) = rest.split_once(" = ") else {
+            continue;
+        };
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+            continue;
+        }
+        if let Ok(t) = format!("v = {value}").parse::<toml::Table>() {
+            if let Some(v) = t.get("v") {
+                out.push((key.to_owned(), v.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// A source name as it appears in a variable name: upper case, anything else than A–Z and 0–9
+/// as `_`.
+fn env_source_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The text of a variable as the TOML type of the setting's example value.
+fn typed(name: &str, raw: String, example: &toml::Value) -> Result<toml::Value, ConfigError> {
+    Ok(match example {
+        toml::Value::Integer(_) => toml::Value::Integer(
+            raw.trim()
+                .parse()
+                .map_err(|_| invalid(name, format!("{raw:?} is not an integer")))?,
+        ),
+        toml::Value::Boolean(_) => toml::Value::Boolean(match raw.trim() {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            _ => return Err(invalid(name, format!("{raw:?} is not true or false"))),
+        }),
+        _ => toml::Value::String(raw),
+    })
+}
+
+/// `NPROV_SOURCE_<NAME>_<KEY>`: sets `KEY` of the `[[source]]` named `NAME` (as
+/// [`env_source_name`] spells it); a name no source in the file has adds a source of that name,
+/// in lower case, which then needs at least `URL` and `START`.
+fn overlay_source_env(table: &mut toml::Table, name: &str, raw: String) -> Result<(), ConfigError> {
+    let rest = &name["NPROV_SOURCE_".len()..];
+    let keys = documented_source_keys();
+    // The longest documented key the variable ends with: keys contain underscores too.
+    let Some((key, example)) = keys
+        .iter()
+        .filter(|(k, _)| k != "name")
+        .filter(|(k, _)| {
+            let k = format!("_{}", k.to_ascii_uppercase());
+            rest.ends_with(&k) && rest.len() > k.len()
+        })
+        .max_by_key(|(k, _)| k.len())
+    else {
+        let known: Vec<String> = keys
+            .iter()
+            .filter(|(k, _)| k != "name")
+            .map(|(k, _)| k.to_ascii_uppercase())
+            .collect();
+        return Err(invalid(
+            name,
+            format!(
+                "not a source setting: use NPROV_SOURCE_<NAME>_<KEY> with KEY one of {}",
+                known.join(", ")
+            ),
+        ));
+    };
+    let source_name = &rest[..rest.len() - key.len() - 1];
+    let value = typed(name, raw, example)?;
+    let sources = table
+        .entry("source")
+        .or_insert_with(|| toml::Value::Array(Vec::new()));
+    let toml::Value::Array(sources) = sources else {
+        return Err(invalid(
+            name,
+            "source in the file is not an array of tables",
+        ));
+    };
+    let matching = sources.iter_mut().find(|s| {
+        let n = s
+            .get("name")
+            .and_then(toml::Value::as_str)
+            .unwrap_or(crate::store::DEFAULT_SOURCE);
+        env_source_name(n) == source_name
+    });
+    let entry = match matching {
+        Some(entry) => entry,
+        None => {
+            let mut t = toml::Table::new();
+            t.insert(
+                "name".into(),
+                toml::Value::String(source_name.to_ascii_lowercase()),
+            );
+            sources.push(toml::Value::Table(t));
+            sources.last_mut().expect("just pushed")
+        }
+    };
+    match entry {
+        toml::Value::Table(t) => {
+            t.insert(key.clone(), value);
+            Ok(())
+        }
+        _ => Err(invalid(name, "a [[source]] in the file is not a table")),
+    }
+}
+
 fn overlay_env(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(), ConfigError> {
     let settings = documented_settings();
+    // Sorted, so sources created from variables come in a stable order.
+    let mut env: Vec<(String, String)> = env.into_iter().collect();
+    env.sort();
     for (name, raw) in env {
         if !name.starts_with("NPROV_") || NON_SETTING_VARIABLES.contains(&name.as_str()) {
+            continue;
+        }
+        if name.starts_with("NPROV_SOURCE_") {
+            overlay_source_env(table, &name, raw)?;
             continue;
         }
         let Some(s) = settings.iter().find(|s| s.env_name() == name) else {
             let known: Vec<String> = settings.iter().map(Setting::env_name).collect();
             return Err(invalid(
                 name,
-                format!("not a setting; the known ones are {}", known.join(", ")),
+                format!(
+                    "not a setting; the known ones are {} and NPROV_SOURCE_<NAME>_<KEY>",
+                    known.join(", ")
+                ),
             ));
         };
-        let value = match &s.example {
-            toml::Value::Integer(_) => toml::Value::Integer(
-                raw.trim()
-                    .parse()
-                    .map_err(|_| invalid(&name, format!("{raw:?} is not an integer")))?,
-            ),
-            toml::Value::Boolean(_) => toml::Value::Boolean(match raw.trim() {
-                "true" | "1" | "yes" => true,
-                "false" | "0" | "no" => false,
-                _ => return Err(invalid(&name, format!("{raw:?} is not true or false"))),
-            }),
-            _ => toml::Value::String(raw),
-        };
+        let value = typed(&name, raw, &s.example)?;
         let section = table
             .entry(s.table.clone())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -722,5 +852,81 @@ mod tests {
             .expect_err("unsupported")
             .to_string();
         assert!(e.contains("database.url") && !e.contains("pw@"), "{e}");
+    }
+
+    #[test]
+    fn source_settings_come_from_the_environment_too() {
+        let f = write(
+            "[[source]]\nname = \"solna-gy\"\nurl = \"https://x.example\"\nstart = \"2026-08-01T00:00\"\n",
+        );
+        let s = Settings::load(
+            Some(f.path()),
+            env(&[
+                ("NPROV_SOURCE_SOLNA_GY_MAX_WINDOW", "6h"),
+                ("NPROV_SOURCE_SOLNA_GY_RATE_LIMIT_PER_SECOND", "2"),
+                ("NPROV_SOURCE_SOLNA_GY_CLIENT_KEY_FILE", "solna.key"),
+                // A source the file does not have: made from variables alone.
+                ("NPROV_SOURCE_NACKA_URL", "https://nacka.example"),
+                ("NPROV_SOURCE_NACKA_START", "2026-09-01T00:00"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(s.source.len(), 2);
+        let solna = &s.source[0];
+        assert_eq!(solna.name, "solna-gy");
+        assert_eq!(solna.max_window, "6h");
+        assert_eq!(solna.rate_limit_per_second, 2);
+        assert_eq!(
+            solna.client_key_file.as_deref(),
+            Some(Path::new("solna.key"))
+        );
+        assert_eq!(s.source[1].name, "nacka");
+        assert_eq!(s.source[1].url, "https://nacka.example");
+    }
+
+    #[test]
+    fn a_wrong_source_variable_is_named() {
+        let e = Settings::load(None, env(&[("NPROV_SOURCE_SOLNA_MAX_WINDOWS", "1d")]))
+            .expect_err("unknown key")
+            .to_string();
+        assert!(
+            e.starts_with("NPROV_SOURCE_SOLNA_MAX_WINDOWS") && e.contains("MAX_WINDOW"),
+            "{e}"
+        );
+        let e = Settings::load(
+            None,
+            env(&[("NPROV_SOURCE_SOLNA_RATE_LIMIT_PER_SECOND", "many")]),
+        )
+        .expect_err("not an integer")
+        .to_string();
+        assert!(e.contains("many"), "{e}");
+        // A source made from variables still needs its required keys.
+        let e = Settings::load(
+            None,
+            env(&[("NPROV_SOURCE_SOLNA_URL", "https://x.example")]),
+        )
+        .expect_err("no start")
+        .to_string();
+        assert!(e.contains("start"), "{e}");
+    }
+
+    #[test]
+    fn every_documented_source_key_can_be_set_from_the_environment() {
+        let keys: Vec<String> = documented_source_keys()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        for k in [
+            "url",
+            "start",
+            "schedule",
+            "overlap",
+            "max_window",
+            "client_certificate_file",
+            "token_file",
+            "body_attempts",
+        ] {
+            assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
+        }
     }
 }
