@@ -280,6 +280,7 @@ impl Metrics {
         }
         SourceMetrics {
             name: name.to_owned(),
+            loud: true,
             families: self.inner.clone(),
             http_bytes: f.http_bytes.with_label_values(&[name]),
             http_duration: f.http_duration.with_label_values(&[name]),
@@ -333,6 +334,9 @@ use prometheus::core::Collector;
 #[derive(Clone)]
 pub struct SourceMetrics {
     name: String,
+    /// Whether window events are logged at info (the daemon, whose log is the record) or at
+    /// debug (one-shot commands, which print their own line per window).
+    loud: bool,
     families: Arc<Families>,
     http_bytes: IntCounter,
     http_duration: Histogram,
@@ -370,7 +374,15 @@ pub struct WindowOutcome<'a> {
 impl SourceMetrics {
     /// Handles on a registry of their own, never exported: for one-shot commands.
     pub fn detached(name: &str) -> SourceMetrics {
-        Metrics::new().source(name)
+        SourceMetrics {
+            loud: false,
+            ..Metrics::new().source(name)
+        }
+    }
+
+    /// Whether window events belong in the log at info level (see the field).
+    pub fn loud(&self) -> bool {
+        self.loud
     }
 
     /// One HTTP attempt: its status (`None` when no response came) and time to headers.

@@ -3,13 +3,16 @@
 
 use std::io::Write;
 
-use chrono::Utc;
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
 
 use crate::cli::Failure;
 use crate::config::Settings;
 use crate::store::Store;
 use crate::sync::{SyncError, SyncSource, WindowReport};
-use crate::window::{latest_instant, parse_local};
+use crate::window::{earliest_instant, latest_instant, parse_local};
 
 fn io_failure(e: std::io::Error) -> Failure {
     Failure::Runtime(anyhow::Error::new(e).context("writing output"))
@@ -29,30 +32,99 @@ fn sync_failure(source: &str, e: SyncError) -> Failure {
     }
 }
 
+/// How far a long run has got: a bar on a terminal, a log line every few seconds otherwise.
+enum Progress {
+    Bar(indicatif::ProgressBar),
+    Log { last: Instant, started: Instant },
+}
+
+/// How often progress is logged when no terminal shows a bar.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
 /// Prints one line per committed window from inside the engine's callback, which cannot fail:
 /// the first write error is kept and reported after the engine returns.
 struct Printer<'a> {
     out: &'a mut dyn Write,
     source: &'a str,
     failed: Option<Failure>,
+    /// The span the run covers, for progress.
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    progress: Progress,
 }
 
 impl<'a> Printer<'a> {
-    fn new(out: &'a mut dyn Write, source: &'a str) -> Self {
+    fn new(
+        out: &'a mut dyn Write,
+        source: &'a str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Self {
+        let total = (to - from).num_minutes().max(1) as u64;
+        let progress = if std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{prefix} [{bar:30}] {percent:>3}% up to {msg} ({elapsed}, about {eta} left)",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(source.to_owned());
+            Progress::Bar(bar)
+        } else {
+            Progress::Log {
+                last: Instant::now(),
+                started: Instant::now(),
+            }
+        };
         Printer {
             out,
             source,
             failed: None,
+            from,
+            to,
+            progress,
         }
     }
 
     fn window(&mut self, r: &WindowReport) {
         if self.failed.is_none() {
-            self.failed = line(self.out, self.source, r).err();
+            self.failed = match &self.progress {
+                // Hide the bar while the line is written, so the two do not interleave.
+                Progress::Bar(bar) => bar.suspend(|| line(self.out, self.source, r)).err(),
+                Progress::Log { .. } => line(self.out, self.source, r).err(),
+            };
+        }
+        let done = (r.window.tom_utc.min(self.to) - self.from)
+            .num_minutes()
+            .max(0) as u64;
+        let total = (self.to - self.from).num_minutes().max(1) as u64;
+        let at = r.window.tom_param();
+        match &mut self.progress {
+            Progress::Bar(bar) => {
+                bar.set_position(done.min(total));
+                bar.set_message(at);
+            }
+            Progress::Log { last, started } => {
+                if last.elapsed() >= PROGRESS_EVERY {
+                    *last = Instant::now();
+                    tracing::info!(
+                        source = self.source,
+                        up_to = %at,
+                        percent = (100 * done.min(total) / total),
+                        elapsed_seconds = started.elapsed().as_secs(),
+                        "catching up"
+                    );
+                }
+            }
         }
     }
 
     fn finish(self) -> Result<(), Failure> {
+        if let Progress::Bar(bar) = &self.progress {
+            bar.finish_and_clear();
+        }
         self.failed.map_or(Ok(()), Err)
     }
 }
@@ -102,7 +174,13 @@ pub async fn sync_once(
                     + src.plan.safety_lag.max(chrono::Duration::minutes(1))
             }
         };
-        let mut printer = Printer::new(out, src.name());
+        let from = store
+            .watermark(src.name())
+            .await
+            .map_err(|e| Failure::Runtime(e.into()))?
+            .map(|w| w.utc)
+            .unwrap_or_else(|| earliest_instant(src.plan.tz, src.start));
+        let mut printer = Printer::new(out, src.name(), from, horizon);
         let result = crate::sync::catch_up(store, src, horizon, |r| printer.window(r)).await;
         printer.finish()?;
         let reports = result.map_err(|e| sync_failure(src.name(), e))?;
@@ -136,7 +214,12 @@ pub async fn backfill(
     if to < from {
         return Err(Failure::Config(anyhow::anyhow!("--to is before --from")));
     }
-    let mut printer = Printer::new(out, src.name());
+    let mut printer = Printer::new(
+        out,
+        src.name(),
+        earliest_instant(src.plan.tz, from),
+        latest_instant(src.plan.tz, to),
+    );
     let result = crate::sync::backfill(store, src, from, to, |r| printer.window(r)).await;
     printer.finish()?;
     let reports = result.map_err(|e| sync_failure(src.name(), e))?;

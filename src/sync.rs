@@ -220,7 +220,9 @@ fn observe_window(
     match result {
         Ok(r) => {
             let s = &r.summary;
-            tracing::info!(
+            macro_rules! event {
+                ($level:ident) => {
+                    tracing::$level!(
                 source = source.name(),
                 kind = kind.as_str(),
                 from = %window.from_param(),
@@ -237,7 +239,14 @@ fn observe_window(
                 quarantined = s.quarantined,
                 duration_seconds = elapsed.as_secs_f64(),
                 "window synced"
-            );
+            )
+                };
+            }
+            if metrics.loud() {
+                event!(info);
+            } else {
+                event!(debug);
+            }
             metrics.response_bytes(r.bytes);
             metrics.window(&WindowOutcome {
                 kind,
