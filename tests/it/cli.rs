@@ -270,4 +270,79 @@ mod sync_commands {
         );
         assert!(out.contains("the watermark stays where it was"), "{out}");
     }
+
+    #[tokio::test]
+    async fn the_service_serves_health_and_exits_zero_on_sigterm() {
+        let server = MockServer::start().await;
+        Mock::given(wiremock::matchers::method("GET"))
+            .respond_with(answering)
+            .mount(&server)
+            .await;
+        let dir = tempfile::tempdir().expect("dir");
+        let cfg = config(dir.path(), &server.uri());
+        // Port 0 is not configurable for a listener the test must find, so take a free one.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nprov-sync"))
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("NPROV_METRICS_LISTEN", format!("127.0.0.1:{port}"))
+            // A day back: a handful of windows.
+            .env(
+                "NPROV_SOURCE_STOCKHOLM_START",
+                (chrono::Utc::now() - chrono::Duration::days(1))
+                    .with_timezone(&chrono_tz::Europe::Stockholm)
+                    .format("%Y-%m-%dT%H:%M")
+                    .to_string(),
+            )
+            .env_remove("RUST_LOG")
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the service");
+        // Wait until it answers and has caught up to now.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let ready = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await;
+            if let Ok(r) = ready {
+                let text = r.text().await.expect("body");
+                let lag = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("nprov_sync_lag_seconds{source=\"stockholm\"} "))
+                    .and_then(|v| v.parse::<f64>().ok());
+                if lag.is_some_and(|l| l > 0.0 && l < 600.0) {
+                    break;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the service did not catch up"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let pid = child.id().expect("pid").to_string();
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+        let out =
+            tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output())
+                .await
+                .expect("it stops within its grace period")
+                .expect("output");
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{:?}\n{log}", out.status);
+        assert!(
+            log.contains("SIGTERM received") && log.contains("stopped"),
+            "{log}"
+        );
+        // Journald-friendly: no colour codes when stderr is not a terminal.
+        assert!(!log.contains('\u{1b}'), "{log}");
+    }
 }
