@@ -12,8 +12,12 @@ use tokio::sync::mpsc;
 use crate::store::{ApplyContext, ApplySummary, DocumentTx, Store, StoreError};
 use crate::xml::{DocumentError, DocumentHeader, Item, Limits, ParseStats, Parser};
 
-/// Records in flight between the parser thread and the writer.
-const CHANNEL_CAPACITY: usize = 256;
+/// Batches in flight between the parser thread and the writer.
+const CHANNEL_CAPACITY: usize = 4;
+/// Items per message: one message per item would wake the writer (and switch threads) for
+/// every record, which cost more than parsing and writing together (measured: 60 % of an
+/// all-unchanged re-import). Memory stays bounded: capacity × batch items.
+const ITEMS_PER_MESSAGE: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -36,7 +40,7 @@ pub struct ImportReport {
 
 enum Msg {
     Header(Box<DocumentHeader>),
-    Item(Item),
+    Items(Vec<Item>),
     Done { stats: Box<ParseStats>, bytes: u64 },
     Failed(DocumentError),
 }
@@ -70,8 +74,14 @@ where
     let outcome = async {
         loop {
             match rx.recv().await {
-                Some(Msg::Item(Item::Record(r))) => doc.apply(r.provomrade).await?,
-                Some(Msg::Item(Item::Quarantined(q))) => doc.quarantine(&q).await?,
+                Some(Msg::Items(items)) => {
+                    for item in items {
+                        match item {
+                            Item::Record(r) => doc.apply(r.provomrade).await?,
+                            Item::Quarantined(q) => doc.quarantine(&q).await?,
+                        }
+                    }
+                }
                 Some(Msg::Done { stats, bytes }) => return Ok((*stats, bytes)),
                 Some(Msg::Failed(e)) => return Err(ImportError::Document(e)),
                 Some(Msg::Header(_)) | None => {
@@ -182,17 +192,30 @@ fn parse_into<R: Read>(input: R, limits: Limits, tx: mpsc::Sender<Msg>) {
     {
         return;
     }
+    let mut items = Vec::with_capacity(ITEMS_PER_MESSAGE);
     loop {
-        let msg = match parser.next_item() {
-            Ok(Some(item)) => Msg::Item(item),
-            Ok(None) => Msg::Done {
+        let end = match parser.next_item() {
+            Ok(Some(item)) => {
+                items.push(item);
+                if items.len() < ITEMS_PER_MESSAGE {
+                    continue;
+                }
+                None
+            }
+            Ok(None) => Some(Msg::Done {
                 stats: Box::new(parser.stats().clone()),
                 bytes: parser.bytes_read(),
-            },
-            Err(e) => Msg::Failed(e),
+            }),
+            Err(e) => Some(Msg::Failed(e)),
         };
-        let last = !matches!(msg, Msg::Item(_));
-        if tx.blocking_send(msg).is_err() || last {
+        if !items.is_empty() {
+            let batch = std::mem::replace(&mut items, Vec::with_capacity(ITEMS_PER_MESSAGE));
+            if tx.blocking_send(Msg::Items(batch)).is_err() {
+                return;
+            }
+        }
+        if let Some(last) = end {
+            let _ = tx.blocking_send(last);
             return;
         }
     }

@@ -15,7 +15,7 @@
 //! the document creates need no row there: their ids, from `first_new_id` on, say so (a created
 //! key that comes again gets a row, to have its hash settled).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -31,7 +31,7 @@ use super::{
     RunRow, SoleLeadership, Store, StoreError, SyncRun, TableCounts, Watermark,
 };
 use crate::domain::{
-    content_sha256, Arskurs, Delprovsresultat, Omrade, Provomrade, ProvomradeKey, Provtillfalle,
+    content_sha256, Delprovsresultat, Omrade, Provomrade, ProvomradeKey, Provtillfalle,
     ProvtillfalleResultat, StoredProvtillfalle, Utfall, EMPTY_CONTENT_SHA256,
 };
 use crate::xml::Quarantined;
@@ -117,6 +117,26 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(query_err("clearing the temporary table"))?;
+        // This document's timestamp must be one no earlier document wrote (see mirror_clock):
+        // a clock that stepped back, or two documents in one microsecond, get the next free one.
+        let last: String = sqlx::query_scalar("SELECT last_synced_at FROM mirror_clock")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(query_err("reading the mirror clock"))?;
+        let mut ctx = ctx;
+        let mut now = timestamp(ctx.now);
+        if now <= last {
+            let previous = chrono::DateTime::parse_from_rfc3339(&last)
+                .map_err(|e| StoreError::Corrupt(format!("mirror_clock {last:?}: {e}")))?
+                .with_timezone(&chrono::Utc);
+            ctx.now = previous + chrono::Duration::microseconds(1);
+            now = timestamp(ctx.now);
+        }
+        sqlx::query("UPDATE mirror_clock SET last_synced_at = ?")
+            .bind(&now)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err("moving the mirror clock"))?;
         let (po, pt, dp): (i64, i64, i64) = sqlx::query_as(
             "SELECT (SELECT COALESCE(MAX(id), 0) FROM provomrade),
                     (SELECT COALESCE(MAX(id), 0) FROM provtillfalle),
@@ -127,8 +147,9 @@ impl Store for SqliteStore {
         .map_err(query_err("reading the highest row ids"))?;
         Ok(Box::new(SqliteDocumentTx {
             tx,
-            now: timestamp(ctx.now),
+            now,
             ctx,
+            unchanged: 0,
             batch: Vec::with_capacity(BATCH_RECORDS),
             batch_keys: HashSet::with_capacity(BATCH_RECORDS),
             batch_child_rows: 0,
@@ -292,9 +313,13 @@ struct Pending {
 /// What the database holds for a key at flush time.
 struct Existing {
     id: i64,
-    sha256: String,
-    /// Elements of this key already applied by this document.
-    touched: i64,
+    /// The stored hash when it differs from the element's; `None` when they are equal.
+    stored_sha256: Option<String>,
+    /// Elements of this key already applied by this document and tracked in `doc_touched`.
+    elements: i64,
+    /// Applied by this document as unchanged in an earlier batch (`synced_at` is the document's
+    /// timestamp, which no earlier document used).
+    marked: bool,
 }
 
 struct SqliteDocumentTx {
@@ -309,6 +334,8 @@ struct SqliteDocumentTx {
     first_new_id: i64,
     next_provtillfalle_id: i64,
     next_delprov_id: i64,
+    /// Keys found unchanged and marked in `flush` (never in `doc_touched`).
+    unchanged: u64,
     summary: ApplySummary,
 }
 
@@ -496,10 +523,11 @@ impl SqliteDocumentTx {
 
         let mut new_rows: Vec<(i64, &Pending)> = Vec::new();
         let mut replace_ids: Vec<i64> = Vec::new();
+        let mut unchanged_ids: Vec<i64> = Vec::new();
         let mut pt_rows: Vec<PtRow<'_>> = Vec::new();
-        let mut touches: Vec<Touch<'_>> = Vec::with_capacity(batch.len());
-        for p in &batch {
-            let (id, first_ordinal) = match existing.get(&p.record.key) {
+        let mut touches: Vec<Touch<'_>> = Vec::new();
+        for (p, found) in batch.iter().zip(&existing) {
+            let (id, first_ordinal) = match found {
                 None => {
                     // A new key needs no doc_touched row: its id, at or above `first_new_id`,
                     // already says that this document made it.
@@ -508,7 +536,7 @@ impl SqliteDocumentTx {
                     new_rows.push((id, p));
                     (id, 0)
                 }
-                Some(e) if e.touched > 0 || e.id >= self.first_new_id => {
+                Some(e) if e.elements > 0 || e.marked || e.id >= self.first_new_id => {
                     // A later element of a key this document already applied: the stored rows
                     // are the earlier elements' content, so append after them. The hash is
                     // settled in `finish`.
@@ -520,35 +548,37 @@ impl SqliteDocumentTx {
                     .fetch_one(&mut *self.tx)
                     .await
                     .map_err(query_err("counting provtillfällen of a repeated key"))?;
+                    if e.marked && e.elements == 0 && !created {
+                        // Counted unchanged by an earlier batch; its set grows now.
+                        self.unchanged -= 1;
+                    }
                     touches.push(Touch {
                         provomrade_id: e.id,
-                        prev: (!created).then_some(e.sha256.as_str()),
+                        // The hash stored before this document (unchanged so far).
+                        prev: (!created).then(|| e.stored_sha256.as_deref().unwrap_or(&p.sha256)),
                         new: &p.sha256,
-                        // A created key's first repeat has no row yet: it is its second element.
-                        elements: if e.touched == 0 { 2 } else { 1 },
+                        // A key's first repeat has no row yet: it is its second element.
+                        elements: if e.elements == 0 { 2 } else { 1 },
                     });
                     (e.id, count)
                 }
-                Some(e) if e.sha256 == p.sha256 => {
-                    // Unchanged: nothing but synced_at, written in `finish`.
-                    touches.push(Touch {
-                        provomrade_id: e.id,
-                        prev: Some(&e.sha256),
-                        new: &p.sha256,
-                        elements: 1,
-                    });
-                    continue;
-                }
-                Some(e) => {
-                    replace_ids.push(e.id);
-                    touches.push(Touch {
-                        provomrade_id: e.id,
-                        prev: Some(&e.sha256),
-                        new: &p.sha256,
-                        elements: 1,
-                    });
-                    (e.id, 0)
-                }
+                Some(e) => match &e.stored_sha256 {
+                    None => {
+                        // Unchanged: marked with this document's timestamp, nothing else.
+                        unchanged_ids.push(e.id);
+                        continue;
+                    }
+                    Some(stored) => {
+                        replace_ids.push(e.id);
+                        touches.push(Touch {
+                            provomrade_id: e.id,
+                            prev: Some(stored),
+                            new: &p.sha256,
+                            elements: 1,
+                        });
+                        (e.id, 0)
+                    }
+                },
             };
             for (i, pt) in p.record.provtillfallen.iter().enumerate() {
                 pt_rows.push(PtRow {
@@ -561,6 +591,23 @@ impl SqliteDocumentTx {
                 self.next_provtillfalle_id += 1;
             }
         }
+        for ids in unchanged_ids.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "UPDATE provomrade SET synced_at = ?, namespace = ? WHERE id IN ({})",
+                vec!["?"; ids.len()].join(", ")
+            );
+            let mut q = sqlx::query(&sql)
+                .persistent(is_full(ids.len()))
+                .bind(&self.now)
+                .bind(&self.ctx.namespace);
+            for id in ids {
+                q = q.bind(*id);
+            }
+            q.execute(&mut *self.tx)
+                .await
+                .map_err(query_err("marking unchanged provområden"))?;
+        }
+        self.unchanged += unchanged_ids.len() as u64;
 
         self.write_batch(&new_rows, &replace_ids, &pt_rows, &touches)
             .await?;
@@ -569,96 +616,80 @@ impl SqliteDocumentTx {
         Ok(())
     }
 
-    /// Finds the stored rows for the batch's keys, with how often this document touched them.
-    async fn lookup(
-        &mut self,
-        batch: &[Pending],
-    ) -> Result<HashMap<ProvomradeKey, Existing>, StoreError> {
-        let mut found = HashMap::with_capacity(batch.len());
-        let amne: Vec<&ProvomradeKey> = batch
-            .iter()
-            .map(|p| &p.record.key)
-            .filter(|k| matches!(k.omrade, Omrade::Amne { .. }))
+    /// Finds the stored rows for the batch's keys (by position in the batch), with whether the
+    /// stored hash equals the element's and how this document touched them so far.
+    ///
+    /// Each chunk of keys comes back as ONE row holding a JSON array of small tuples, hashes
+    /// compared in SQL: sqlx hands every result row over from its worker thread separately, and
+    /// a row per key cost more than the rest of an unchanged re-read together (measured: 0.8 s
+    /// of 1.8 s for 111 000 keys).
+    async fn lookup(&mut self, batch: &[Pending]) -> Result<Vec<Option<Existing>>, StoreError> {
+        let mut found: Vec<Option<Existing>> = Vec::new();
+        found.resize_with(batch.len(), || None);
+        let amne: Vec<usize> = (0..batch.len())
+            .filter(|&i| matches!(batch[i].record.key.omrade, Omrade::Amne { .. }))
             .collect();
-        let kurs: Vec<&ProvomradeKey> = batch
-            .iter()
-            .map(|p| &p.record.key)
-            .filter(|k| matches!(k.omrade, Omrade::Kurs { .. }))
+        let kurs: Vec<usize> = (0..batch.len())
+            .filter(|&i| matches!(batch[i].record.key.omrade, Omrade::Kurs { .. }))
             .collect();
+        const RESULT: &str = "SELECT json_group_array(json_array(k.i, p.id,
+                    CASE WHEN p.content_sha256 = k.sha THEN NULL ELSE p.content_sha256 END,
+                    COALESCE(t.elements, 0), p.synced_at = ?))";
         for chunk in amne.chunks(KEYS_PER_LOOKUP) {
             let sql = format!(
-                "WITH k(elev, amne, arskurs) AS (VALUES {})
-                 SELECT p.id, p.elev, p.amne, p.arskurs, p.content_sha256, COALESCE(t.elements, 0)
+                "WITH k(i, elev, amne, arskurs, sha) AS (VALUES {})
+                 {RESULT}
                  FROM k JOIN provomrade p
                    ON p.source = ? AND p.kind = 'amne' AND p.elev = k.elev
                   AND p.amne = k.amne AND p.arskurs = k.arskurs
                  LEFT JOIN temp.doc_touched t ON t.provomrade_id = p.id",
-                placeholders(chunk.len(), 3)
+                placeholders(chunk.len(), 5)
             );
-            let mut q = sqlx::query(&sql).persistent(is_full(chunk.len()));
-            for k in chunk {
+            let mut q = sqlx::query_scalar::<_, String>(&sql).persistent(is_full(chunk.len()));
+            for &i in chunk {
+                let p = &batch[i];
+                let k = &p.record.key;
                 q = q
+                    .bind(i as i64)
                     .bind(&k.elev)
                     .bind(k.omrade.amne())
-                    .bind(k.omrade.arskurs().map(|a| a.get() as i64));
+                    .bind(k.omrade.arskurs().map(|a| a.get() as i64))
+                    .bind(p.sha256.as_str());
             }
-            // Plain `?` are numbered in order of appearance: the source comes after VALUES.
-            q = q.bind(&self.ctx.source);
-            let rows = q
-                .fetch_all(&mut *self.tx)
+            // Plain `?` are numbered in order of appearance: the timestamp, then the source.
+            let json = q
+                .bind(&self.now)
+                .bind(&self.ctx.source)
+                .fetch_one(&mut *self.tx)
                 .await
                 .map_err(query_err("looking up stored provområden"))?;
-            for r in rows {
-                let arskurs: i64 = r.get(3);
-                let key = ProvomradeKey {
-                    elev: r.get(1),
-                    omrade: Omrade::Amne {
-                        amne: r.get(2),
-                        arskurs: Arskurs::try_from(arskurs).map_err(StoreError::Corrupt)?,
-                    },
-                };
-                found.insert(
-                    key,
-                    Existing {
-                        id: r.get(0),
-                        sha256: r.get(4),
-                        touched: r.get(5),
-                    },
-                );
-            }
+            fill(&mut found, &json)?;
         }
         for chunk in kurs.chunks(KEYS_PER_LOOKUP) {
             let sql = format!(
-                "WITH k(elev, kurs) AS (VALUES {})
-                 SELECT p.id, p.elev, p.kurs, p.content_sha256, COALESCE(t.elements, 0)
+                "WITH k(i, elev, kurs, sha) AS (VALUES {})
+                 {RESULT}
                  FROM k JOIN provomrade p
                    ON p.source = ? AND p.kind = 'kurs' AND p.elev = k.elev AND p.kurs = k.kurs
                  LEFT JOIN temp.doc_touched t ON t.provomrade_id = p.id",
-                placeholders(chunk.len(), 2)
+                placeholders(chunk.len(), 4)
             );
-            let mut q = sqlx::query(&sql).persistent(is_full(chunk.len()));
-            for k in chunk {
-                q = q.bind(&k.elev).bind(k.omrade.kurs());
+            let mut q = sqlx::query_scalar::<_, String>(&sql).persistent(is_full(chunk.len()));
+            for &i in chunk {
+                let p = &batch[i];
+                q = q
+                    .bind(i as i64)
+                    .bind(&p.record.key.elev)
+                    .bind(p.record.key.omrade.kurs())
+                    .bind(p.sha256.as_str());
             }
-            q = q.bind(&self.ctx.source);
-            let rows = q
-                .fetch_all(&mut *self.tx)
+            let json = q
+                .bind(&self.now)
+                .bind(&self.ctx.source)
+                .fetch_one(&mut *self.tx)
                 .await
                 .map_err(query_err("looking up stored provområden"))?;
-            for r in rows {
-                let key = ProvomradeKey {
-                    elev: r.get(1),
-                    omrade: Omrade::Kurs { kurs: r.get(2) },
-                };
-                found.insert(
-                    key,
-                    Existing {
-                        id: r.get(0),
-                        sha256: r.get(3),
-                        touched: r.get(4),
-                    },
-                );
-            }
+            fill(&mut found, &json)?;
         }
         Ok(found)
     }
@@ -882,7 +913,7 @@ impl DocumentTx for SqliteDocumentTx {
             .execute(&mut *self.tx)
             .await
             .map_err(query_err("clearing the temporary table"))?;
-        self.summary.unchanged = unchanged as u64;
+        self.summary.unchanged = unchanged as u64 + self.unchanged;
         self.summary.cleared = (cleared + created_empty) as u64;
         self.summary.changed = (changed + created - created_empty) as u64;
         Ok(self.summary.clone())
@@ -948,6 +979,25 @@ impl DocumentTx for SqliteDocumentTx {
             .await
             .map_err(query_err("rolling back the document"))
     }
+}
+
+/// Puts a lookup chunk's JSON rows `[batch index, id, stored hash or null, elements, marked]` in
+/// their places.
+fn fill(found: &mut [Option<Existing>], json: &str) -> Result<(), StoreError> {
+    let rows: Vec<(usize, i64, Option<String>, i64, i64)> = serde_json::from_str(json)
+        .map_err(|e| StoreError::Corrupt(format!("lookup result {json:.80}: {e}")))?;
+    for (i, id, stored_sha256, elements, marked) in rows {
+        let slot = found
+            .get_mut(i)
+            .ok_or_else(|| StoreError::Corrupt(format!("lookup returned index {i}")))?;
+        *slot = Some(Existing {
+            id,
+            stored_sha256,
+            elements,
+            marked: marked != 0,
+        });
+    }
+    Ok(())
 }
 
 /// Reads a key's stored provtillfällen back into domain values, in order.

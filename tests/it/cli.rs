@@ -286,7 +286,7 @@ mod sync_commands {
             .local_addr()
             .expect("addr")
             .port();
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nprov-sync"))
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nprov-sync"))
             .args(["run", "--config"])
             .arg(&cfg)
             .env("NPROV_METRICS_LISTEN", format!("127.0.0.1:{port}"))

@@ -209,6 +209,94 @@ async fn a_repeated_key_far_apart_across_write_batches_is_still_one_set() {
 }
 
 #[tokio::test]
+async fn a_key_found_unchanged_early_in_a_document_still_takes_its_later_elements() {
+    // "grow" is stored with one provtillfälle. The next document sends that very element first
+    // (unchanged, so far) and, more than a write batch later, a second one: the set grows. Same
+    // for a key whose identical element comes twice, and the counts say so.
+    let db = fresh_sqlite().await;
+    let first = kurs("grow", "ENGENG05", "GY", vec![pt("2026-01-10", "A", &[])]);
+    let twice = kurs("twice", "ENGENG05", "GY", vec![pt("2026-01-11", "B", &[])]);
+    let mut fillers: Vec<nprov_sync::domain::Provomrade> = (0..2500)
+        .map(|i| {
+            kurs(
+                &format!("s{i}"),
+                "ENGENG05",
+                "GY",
+                vec![pt("2026-01-10", "C", &[])],
+            )
+        })
+        .collect();
+    let mut one = vec![first.clone(), twice.clone()];
+    one.extend(fillers.iter().cloned());
+    import_at(&db.store, "default", &doc(&one), at(1))
+        .await
+        .expect("first");
+    let logged = change_log(&db.store).await.len();
+
+    let mut records = vec![first, twice.clone()];
+    records.append(&mut fillers);
+    records.push(kurs(
+        "grow",
+        "ENGENG05",
+        "VUX",
+        vec![pt("2026-01-20", "B", &[])],
+    ));
+    records.push(twice);
+    let r = import_at(&db.store, "default", &doc(&records), at(2))
+        .await
+        .expect("second");
+    assert_eq!(
+        (r.summary.records, r.summary.changed, r.summary.unchanged),
+        (2504, 2, 2500)
+    );
+    let rows: Vec<String> = dump(&db.store)
+        .await
+        .into_iter()
+        .filter(|l| l.contains(" grow ") || l.contains(" twice "))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            "default grow kurs ENGENG05 #0 GY 2026-01-10 g=- i=0 s=A []",
+            "default grow kurs ENGENG05 #1 VUX 2026-01-20 g=- i=0 s=B []",
+            "default twice kurs ENGENG05 #0 GY 2026-01-11 g=- i=0 s=B []",
+            "default twice kurs ENGENG05 #1 GY 2026-01-11 g=- i=0 s=B []",
+        ]
+    );
+    let log = change_log(&db.store).await;
+    assert_eq!(
+        log[logged..].to_vec(),
+        vec!["grow ENGENG05 upsert", "twice ENGENG05 upsert"]
+    );
+    // And the same document again: everything unchanged, the repeated keys included.
+    let r = import_at(&db.store, "default", &doc(&records), at(3))
+        .await
+        .expect("third");
+    assert_eq!((r.summary.changed, r.summary.unchanged), (0, 2502));
+}
+
+#[tokio::test]
+async fn documents_with_the_same_timestamp_still_apply_as_separate_documents() {
+    // The mirror tells the keys a document already applied by their synced_at; a second
+    // document stamped with the same instant (a clock that stepped back) must not look like
+    // the first one continued.
+    let db = fresh_sqlite().await;
+    let a = kurs("e", "ENGENG05", "GY", vec![pt("2026-01-10", "A", &[])]);
+    import_at(&db.store, "default", &doc(std::slice::from_ref(&a)), at(5))
+        .await
+        .expect("first");
+    let r = import_at(&db.store, "default", &doc(std::slice::from_ref(&a)), at(5))
+        .await
+        .expect("same instant");
+    assert_eq!((r.summary.changed, r.summary.unchanged), (0, 1));
+    let r = import_at(&db.store, "default", &doc(&[a]), at(4))
+        .await
+        .expect("earlier instant");
+    assert_eq!((r.summary.changed, r.summary.unchanged), (0, 1));
+    assert_eq!(dump(&db.store).await.len(), 1);
+}
+
+#[tokio::test]
 async fn a_repeated_key_that_shrinks_to_one_element_loses_the_other_provtillfalle() {
     let db = fresh_sqlite().await;
     let two = doc(&[
