@@ -209,7 +209,7 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> Result<()
             result
         }
         Command::Migrate => {
-            let store = store::connect(&settings.database.url)
+            let store = store::connect(&settings.database.url, &settings.database.schema)
                 .await
                 .map_err(|e| Failure::Runtime(e.into()))?;
             store
@@ -394,7 +394,7 @@ fn build_sources(
 
 /// Opens the configured database, migrating it unless told not to.
 pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, Failure> {
-    let store = store::connect(&settings.database.url)
+    let store = store::connect(&settings.database.url, &settings.database.schema)
         .await
         .map_err(|e| Failure::Runtime(e.into()))?;
     if settings.database.migrate_on_start {
