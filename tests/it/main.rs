@@ -3,6 +3,7 @@
 mod cli;
 mod corpus;
 mod helpers;
+mod postgres;
 mod roundtrip;
 mod simulated;
 mod source;
