@@ -155,7 +155,7 @@ async fn a_connection_lost_mid_window_fails_it_cleanly_and_the_next_attempt_succ
     .expect("the first window");
     let before = (db.dump().await, db.runs().await, watermark(&db).await);
 
-    // The next window: more elements than two write batches hold.
+    // The next window: more elements than two write batches (2000 elements each) hold.
     let records: Vec<_> = (0..5000)
         .map(|i| {
             kurs(
@@ -175,7 +175,9 @@ async fn a_connection_lost_mid_window_fails_it_cleanly_and_the_next_attempt_succ
     };
     let size_before = size().await;
     let mut tx = db.store.begin(ctx(&next.label())).await.expect("begin");
-    for r in &records[..2500] {
+    // The second batch is handed to the writer only once the first is written: by now the first
+    // 2000 elements are in the database, uncommitted.
+    for r in &records[..4500] {
         tx.apply(r.clone()).await.expect("applying before the loss");
     }
     // Rows of the window are written (uncommitted rows take space, visible from outside)…
@@ -184,7 +186,7 @@ async fn a_connection_lost_mid_window_fails_it_cleanly_and_the_next_attempt_succ
     let ended = db.terminate_sessions(db.application_name()).await;
     assert!(ended >= 1, "no session of the store was found");
     let failed = async {
-        for r in &records[2500..] {
+        for r in &records[4500..] {
             tx.apply(r.clone()).await?;
         }
         tx.finish().await
