@@ -68,6 +68,10 @@ pub enum StoreError {
     },
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    /// The task writing a document was cancelled (the runtime is shutting down); the
+    /// transaction went with it, so nothing of the document was committed.
+    #[error("the document's database writer was cancelled; nothing of it was committed")]
+    Cancelled,
     /// Another writer moved the source's watermark since this window was planned: committing
     /// would apply the window twice. Nothing was written; plan again from the stored watermark.
     #[error("source {source_name}: the watermark moved to {found} while this window was in flight (expected {expected}); another instance is syncing this source, so this window was rolled back")]

@@ -13,15 +13,17 @@
 //!
 //! Writes are set-based, a handful of statements per batch of records whatever its size: keys are
 //! looked up by `UNNEST` arrays joined against the natural key, replaced children go in one
-//! `DELETE … = ANY($1)` per table, and new rows in one `INSERT … SELECT FROM UNNEST(…)` per table.
-//! Several writers (sources, instances) may write at once, so ids come from the identity
-//! sequences: the ids a batch needs are reserved in one round trip, which lets children name their
-//! parents without `RETURNING` and a client-side join.
+//! `DELETE … = ANY($1)` per table, new provområden in one `INSERT … SELECT FROM UNNEST(…)`, and
+//! the child tables, which hold nearly all rows, by `COPY … FROM STDIN`. Several writers (sources,
+//! instances) may write at once, so ids come from the identity sequences: the ids a batch needs
+//! are reserved in one round trip, which lets children name their parents without `RETURNING`
+//! and a client-side join. A full batch is written by a task of its own while the next one is
+//! gathered, so parsing and building overlap the server's work; memory stays bounded by two
+//! batches whatever the document size.
 //!
 //! The keys a document touched live in the temporary table `doc_touched` (`ON COMMIT DROP`), one
 //! row per key with the hash stored before the document, the hash it leaves and how many write
-//! batches wrote it; memory stays bounded by one batch. Keys the document created have a row too,
-//! with no previous hash. A key's elements within one batch are hashed together as they arrive;
+//! batches wrote it. Keys the document created have a row too, with no previous hash. A key's elements within one batch are hashed together as they arrive;
 //! only a key whose elements straddle batches has its stored content re-hashed in `finish`.
 //!
 //! The mirror's sessions run with `jit = off`: the statements are index probes and bulk writes of
@@ -477,6 +479,7 @@ fn to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
 /// together: several elements of one key are one set, so a repeat within the batch joins its key
 /// here instead of forcing a flush (split skolformer sit next to each other in real documents).
 struct Pending {
+    /// Never empty.
     records: Vec<Provomrade>,
     sha256: String,
 }
@@ -504,7 +507,7 @@ impl Pending {
 struct Existing {
     id: i64,
     sha256: String,
-    /// Flushes of this document that already wrote the key (0: not touched yet).
+    /// Batches of this document that already wrote the key (0: not touched yet).
     touched: i32,
     /// Provtillfällen stored for the key (counted only when `touched > 0`).
     stored: i64,
@@ -1154,12 +1157,9 @@ impl PgDocumentTx {
     }
 }
 
-/// The writer task was cancelled with the transaction (the runtime is shutting down).
+/// The writer task was cancelled with the transaction (only when the runtime shuts down).
 fn transaction_gone() -> StoreError {
-    StoreError::Query {
-        context: "writing a batch: the writer task was cancelled",
-        source: sqlx::Error::PoolClosed,
-    }
+    StoreError::Cancelled
 }
 
 /// Ids reserved for one batch.
