@@ -34,7 +34,12 @@ pub fn in_ci() -> bool {
 /// Says a test is skipped for a missing prerequisite; under CI that fails the test instead.
 pub fn skip(test: &str, why: &str) {
     assert!(!in_ci(), "{test}: {why}, and CI=true requires it");
-    eprintln!("SKIP {test}: {why}");
+    // Straight to the process's stderr: the test harness captures `eprintln!` of passing tests,
+    // which would hide the skip in a plain `cargo test`.
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("SKIP {test}: {why}\n").as_bytes(),
+    );
 }
 
 /// The vendor's folder, when this checkout has `../shared` beside it.

@@ -15,7 +15,7 @@ use nprov_sync::xml::Limits;
 /// PostgreSQL, or a visible skip (a failure under CI=true).
 async fn postgres(test: &str) -> Option<Db> {
     let b = Backend::Postgres;
-    if !b.available(&format!("postgres::{test}")).await {
+    if !b.available(&format!("{}::{test}", module_path!())).await {
         return None;
     }
     Some(b.fresh().await)
