@@ -28,7 +28,8 @@ pub struct Cli {
     #[arg(long, global = true, env = "NPROV_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Database URL, overriding `[database] url` (e.g. sqlite://nprov.db).
+    /// Database URL, overriding `[database] url` (e.g. sqlite://nprov.db or
+    /// postgres://nprov@db.example/warehouse).
     #[arg(long, global = true, value_name = "URL")]
     pub database: Option<String>,
 
