@@ -28,7 +28,8 @@ pub struct Cli {
     #[arg(long, global = true, env = "NPROV_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Database URL, overriding `[database] url` (e.g. sqlite://nprov.db).
+    /// Database URL, overriding `[database] url` (e.g. sqlite://nprov.db or
+    /// postgres://nprov@db.example/warehouse).
     #[arg(long, global = true, value_name = "URL")]
     pub database: Option<String>,
 
@@ -222,7 +223,7 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> Result<()
             result
         }
         Command::Migrate => {
-            let store = store::connect(&settings.database.url)
+            let store = store::connect(&settings.database.url, &settings.database.schema)
                 .await
                 .map_err(|e| Failure::Runtime(e.into()))?;
             store
@@ -474,7 +475,7 @@ fn build_sources(
 
 /// Opens the configured database, migrating it unless told not to.
 pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, Failure> {
-    let store = store::connect(&settings.database.url)
+    let store = store::connect(&settings.database.url, &settings.database.schema)
         .await
         .map_err(|e| Failure::Runtime(e.into()))?;
     if settings.database.migrate_on_start {

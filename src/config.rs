@@ -43,6 +43,8 @@ fn invalid(origin: impl Into<String>, message: impl Into<String>) -> ConfigError
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseSettings {
     pub url: String,
+    /// PostgreSQL only: the schema the tables live in; empty for the connection's default.
+    pub schema: String,
     pub migrate_on_start: bool,
 }
 
@@ -50,6 +52,7 @@ impl Default for DatabaseSettings {
     fn default() -> Self {
         DatabaseSettings {
             url: DEFAULT_DATABASE_URL.into(),
+            schema: String::new(),
             migrate_on_start: true,
         }
     }
@@ -400,13 +403,21 @@ impl Settings {
 
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
         let url = &self.database.url;
-        if !url.starts_with("sqlite:") {
+        let Some(backend) = crate::store::Backend::of_url(url) else {
             return Err(invalid(
                 origin,
                 format!(
-                    "database.url: {} is not supported: use sqlite://PATH",
+                    "database.url: {} is not supported: use sqlite://PATH or postgres://USER@HOST/DATABASE",
                     crate::store::redact_url(url)
                 ),
+            ));
+        };
+        if let Err(crate::store::StoreError::InvalidSchema { schema, reason }) =
+            crate::store::check_schema(backend, &self.database.schema)
+        {
+            return Err(invalid(
+                origin,
+                format!("database.schema: {schema:?}: {reason}"),
             ));
         }
         if self.parser.max_record_bytes < 1024 {
@@ -844,6 +855,45 @@ mod tests {
             missing.contains("cannot read") && !missing.contains("s3cret"),
             "{missing}"
         );
+    }
+
+    #[test]
+    fn postgres_urls_are_accepted_with_or_without_a_schema() {
+        for url in ["postgres://nprov@db/wh", "postgresql://nprov:pw@db:5432/wh"] {
+            let s = Settings::load(
+                None,
+                env(&[
+                    ("NPROV_DATABASE_URL", url),
+                    ("NPROV_DATABASE_SCHEMA", "nprov"),
+                ]),
+            )
+            .expect("valid");
+            assert_eq!(
+                (s.database.url.as_str(), s.database.schema.as_str()),
+                (url, "nprov")
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_schema_is_named_and_a_schema_for_sqlite_is_refused() {
+        let e = Settings::load(
+            None,
+            env(&[
+                ("NPROV_DATABASE_URL", "postgres://db/wh"),
+                ("NPROV_DATABASE_SCHEMA", "Nprov-Data"),
+            ]),
+        )
+        .expect_err("not a plain identifier")
+        .to_string();
+        assert!(
+            e.contains("database.schema") && e.contains("Nprov-Data"),
+            "{e}"
+        );
+        let e = Settings::load(None, env(&[("NPROV_DATABASE_SCHEMA", "nprov")]))
+            .expect_err("the default database is SQLite")
+            .to_string();
+        assert!(e.contains("database.schema") && e.contains("SQLite"), "{e}");
     }
 
     #[test]

@@ -21,8 +21,8 @@
 //!   real changes go to `change_log`).
 //! * [`sync`] drives a window: fetch, parse while the body streams in, apply, record the run and
 //!   move the watermark in the same transaction; retries broken bodies, splits large windows.
-//! * [`store`] is one trait with a backend per database (SQLite now); nothing above it knows which
-//!   one it has.
+//! * [`store`] is one trait with a backend per database (SQLite, PostgreSQL); nothing above it
+//!   knows which one it has.
 //! * [`simulate`] generates populations, writes documents of any version and serves a simulated
 //!   platform over HTTP, for the demo, the benches and the tests.
 //! * [`config`], [`telemetry`], [`cli`] and [`run`] are the shell around it; `main.rs` only maps

@@ -15,7 +15,13 @@
 //!
 //! Memory stays bounded by one batch of records whatever the document size: the set of keys a
 //! document has touched lives in a temporary table of the transaction, not in the process.
+//!
+//! [`connect`] picks the backend from the URL: `sqlite://…` ([`SqliteStore`]) or `postgres://…` /
+//! `postgresql://…` ([`PostgresStore`]). Errors never carry a password (see [`redact_url`]), and
+//! [`StoreError::is_transient`] tells a lost connection (worth another attempt) from a fault in
+//! the data or the schema.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -27,6 +33,7 @@ use crate::domain::Provomrade;
 use crate::window::Window;
 use crate::xml::Quarantined;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// The default database: a SQLite file in the working directory.
@@ -37,8 +44,13 @@ pub const DEFAULT_SOURCE: &str = "default";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("unsupported database URL {0}: use sqlite://PATH")]
+    #[error("unsupported database URL {0}: use sqlite://PATH or postgres://USER@HOST/DATABASE")]
     UnsupportedUrl(String),
+    #[error("database schema {schema:?}: {reason}")]
+    InvalidSchema {
+        schema: String,
+        reason: &'static str,
+    },
     #[error("cannot open the database {url}: {source}")]
     Connect {
         /// Redacted: never carries a password.
@@ -56,6 +68,10 @@ pub enum StoreError {
     },
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    /// The task writing a document was cancelled (the runtime is shutting down); the
+    /// transaction went with it, so nothing of the document was committed.
+    #[error("the document's database writer was cancelled; nothing of it was committed")]
+    Cancelled,
     /// Another writer moved the source's watermark since this window was planned: committing
     /// would apply the window twice. Nothing was written; plan again from the stored watermark.
     #[error("source {source_name}: the watermark moved to {found} while this window was in flight (expected {expected}); another instance is syncing this source, so this window was rolled back")]
@@ -67,8 +83,8 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether trying again later may help (a lost connection, a busy database), as opposed to a
-    /// fault in the data or the schema.
+    /// Whether trying again later may help (a lost connection, a busy database, a server that is
+    /// restarting), as opposed to a fault in the data or the schema.
     pub fn is_transient(&self) -> bool {
         let e = match self {
             StoreError::Connect { source, .. } | StoreError::Query { source, .. } => source,
@@ -76,14 +92,22 @@ impl StoreError {
         };
         match e {
             sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
-            sqlx::Error::Database(db) => {
-                // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with or without extended codes.
-                let code = db.code().unwrap_or_default();
-                matches!(code.as_ref(), "5" | "6" | "517" | "262")
-            }
+            sqlx::Error::Database(db) => is_transient_code(&db.code().unwrap_or_default()),
             _ => false,
         }
     }
+}
+
+/// Database error codes worth another attempt.
+fn is_transient_code(code: &str) -> bool {
+    // SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6), with or without extended codes.
+    matches!(code, "5" | "6" | "517" | "262")
+        // PostgreSQL: class 08 (connection exception); admin shutdown, crash shutdown, cannot
+        // connect now (57P01-03: a restart or pg_terminate_backend); serialization failure and
+        // deadlock (40001, 40P01: the transaction was rolled back and may simply be repeated);
+        // too many connections (53300).
+        || (code.len() == 5 && code.starts_with("08"))
+        || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "53300")
 }
 
 /// Shorthand for wrapping a sqlx error with what we were doing.
@@ -315,13 +339,68 @@ pub trait DocumentTx: Send {
     async fn rollback(self: Box<Self>) -> Result<(), StoreError>;
 }
 
-/// Opens the database a URL names.
-pub async fn connect(url: &str) -> Result<Arc<dyn Store>, StoreError> {
-    if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::connect(url).await?))
-    } else {
-        Err(StoreError::UnsupportedUrl(redact_url(url)))
+/// The backend a database URL names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// `sqlite:…` or `postgres:…`/`postgresql:…`; `None` for anything else.
+    pub fn of_url(url: &str) -> Option<Backend> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
     }
+}
+
+/// Checks a `schema` setting for the backend it goes with: empty, or (PostgreSQL only) a plain
+/// lower-case identifier, which needs no quoting anywhere it is written.
+///
+/// # Errors
+/// [`StoreError::InvalidSchema`] saying what is wrong.
+pub fn check_schema(backend: Backend, schema: &str) -> Result<(), StoreError> {
+    let invalid = |reason| {
+        Err(StoreError::InvalidSchema {
+            schema: schema.to_owned(),
+            reason,
+        })
+    };
+    if schema.is_empty() {
+        return Ok(());
+    }
+    if backend == Backend::Sqlite {
+        return invalid("SQLite has no schemas; leave it empty for a sqlite:// database");
+    }
+    let mut chars = schema.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !first_ok || !rest_ok || schema.len() > 63 || schema.starts_with("pg_") {
+        return invalid(
+            "use lower-case letters, digits and _, starting with a letter or _ (at most 63 characters, not pg_…)",
+        );
+    }
+    Ok(())
+}
+
+/// Opens the database a URL names; `schema` places PostgreSQL's tables in a named schema (empty:
+/// the connection's default, normally `public`). Migrations are not run.
+pub async fn connect(url: &str, schema: &str) -> Result<Arc<dyn Store>, StoreError> {
+    let Some(backend) = Backend::of_url(url) else {
+        return Err(StoreError::UnsupportedUrl(redact_url(url)));
+    };
+    check_schema(backend, schema)?;
+    Ok(match backend {
+        Backend::Sqlite => Arc::new(SqliteStore::connect(url).await?),
+        Backend::Postgres => Arc::new(PostgresStore::connect(url, schema).await?),
+    })
 }
 
 /// A URL with any password replaced, for logs and errors.
@@ -376,6 +455,49 @@ mod tests {
             "postgres://db/wh?user=a&password=***"
         );
         assert_eq!(redact_url("sqlite://nprov.db"), "sqlite://nprov.db");
+    }
+
+    #[test]
+    fn backends_are_chosen_by_url_scheme() {
+        assert_eq!(Backend::of_url("sqlite://nprov.db"), Some(Backend::Sqlite));
+        assert_eq!(Backend::of_url("postgres://h/db"), Some(Backend::Postgres));
+        assert_eq!(
+            Backend::of_url("postgresql://h/db"),
+            Some(Backend::Postgres)
+        );
+        assert_eq!(Backend::of_url("mysql://h/db"), None);
+    }
+
+    #[test]
+    fn schema_names_are_plain_identifiers_and_only_for_postgres() {
+        assert!(check_schema(Backend::Postgres, "").is_ok());
+        assert!(check_schema(Backend::Postgres, "nprov_2026").is_ok());
+        assert!(check_schema(Backend::Postgres, "_x").is_ok());
+        for bad in [
+            "Nprov",
+            "1x",
+            "a-b",
+            "a b",
+            "x\"; DROP",
+            "pg_temp",
+            &"x".repeat(64),
+        ] {
+            assert!(check_schema(Backend::Postgres, bad).is_err(), "{bad}");
+        }
+        let e = check_schema(Backend::Sqlite, "nprov").expect_err("sqlite has no schemas");
+        assert!(e.to_string().contains("SQLite has no schemas"), "{e}");
+    }
+
+    #[test]
+    fn lost_connections_and_restarts_are_transient_and_data_faults_are_not() {
+        for code in [
+            "08006", "08001", "57P01", "57P02", "57P03", "40001", "40P01", "5", "517",
+        ] {
+            assert!(is_transient_code(code), "{code}");
+        }
+        for code in ["23505", "23514", "42P01", "28P01", "08", "2067"] {
+            assert!(!is_transient_code(code), "{code}");
+        }
     }
 
     #[test]

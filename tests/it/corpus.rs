@@ -3,9 +3,14 @@
 
 use crate::helpers::*;
 use nprov_sync::import::parse_document;
-use nprov_sync::store::Store;
 use nprov_sync::xml::{Item, Limits};
 use serde::Deserialize;
+
+// What the corpus does to a database, on each backend.
+for_each_backend!(
+    broken_documents_leave_the_database_as_it_was_and_broken_records_only_are_quarantined,
+    every_good_fixture_imports_without_errors_and_merges_its_repeated_key,
+);
 
 #[derive(Debug, Deserialize)]
 struct Cases {
@@ -78,24 +83,25 @@ fn every_broken_document_fails_with_its_specific_error_at_its_location() {
     }
 }
 
-#[tokio::test]
-async fn broken_documents_leave_the_database_as_it_was_and_broken_records_only_are_quarantined() {
-    let db = fresh_sqlite().await;
+async fn broken_documents_leave_the_database_as_it_was_and_broken_records_only_are_quarantined(
+    b: Backend,
+) {
+    let db = b.fresh().await;
     let good = std::fs::read_to_string(fixture("good/v12.0.xml")).expect("good fixture");
-    import_at(&db.store, "default", &good, at(0))
+    import_at(&*db.store, "default", &good, at(0))
         .await
         .expect("good import");
     for c in cases() {
         let bytes = std::fs::read(fixture(&format!("bad/{}", c.file))).expect("file");
-        let before = dump(&db.store).await;
+        let before = db.dump().await;
         let counts = db.store.table_counts().await.expect("counts");
         let xml = String::from_utf8_lossy(&bytes).into_owned();
-        let result = import_at(&db.store, "corpus", &xml, at(1)).await;
+        let result = import_at(&*db.store, "corpus", &xml, at(1)).await;
         let after = db.store.table_counts().await.expect("counts");
         match c.kind.as_str() {
             "document" => {
                 result.expect_err(&c.file);
-                assert_eq!(dump(&db.store).await, before, "{}", c.file);
+                assert_eq!(db.dump().await, before, "{}", c.file);
                 assert_eq!(after, counts, "{}", c.file);
             }
             _ => {
@@ -112,12 +118,11 @@ async fn broken_documents_leave_the_database_as_it_was_and_broken_records_only_a
     }
 }
 
-#[tokio::test]
-async fn every_good_fixture_imports_without_errors_and_merges_its_repeated_key() {
+async fn every_good_fixture_imports_without_errors_and_merges_its_repeated_key(b: Backend) {
     for v in ["v1.1", "v1.2", "v2.0b", "v4.0a", "v12.0", "unknown-version"] {
-        let db = fresh_sqlite().await;
+        let db = b.fresh().await;
         let xml = std::fs::read_to_string(fixture(&format!("good/{v}.xml"))).expect("fixture");
-        let r = import_at(&db.store, "default", &xml, at(0))
+        let r = import_at(&*db.store, "default", &xml, at(0))
             .await
             .unwrap_or_else(|e| panic!("{v}: {e}"));
         assert_eq!(r.summary.quarantined, 0, "{v}");

@@ -5,6 +5,7 @@ mod corpus;
 mod daemon;
 mod helpers;
 mod monitoring;
+mod postgres;
 mod roundtrip;
 mod simulated;
 mod source;

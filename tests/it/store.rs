@@ -1,13 +1,25 @@
-//! The replace semantics of the mirror, step by step, against real SQLite files.
+//! The replace semantics of the mirror, step by step, against each backend: every test here runs
+//! once on a SQLite file and once on a PostgreSQL schema of its own (`store::sqlite::…`,
+//! `store::postgres::…`), and must end in the same rows.
 
 use crate::helpers::*;
-use nprov_sync::store::Store;
-use sqlx::Row;
 
-#[tokio::test]
-async fn a_sequence_of_documents_ends_in_exactly_the_expected_tables_and_change_log() {
-    let db = fresh_sqlite().await;
-    let s = &db.store;
+for_each_backend!(
+    a_sequence_of_documents_ends_in_exactly_the_expected_tables_and_change_log,
+    a_repeated_key_far_apart_across_write_batches_is_still_one_set,
+    a_repeated_key_that_shrinks_to_one_element_loses_the_other_provtillfalle,
+    sources_are_separate_mirrors_of_the_same_students,
+    the_natural_key_is_enforced_by_the_database_despite_null_parts,
+    a_document_error_after_good_records_leaves_the_database_exactly_as_it_was,
+    a_record_error_quarantines_that_record_with_its_xml_and_applies_the_rest,
+    the_views_give_one_row_per_provtillfalle_and_per_delprov_with_all_context,
+    a_key_found_unchanged_early_in_a_document_still_takes_its_later_elements,
+    documents_with_the_same_timestamp_still_apply_as_separate_documents,
+);
+
+async fn a_sequence_of_documents_ends_in_exactly_the_expected_tables_and_change_log(b: Backend) {
+    let db = b.fresh().await;
+    let s = &*db.store;
 
     // 1. First sight of two keys.
     let r = import_at(
@@ -69,7 +81,7 @@ async fn a_sequence_of_documents_ends_in_exactly_the_expected_tables_and_change_
     .expect("import 3");
     assert_eq!(r.summary.changed, 1);
     assert_eq!(
-        dump(s).await,
+        db.dump().await,
         vec![
             "default e1 amne MA/9 #0 GR 2026-02-03 g=- i=0 s=A [A:resultat:A:-:- B:resultat:C:-:-]",
             "default e1 amne MA/9 #1 GR 2026-02-10 g=- i=0 s=B [A:resultat:B:-:-]",
@@ -84,7 +96,7 @@ async fn a_sequence_of_documents_ends_in_exactly_the_expected_tables_and_change_
         .expect("import 4");
     assert_eq!((r.summary.changed, r.summary.cleared), (0, 1));
     assert_eq!(
-        dump(s).await,
+        db.dump().await,
         vec![
             "default e1 amne MA/9 (empty)",
             "default e2 kurs MATMAT01c #0 GY 2026-02-01 g=- i=0 s=C []",
@@ -99,12 +111,20 @@ async fn a_sequence_of_documents_ends_in_exactly_the_expected_tables_and_change_
         (r.summary.changed, r.summary.cleared, r.summary.unchanged),
         (0, 0, 1)
     );
-    let row = sqlx::query("SELECT changed_at, synced_at FROM provomrade WHERE elev = 'e1'")
-        .fetch_one(s.pool())
-        .await
-        .expect("row");
-    assert_eq!(row.get::<String, _>(0), "2026-03-01T12:04:00.000000Z");
-    assert_eq!(row.get::<String, _>(1), "2026-03-01T12:05:00.000000Z");
+    let row = db
+        .texts(&format!(
+            "SELECT {}, {} FROM provomrade WHERE elev = 'e1'",
+            db.col("changed_at", Col::Timestamp),
+            db.col("synced_at", Col::Timestamp)
+        ))
+        .await;
+    assert_eq!(
+        row,
+        vec![vec![
+            "2026-03-01T12:04:00.000000Z",
+            "2026-03-01T12:05:00.000000Z"
+        ]]
+    );
 
     // 6. The same key twice in one document (two skolformer), not adjacent: together they are
     //    the key's set, in document order; the key is counted and logged once.
@@ -124,7 +144,7 @@ async fn a_sequence_of_documents_ends_in_exactly_the_expected_tables_and_change_
     assert_eq!(r.summary.records, 3);
     assert_eq!((r.summary.changed, r.summary.unchanged), (2, 0));
     assert_eq!(
-        dump(s).await,
+        db.dump().await,
         vec![
             "default e1 amne MA/9 (empty)",
             "default e2 kurs MATMAT01c #0 GY 2026-02-01 g=- i=0 s=C []",
@@ -135,7 +155,7 @@ async fn a_sequence_of_documents_ends_in_exactly_the_expected_tables_and_change_
 
     // 7. That document again: nothing changed, although its first e2 element alone differs
     //    from what is stored.
-    let before = dump(s).await;
+    let before = db.dump().await;
     let r = import_at(s, "default", &split, at(7))
         .await
         .expect("import 7");
@@ -143,10 +163,10 @@ async fn a_sequence_of_documents_ends_in_exactly_the_expected_tables_and_change_
         (r.summary.changed, r.summary.unchanged, r.summary.cleared),
         (0, 2, 0)
     );
-    assert_eq!(dump(s).await, before);
+    assert_eq!(db.dump().await, before);
 
     assert_eq!(
-        change_log(s).await,
+        db.change_log().await,
         vec![
             "e1 MA/9 upsert",
             "e2 MATMAT01c upsert",
@@ -159,9 +179,8 @@ async fn a_sequence_of_documents_ends_in_exactly_the_expected_tables_and_change_
     );
 }
 
-#[tokio::test]
-async fn a_repeated_key_far_apart_across_write_batches_is_still_one_set() {
-    let db = fresh_sqlite().await;
+async fn a_repeated_key_far_apart_across_write_batches_is_still_one_set(b: Backend) {
+    let db = b.fresh().await;
     let mut records = vec![kurs(
         "far",
         "ENGENG05",
@@ -185,11 +204,12 @@ async fn a_repeated_key_far_apart_across_write_batches_is_still_one_set() {
         vec![pt("2026-01-20", "B", &[("TALA", "B")])],
     ));
     let xml = doc(&records);
-    let r = import_at(&db.store, "default", &xml, at(1))
+    let r = import_at(&*db.store, "default", &xml, at(1))
         .await
         .expect("import");
     assert_eq!((r.summary.records, r.summary.changed), (2502, 2501));
-    let far: Vec<String> = dump(&db.store)
+    let far: Vec<String> = db
+        .dump()
         .await
         .into_iter()
         .filter(|l| l.contains(" far "))
@@ -201,19 +221,18 @@ async fn a_repeated_key_far_apart_across_write_batches_is_still_one_set() {
             "default far kurs ENGENG05 #1 VUX 2026-01-20 g=- i=0 s=B [TALA:resultat:B:-:-]",
         ]
     );
-    let r = import_at(&db.store, "default", &xml, at(2))
+    let r = import_at(&*db.store, "default", &xml, at(2))
         .await
         .expect("again");
     assert_eq!((r.summary.changed, r.summary.unchanged), (0, 2501));
-    assert_eq!(change_log(&db.store).await.len(), 2501);
+    assert_eq!(db.change_log().await.len(), 2501);
 }
 
-#[tokio::test]
-async fn a_key_found_unchanged_early_in_a_document_still_takes_its_later_elements() {
+async fn a_key_found_unchanged_early_in_a_document_still_takes_its_later_elements(b: Backend) {
     // "grow" is stored with one provtillfälle. The next document sends that very element first
     // (unchanged, so far) and, more than a write batch later, a second one: the set grows. Same
     // for a key whose identical element comes twice, and the counts say so.
-    let db = fresh_sqlite().await;
+    let db = b.fresh().await;
     let first = kurs("grow", "ENGENG05", "GY", vec![pt("2026-01-10", "A", &[])]);
     let twice = kurs("twice", "ENGENG05", "GY", vec![pt("2026-01-11", "B", &[])]);
     let mut fillers: Vec<nprov_sync::domain::Provomrade> = (0..2500)
@@ -228,10 +247,10 @@ async fn a_key_found_unchanged_early_in_a_document_still_takes_its_later_element
         .collect();
     let mut one = vec![first.clone(), twice.clone()];
     one.extend(fillers.iter().cloned());
-    import_at(&db.store, "default", &doc(&one), at(1))
+    import_at(&*db.store, "default", &doc(&one), at(1))
         .await
         .expect("first");
-    let logged = change_log(&db.store).await.len();
+    let logged = db.change_log().await.len();
 
     let mut records = vec![first, twice.clone()];
     records.append(&mut fillers);
@@ -242,14 +261,15 @@ async fn a_key_found_unchanged_early_in_a_document_still_takes_its_later_element
         vec![pt("2026-01-20", "B", &[])],
     ));
     records.push(twice);
-    let r = import_at(&db.store, "default", &doc(&records), at(2))
+    let r = import_at(&*db.store, "default", &doc(&records), at(2))
         .await
         .expect("second");
     assert_eq!(
         (r.summary.records, r.summary.changed, r.summary.unchanged),
         (2504, 2, 2500)
     );
-    let rows: Vec<String> = dump(&db.store)
+    let rows: Vec<String> = db
+        .dump()
         .await
         .into_iter()
         .filter(|l| l.contains(" grow ") || l.contains(" twice "))
@@ -263,47 +283,45 @@ async fn a_key_found_unchanged_early_in_a_document_still_takes_its_later_element
             "default twice kurs ENGENG05 #1 GY 2026-01-11 g=- i=0 s=B []",
         ]
     );
-    let log = change_log(&db.store).await;
+    let log = db.change_log().await;
     assert_eq!(
         log[logged..].to_vec(),
         vec!["grow ENGENG05 upsert", "twice ENGENG05 upsert"]
     );
     // And the same document again: everything unchanged, the repeated keys included.
-    let r = import_at(&db.store, "default", &doc(&records), at(3))
+    let r = import_at(&*db.store, "default", &doc(&records), at(3))
         .await
         .expect("third");
     assert_eq!((r.summary.changed, r.summary.unchanged), (0, 2502));
 }
 
-#[tokio::test]
-async fn documents_with_the_same_timestamp_still_apply_as_separate_documents() {
+async fn documents_with_the_same_timestamp_still_apply_as_separate_documents(b: Backend) {
     // The mirror tells the keys a document already applied by their synced_at; a second
     // document stamped with the same instant (a clock that stepped back) must not look like
     // the first one continued.
-    let db = fresh_sqlite().await;
+    let db = b.fresh().await;
     let a = kurs("e", "ENGENG05", "GY", vec![pt("2026-01-10", "A", &[])]);
-    import_at(&db.store, "default", &doc(std::slice::from_ref(&a)), at(5))
+    import_at(&*db.store, "default", &doc(std::slice::from_ref(&a)), at(5))
         .await
         .expect("first");
-    let r = import_at(&db.store, "default", &doc(std::slice::from_ref(&a)), at(5))
+    let r = import_at(&*db.store, "default", &doc(std::slice::from_ref(&a)), at(5))
         .await
         .expect("same instant");
     assert_eq!((r.summary.changed, r.summary.unchanged), (0, 1));
-    let r = import_at(&db.store, "default", &doc(&[a]), at(4))
+    let r = import_at(&*db.store, "default", &doc(&[a]), at(4))
         .await
         .expect("earlier instant");
     assert_eq!((r.summary.changed, r.summary.unchanged), (0, 1));
-    assert_eq!(dump(&db.store).await.len(), 1);
+    assert_eq!(db.dump().await.len(), 1);
 }
 
-#[tokio::test]
-async fn a_repeated_key_that_shrinks_to_one_element_loses_the_other_provtillfalle() {
-    let db = fresh_sqlite().await;
+async fn a_repeated_key_that_shrinks_to_one_element_loses_the_other_provtillfalle(b: Backend) {
+    let db = b.fresh().await;
     let two = doc(&[
         kurs("e", "SFIKUB9", "SFI", vec![pt("2026-01-01", "A", &[])]),
         kurs("e", "SFIKUB9", "VUX", vec![pt("2026-01-02", "B", &[])]),
     ]);
-    import_at(&db.store, "default", &two, at(1))
+    import_at(&*db.store, "default", &two, at(1))
         .await
         .expect("two");
     let one = doc(&[kurs(
@@ -312,27 +330,26 @@ async fn a_repeated_key_that_shrinks_to_one_element_loses_the_other_provtillfall
         "SFI",
         vec![pt("2026-01-01", "A", &[])],
     )]);
-    let r = import_at(&db.store, "default", &one, at(2))
+    let r = import_at(&*db.store, "default", &one, at(2))
         .await
         .expect("one");
     assert_eq!(r.summary.changed, 1);
     assert_eq!(
-        dump(&db.store).await,
+        db.dump().await,
         vec!["default e kurs SFIKUB9 #0 SFI 2026-01-01 g=- i=0 s=A []"]
     );
 }
 
-#[tokio::test]
-async fn sources_are_separate_mirrors_of_the_same_students() {
-    let db = fresh_sqlite().await;
+async fn sources_are_separate_mirrors_of_the_same_students(b: Backend) {
+    let db = b.fresh().await;
     let a = doc(&[amne("e", "SV", 6, "GR", vec![pt("2026-01-01", "A", &[])])]);
     let b = doc(&[amne("e", "SV", 6, "GR", vec![])]);
-    import_at(&db.store, "stockholm", &a, at(1))
+    import_at(&*db.store, "stockholm", &a, at(1))
         .await
         .expect("a");
-    import_at(&db.store, "solna", &b, at(1)).await.expect("b");
+    import_at(&*db.store, "solna", &b, at(1)).await.expect("b");
     assert_eq!(
-        dump(&db.store).await,
+        db.dump().await,
         vec![
             "solna e amne SV/6 (empty)",
             "stockholm e amne SV/6 #0 GR 2026-01-01 g=- i=0 s=A []",
@@ -340,62 +357,48 @@ async fn sources_are_separate_mirrors_of_the_same_students() {
     );
 }
 
-#[tokio::test]
-async fn the_natural_key_is_enforced_by_the_database_despite_null_parts() {
-    let db = fresh_sqlite().await;
-    let insert = "INSERT INTO provomrade (source, elev, kind, amne, arskurs, kurs, namespace,
-                  content_sha256, changed_at, synced_at) VALUES (?, 'e', ?, ?, ?, ?, 'ns', 'h', 't', 't')";
-    for (kind, amne, arskurs, kurs) in [
-        ("kurs", None, None, Some("K")),
-        ("amne", Some("MA"), Some(9), None),
+async fn the_natural_key_is_enforced_by_the_database_despite_null_parts(b: Backend) {
+    let db = b.fresh().await;
+    // Literal values, valid on both backends (the timestamp is also PostgreSQL timestamptz input).
+    let insert = |kind: &str, amne: &str, arskurs: &str, kurs: &str| {
+        format!(
+            "INSERT INTO provomrade (source, elev, kind, amne, arskurs, kurs, namespace,
+                 content_sha256, changed_at, synced_at)
+             VALUES ('s', 'e', '{kind}', {amne}, {arskurs}, {kurs}, 'ns', 'h',
+                     '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z')"
+        )
+    };
+    for sql in [
+        insert("kurs", "NULL", "NULL", "'K'"),
+        insert("amne", "'MA'", "9", "NULL"),
     ] {
-        sqlx::query(insert)
-            .bind("s")
-            .bind(kind)
-            .bind(amne)
-            .bind(arskurs)
-            .bind(kurs)
-            .execute(db.store.pool())
-            .await
-            .expect("first row");
-        let dup = sqlx::query(insert)
-            .bind("s")
-            .bind(kind)
-            .bind(amne)
-            .bind(arskurs)
-            .bind(kurs)
-            .execute(db.store.pool())
-            .await;
+        db.execute(&sql).await.expect("first row");
+        let dup = db.execute(&sql).await;
         assert!(
             dup.is_err(),
-            "a second {kind} row with the same key was accepted"
+            "a second row with the same key was accepted: {sql}"
         );
     }
     // A kind whose key parts do not fit it is refused too.
-    let wrong = sqlx::query(insert)
-        .bind("s")
-        .bind("kurs")
-        .bind(Some("MA"))
-        .bind(None::<i64>)
-        .bind(None::<&str>)
-        .execute(db.store.pool())
-        .await;
+    let wrong = db.execute(&insert("kurs", "'MA'", "NULL", "NULL")).await;
+    assert!(wrong.is_err());
+    // So is an årskurs that does not exist.
+    let wrong = db.execute(&insert("amne", "'SV'", "7", "NULL")).await;
     assert!(wrong.is_err());
 }
 
-#[tokio::test]
-async fn a_document_error_after_good_records_leaves_the_database_exactly_as_it_was() {
-    let db = fresh_sqlite().await;
+async fn a_document_error_after_good_records_leaves_the_database_exactly_as_it_was(b: Backend) {
+    let db = b.fresh().await;
     let first = doc(&[kurs(
         "e1",
         "MATMAT01a",
         "GY",
         vec![pt("2026-01-01", "A", &[])],
     )]);
-    import_at(&db.store, "default", &first, at(1))
+    import_at(&*db.store, "default", &first, at(1))
         .await
         .expect("first");
-    let before = dump(&db.store).await;
+    let before = db.dump().await;
     let counts_before = db.store.table_counts().await.expect("counts");
 
     // Valid records (a change to e1, a new e2, a bad record), then the body is cut off.
@@ -404,20 +407,19 @@ async fn a_document_error_after_good_records_leaves_the_database_exactly_as_it_w
         kurs("e2", "MATMAT01b", "GY", vec![pt("2026-01-01", "B", &[])]),
     ]);
     broken.truncate(broken.rfind("</provresultat>").expect("root end") - 5);
-    let err = import_at(&db.store, "default", &broken, at(2))
+    let err = import_at(&*db.store, "default", &broken, at(2))
         .await
         .expect_err("truncated");
     assert!(err.to_string().contains("truncated"), "{err}");
-    assert_eq!(dump(&db.store).await, before);
+    assert_eq!(db.dump().await, before);
     assert_eq!(
         db.store.table_counts().await.expect("counts"),
         counts_before
     );
 }
 
-#[tokio::test]
-async fn a_record_error_quarantines_that_record_with_its_xml_and_applies_the_rest() {
-    let db = fresh_sqlite().await;
+async fn a_record_error_quarantines_that_record_with_its_xml_and_applies_the_rest(b: Backend) {
+    let db = b.fresh().await;
     let xml = doc(&[
         kurs("good1", "MATMAT01a", "GY", vec![pt("2026-01-01", "A", &[])]),
         kurs(
@@ -429,26 +431,33 @@ async fn a_record_error_quarantines_that_record_with_its_xml_and_applies_the_res
         kurs("good2", "MATMAT01a", "GY", vec![]),
     ])
     .replace("<betyg>A</betyg>", "<betyg>A</betyg><poäng>7</poäng>");
-    let r = import_at(&db.store, "default", &xml, at(1))
+    let r = import_at(&*db.store, "default", &xml, at(1))
         .await
         .expect("import");
     assert_eq!((r.summary.records, r.summary.quarantined), (2, 1));
-    let q = sqlx::query(
-        "SELECT source, elev, error_code, element, line, raw_xml, reason FROM quarantine",
-    )
-    .fetch_one(db.store.pool())
-    .await
-    .expect("one quarantined row");
-    assert_eq!(q.get::<String, _>(0), "default");
-    assert_eq!(q.get::<String, _>(1), "bad");
-    assert_eq!(q.get::<String, _>(2), "both_betyg_and_poang");
-    assert_eq!(q.get::<String, _>(3), "delprovsresultat");
-    let raw: String = q.get(5);
+    let rows = db
+        .texts(&format!(
+            "SELECT source, elev, error_code, element, {}, raw_xml, reason, document, {}
+             FROM quarantine",
+            db.col("line", Col::Int),
+            db.col("quarantined_at", Col::Timestamp)
+        ))
+        .await;
+    let [q] = rows.as_slice() else {
+        panic!("one quarantined row, not {rows:?}");
+    };
+    assert_eq!(
+        q[..4],
+        ["default", "bad", "both_betyg_and_poang", "delprovsresultat"]
+    );
+    assert_eq!(q[7..], ["test", "2026-03-01T12:01:00.000000Z"]);
+    assert!(q[6].contains("both"), "{}", q[6]);
+    let raw = &q[5];
     assert!(
         raw.starts_with("<kursresultat elev=\"bad\"") && raw.ends_with("</kursresultat>"),
         "{raw}"
     );
-    let line = q.get::<i64, _>(4) as usize;
+    let line: usize = q[4].parse().expect("a line number");
     assert!(
         xml.lines()
             .nth(line - 1)
@@ -456,7 +465,7 @@ async fn a_record_error_quarantines_that_record_with_its_xml_and_applies_the_res
             .contains("<poäng>7"),
         "line {line}"
     );
-    let elevs: Vec<String> = dump(&db.store).await;
+    let elevs: Vec<String> = db.dump().await;
     assert_eq!(
         elevs,
         vec![
@@ -466,46 +475,223 @@ async fn a_record_error_quarantines_that_record_with_its_xml_and_applies_the_res
     );
 }
 
+/// A document with every kind of value: genomfört, a provtillfälle the student did not take part
+/// in, a delprov with poäng and måluppfyllnad, a course, and a cleared provområde (no rows).
+fn views_document() -> String {
+    use nprov_sync::domain::{
+        Delprovsresultat, Provtillfalle, ProvtillfalleResultat, Utfall, Varde,
+    };
+    let delprov = |typ: &str, varde: Varde, maluppfyllnad: Option<bool>| Delprovsresultat {
+        typ: typ.to_string().into(),
+        utfall: Utfall::Resultat {
+            varde: Some(varde),
+            maluppfyllnad,
+        },
+    };
+    doc(&[
+        amne(
+            "e1",
+            "MA",
+            9,
+            "GR",
+            vec![
+                Provtillfalle {
+                    uppdaterat: date("2026-02-01"),
+                    genomfort: Some(date("2026-01-20")),
+                    resultat: ProvtillfalleResultat::Resultat {
+                        sammanvagt_provbetyg: Some("B".to_string().into()),
+                        delprovsresultat: vec![
+                            delprov("A", Varde::Betyg("B".to_string().into()), None),
+                            delprov("PROVRESULTAT", Varde::Poang(17), Some(true)),
+                        ],
+                    },
+                },
+                Provtillfalle {
+                    uppdaterat: date("2026-02-10"),
+                    genomfort: None,
+                    resultat: ProvtillfalleResultat::Intedeltagit,
+                },
+            ],
+        ),
+        kurs("e2", "MATMAT01c", "GY", vec![pt("2026-02-03", "C", &[])]),
+        kurs("e3", "SVESVE01", "GY", vec![]),
+    ])
+}
+
+async fn the_views_give_one_row_per_provtillfalle_and_per_delprov_with_all_context(b: Backend) {
+    let db = b.fresh().await;
+    let r = import_at(&*db.store, "default", &views_document(), at(1))
+        .await
+        .expect("import");
+    assert_eq!((r.summary.records, r.summary.quarantined), (3, 0));
+    let context = [
+        ("source", Col::Text),
+        ("elev", Col::Text),
+        ("kind", Col::Text),
+        ("amne", Col::Text),
+        ("arskurs", Col::Int),
+        ("kurs", Col::Text),
+        ("skolform", Col::Text),
+        ("uppdaterat", Col::Date),
+        ("genomfort", Col::Date),
+        ("intedeltagit", Col::Bool),
+        ("sammanvagt_provbetyg", Col::Text),
+        ("ordinal", Col::Int),
+        ("changed_at", Col::Timestamp),
+        ("synced_at", Col::Timestamp),
+    ];
+    let select = |extra: &[(&str, Col)]| {
+        let cols: Vec<String> = context
+            .iter()
+            .chain(extra)
+            .map(|(c, kind)| db.col(&format!("v.{c}"), *kind))
+            // provomrade_id must lead to the row's own provområde.
+            .chain([
+                "(SELECT p.elev || ' ' || COALESCE(p.amne, p.kurs) FROM provomrade p
+                      WHERE p.id = v.provomrade_id)"
+                    .to_string(),
+            ])
+            .collect();
+        cols.join(", ")
+    };
+    let t = "2026-03-01T12:01:00.000000Z";
+    let rows = db
+        .texts(&format!(
+            "SELECT {} FROM v_provresultat v ORDER BY v.elev, v.ordinal",
+            select(&[])
+        ))
+        .await;
+    assert_eq!(
+        rows,
+        vec![
+            vec![
+                "default",
+                "e1",
+                "amne",
+                "MA",
+                "9",
+                "NULL",
+                "GR",
+                "2026-02-01",
+                "2026-01-20",
+                "0",
+                "B",
+                "0",
+                t,
+                t,
+                "e1 MA"
+            ],
+            vec![
+                "default",
+                "e1",
+                "amne",
+                "MA",
+                "9",
+                "NULL",
+                "GR",
+                "2026-02-10",
+                "NULL",
+                "1",
+                "NULL",
+                "1",
+                t,
+                t,
+                "e1 MA"
+            ],
+            vec![
+                "default",
+                "e2",
+                "kurs",
+                "NULL",
+                "NULL",
+                "MATMAT01c",
+                "GY",
+                "2026-02-03",
+                "NULL",
+                "0",
+                "C",
+                "0",
+                t,
+                t,
+                "e2 MATMAT01c"
+            ],
+        ]
+    );
+    let delprov = [
+        ("delprov_ordinal", Col::Int),
+        ("typ", Col::Text),
+        ("utfall", Col::Text),
+        ("betyg", Col::Text),
+        ("poang", Col::Int),
+        ("maluppfyllnad", Col::Bool),
+    ];
+    let rows = db
+        .texts(&format!(
+            "SELECT {} FROM v_delprovsresultat v ORDER BY v.elev, v.ordinal, v.delprov_ordinal",
+            select(&delprov)
+        ))
+        .await;
+    assert_eq!(
+        rows,
+        vec![
+            vec![
+                "default",
+                "e1",
+                "amne",
+                "MA",
+                "9",
+                "NULL",
+                "GR",
+                "2026-02-01",
+                "2026-01-20",
+                "0",
+                "B",
+                "0",
+                t,
+                t,
+                "0",
+                "A",
+                "resultat",
+                "B",
+                "NULL",
+                "NULL",
+                "e1 MA"
+            ],
+            vec![
+                "default",
+                "e1",
+                "amne",
+                "MA",
+                "9",
+                "NULL",
+                "GR",
+                "2026-02-01",
+                "2026-01-20",
+                "0",
+                "B",
+                "0",
+                t,
+                t,
+                "1",
+                "PROVRESULTAT",
+                "resultat",
+                "NULL",
+                "17",
+                "1",
+                "e1 MA"
+            ],
+        ]
+    );
+}
+
 mod sync_bookkeeping {
     use super::*;
-    use chrono::{DateTime, Utc};
-    use chrono_tz::Europe::Stockholm;
     use nprov_sync::import::apply_document;
-    use nprov_sync::store::{ApplyContext, ApplySummary, RunKind, SyncRun};
-    use nprov_sync::window::{covering, Window};
+    use nprov_sync::store::{ApplyContext, ApplySummary, RunKind, StoreError};
+    use nprov_sync::window::Window;
     use nprov_sync::xml::Limits;
 
-    fn window(from: &str, tom: &str) -> Window {
-        let t = |s: &str| {
-            DateTime::parse_from_rfc3339(s)
-                .expect("time")
-                .with_timezone(&Utc)
-        };
-        covering(Stockholm, t(from), t(tom))
-    }
-
-    fn run(
-        kind: RunKind,
-        w: Window,
-        summary: ApplySummary,
-        expected_watermark: Option<DateTime<Utc>>,
-    ) -> SyncRun {
-        SyncRun {
-            expected_watermark,
-            source: "default".into(),
-            kind,
-            window: w,
-            tz: Stockholm,
-            started_at: at(1),
-            finished_at: at(2),
-            http_status: Some(200),
-            bytes: 123,
-            summary,
-            error: None,
-        }
-    }
-
-    async fn apply_window(db: &TestDb, kind: RunKind, w: Window, commit: bool) {
+    async fn apply_window(db: &Db, kind: RunKind, w: Window, commit: bool) {
         let xml = doc(&[kurs(
             &format!("e-{}", w.tom_param()),
             "MATMAT01a",
@@ -525,10 +711,10 @@ mod sync_bookkeeping {
             .await
             .expect("watermark")
             .map(|w| w.utc);
-        let (mut tx, report) = apply_document(&db.store, input, Limits::default(), ctx)
+        let (mut tx, report) = apply_document(&*db.store, input, Limits::default(), ctx)
             .await
             .expect("apply");
-        tx.record_window(&run(kind, w, report.summary, expected))
+        tx.record_window(&sync_run(kind, w, report.summary, expected))
             .await
             .expect("record");
         if commit {
@@ -538,30 +724,17 @@ mod sync_bookkeeping {
         }
     }
 
-    async fn runs(db: &TestDb) -> Vec<String> {
-        sqlx::query(
-            "SELECT kind, from_local, tom_local, outcome, records FROM sync_run ORDER BY id",
-        )
-        .fetch_all(db.store.pool())
-        .await
-        .expect("runs")
-        .iter()
-        .map(|r| {
-            format!(
-                "{} {}..{} {} {}",
-                r.get::<String, _>(0),
-                r.get::<String, _>(1),
-                r.get::<String, _>(2),
-                r.get::<String, _>(3),
-                r.get::<i64, _>(4)
-            )
-        })
-        .collect()
-    }
+    for_each_backend!(
+        a_windows_data_run_and_watermark_commit_together,
+        a_rolled_back_window_leaves_no_data_run_or_watermark,
+        the_watermark_never_moves_back_and_backfill_never_moves_it,
+        a_failed_window_is_recorded_on_its_own,
+        a_window_planned_from_a_watermark_that_moved_meanwhile_is_rolled_back_whole,
+        a_first_window_is_fenced_too,
+    );
 
-    #[tokio::test]
-    async fn a_windows_data_run_and_watermark_commit_together() {
-        let db = fresh_sqlite().await;
+    async fn a_windows_data_run_and_watermark_commit_together(b: Backend) {
+        let db = b.fresh().await;
         apply_window(
             &db,
             RunKind::Sync,
@@ -578,15 +751,27 @@ mod sync_bookkeeping {
         assert_eq!(w.utc.to_rfc3339(), "2026-01-10T09:59:00+00:00");
         assert_eq!(w.local.to_string(), "2026-01-10 10:59:00");
         assert_eq!(
-            runs(&db).await,
+            db.runs().await,
             vec!["sync 2026-01-10T09:00..2026-01-10T10:59 ok 1"]
         );
         assert_eq!(db.store.table_counts().await.expect("counts").provomrade, 1);
+        let recent = db.store.recent_runs("default", 5).await.expect("recent");
+        assert_eq!(
+            (
+                recent[0].from_local.as_str(),
+                recent[0].finished_at.as_str(),
+                recent[0].http_status
+            ),
+            ("2026-01-10T09:00", "2026-03-01T12:02:00.000000Z", Some(200))
+        );
+        assert_eq!(
+            db.store.known_sources().await.expect("sources"),
+            vec!["default"]
+        );
     }
 
-    #[tokio::test]
-    async fn a_rolled_back_window_leaves_no_data_run_or_watermark() {
-        let db = fresh_sqlite().await;
+    async fn a_rolled_back_window_leaves_no_data_run_or_watermark(b: Backend) {
+        let db = b.fresh().await;
         apply_window(
             &db,
             RunKind::Sync,
@@ -595,13 +780,12 @@ mod sync_bookkeeping {
         )
         .await;
         assert_eq!(db.store.watermark("default").await.expect("read"), None);
-        assert!(runs(&db).await.is_empty());
+        assert!(db.runs().await.is_empty());
         assert_eq!(db.store.table_counts().await.expect("counts").provomrade, 0);
     }
 
-    #[tokio::test]
-    async fn the_watermark_never_moves_back_and_backfill_never_moves_it() {
-        let db = fresh_sqlite().await;
+    async fn the_watermark_never_moves_back_and_backfill_never_moves_it(b: Backend) {
+        let db = b.fresh().await;
         apply_window(
             &db,
             RunKind::Sync,
@@ -630,13 +814,12 @@ mod sync_bookkeeping {
             .expect("read")
             .expect("set");
         assert_eq!(w.utc.to_rfc3339(), "2026-01-10T09:59:00+00:00");
-        assert_eq!(runs(&db).await.len(), 3);
+        assert_eq!(db.runs().await.len(), 3);
     }
 
-    #[tokio::test]
-    async fn a_failed_window_is_recorded_on_its_own() {
-        let db = fresh_sqlite().await;
-        let mut r = run(
+    async fn a_failed_window_is_recorded_on_its_own(b: Backend) {
+        let db = b.fresh().await;
+        let mut r = sync_run(
             RunKind::Sync,
             window("2026-01-10T08:00:00Z", "2026-01-10T09:59:00Z"),
             ApplySummary::default(),
@@ -646,17 +829,23 @@ mod sync_bookkeeping {
         r.error = Some("503 Service Unavailable after 5 attempts".into());
         db.store.record_failed_run(&r).await.expect("record");
         assert_eq!(
-            runs(&db).await,
+            db.runs().await,
             vec!["sync 2026-01-10T09:00..2026-01-10T10:59 failed 0"]
         );
         assert_eq!(db.store.watermark("default").await.expect("read"), None);
+        let recent = db.store.recent_runs("default", 5).await.expect("recent");
+        assert_eq!(
+            recent[0].error.as_deref(),
+            Some("503 Service Unavailable after 5 attempts")
+        );
     }
 
-    #[tokio::test]
-    async fn a_window_planned_from_a_watermark_that_moved_meanwhile_is_rolled_back_whole() {
+    async fn a_window_planned_from_a_watermark_that_moved_meanwhile_is_rolled_back_whole(
+        b: Backend,
+    ) {
         // Two writers plan the same window from the same watermark; the first commits. The
         // second must not commit it again: not its data, not its run row, not the watermark.
-        let db = fresh_sqlite().await;
+        let db = b.fresh().await;
         let first = window("2026-01-10T08:00:00Z", "2026-01-10T09:59:00Z");
         apply_window(&db, RunKind::Sync, first, true).await;
         let planned_from = db
@@ -667,7 +856,7 @@ mod sync_bookkeeping {
             .map(|w| w.utc);
         let next = window("2026-01-10T09:30:00Z", "2026-01-10T11:59:00Z");
         apply_window(&db, RunKind::Sync, next, true).await;
-        let before = (dump(&db.store).await, runs(&db).await);
+        let before = (db.dump().await, db.runs().await);
 
         let stale = window("2026-01-10T09:30:00Z", "2026-01-10T12:59:00Z");
         let xml = doc(&[kurs("e-stale", "MATMAT01a", "GY", vec![])]);
@@ -678,20 +867,29 @@ mod sync_bookkeeping {
             now: at(4),
         };
         let input = std::io::Cursor::new(xml.into_bytes());
-        let (mut tx, report) = apply_document(&db.store, input, Limits::default(), ctx)
+        let (mut tx, report) = apply_document(&*db.store, input, Limits::default(), ctx)
             .await
             .expect("apply");
         let e = tx
-            .record_window(&run(RunKind::Sync, stale, report.summary, planned_from))
+            .record_window(&sync_run(
+                RunKind::Sync,
+                stale,
+                report.summary,
+                planned_from,
+            ))
             .await
             .expect_err("the watermark moved");
+        assert!(matches!(e, StoreError::WatermarkMoved { .. }), "{e}");
         assert!(
-            matches!(e, nprov_sync::store::StoreError::WatermarkMoved { .. }),
+            e.to_string().contains("another instance")
+                && e.to_string()
+                    .contains("expected 2026-01-10T09:59:00.000000Z")
+                && e.to_string()
+                    .contains("moved to 2026-01-10T11:59:00.000000Z"),
             "{e}"
         );
-        assert!(e.to_string().contains("another instance"), "{e}");
         tx.rollback().await.expect("rollback");
-        assert_eq!((dump(&db.store).await, runs(&db).await), before);
+        assert_eq!((db.dump().await, db.runs().await), before);
         assert_eq!(
             db.store
                 .watermark("default")
@@ -702,10 +900,9 @@ mod sync_bookkeeping {
         );
     }
 
-    #[tokio::test]
-    async fn a_first_window_is_fenced_too() {
+    async fn a_first_window_is_fenced_too(b: Backend) {
         // Two first syncs (no watermark yet): the second finds one and rolls back.
-        let db = fresh_sqlite().await;
+        let db = b.fresh().await;
         apply_window(
             &db,
             RunKind::Sync,
@@ -722,7 +919,7 @@ mod sync_bookkeeping {
         };
         let xml = doc(&[kurs("e-second", "MATMAT01a", "GY", vec![])]);
         let (mut tx, report) = apply_document(
-            &db.store,
+            &*db.store,
             std::io::Cursor::new(xml.into_bytes()),
             Limits::default(),
             ctx,
@@ -730,7 +927,7 @@ mod sync_bookkeeping {
         .await
         .expect("apply");
         let e = tx
-            .record_window(&run(RunKind::Sync, w, report.summary, None))
+            .record_window(&sync_run(RunKind::Sync, w, report.summary, None))
             .await
             .expect_err("a watermark exists");
         assert!(e.to_string().contains("expected none"), "{e}");

@@ -1,10 +1,13 @@
-//! The vendor's example for every published version imports, with exactly the rows it holds.
-//! The files are read from ../shared/spec (not copied into the repository); without that folder
-//! the test says it skipped.
+//! The vendor's example for every published version imports, with exactly the rows it holds, on
+//! each backend. The files are read from ../shared/spec (not copied into the repository); without
+//! that folder the test says it skipped.
 
 use crate::helpers::*;
-use nprov_sync::store::Store;
-use sqlx::Row;
+
+for_each_backend!(
+    every_vendor_example_imports_with_the_exact_rows_it_holds,
+    vendor_example_values_land_in_the_right_columns,
+);
 
 /// (version, records, provtillfällen, delprovsresultat) counted by hand from the vendor files.
 const EXPECTED: &[(&str, i64, i64, i64)] = &[
@@ -15,8 +18,7 @@ const EXPECTED: &[(&str, i64, i64, i64)] = &[
     ("v12.0", 10, 11, 33),
 ];
 
-#[tokio::test]
-async fn every_vendor_example_imports_with_the_exact_rows_it_holds() {
+async fn every_vendor_example_imports_with_the_exact_rows_it_holds(b: Backend) {
     let Some(dir) = vendor_spec_dir() else {
         skip(
             "every_vendor_example_imports…",
@@ -25,10 +27,10 @@ async fn every_vendor_example_imports_with_the_exact_rows_it_holds() {
         return;
     };
     for (version, records, pts, delprov) in EXPECTED {
-        let db = fresh_sqlite().await;
+        let db = b.fresh().await;
         let xml = std::fs::read_to_string(dir.join(version).join("nationellaprov-exempel.xml"))
             .expect("vendor example");
-        let r = import_at(&db.store, "default", &xml, at(0))
+        let r = import_at(&*db.store, "default", &xml, at(0))
             .await
             .expect(version);
         assert_eq!(r.header.version.label(), *version);
@@ -60,19 +62,17 @@ async fn every_vendor_example_imports_with_the_exact_rows_it_holds() {
             ["v1.1", "v1.2", "v2.0b"].contains(version),
             "{version}"
         );
-        let ns: String = sqlx::query_scalar("SELECT DISTINCT namespace FROM provomrade")
-            .fetch_one(db.store.pool())
-            .await
-            .expect("namespace");
+        let ns = db.texts("SELECT DISTINCT namespace FROM provomrade").await;
         assert_eq!(
             ns,
-            format!("http://pingpong.se/schemas/nationellaprov/{version}")
+            vec![vec![format!(
+                "http://pingpong.se/schemas/nationellaprov/{version}"
+            )]]
         );
     }
 }
 
-#[tokio::test]
-async fn vendor_example_values_land_in_the_right_columns() {
+async fn vendor_example_values_land_in_the_right_columns(b: Backend) {
     let Some(dir) = vendor_spec_dir() else {
         skip(
             "vendor_example_values…",
@@ -85,30 +85,28 @@ async fn vendor_example_values_land_in_the_right_columns() {
     };
 
     // v1.1: a delprov with only måluppfyllnad, then intedeltagit and borttappat; no sammanvägt.
-    let db = fresh_sqlite().await;
-    import_at(&db.store, "default", &read("v1.1"), at(0))
+    let db = b.fresh().await;
+    import_at(&*db.store, "default", &read("v1.1"), at(0))
         .await
         .expect("v1.1");
-    let lines = dump(&db.store).await;
+    let lines = db.dump().await;
     assert!(lines.contains(&"default {df324j43-3j13-to03-dfu8-fb0429mu39g8} amne MA/3 #0 GR 2016-09-01 g=- i=0 s=- [ANNAN:resultat:-:-:1 ANNAN:resultat:-:24:1 ANNAN:resultat:-:10:1 ANNAN:resultat:-:10:1 ANNAN:intedeltagit:-:-:- ANNAN:borttappat:-:-:- ANNAN:resultat:-:1:0]".to_string()), "{lines:#?}");
     assert!(lines.contains(&"default {0c23677c-8ddc-12e5-8994-feff819cdc9f} kurs MATMAT01b #0 GY 2016-09-02 g=- i=1 s=- []".to_string()));
     assert!(lines.contains(&"default {0c23677c-8ddc-11e5-8994-feff819cdc9f} kurs SFIKUB9 #1 SFI 2016-09-02 g=- i=0 s=C [LÄSA:resultat:C:-:- TALA:resultat:B:-:- SKRIVA:resultat:E:-:- LYSSNA:resultat:A:-:-]".to_string()));
 
     // v12.0: genomfört, the SFI scale (G, delprov 0–2) and PROVRESULTAT with poäng.
-    let db = fresh_sqlite().await;
-    import_at(&db.store, "default", &read("v12.0"), at(0))
+    let db = b.fresh().await;
+    import_at(&*db.store, "default", &read("v12.0"), at(0))
         .await
         .expect("v12.0");
-    let lines = dump(&db.store).await;
+    let lines = db.dump().await;
     assert!(lines.contains(&"default {0c23677c-8ddc-11e5-8994-feff819cdc9f} kurs SFIKUB9 #0 SFI 2022-05-01 g=2022-04-01 i=0 s=G [LÄSA:resultat:2:-:- TALA:resultat:0:-:- SKRIVA:resultat:0:-:- LYSSNA:resultat:2:-:-]".to_string()), "{lines:#?}");
     assert!(lines.contains(&"default {0c23677c-8ddc-11e5-8994-feff819cdc9f} kurs MATMAT01a #0 GY 2018-05-01 g=- i=0 s=A [PROVRESULTAT:resultat:-:72:0]".to_string()));
-    let arskurs: Vec<i64> =
-        sqlx::query("SELECT DISTINCT arskurs FROM provomrade WHERE kind = 'amne' ORDER BY 1")
-            .fetch_all(db.store.pool())
-            .await
-            .expect("arskurs")
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-    assert_eq!(arskurs, vec![3, 6]);
+    let arskurs = db
+        .texts(&format!(
+            "SELECT DISTINCT {} FROM provomrade WHERE kind = 'amne' ORDER BY 1",
+            db.col("arskurs", Col::Int)
+        ))
+        .await;
+    assert_eq!(arskurs, vec![vec!["3"], vec!["6"]]);
 }

@@ -1,0 +1,423 @@
+//! What only PostgreSQL has: schemas, native types, several instances on one database (leadership,
+//! the watermark fence under real concurrency), and a server that can drop its connections in the
+//! middle of a window. Run against the server at `NPROV_TEST_POSTGRES_URL` (default: the local
+//! one); each test in a schema of its own. The behaviour both backends share is tested in
+//! `store`, `vendor` and `corpus`, once per backend.
+
+use crate::helpers::*;
+use nprov_sync::import::{apply_document, ImportError};
+use nprov_sync::store::{
+    ApplyContext, ApplySummary, PostgresStore, RunKind, Store, StoreError, Watermark,
+};
+use nprov_sync::window::Window;
+use nprov_sync::xml::Limits;
+
+/// PostgreSQL, or a visible skip (a failure under CI=true).
+async fn postgres(test: &str) -> Option<Db> {
+    let b = Backend::Postgres;
+    if !b.available(&format!("{}::{test}", module_path!())).await {
+        return None;
+    }
+    Some(b.fresh().await)
+}
+
+fn ctx(label: &str) -> ApplyContext {
+    ApplyContext {
+        source: "default".into(),
+        namespace: String::new(),
+        document: label.into(),
+        now: at(3),
+    }
+}
+
+/// Applies a document as the window `w` planned from `expected`, and commits it if the fence
+/// lets it (as the sync engine does: apply, record the window, commit).
+async fn sync_window_doc(
+    store: &dyn Store,
+    w: Window,
+    xml: String,
+    expected: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<ApplySummary, StoreError> {
+    let input = std::io::Cursor::new(xml.into_bytes());
+    let (mut tx, report) =
+        match apply_document(store, input, Limits::default(), ctx(&w.label())).await {
+            Ok(applied) => applied,
+            Err(ImportError::Store(e)) => return Err(e),
+            Err(e) => panic!("the document is valid: {e}"),
+        };
+    if let Err(e) = tx
+        .record_window(&sync_run(
+            RunKind::Sync,
+            w,
+            report.summary.clone(),
+            expected,
+        ))
+        .await
+    {
+        tx.rollback().await.ok();
+        return Err(e);
+    }
+    tx.commit().await?;
+    Ok(report.summary)
+}
+
+async fn watermark(db: &Db) -> Option<Watermark> {
+    db.store
+        .watermark("default")
+        .await
+        .expect("read the watermark")
+}
+
+#[tokio::test]
+async fn the_tables_live_in_the_configured_schema_in_native_types() {
+    let Some(db) = postgres("the_tables_live_in_the_configured_schema_in_native_types").await
+    else {
+        return;
+    };
+    let schema = db.schema();
+    let tables = db
+        .texts(&format!(
+            "SELECT table_name, table_type FROM information_schema.tables
+             WHERE table_schema = '{schema}' ORDER BY table_name"
+        ))
+        .await;
+    let tables: Vec<String> = tables.iter().map(|r| r.join(" ")).collect();
+    assert_eq!(
+        tables,
+        [
+            "_sqlx_migrations BASE TABLE",
+            "change_log BASE TABLE",
+            "delprovsresultat BASE TABLE",
+            "provomrade BASE TABLE",
+            "provtillfalle BASE TABLE",
+            "quarantine BASE TABLE",
+            "sync_run BASE TABLE",
+            "sync_watermark BASE TABLE",
+            "v_delprovsresultat VIEW",
+            "v_provresultat VIEW",
+        ]
+    );
+    let types = db
+        .texts(&format!(
+            "SELECT table_name || '.' || column_name || ' ' || data_type || ' ' || is_identity
+             FROM information_schema.columns
+             WHERE table_schema = '{schema}'
+               AND (table_name, column_name) IN (('provomrade', 'id'), ('provomrade', 'changed_at'),
+                    ('provtillfalle', 'uppdaterat'), ('provtillfalle', 'intedeltagit'),
+                    ('delprovsresultat', 'maluppfyllnad'), ('change_log', 'seq'),
+                    ('sync_watermark', 'watermark_local'), ('sync_watermark', 'watermark_utc'))
+             ORDER BY 1"
+        ))
+        .await;
+    let types: Vec<String> = types.into_iter().map(|r| r.join(" ")).collect();
+    assert_eq!(
+        types,
+        [
+            "change_log.seq bigint YES",
+            "delprovsresultat.maluppfyllnad boolean NO",
+            "provomrade.changed_at timestamp with time zone NO",
+            "provomrade.id bigint YES",
+            "provtillfalle.intedeltagit boolean NO",
+            "provtillfalle.uppdaterat date NO",
+            "sync_watermark.watermark_local timestamp without time zone NO",
+            "sync_watermark.watermark_utc timestamp with time zone NO",
+        ]
+    );
+    // Migrating again (every start-up does) changes nothing.
+    db.store.migrate().await.expect("migrate again");
+    let applied = db
+        .texts("SELECT CAST(count(*) AS text) FROM _sqlx_migrations")
+        .await;
+    assert_eq!(applied, vec![vec!["3"]]);
+}
+
+#[tokio::test]
+async fn a_connection_lost_mid_window_fails_it_cleanly_and_the_next_attempt_succeeds() {
+    let Some(db) =
+        postgres("a_connection_lost_mid_window_fails_it_cleanly_and_the_next_attempt_succeeds")
+            .await
+    else {
+        return;
+    };
+    let first = window("2026-01-10T08:00:00Z", "2026-01-10T09:59:00Z");
+    sync_window_doc(
+        &*db.store,
+        first,
+        doc(&[kurs(
+            "e0",
+            "ENGENG05",
+            "GY",
+            vec![pt("2026-01-02", "A", &[])],
+        )]),
+        None,
+    )
+    .await
+    .expect("the first window");
+    let before = (db.dump().await, db.runs().await, watermark(&db).await);
+
+    // The next window: more elements than two write batches (2000 elements each) hold.
+    let records: Vec<_> = (0..5000)
+        .map(|i| {
+            kurs(
+                &format!("s{i:04}"),
+                "ENGENG05",
+                "GY",
+                vec![pt("2026-01-10", "C", &[("TALA", "C")])],
+            )
+        })
+        .collect();
+    let next = window("2026-01-10T09:30:00Z", "2026-01-10T11:59:00Z");
+    let size = || async {
+        db.texts("SELECT CAST(pg_relation_size('provtillfalle') AS text)")
+            .await[0][0]
+            .parse::<u64>()
+            .expect("a size")
+    };
+    let size_before = size().await;
+    let mut tx = db.store.begin(ctx(&next.label())).await.expect("begin");
+    // The second batch is handed to the writer only once the first is written: by now the first
+    // 2000 elements are in the database, uncommitted.
+    for r in &records[..4500] {
+        tx.apply(r.clone()).await.expect("applying before the loss");
+    }
+    // Rows of the window are written (uncommitted rows take space, visible from outside)…
+    assert!(size().await > size_before, "nothing was written yet");
+    // …when the server drops the session, as a restart or an administrator would.
+    let ended = db.terminate_sessions(db.application_name()).await;
+    assert!(ended >= 1, "no session of the store was found");
+    let failed = async {
+        for r in &records[4500..] {
+            tx.apply(r.clone()).await?;
+        }
+        tx.finish().await
+    }
+    .await
+    .expect_err("the window's connection is gone");
+    assert!(
+        failed.is_transient(),
+        "a lost connection is worth another attempt: {failed:?}"
+    );
+    tx.rollback().await.ok();
+    // The sync engine records the failure on a connection of its own; the pool reconnects.
+    let mut run = sync_run(RunKind::Sync, next, ApplySummary::default(), None);
+    run.error = Some(failed.to_string());
+    db.store
+        .record_failed_run(&run)
+        .await
+        .expect("record the failure");
+
+    // Nothing of the window is there: no rows, the watermark where it was, no ok run.
+    assert_eq!(db.dump().await, before.0);
+    assert_eq!(watermark(&db).await, before.2);
+    let mut runs = before.1.clone();
+    runs.push("sync 2026-01-10T10:30..2026-01-10T12:59 failed 0".into());
+    assert_eq!(db.runs().await, runs);
+
+    // The next attempt, on the same store, succeeds.
+    let planned = watermark(&db).await.map(|w| w.utc);
+    let summary = sync_window_doc(&*db.store, next, doc(&records), planned)
+        .await
+        .expect("the next attempt");
+    assert_eq!((summary.records, summary.changed), (5000, 5000));
+    assert_eq!(db.dump().await.len(), 5001);
+    assert_eq!(
+        watermark(&db).await.map(|w| w.utc),
+        Some(next.tom_utc),
+        "the watermark moves with the window"
+    );
+}
+
+#[tokio::test]
+async fn only_one_instance_leads_a_source_and_a_lost_leader_is_replaced() {
+    let Some(db) = postgres("only_one_instance_leads_a_source_and_a_lost_leader_is_replaced").await
+    else {
+        return;
+    };
+    // Two instances on the same schema; the second's sessions are named apart.
+    let other: PostgresStore = db.another_store("-b").await;
+    let mut first = db
+        .store
+        .try_lead("default")
+        .await
+        .expect("ask")
+        .expect("the first to ask leads");
+    assert!(first.still_held().await);
+    assert!(
+        other.try_lead("default").await.expect("ask").is_none(),
+        "a second instance led the same source"
+    );
+    let solna = other
+        .try_lead("solna")
+        .await
+        .expect("ask")
+        .expect("another source is free");
+    // The same source in another deployment (schema) is another lock.
+    let elsewhere = Backend::Postgres.fresh().await;
+    elsewhere
+        .store
+        .try_lead("default")
+        .await
+        .expect("ask")
+        .expect("another schema's source is free")
+        .release()
+        .await;
+
+    // The leader's session ends (its machine vanished, the server restarted): it notices, and
+    // the other instance takes over.
+    assert!(db.terminate_sessions(db.application_name()).await >= 1);
+    assert!(
+        !first.still_held().await,
+        "a leadership whose session ended is still reported held"
+    );
+    let second = other
+        .try_lead("default")
+        .await
+        .expect("ask")
+        .expect("a lost leader is replaced");
+    assert!(
+        db.store.try_lead("default").await.expect("ask").is_none(),
+        "the old leader took the source back while it was led"
+    );
+    // Released leadership is free at once.
+    second.release().await;
+    solna.release().await;
+    db.store
+        .try_lead("default")
+        .await
+        .expect("ask")
+        .expect("a released source is free")
+        .release()
+        .await;
+}
+
+/// Two instances sync the same window at the same moment, planned from the same watermark and
+/// receiving the same document: exactly one commits; the other fails on the fence and leaves
+/// nothing.
+async fn race(db: &Db, w: Window, planned: Option<chrono::DateTime<chrono::Utc>>, elev: &str) {
+    let xml = doc(&[
+        kurs(elev, "MATMAT01a", "GY", vec![pt("2026-01-05", "B", &[])]),
+        kurs(
+            "shared",
+            "MATMAT01a",
+            "GY",
+            vec![pt("2026-01-05", elev, &[])],
+        ),
+    ]);
+    let other = db.another_store("-b").await;
+    let (a, b) = tokio::join!(
+        sync_window_doc(&*db.store, w, xml.clone(), planned),
+        sync_window_doc(&other, w, xml, planned),
+    );
+    let (won, lost) = match (a, b) {
+        (Ok(won), Err(lost)) | (Err(lost), Ok(won)) => (won, lost),
+        (a, b) => panic!("exactly one must commit: {a:?} / {b:?}"),
+    };
+    assert!(
+        matches!(lost, StoreError::WatermarkMoved { .. }),
+        "the loser must fail on the fence: {lost}"
+    );
+    assert_eq!(won.records, 2);
+    assert_eq!(
+        watermark(db).await.map(|w| w.utc),
+        Some(w.tom_utc),
+        "the winner's watermark stands"
+    );
+    other.close().await;
+}
+
+#[tokio::test]
+async fn two_instances_syncing_the_same_window_at_once_commit_it_exactly_once() {
+    let Some(db) =
+        postgres("two_instances_syncing_the_same_window_at_once_commit_it_exactly_once").await
+    else {
+        return;
+    };
+    // A source's first window (no watermark row to lock yet)…
+    race(
+        &db,
+        window("2026-01-10T08:00:00Z", "2026-01-10T09:59:00Z"),
+        None,
+        "A",
+    )
+    .await;
+    // …and a later one.
+    let planned = watermark(&db).await.map(|w| w.utc);
+    race(
+        &db,
+        window("2026-01-10T09:30:00Z", "2026-01-10T11:59:00Z"),
+        planned,
+        "C",
+    )
+    .await;
+    assert_eq!(
+        db.dump().await,
+        [
+            "default A kurs MATMAT01a #0 GY 2026-01-05 g=- i=0 s=B []",
+            "default C kurs MATMAT01a #0 GY 2026-01-05 g=- i=0 s=B []",
+            "default shared kurs MATMAT01a #0 GY 2026-01-05 g=- i=0 s=C []",
+        ]
+    );
+    assert_eq!(
+        db.runs().await,
+        [
+            "sync 2026-01-10T09:00..2026-01-10T10:59 ok 2",
+            "sync 2026-01-10T10:30..2026-01-10T12:59 ok 2",
+        ]
+    );
+    // Within a document in provomrade id order: "shared" was created before "C".
+    assert_eq!(
+        db.change_log().await,
+        [
+            "A MATMAT01a upsert",
+            "shared MATMAT01a upsert",
+            "shared MATMAT01a upsert",
+            "C MATMAT01a upsert",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_cli_imports_into_a_postgres_schema_from_settings() {
+    let Some(db) = postgres("the_cli_imports_into_a_postgres_schema_from_settings").await else {
+        return;
+    };
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nprov-sync"))
+        .args(["import", "--source", "cli"])
+        .arg(fixture("good/v12.0.xml"))
+        .env_remove("NPROV_CONFIG")
+        .env_remove("RUST_LOG")
+        .env("NPROV_DATABASE_URL", postgres_url())
+        .env("NPROV_DATABASE_SCHEMA", db.schema())
+        .output()
+        .expect("the binary runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sources = db
+        .texts("SELECT DISTINCT source FROM provomrade ORDER BY 1")
+        .await;
+    assert_eq!(sources, vec![vec!["cli"]]);
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_a_transient_error_without_the_password() {
+    // Port 1 on loopback: nothing listens there, whether or not PostgreSQL runs.
+    let e = PostgresStore::connect("postgres://nprov:s3cret@127.0.0.1:1/wh", "")
+        .await
+        .err()
+        .expect("nothing listens on port 1");
+    let text = e.to_string();
+    assert!(
+        text.contains("postgres://nprov:***@127.0.0.1:1/wh") && !text.contains("s3cret"),
+        "{text}"
+    );
+    assert!(e.is_transient(), "{e:?}");
+    let e = nprov_sync::store::connect("postgres://127.0.0.1:1/wh", "Bad-Name")
+        .await
+        .err()
+        .expect("not an identifier");
+    assert!(matches!(e, StoreError::InvalidSchema { .. }), "{e}");
+}
