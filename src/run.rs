@@ -245,8 +245,11 @@ pub async fn status(
     for name in &names {
         let wm = store.watermark(name).await.map_err(runtime)?;
         let runs = store.recent_runs(name, 5).await.map_err(runtime)?;
+        let leader = store.leader(name).await.map_err(runtime)?;
         sources.push(serde_json::json!({
             "source": name,
+            // null: a single-instance database (SQLite); otherwise which instance leads, if any.
+            "leader": leader.map(|l| l.holder.unwrap_or_else(|| "none: no instance leads it".into())),
             "watermark_local": wm.as_ref().map(|w| w.local.format("%Y-%m-%dT%H:%M").to_string()),
             "watermark_utc": wm.as_ref().map(|w| w.utc.to_rfc3339()),
             "lag_seconds": wm.as_ref().map(|w| (now - w.utc).num_seconds()),
@@ -276,6 +279,9 @@ pub async fn status(
             lag.as_deref().unwrap_or("-")
         )
         .map_err(io_failure)?;
+        if let Some(leader) = s["leader"].as_str() {
+            writeln!(out, "  leader: {leader}").map_err(io_failure)?;
+        }
         for r in s["recent_windows"].as_array().into_iter().flatten() {
             writeln!(
                 out,

@@ -277,8 +277,21 @@ pub trait Store: Send + Sync {
     /// Whether the database answers (for readiness checks).
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Who leads `source` among the instances sharing this database, as `status` shows it:
+    /// `None` where the backend has no other instances to coordinate with.
+    async fn leader(&self, _source: &str) -> Result<Option<LeaderInfo>, StoreError> {
+        Ok(None)
+    }
+
     /// Closes the connections cleanly (flushes SQLite's WAL).
     async fn close(&self);
+}
+
+/// The instance holding a source's lead, as the database sees it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LeaderInfo {
+    /// `None`: no instance leads the source right now.
+    pub holder: Option<String>,
 }
 
 /// The right to sync one source, held until dropped.

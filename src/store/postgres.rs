@@ -54,8 +54,8 @@ use sqlx::{Connection, Postgres, Row, Transaction};
 use tokio::task::JoinHandle;
 
 use super::{
-    query_err, redact_url, timestamp, ApplyContext, ApplySummary, DocumentTx, Leadership, RunKind,
-    RunRow, Store, StoreError, SyncRun, TableCounts, Watermark,
+    query_err, redact_url, timestamp, ApplyContext, ApplySummary, DocumentTx, LeaderInfo,
+    Leadership, RunKind, RunRow, Store, StoreError, SyncRun, TableCounts, Watermark,
 };
 use crate::domain::{
     content_sha256, Delprovsresultat, Omrade, Provomrade, ProvomradeKey, Provtillfalle,
@@ -211,6 +211,17 @@ async fn connect_once(options: &PgConnectOptions) -> Result<PgConnection, sqlx::
         })
 }
 
+/// This process as other instances and `status` see it: host name and process id.
+fn instance_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown-host".into());
+    format!("{host} pid {}", std::process::id())
+}
+
 /// A 64-bit advisory-lock key: the first 8 bytes of SHA-256 over length-prefixed parts (purpose,
 /// schema, source), so that no two different part lists give the same text to hash.
 fn lock_key(parts: &[&str]) -> i64 {
@@ -364,8 +375,13 @@ impl Store for PostgresStore {
     async fn try_lead(&self, source: &str) -> Result<Option<Box<dyn Leadership>>, StoreError> {
         let key = lock_key(&["lead", &self.lock_scope, source]);
         // A connection of its own: a session lock on a pooled connection would be handed to
-        // whatever borrows it next, and would outlive a leader that gave up.
-        let mut conn = connect_once(&self.options)
+        // whatever borrows it next, and would outlive a leader that gave up. Its name says which
+        // instance holds the lead (see `leader`).
+        let options = self
+            .options
+            .clone()
+            .application_name(&format!("nprov-sync leader {}", instance_name()));
+        let mut conn = connect_once(&options)
             .await
             .map_err(|source| StoreError::Connect {
                 url: self.url.clone(),
@@ -381,6 +397,36 @@ impl Store for PostgresStore {
             return Ok(None);
         }
         Ok(Some(Box::new(PgLeadership { conn, key })))
+    }
+
+    async fn leader(&self, source: &str) -> Result<Option<LeaderInfo>, StoreError> {
+        let key = lock_key(&["lead", &self.lock_scope, source]);
+        // A bigint advisory key shows in pg_locks as classid (high half), objid (low half) and
+        // objsubid 1.
+        let row: Option<(String, Option<String>, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT a.application_name, host(a.client_addr), a.backend_start
+             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+               AND l.classid = ((($1::bigint) >> 32) & 4294967295)::oid
+               AND l.objid = (($1::bigint) & 4294967295)::oid",
+        )
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_err("looking up the leader"))?;
+        Ok(Some(LeaderInfo {
+            holder: row.map(|(name, addr, since)| {
+                let who = name
+                    .strip_prefix("nprov-sync leader ")
+                    .unwrap_or(&name)
+                    .to_owned();
+                format!(
+                    "{who}{}, since {}",
+                    addr.map(|a| format!(" from {a}")).unwrap_or_default(),
+                    since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )
+            }),
+        }))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -121,7 +121,7 @@ async fn start(store: Arc<dyn Store>, config: std::path::PathBuf) -> Running {
 }
 
 /// The value of one series in a scrape (0 when absent).
-fn value(text: &str, series: &str) -> f64 {
+pub(crate) fn value(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .map_or(0.0, |v| v.trim().parse().expect("a number"))

@@ -3,6 +3,7 @@
 mod cli;
 mod corpus;
 mod daemon;
+mod ha;
 mod helpers;
 mod monitoring;
 mod postgres;
