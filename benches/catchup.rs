@@ -6,6 +6,9 @@
 //! memory (VmHWM, sampled from /proc while it runs). Twice: with `max_window` one day, and with one
 //! window for the whole year, which shows whether memory grows with the window.
 //!
+//! Into SQLite, and into PostgreSQL when one answers at `NPROV_BENCH_POSTGRES_URL` (default the
+//! local test server), each in a fresh schema.
+//!
 //! `cargo bench --bench catchup` (200 000 students; `NPROV_BENCH_STUDENTS` to change). Figures
 //! are printed, nothing is asserted.
 
@@ -33,6 +36,8 @@ struct Measured {
     wall: f64,
     cpu: f64,
     peak_mib: f64,
+    /// Provområde elements the run received, summed from its per-window lines.
+    records: u64,
 }
 
 fn proc_peak_kib(pid: u32) -> Option<f64> {
@@ -55,8 +60,9 @@ fn proc_cpu_ticks(pid: u32) -> Option<f64> {
 /// Runs a command to its end, sampling its peak memory and CPU time from /proc.
 fn measure(cmd: &mut Command) -> Measured {
     let started = Instant::now();
+    let out = tempfile::NamedTempFile::new().expect("temp file");
     let mut child = cmd
-        .stdout(Stdio::null())
+        .stdout(out.reopen().expect("reopen"))
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
@@ -80,10 +86,24 @@ fn measure(cmd: &mut Command) -> Measured {
         std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err).ok();
         panic!("{cmd:?} failed: {status}\n{err}");
     }
+    // Lines read "… 123 bytes, 456 records → …".
+    let records = std::fs::read_to_string(out.path())
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            l.split(" records → ")
+                .next()?
+                .rsplit(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
     Measured {
         wall,
         cpu: ticks / TICKS_PER_SECOND,
         peak_mib: peak / 1024.0,
+        records,
     }
 }
 
@@ -108,15 +128,38 @@ fn start_simulator(bin: &str, students: u64) -> (Simulator, String) {
     (Simulator(child), url)
 }
 
-fn counts(db: &Path) -> (i64, i64) {
-    let conn = rusqlite::Connection::open(db).expect("open");
-    let one = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).expect(sql) };
-    let rows = one(
-        "SELECT (SELECT COUNT(*) FROM provomrade) + (SELECT COUNT(*) FROM provtillfalle)
-              + (SELECT COUNT(*) FROM delprovsresultat)",
-    );
-    let records = one("SELECT COALESCE(SUM(records), 0) FROM sync_run WHERE outcome = 'ok'");
-    (rows, records)
+/// Rows of the three mirror tables, from `status --json`, whatever the backend.
+fn rows(bin: &str, config: &Path) -> u64 {
+    let out = Command::new(bin)
+        .args(["status", "--json", "--config"])
+        .arg(config)
+        .output()
+        .expect("status");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    let t = &v["tables"];
+    ["provomrade", "provtillfalle", "delprovsresultat"]
+        .iter()
+        .map(|k| t[k].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Removes a bench schema (left over, or done with); a failure only leaves it behind.
+fn drop_schema(url: &str, schema: &str) {
+    Command::new("psql")
+        .args([
+            url,
+            "-qc",
+            &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+        ])
+        .output()
+        .ok();
+}
+
+fn postgres_reachable(url: &str) -> bool {
+    Command::new("psql")
+        .args([url, "-Atc", "SELECT 1"])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 fn main() {
@@ -131,48 +174,73 @@ fn main() {
     let (_sim, url) = start_simulator(bin, students);
     let dir = tempfile::tempdir().expect("dir");
     println!("catch-up of {students} students ({START} .. {UNTIL}) from the simulator at {url}");
-    for (label, max_window) in [("max_window 1d", "1d"), ("one window for the year", "400d")] {
-        let db = dir.path().join(format!("catchup-{max_window}.db"));
-        let config = dir.path().join(format!("catchup-{max_window}.toml"));
-        // Loopback and a simulator: the politeness limit would only measure itself here.
-        std::fs::write(
-            &config,
-            format!(
-                "[database]\nurl = \"sqlite://{}\"\n[[source]]\nurl = \"{url}\"\nstart = \"{START}\"\n\
-                 max_window = \"{max_window}\"\nrate_limit_per_second = 1000\nrequest_timeout = \"30m\"\n\
-                 max_response_bytes = 4294967296\n",
-                db.display()
-            ),
-        )
-        .expect("config");
-        let first = measure(
-            Command::new(bin)
-                .args(["sync", "--once", "--until", UNTIL, "--config"])
-                .arg(&config),
-        );
-        let (rows, records) = counts(&db);
-        let again = measure(
-            Command::new(bin)
-                .args(["backfill", "--from", START, "--to", UNTIL, "--config"])
-                .arg(&config),
-        );
-        println!(
-            "{label}: first sync {:.1} s wall, {:.1} s CPU, {records} records = {:.0} records/s, \
-             {rows} rows = {:.0} rows/s, peak RSS {:.1} MiB",
-            first.wall,
-            first.cpu,
-            records as f64 / first.wall,
-            rows as f64 / first.wall,
-            first.peak_mib
-        );
-        println!(
-            "{label}: re-sync, nothing changed: {:.1} s wall ({:.2} of the first), {:.1} s CPU \
-             ({:.2} of the first), peak RSS {:.1} MiB",
-            again.wall,
-            again.wall / first.wall,
-            again.cpu,
-            again.cpu / first.cpu,
-            again.peak_mib
-        );
+    let pg = std::env::var("NPROV_BENCH_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let mut backends = vec![("SQLite", None)];
+    if postgres_reachable(&pg) {
+        backends.push(("PostgreSQL", Some(pg.clone())));
+    } else {
+        println!("PostgreSQL not reachable at {pg}: SQLite only");
+    }
+    for (backend, pg_url) in backends {
+        for (label, max_window) in [("max_window 1d", "1d"), ("one window for the year", "400d")] {
+            let schema = format!("bench_{}", std::process::id());
+            let database = match &pg_url {
+                None => format!(
+                    "url = \"sqlite://{}\"",
+                    dir.path()
+                        .join(format!("catchup-{max_window}.db"))
+                        .display()
+                ),
+                Some(url) => {
+                    drop_schema(url, &schema);
+                    format!("url = \"{url}\"\nschema = \"{schema}\"")
+                }
+            };
+            let config = dir.path().join(format!("catchup-{max_window}.toml"));
+            // Loopback and a simulator: the politeness limit would only measure itself here.
+            std::fs::write(
+                &config,
+                format!(
+                    "[database]\n{database}\n[[source]]\nurl = \"{url}\"\nstart = \"{START}\"\n\
+                     max_window = \"{max_window}\"\nrate_limit_per_second = 1000\nrequest_timeout = \"30m\"\n\
+                     max_response_bytes = 4294967296\n"
+                ),
+            )
+            .expect("config");
+            let first = measure(
+                Command::new(bin)
+                    .args(["sync", "--once", "--until", UNTIL, "--config"])
+                    .arg(&config),
+            );
+            let rows = rows(bin, &config);
+            let again = measure(
+                Command::new(bin)
+                    .args(["backfill", "--from", START, "--to", UNTIL, "--config"])
+                    .arg(&config),
+            );
+            println!(
+                "{backend}, {label}: first sync {:.1} s wall, {:.1} s CPU, {} records = {:.0} records/s, \
+                 {rows} rows = {:.0} rows/s, peak RSS {:.1} MiB",
+                first.wall,
+                first.cpu,
+                first.records,
+                first.records as f64 / first.wall,
+                rows as f64 / first.wall,
+                first.peak_mib
+            );
+            println!(
+                "{backend}, {label}: re-sync, nothing changed: {:.1} s wall ({:.2} of the first), \
+                 {:.1} s CPU ({:.2} of the first), peak RSS {:.1} MiB",
+                again.wall,
+                again.wall / first.wall,
+                again.cpu,
+                again.cpu / first.cpu,
+                again.peak_mib
+            );
+            if let Some(url) = &pg_url {
+                drop_schema(url, &schema);
+            }
+        }
     }
 }

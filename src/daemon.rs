@@ -204,6 +204,15 @@ impl Shared {
             .cloned()
     }
 
+    fn source_names(&self) -> Vec<String> {
+        self.sources
+            .read()
+            .expect("sources lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// A scheduler tick (or the start-up run) for one source: starts a run unless one is going.
     fn tick(self: &Arc<Self>, name: &str) {
         if self.shutdown.is_cancelled() {
@@ -352,13 +361,7 @@ impl Shared {
 
     /// One line for `systemctl status`.
     fn status_line(&self) -> String {
-        let names: Vec<String> = self
-            .sources
-            .read()
-            .expect("sources lock")
-            .keys()
-            .cloned()
-            .collect();
+        let names = self.source_names();
         let now = Utc::now().timestamp();
         let parts: Vec<String> = names
             .iter()
@@ -406,13 +409,7 @@ impl Shared {
         };
         let max_age = self.config.read().expect("config lock").ready_max_age;
         let now = Utc::now();
-        let names: Vec<String> = self
-            .sources
-            .read()
-            .expect("sources lock")
-            .keys()
-            .cloned()
-            .collect();
+        let names = self.source_names();
         let mut ready = db.is_ok();
         let mut sources = Vec::new();
         for name in names {

@@ -155,8 +155,13 @@ async fn sqlite_at(path: &std::path::Path) -> Arc<nprov_sync::store::SqliteStore
     Arc::new(store)
 }
 
-/// A simulator on real time whose changes all lie in the last few days.
-async fn simulator(students: u64, rate_limit: Option<u32>) -> (String, Arc<Platform>) {
+/// A simulator on real time whose students' results change between `hours` hours and one hour
+/// ago.
+pub(crate) async fn simulator(
+    students: u64,
+    hours: i64,
+    rate_limit: Option<u32>,
+) -> (String, Arc<Platform>) {
     let now = Utc::now();
     let platform = Arc::new(Platform::new(
         Population {
@@ -166,7 +171,7 @@ async fn simulator(students: u64, rate_limit: Option<u32>) -> (String, Arc<Platf
             year: 2026,
         },
         Stockholm,
-        now - chrono::Duration::hours(20),
+        now - chrono::Duration::hours(hours),
         now - chrono::Duration::hours(1),
         3,
     ));
@@ -198,7 +203,7 @@ async fn a_running_daemon_exports_what_happens_a_429_a_failed_window_and_a_quara
     let dir = tempfile::tempdir().expect("dir");
     let db = dir.path().join("d.db");
     // "sim": the simulator answers 429 beyond 3 requests a second; the client may send 20.
-    let (sim_url, platform) = simulator(120, Some(3)).await;
+    let (sim_url, platform) = simulator(120, 20, Some(3)).await;
     // "broken": the first request fails for good (one attempt allowed), then every window
     // carries one element that breaks the XSD.
     let broken = MockServer::start().await;
@@ -335,6 +340,15 @@ async fn slow_platform(delay: Duration) -> (MockServer, Arc<AtomicUsize>) {
     (server, count)
 }
 
+/// Waits (at most 10 s) until the mock platform has been asked once.
+async fn first_request(count: &AtomicUsize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while count.load(Ordering::SeqCst) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no request came");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn watermark(store: &dyn Store) -> Option<DateTime<Utc>> {
     store
         .watermark("default")
@@ -360,11 +374,7 @@ async fn ticks_during_a_run_are_skipped_and_shutdown_lets_the_window_in_flight_c
     );
     let store = sqlite_at(&db).await;
     let daemon = start(store.clone(), config).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while count.load(Ordering::SeqCst) == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "no request came");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    first_request(&count).await;
     tokio::time::sleep(Duration::from_millis(2200)).await;
     // Two ticks came and went while the first window was in flight: no second request.
     assert_eq!(count.load(Ordering::SeqCst), 1);
@@ -394,11 +404,7 @@ async fn a_window_still_in_flight_when_the_grace_period_ends_is_rolled_back() {
     .expect("config");
     let store = sqlite_at(&db).await;
     let daemon = start(store.clone(), config).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while count.load(Ordering::SeqCst) == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "no request came");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    first_request(&count).await;
     let stopping = tokio::time::Instant::now();
     daemon.stop().await;
     assert!(

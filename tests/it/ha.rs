@@ -3,16 +3,14 @@
 //! and the tables end equal to the platform's state with no window committed twice.
 
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use chrono_tz::Europe::Stockholm;
-use nprov_sync::simulate::server::{serve, Faults, Simulator, Stats, VirtualClock};
-use nprov_sync::simulate::{render_to_string, Platform, Population};
+use nprov_sync::simulate::render_to_string;
 use nprov_sync::xml::version::newest;
 
-use crate::daemon::value;
+use crate::daemon::{simulator, value};
 use crate::helpers::*;
 
 /// A daemon process, killed when dropped.
@@ -103,34 +101,7 @@ async fn of_two_instances_only_the_leader_syncs_and_the_standby_takes_over_when_
 
     // A platform whose changes lie in the last three days: a catch-up of about 70 windows.
     let now = Utc::now();
-    let platform = Arc::new(Platform::new(
-        Population {
-            students: 150,
-            seed: 31,
-            version: newest(),
-            year: 2026,
-        },
-        Stockholm,
-        now - chrono::Duration::hours(70),
-        now - chrono::Duration::hours(1),
-        3,
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let sim = Simulator {
-        platform: platform.clone(),
-        clock: VirtualClock::new(now),
-        faults: Faults::default(),
-        basic: None,
-    };
-    tokio::spawn(serve(
-        listener,
-        sim,
-        Arc::new(Stats::default()),
-        std::future::pending(),
-    ));
+    let (url, platform) = simulator(150, 70, None).await;
 
     let dir = tempfile::tempdir().expect("dir");
     let config = dir.path().join("nprov.toml");
