@@ -94,7 +94,7 @@ pub enum Command {
     Demo(DemoArgs),
     /// Serve a simulated platform (generated students, a school year of changes) on a local port,
     /// for trying a configuration or the client's behaviour under faults. Stops on Ctrl-C.
-    Simulate(SimulateArgs),
+    Simulate(Box<SimulateArgs>),
     /// Inspect configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -137,6 +137,12 @@ pub struct SimulateArgs {
     /// Probability of a malformed body.
     #[arg(long, default_value_t = 0.0)]
     pub malformed: f64,
+    /// Probability of an answer that starts only after --slow-delay.
+    #[arg(long, default_value_t = 0.0)]
+    pub slow: f64,
+    /// How long a slow answer keeps the client waiting (e.g. "5s").
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub slow_delay: std::time::Duration,
     /// Answer 429 with Retry-After to requests beyond this many per second.
     #[arg(long)]
     pub rate_limit: Option<u32>,
@@ -241,7 +247,7 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> Result<()
         }
         Command::Run => run_daemon(&cli.config, cli.database.clone(), settings).await,
         Command::Demo(args) => crate::demo::run(&args.file, args.students, out).await,
-        Command::Simulate(args) => simulate(args, out).await,
+        Command::Simulate(args) => simulate(*args, out).await,
         Command::Sync { until, source, .. } => {
             let sources = build_sources(&cli.config, &settings, source.as_deref())?;
             let store = open_store(&settings).await?;
@@ -370,6 +376,8 @@ async fn simulate(args: SimulateArgs, out: &mut dyn Write) -> Result<(), Failure
             server_error: args.server_errors,
             truncated: args.truncated,
             malformed: args.malformed,
+            slow: args.slow,
+            slow_delay: args.slow_delay,
             rate_limit_per_second: args.rate_limit,
             seed: args.seed,
         },

@@ -152,19 +152,31 @@ pub async fn run(file: &Path, students: u64, out: &mut dyn Write) -> Result<(), 
     let mut total = crate::store::ApplySummary::default();
     let mut windows = 0usize;
     let mut last_print = Instant::now();
+    let from = crate::window::earliest_instant(tz, source.start);
+    let bar = crate::run::progress_bar("first sync", (now - from).num_minutes().max(1) as u64);
     let result = crate::sync::catch_up(&store, &source, now, |r| {
         windows += 1;
         total.add(&r.summary);
-        if last_print.elapsed().as_secs() >= 2 {
-            last_print = Instant::now();
-            let _ = writeln!(
-                out,
-                "  … {} synced ({windows} windows)",
-                r.window.tom_param()
-            );
+        match &bar {
+            Some(bar) => {
+                bar.set_position((r.window.tom_utc.min(now) - from).num_minutes().max(0) as u64);
+                bar.set_message(r.window.tom_param());
+            }
+            None if last_print.elapsed().as_secs() >= 2 => {
+                last_print = Instant::now();
+                let _ = writeln!(
+                    out,
+                    "  … {} synced ({windows} windows)",
+                    r.window.tom_param()
+                );
+            }
+            None => {}
         }
     })
     .await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
     result.map_err(|e| runtime(e.into()))?;
     w(
         out,

@@ -38,6 +38,23 @@ enum Progress {
     Log { last: Instant, started: Instant },
 }
 
+/// A progress bar over `total` minutes of windows, when standard error is a terminal.
+pub(crate) fn progress_bar(prefix: &str, total: u64) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {percent:>3}% up to {msg} ({elapsed}, about {eta} left)",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(prefix.to_owned());
+    Some(bar)
+}
+
 /// How often progress is logged when no terminal shows a bar.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
@@ -61,22 +78,12 @@ impl<'a> Printer<'a> {
         to: DateTime<Utc>,
     ) -> Self {
         let total = (to - from).num_minutes().max(1) as u64;
-        let progress = if std::io::stderr().is_terminal() {
-            let bar = indicatif::ProgressBar::new(total);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{prefix} [{bar:30}] {percent:>3}% up to {msg} ({elapsed}, about {eta} left)",
-                )
-                .expect("a valid template")
-                .progress_chars("=> "),
-            );
-            bar.set_prefix(source.to_owned());
-            Progress::Bar(bar)
-        } else {
-            Progress::Log {
+        let progress = match progress_bar(source, total) {
+            Some(bar) => Progress::Bar(bar),
+            None => Progress::Log {
                 last: Instant::now(),
                 started: Instant::now(),
-            }
+            },
         };
         Printer {
             out,

@@ -46,6 +46,10 @@ pub struct Faults {
     pub server_error: f64,
     pub truncated: f64,
     pub malformed: f64,
+    /// Probability that an answer starts only after `slow_delay` (headers included), as from a
+    /// platform under load: a client with a shorter timeout must retry or split the window.
+    pub slow: f64,
+    pub slow_delay: Duration,
     /// Answer `429` with `Retry-After: 1` to requests beyond this many in the last second.
     pub rate_limit_per_second: Option<u32>,
     pub seed: u64,
@@ -372,15 +376,20 @@ async fn answer(
         )
             .into_response();
     };
-    let (fail, cut, garble) = {
+    let (fail, cut, garble, slow) = {
         let mut rng = state.rng.lock().expect("rng lock");
         let f = &state.sim.faults;
         (
             rng.random_bool(f.server_error.clamp(0.0, 1.0)),
             rng.random_bool(f.truncated.clamp(0.0, 1.0)),
             rng.random_bool(f.malformed.clamp(0.0, 1.0)),
+            rng.random_bool(f.slow.clamp(0.0, 1.0)),
         )
     };
+    if slow {
+        stats.faults.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(state.sim.faults.slow_delay).await;
+    }
     if fail {
         stats.faults.fetch_add(1, Ordering::Relaxed);
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
