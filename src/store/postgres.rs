@@ -377,10 +377,12 @@ impl Store for PostgresStore {
         // A connection of its own: a session lock on a pooled connection would be handed to
         // whatever borrows it next, and would outlive a leader that gave up. Its name says which
         // instance holds the lead (see `leader`).
-        let options = self
-            .options
-            .clone()
-            .application_name(&format!("nprov-sync leader {}", instance_name()));
+        let name = format!(
+            "{} leader {}",
+            self.options.get_application_name().unwrap_or("nprov-sync"),
+            instance_name()
+        );
+        let options = self.options.clone().application_name(&name);
         let mut conn = connect_once(&options)
             .await
             .map_err(|source| StoreError::Connect {
@@ -416,9 +418,10 @@ impl Store for PostgresStore {
         .map_err(query_err("looking up the leader"))?;
         Ok(Some(LeaderInfo {
             holder: row.map(|(name, addr, since)| {
+                // "<application_name> leader <host> pid <pid>", see `try_lead`.
                 let who = name
-                    .strip_prefix("nprov-sync leader ")
-                    .unwrap_or(&name)
+                    .split_once(" leader ")
+                    .map_or(name.as_str(), |(_, who)| who)
                     .to_owned();
                 format!(
                     "{who}{}, since {}",

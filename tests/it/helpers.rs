@@ -618,13 +618,16 @@ enum Match {
     Prefix,
 }
 
-/// Ends the sessions of an `application_name`, waiting up to 10 s for each to be gone.
+/// Ends the sessions of an `application_name`, waiting up to 10 s for each to be gone. A store's
+/// leadership connections count as its own: they are named `<application_name> leader …`.
 async fn terminate(url: &str, app: &str, how: Match) -> Result<i64, sqlx::Error> {
     let mut c = sqlx::postgres::PgConnection::connect(url).await?;
     let n: i64 = sqlx::query_scalar(
         "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 10000))
          FROM pg_stat_activity
-         WHERE (application_name = $1 OR ($2 AND starts_with(application_name, $1)))
+         WHERE (application_name = $1
+                OR starts_with(application_name, $1 || ' leader ')
+                OR ($2 AND starts_with(application_name, $1)))
            AND pid <> pg_backend_pid()",
     )
     .bind(app)
