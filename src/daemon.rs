@@ -535,18 +535,21 @@ async fn install_sources(
             }),
         );
     }
-    // Sources no longer configured give their lead up (once their run, if any, is over).
+    // Sources no longer configured give their lead up once their run, if any, is over: in a task
+    // of its own, so the main loop (and a SIGTERM) does not wait for that run.
     for c in old {
-        let name = c.source.name();
-        if !installed.contains_key(name) {
-            let state = shared.state(name);
-            let mut slot = state.slot.lock().await;
-            if let Some(l) = slot.leadership.take() {
-                l.release().await;
-            }
-            state.leader.store(false, Ordering::SeqCst);
-            state.metrics.set_leader(false);
-            tracing::info!(source = name, "source removed from the configuration");
+        let name = c.source.name().to_owned();
+        if !installed.contains_key(&name) {
+            let state = shared.state(&name);
+            tracing::info!(source = %name, "source removed from the configuration");
+            shared.tracker.spawn(async move {
+                let mut slot = state.slot.lock().await;
+                if let Some(l) = slot.leadership.take() {
+                    l.release().await;
+                }
+                state.leader.store(false, Ordering::SeqCst);
+                state.metrics.set_leader(false);
+            });
         }
     }
     let names = installed.keys().cloned().collect();

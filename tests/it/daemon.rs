@@ -464,6 +464,20 @@ async fn a_reload_adds_a_source_and_a_broken_configuration_keeps_the_running_one
         .await;
     assert!(second_count.load(Ordering::SeqCst) >= 1);
     assert_eq!(value(&text, r#"nprov_leader{source="a"}"#), 1.0);
+    // And a source taken out of the configuration gives its lead up.
+    let only_b = format!(
+        "[[source]]\nname = \"b\"\nurl = \"{}\"\nstart = \"{}\"\n",
+        second.uri(),
+        local_minutes_ago(20)
+    );
+    write_config(dir.path(), &db, &only_b);
+    daemon.reload.send(()).await.expect("reload");
+    daemon
+        .scrape_until(Duration::from_secs(20), |t| {
+            value(t, r#"nprov_leader{source="a"}"#) == 0.0
+                && value(t, r#"nprov_leader{source="b"}"#) == 1.0
+        })
+        .await;
     daemon.stop().await;
     for source in ["a", "b"] {
         assert!(store.watermark(source).await.expect("read").is_some());
