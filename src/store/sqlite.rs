@@ -15,7 +15,7 @@
 //! the document creates need no row there: their ids, from `first_new_id` on, say so (a created
 //! key that comes again gets a row, to have its hash settled).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -151,7 +151,7 @@ impl Store for SqliteStore {
             ctx,
             unchanged: 0,
             batch: Vec::with_capacity(BATCH_RECORDS),
-            batch_keys: HashSet::with_capacity(BATCH_RECORDS),
+            batch_keys: HashMap::with_capacity(BATCH_RECORDS),
             batch_child_rows: 0,
             next_provomrade_id: po + 1,
             first_new_id: po + 1,
@@ -304,10 +304,26 @@ async fn insert_run(
     Ok(())
 }
 
-/// A buffered record and the hash of its own provtillfällen.
+/// A buffered key: its first element in this batch, any later ones (split skolformer, merged
+/// here so the key is looked up once and hashed as the set it is), and the hash of them all.
 struct Pending {
     record: Provomrade,
+    more: Vec<Provomrade>,
     sha256: String,
+}
+
+impl Pending {
+    fn elements(&self) -> impl Iterator<Item = &Provomrade> {
+        std::iter::once(&self.record).chain(&self.more)
+    }
+
+    fn hash(&self) -> String {
+        content_sha256(self.elements().flat_map(|r| {
+            r.provtillfallen
+                .iter()
+                .map(move |pt| (r.skolform.as_ref(), pt))
+        }))
+    }
 }
 
 /// What the database holds for a key at flush time.
@@ -327,7 +343,8 @@ struct SqliteDocumentTx {
     ctx: ApplyContext,
     now: String,
     batch: Vec<Pending>,
-    batch_keys: HashSet<ProvomradeKey>,
+    /// Where each key of the batch is in it.
+    batch_keys: HashMap<ProvomradeKey, usize>,
     batch_child_rows: usize,
     next_provomrade_id: i64,
     /// The first id this document hands out: rows from it on were created by the document.
@@ -580,15 +597,19 @@ impl SqliteDocumentTx {
                     }
                 },
             };
-            for (i, pt) in p.record.provtillfallen.iter().enumerate() {
-                pt_rows.push(PtRow {
-                    id: self.next_provtillfalle_id,
-                    provomrade_id: id,
-                    ordinal: first_ordinal + i as i64,
-                    skolform: &p.record.skolform,
-                    pt,
-                });
-                self.next_provtillfalle_id += 1;
+            let mut ordinal = first_ordinal;
+            for r in p.elements() {
+                for pt in &r.provtillfallen {
+                    pt_rows.push(PtRow {
+                        id: self.next_provtillfalle_id,
+                        provomrade_id: id,
+                        ordinal,
+                        skolform: &r.skolform,
+                        pt,
+                    });
+                    self.next_provtillfalle_id += 1;
+                    ordinal += 1;
+                }
             }
         }
         for ids in unchanged_ids.chunks(ROWS_PER_STATEMENT) {
@@ -611,7 +632,7 @@ impl SqliteDocumentTx {
 
         self.write_batch(&new_rows, &replace_ids, &pt_rows, &touches)
             .await?;
-        self.summary.records += batch.len() as u64;
+        self.summary.records += batch.iter().map(|p| 1 + p.more.len() as u64).sum::<u64>();
         self.summary.provomrade_rows += new_rows.len() as u64;
         Ok(())
     }
@@ -799,24 +820,29 @@ impl SqliteDocumentTx {
 #[async_trait]
 impl DocumentTx for SqliteDocumentTx {
     async fn apply(&mut self, record: Provomrade) -> Result<(), StoreError> {
-        // A key twice in one batch would be looked up before its first element is written; flush
-        // first so the second occurrence sees the first (rare: only split skolformer do this).
-        if self.batch_keys.contains(&record.key) {
-            self.flush().await?;
-        }
-        let sha256 = content_sha256(
-            record
-                .provtillfallen
-                .iter()
-                .map(|pt| (record.skolform.as_ref(), pt)),
-        );
         self.batch_child_rows += record
             .provtillfallen
             .iter()
             .map(|pt| 1 + pt.resultat.delprovsresultat().len())
             .sum::<usize>();
-        self.batch_keys.insert(record.key.clone());
-        self.batch.push(Pending { record, sha256 });
+        if let Some(&i) = self.batch_keys.get(&record.key) {
+            // A later element of a key already in this batch (split skolformer): it joins that
+            // key, in document order. Flushing instead would cut batches short wherever the
+            // platform sends a key's elements next to each other.
+            let p = &mut self.batch[i];
+            p.more.push(record);
+            p.sha256 = p.hash();
+        } else {
+            let mut p = Pending {
+                record,
+                more: Vec::new(),
+                sha256: String::new(),
+            };
+            p.sha256 = p.hash();
+            self.batch_keys
+                .insert(p.record.key.clone(), self.batch.len());
+            self.batch.push(p);
+        }
         if self.batch.len() >= BATCH_RECORDS || self.batch_child_rows >= BATCH_CHILD_ROWS {
             self.flush().await?;
         }
