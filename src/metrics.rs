@@ -456,9 +456,13 @@ impl SourceMetrics {
         }
     }
 
-    /// The stored watermark (after a commit, or as read at start-up).
+    /// The stored watermark (after a commit, or as read at start-up). Like the stored one it
+    /// never moves back: a window half that ends inside the overlap leaves it where it is.
     pub fn watermark(&self, at: DateTime<Utc>) {
-        self.watermark.set(at.timestamp_millis() as f64 / 1000.0);
+        let t = at.timestamp_millis() as f64 / 1000.0;
+        if t > self.watermark.get() {
+            self.watermark.set(t);
+        }
     }
 
     /// A sync run (a catch-up) ended; `failed` counts towards the back-off.
@@ -536,6 +540,20 @@ mod tests {
         let text = m.render(wm + chrono::Duration::seconds(754));
         assert!(
             text.contains("nprov_sync_lag_seconds{source=\"solna\"} 754"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_watermark_gauge_never_moves_back() {
+        let m = Metrics::new();
+        let s = m.source("default");
+        let later = DateTime::from_timestamp(1_800_000_600, 0).expect("valid");
+        s.watermark(later);
+        s.watermark(later - chrono::Duration::minutes(20));
+        let text = m.render(later);
+        assert!(
+            text.contains("nprov_sync_watermark_timestamp_seconds{source=\"default\"} 1800000600"),
             "{text}"
         );
     }
