@@ -209,10 +209,15 @@ impl From<ImportError> for Failure {
 
 /// Loads settings for a command: file, environment, then `--database`.
 pub fn load_settings(cli: &Cli) -> Result<Settings, Failure> {
-    let mut settings = Settings::load(cli.config.as_deref(), std::env::vars())
-        .map_err(|e| Failure::Config(e.into()))?;
-    if let Some(url) = &cli.database {
-        settings.database.url = url.clone();
+    settings_from(cli.config.as_deref(), cli.database.as_deref())
+}
+
+/// The file, the environment, then `--database`: at start-up, and again on SIGHUP.
+fn settings_from(config: Option<&Path>, database: Option<&str>) -> Result<Settings, Failure> {
+    let mut settings =
+        Settings::load(config, std::env::vars()).map_err(|e| Failure::Config(e.into()))?;
+    if let Some(url) = database {
+        settings.database.url = url.to_owned();
     }
     Ok(settings)
 }
@@ -432,11 +437,8 @@ async fn run_daemon(
     })?;
     let config_path = config.clone();
     let loader: daemon::Loader = Box::new(move || {
-        let mut settings =
-            Settings::load(config_path.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;
-        if let Some(url) = &database {
-            settings.database.url = url.clone();
-        }
+        let settings = settings_from(config_path.as_deref(), database.as_deref())
+            .map_err(|f| f.error().to_string())?;
         let sources =
             build_sources(&config_path, &settings, None).map_err(|f| f.error().to_string())?;
         Ok(Loaded { settings, sources })

@@ -155,8 +155,11 @@ fn default_source_name() -> String {
 fn default_timezone() -> String {
     "Europe/Stockholm".into()
 }
+/// When `run` syncs a source unless its `schedule` says otherwise: every five minutes.
+pub const DEFAULT_SCHEDULE: &str = "0 */5 * * * *";
+
 fn default_schedule() -> String {
-    "0 */5 * * * *".into()
+    DEFAULT_SCHEDULE.into()
 }
 fn default_overlap() -> String {
     "30m".into()

@@ -503,7 +503,7 @@ async fn install_sources(
             .iter()
             .find(|s| s.name == name)
             .map(|s| s.schedule.clone())
-            .unwrap_or_else(|| "0 */5 * * * *".into());
+            .unwrap_or_else(|| crate::config::DEFAULT_SCHEDULE.into());
         let state = shared.state(&name);
         source.client.set_metrics(state.metrics.clone());
         let tz = source.plan.tz;

@@ -64,9 +64,10 @@ struct Printer<'a> {
     out: &'a mut dyn Write,
     source: &'a str,
     failed: Option<Failure>,
-    /// The span the run covers, for progress.
+    /// The span the run covers, for progress, and its length in minutes.
     from: DateTime<Utc>,
     to: DateTime<Utc>,
+    total: u64,
     progress: Progress,
 }
 
@@ -91,6 +92,7 @@ impl<'a> Printer<'a> {
             failed: None,
             from,
             to,
+            total,
             progress,
         }
     }
@@ -103,10 +105,10 @@ impl<'a> Printer<'a> {
                 Progress::Log { .. } => line(self.out, self.source, r).err(),
             };
         }
+        let total = self.total;
         let done = (r.window.tom_utc.min(self.to) - self.from)
             .num_minutes()
             .max(0) as u64;
-        let total = (self.to - self.from).num_minutes().max(1) as u64;
         let at = r.window.tom_param();
         match &mut self.progress {
             Progress::Bar(bar) => {

@@ -220,26 +220,27 @@ fn observe_window(
     match result {
         Ok(r) => {
             let s = &r.summary;
+            // tracing needs the level as a constant: the macro writes the event once for both.
             macro_rules! event {
                 ($level:ident) => {
                     tracing::$level!(
-                source = source.name(),
-                kind = kind.as_str(),
-                from = %window.from_param(),
-                tom = %window.tom_param(),
-                outcome = "ok",
-                http_status = r.http_status,
-                attempts = r.attempts,
-                version = %r.version,
-                bytes = r.bytes,
-                records = s.records,
-                changed = s.changed,
-                unchanged = s.unchanged,
-                cleared = s.cleared,
-                quarantined = s.quarantined,
-                duration_seconds = elapsed.as_secs_f64(),
-                "window synced"
-            )
+                        source = source.name(),
+                        kind = kind.as_str(),
+                        from = %window.from_param(),
+                        tom = %window.tom_param(),
+                        outcome = "ok",
+                        http_status = r.http_status,
+                        attempts = r.attempts,
+                        version = %r.version,
+                        bytes = r.bytes,
+                        records = s.records,
+                        changed = s.changed,
+                        unchanged = s.unchanged,
+                        cleared = s.cleared,
+                        quarantined = s.quarantined,
+                        duration_seconds = elapsed.as_secs_f64(),
+                        "window synced"
+                    )
                 };
             }
             if metrics.loud() {
