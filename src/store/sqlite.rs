@@ -9,11 +9,15 @@
 //! worker thread, so writes go as multi-row `VALUES` statements of up to `ROWS_PER_STATEMENT` (1 000)
 //! rows.
 //!
-//! The stored keys a document touched are tracked in the temporary table `doc_touched` (one row per
-//! key, with the hash stored before the document and the hash it leaves), which lives in the
-//! transaction and spills to disk like any table, so memory does not grow with the document. Keys
-//! the document creates need no row there: their ids, from `first_new_id` on, say so (a created
-//! key that comes again gets a row, to have its hash settled).
+//! A batch holds each key once: a key's later elements in the same batch join it, and it is
+//! looked up and hashed as the whole set. Stored keys whose content the document replaces are
+//! tracked in the temporary table `doc_touched` (one row per key, with the hash stored before the
+//! document and the hash it leaves), which lives in the transaction and spills to disk like any
+//! table, so memory does not grow with the document. Two kinds of key need no row there: keys the
+//! document creates (their ids, from `first_new_id` on, say so) and unchanged keys, which are
+//! marked at once with the document's timestamp in `synced_at` (unique per document, see
+//! `mirror_clock`). Either kind that comes again in a later batch gets a row, to have its hash
+//! settled in `finish`.
 
 use std::collections::HashMap;
 use std::str::FromStr;
