@@ -982,4 +982,24 @@ mod tests {
             assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
         }
     }
+
+    #[test]
+    fn an_empty_credential_file_is_refused_by_its_setting() {
+        // systemd's SetCredential placeholder for an unused credential is a lone newline.
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("token"), "\n").expect("write");
+        let f = write(
+            "[[source]]\nurl = \"https://x.example\"\nstart = \"2026-08-01T00:00\"\ntoken_file = \"token\"\n",
+        );
+        let s = Settings::load(Some(f.path()), env(&[])).expect("loads");
+        let e = s
+            .sources(Some(f.path()), Some(dir.path()))
+            .err()
+            .expect("an empty token")
+            .to_string();
+        assert!(
+            e.contains("source.default.token_file") && e.contains("is empty"),
+            "{e}"
+        );
+    }
 }
