@@ -107,8 +107,20 @@ fn measure(cmd: &mut Command) -> Measured {
     }
 }
 
+/// The binary, without this bench's own `NPROV_BENCH_*` settings in its environment: the binary
+/// refuses `NPROV_…` variables it does not know (a typo in a unit file must not pass silently).
+fn nprov(bin: &str) -> Command {
+    let mut cmd = Command::new(bin);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("NPROV_BENCH_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
 fn start_simulator(bin: &str, students: u64) -> (Simulator, String) {
-    let mut child = Command::new(bin)
+    let mut child = nprov(bin)
         .args(["simulate", "--listen", "127.0.0.1:0", "--students"])
         .arg(students.to_string())
         .stdout(Stdio::piped())
@@ -130,7 +142,7 @@ fn start_simulator(bin: &str, students: u64) -> (Simulator, String) {
 
 /// Rows of the three mirror tables, from `status --json`, whatever the backend.
 fn rows(bin: &str, config: &Path) -> u64 {
-    let out = Command::new(bin)
+    let out = nprov(bin)
         .args(["status", "--json", "--config"])
         .arg(config)
         .output()
@@ -209,13 +221,13 @@ fn main() {
             )
             .expect("config");
             let first = measure(
-                Command::new(bin)
+                nprov(bin)
                     .args(["sync", "--once", "--until", UNTIL, "--config"])
                     .arg(&config),
             );
             let rows = rows(bin, &config);
             let again = measure(
-                Command::new(bin)
+                nprov(bin)
                     .args(["backfill", "--from", START, "--to", UNTIL, "--config"])
                     .arg(&config),
             );
