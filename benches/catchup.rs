@@ -38,6 +38,9 @@ struct Measured {
     peak_mib: f64,
     /// Provområde elements the run received, summed from its per-window lines.
     records: u64,
+    /// Keys found with their content already stored, summed from the same lines: each one is a
+    /// `synced_at` row write (issue 3's rule), the part of a re-sync no parser speed removes.
+    unchanged: u64,
 }
 
 fn proc_peak_kib(pid: u32) -> Option<f64> {
@@ -86,24 +89,26 @@ fn measure(cmd: &mut Command) -> Measured {
         std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err).ok();
         panic!("{cmd:?} failed: {status}\n{err}");
     }
-    // Lines read "… 123 bytes, 456 records → …".
-    let records = std::fs::read_to_string(out.path())
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            l.split(" records → ")
-                .next()?
-                .rsplit(' ')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum();
+    // Lines read "… 123 bytes, 456 records → 7 changed, 449 unchanged, …".
+    let output = std::fs::read_to_string(out.path()).unwrap_or_default();
+    let (mut records, mut unchanged) = (0, 0);
+    for line in output.lines() {
+        let Some((head, tail)) = line.split_once(" records → ") else {
+            continue;
+        };
+        let number = |s: Option<&str>| s.and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+        records += number(head.rsplit(' ').next());
+        unchanged += number(
+            tail.split(", ")
+                .find_map(|part| part.strip_suffix(" unchanged")),
+        );
+    }
     Measured {
         wall,
         cpu: ticks / TICKS_PER_SECOND,
         peak_mib: peak / 1024.0,
         records,
+        unchanged,
     }
 }
 
@@ -243,12 +248,15 @@ fn main() {
             );
             println!(
                 "{backend}, {label}: re-sync, nothing changed: {:.1} s wall ({:.2} of the first), \
-                 {:.1} s CPU ({:.2} of the first), peak RSS {:.1} MiB",
+                 {:.1} s CPU ({:.2} of the first), peak RSS {:.1} MiB; {} records, {} keys \
+                 found unchanged (a synced_at row write each)",
                 again.wall,
                 again.wall / first.wall,
                 again.cpu,
                 again.cpu / first.cpu,
-                again.peak_mib
+                again.peak_mib,
+                again.records,
+                again.unchanged
             );
             if let Some(url) = &pg_url {
                 drop_schema(url, &schema);
