@@ -175,6 +175,30 @@ pub struct TableCounts {
     pub change_log: i64,
 }
 
+impl TableCounts {
+    /// One row of the five counts, the same SQL on every backend.
+    pub(crate) const SQL: &'static str =
+        "SELECT (SELECT COUNT(*) FROM provomrade), (SELECT COUNT(*) FROM provtillfalle),
+                (SELECT COUNT(*) FROM delprovsresultat), (SELECT COUNT(*) FROM quarantine),
+                (SELECT COUNT(*) FROM change_log)";
+
+    /// Reads the row [`TableCounts::SQL`] returns, whichever backend returned it.
+    pub(crate) fn from_row<R>(row: &R) -> Result<Self, sqlx::Error>
+    where
+        R: sqlx::Row,
+        usize: sqlx::ColumnIndex<R>,
+        i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        Ok(TableCounts {
+            provomrade: row.try_get(0)?,
+            provtillfalle: row.try_get(1)?,
+            delprovsresultat: row.try_get(2)?,
+            quarantine: row.try_get(3)?,
+            change_log: row.try_get(4)?,
+        })
+    }
+}
+
 /// The end of the last window fully committed for a source.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Watermark {

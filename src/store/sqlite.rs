@@ -171,21 +171,11 @@ impl Store for SqliteStore {
     }
 
     async fn table_counts(&self) -> Result<TableCounts, StoreError> {
-        let row = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM provomrade), (SELECT COUNT(*) FROM provtillfalle),
-                    (SELECT COUNT(*) FROM delprovsresultat), (SELECT COUNT(*) FROM quarantine),
-                    (SELECT COUNT(*) FROM change_log)",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .map_err(query_err("counting rows"))?;
-        Ok(TableCounts {
-            provomrade: row.get(0),
-            provtillfalle: row.get(1),
-            delprovsresultat: row.get(2),
-            quarantine: row.get(3),
-            change_log: row.get(4),
-        })
+        sqlx::query(TableCounts::SQL)
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|row| TableCounts::from_row(&row))
+            .map_err(query_err("counting rows"))
     }
 
     async fn close(&self) {
