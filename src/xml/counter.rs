@@ -1,14 +1,24 @@
-//! The parser's byte source: a `BufRead` over any `Read` that knows where the parser is.
+//! The parser's byte source: a `BufRead` over any `Read` that knows where the parser is, and
+//! hands out only bytes that may be in an XML document.
 //!
 //! quick-xml reports byte offsets only. To say "line 812, column 7" without keeping the document,
-//! and to hand a broken record's raw bytes to quarantine, the bytes since the last *checkpoint*
-//! (the parser sets one at the start of every top-level element) stay in the buffer, with the line
-//! and column of the checkpoint. That one buffer is also the read buffer quick-xml pulls from, so
-//! no byte is copied twice. Memory is bounded by one top-level element plus one read chunk, and
-//! that is capped: past `max_record_bytes` since the checkpoint the read fails, so a hostile
-//! document cannot make us hold it whole. A total cap on the document size is enforced here too.
+//! and to hand a record's raw bytes to quarantine (or to the raw hash), the bytes since the last
+//! *checkpoint* (the scanner sets one at the start and the end of every top-level element) stay
+//! in the buffer, with the line and column of the checkpoint. That one buffer is also the read
+//! buffer quick-xml pulls from, so no byte is copied twice. Memory is bounded by one top-level
+//! element plus one read chunk, and that is capped: past `max_record_bytes` since the checkpoint
+//! the read fails, so a hostile document cannot make us hold it whole. A total cap on the
+//! document size is enforced here too.
+//!
+//! Every byte is checked as it arrives (see [`super::chars`]): UTF-8, and none of the characters
+//! XML forbids. Bytes from the first bad one on are never handed out; reading up to it fails
+//! with a [`BadCharAt`] that names its offset. So no event, record or database row can ever hold
+//! a NUL or a stray byte of another encoding, whatever the layer above does, and the error points
+//! at the exact character.
 
 use std::io::{self, BufRead, Read};
+
+use super::chars::{self, BadChar};
 
 /// How much is read from the source at a time.
 const CHUNK: usize = 64 * 1024;
@@ -37,20 +47,47 @@ pub enum LimitExceeded {
 impl std::fmt::Display for LimitExceeded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            LimitExceeded::Record(n) => write!(f, "one element exceeds the limit of {n} bytes"),
-            LimitExceeded::Document(n) => write!(f, "the document exceeds the limit of {n} bytes"),
+            LimitExceeded::Record(n) => write!(
+                f,
+                "one element (or what stands between two) exceeds the limit of {n} bytes (parser.max_record_bytes)"
+            ),
+            LimitExceeded::Document(n) => write!(
+                f,
+                "the document exceeds the limit of {n} bytes (max_response_bytes)"
+            ),
         }
     }
 }
 
 impl std::error::Error for LimitExceeded {}
 
+/// A byte the document may not contain, at an absolute offset; carried inside the `io::Error`
+/// that reading up to it returns, so the parser can say where it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadCharAt {
+    pub offset: u64,
+    pub bad: BadChar,
+}
+
+impl std::fmt::Display for BadCharAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "byte {}: {}", self.offset, self.bad)
+    }
+}
+
+impl std::error::Error for BadCharAt {}
+
 pub struct CountingReader<R> {
     inner: R,
-    /// `buf[start..pos]` was consumed since the checkpoint; `buf[pos..]` is read ahead.
+    /// `buf[start..pos]` was consumed since the checkpoint; `buf[pos..checked]` is read ahead and
+    /// checked; `buf[checked..]` is an incomplete UTF-8 sequence waiting for its next bytes, or
+    /// lies behind a bad character.
     buf: Vec<u8>,
     start: usize,
     pos: usize,
+    checked: usize,
+    /// The first bad character found, as an index into `buf`; nothing from it on is handed out.
+    bad: Option<(usize, BadChar)>,
     /// Location of `buf[start]`.
     mark: Location,
     eof: bool,
@@ -61,18 +98,36 @@ pub struct CountingReader<R> {
 
 impl<R: Read> CountingReader<R> {
     pub fn new(inner: R, max_record_bytes: u64, max_document_bytes: Option<u64>) -> Self {
+        Self::starting_at(
+            inner,
+            Location {
+                line: 1,
+                column: 1,
+                offset: 0,
+            },
+            max_record_bytes,
+            max_document_bytes,
+        )
+    }
+
+    /// A reader whose first byte is at `start` of some larger document: for reading one element
+    /// again from its raw bytes, with locations that point into the document it came from.
+    pub fn starting_at(
+        inner: R,
+        start: Location,
+        max_record_bytes: u64,
+        max_document_bytes: Option<u64>,
+    ) -> Self {
         CountingReader {
             inner,
             buf: Vec::with_capacity(2 * CHUNK),
             start: 0,
             pos: 0,
-            mark: Location {
-                line: 1,
-                column: 1,
-                offset: 0,
-            },
+            checked: 0,
+            bad: None,
+            mark: start,
             eof: false,
-            consumed: 0,
+            consumed: start.offset,
             max_record_bytes,
             max_document_bytes,
         }
@@ -89,7 +144,9 @@ impl<R: Read> CountingReader<R> {
     /// Line and column of a byte offset at or after the checkpoint. Offsets before it resolve to
     /// the checkpoint itself; offsets past what was consumed resolve to the end.
     pub fn locate(&self, offset: u64) -> Location {
-        let want = offset.clamp(self.mark.offset, self.consumed);
+        // Also what was read ahead: a bad character is located before it is consumed.
+        let readable = self.consumed + (self.buf.len() - self.pos) as u64;
+        let want = offset.clamp(self.mark.offset, readable);
         let slice = &self.buf[self.start..self.start + (want - self.mark.offset) as usize];
         let mut loc = self.mark;
         // memchr counts newlines with SIMD: this runs over every byte once per record.
@@ -115,8 +172,36 @@ impl<R: Read> CountingReader<R> {
         &self.buf[self.start + a..self.start + b.max(a)]
     }
 
+    /// Where the checkpoint is: the start of the element (or the gap between two) being read.
+    pub fn mark(&self) -> Location {
+        self.mark
+    }
+
     pub fn consumed(&self) -> u64 {
         self.consumed
+    }
+
+    /// The absolute offset of an index into `buf`.
+    fn offset_of(&self, index: usize) -> u64 {
+        self.consumed + index as u64 - self.pos as u64
+    }
+
+    /// Checks what arrived since the last check, up to the first bad character.
+    fn check_new(&mut self) {
+        if self.bad.is_some() {
+            return;
+        }
+        match chars::check(&self.buf[self.checked..]) {
+            Ok(good) => self.checked += good,
+            Err((at, bad)) => {
+                self.checked += at;
+                self.bad = Some((self.checked, bad));
+            }
+        }
+        if self.eof && self.bad.is_none() && self.checked < self.buf.len() {
+            // The input ended inside a UTF-8 sequence.
+            self.bad = Some((self.checked, BadChar::NotUtf8));
+        }
     }
 
     fn refill(&mut self) -> io::Result<()> {
@@ -135,6 +220,10 @@ impl<R: Read> CountingReader<R> {
         if self.start > 0 && self.start >= self.buf.len() / 2 {
             self.buf.drain(..self.start);
             self.pos -= self.start;
+            self.checked -= self.start;
+            if let Some((at, _)) = &mut self.bad {
+                *at -= self.start;
+            }
             self.start = 0;
         }
         let old = self.buf.len();
@@ -153,6 +242,7 @@ impl<R: Read> CountingReader<R> {
         if n == 0 {
             self.eof = true;
         }
+        self.check_new();
         Ok(())
     }
 }
@@ -169,14 +259,30 @@ impl<R: Read> Read for CountingReader<R> {
 
 impl<R: Read> BufRead for CountingReader<R> {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        if self.pos == self.buf.len() && !self.eof {
+        loop {
+            if self.pos < self.checked {
+                return Ok(&self.buf[self.pos..self.checked]);
+            }
+            if let Some((at, bad)) = self.bad {
+                if self.pos >= at {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        BadCharAt {
+                            offset: self.offset_of(at),
+                            bad,
+                        },
+                    ));
+                }
+            }
+            if self.eof {
+                return Ok(&[]);
+            }
             self.refill()?;
         }
-        Ok(&self.buf[self.pos..])
     }
 
     fn consume(&mut self, amt: usize) {
-        let amt = amt.min(self.buf.len() - self.pos);
+        let amt = amt.min(self.checked - self.pos);
         self.pos += amt;
         self.consumed += amt as u64;
     }
@@ -263,5 +369,72 @@ mod tests {
             r.checkpoint(at);
             assert!(r.buf.capacity() <= 4 * CHUNK, "{}", r.buf.capacity());
         }
+    }
+
+    /// Reads everything, returning the error reading stopped at, if any.
+    fn read_all(doc: &[u8], chunk_reads: usize) -> (Vec<u8>, Option<BadCharAt>) {
+        /// Hands out at most `n` bytes per read, so sequences straddle reads.
+        struct Trickle<'a>(&'a [u8], usize);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+                let n = self.0.len().min(out.len()).min(self.1);
+                out[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let mut r = CountingReader::new(Trickle(doc, chunk_reads), 1 << 20, None);
+        let mut got = Vec::new();
+        let err = r.read_to_end(&mut got).err().map(|e| {
+            *e.get_ref()
+                .and_then(|inner| inner.downcast_ref::<BadCharAt>())
+                .expect("a bad character")
+        });
+        (got, err)
+    }
+
+    #[test]
+    fn bytes_up_to_a_bad_character_are_handed_out_and_it_is_located() {
+        for chunk in [1, 2, 3, 64 * 1024] {
+            let (got, err) = read_all(b"<a>ok\0no</a>", chunk);
+            assert_eq!(got, b"<a>ok", "chunk {chunk}");
+            assert_eq!(
+                err,
+                Some(BadCharAt {
+                    offset: 5,
+                    bad: BadChar::Forbidden(0)
+                })
+            );
+            // "må" split across reads is fine; Latin-1 "å" is not.
+            let (got, err) = read_all("<a>må</a>".as_bytes(), chunk);
+            assert_eq!((got.as_slice(), err), ("<a>må</a>".as_bytes(), None));
+            let (got, err) = read_all(b"<a>m\xE5</a>", chunk);
+            assert_eq!(got, b"<a>m");
+            assert_eq!(err.map(|e| (e.offset, e.bad)), Some((4, BadChar::NotUtf8)));
+            // A document that ends inside a sequence.
+            let (got, err) = read_all(b"<a/>\xC3", chunk);
+            assert_eq!(got, b"<a/>");
+            assert_eq!(err.map(|e| e.offset), Some(4));
+        }
+    }
+
+    #[test]
+    fn a_reader_can_start_inside_a_document() {
+        let start = Location {
+            line: 40,
+            column: 5,
+            offset: 1000,
+        };
+        let mut r = CountingReader::starting_at(&b"<x>\n  <y/>"[..], start, 1 << 20, None);
+        consume_all(&mut r);
+        assert_eq!(r.consumed(), 1010);
+        assert_eq!(
+            r.locate(1006),
+            Location {
+                line: 41,
+                column: 3,
+                offset: 1006
+            }
+        );
     }
 }

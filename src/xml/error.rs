@@ -2,6 +2,7 @@
 //! [`RecordError`] condemns one top-level element only; it goes to quarantine with its raw XML and
 //! the rest of the document goes on.
 
+use super::chars::BadChar;
 use super::counter::{LimitExceeded, Location};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,13 @@ pub enum DocumentError {
     TrailingContent { location: Location, what: String },
     #[error("{location}: elements nested deeper than {max} levels")]
     TooDeep { location: Location, max: usize },
+    /// A character XML does not allow (NUL, a control character) or bytes that are not UTF-8.
+    #[error("{location}: {bad}")]
+    Character { location: Location, bad: BadChar },
+    #[error(
+        "{location}: an element with more than {max} attributes (namespace declarations included)"
+    )]
+    TooManyAttributes { location: Location, max: usize },
     #[error("{location}: {limit}")]
     Limit {
         location: Location,
@@ -56,6 +64,8 @@ impl DocumentError {
             | DocumentError::Encoding { location, .. }
             | DocumentError::TrailingContent { location, .. }
             | DocumentError::TooDeep { location, .. }
+            | DocumentError::Character { location, .. }
+            | DocumentError::TooManyAttributes { location, .. }
             | DocumentError::Limit { location, .. }
             | DocumentError::Io { location, .. } => Some(*location),
         }
@@ -82,6 +92,8 @@ impl DocumentError {
             DocumentError::Encoding { .. } => "encoding",
             DocumentError::TrailingContent { .. } => "trailing_content",
             DocumentError::TooDeep { .. } => "too_deep",
+            DocumentError::Character { .. } => "character",
+            DocumentError::TooManyAttributes { .. } => "too_many_attributes",
             DocumentError::Limit { .. } => "limit",
             DocumentError::Io { .. } => "io",
         }
