@@ -32,7 +32,6 @@ async fn import(db: &std::path::Path, doc: &std::path::Path) -> Figures {
     let input = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(doc).expect("doc"));
     let ctx = ApplyContext {
         source: "bench".into(),
-        namespace: String::new(),
         document: doc.display().to_string(),
         now: Utc::now(),
     };

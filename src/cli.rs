@@ -590,7 +590,6 @@ async fn import_files(
         let started = Instant::now();
         let ctx = ApplyContext {
             source: source.to_owned(),
-            namespace: String::new(),
             document: path.display().to_string(),
             now: Utc::now(),
         };

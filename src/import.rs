@@ -1,23 +1,34 @@
-//! Applying one document to the mirror: parse on a blocking thread, write on the async side.
+//! Applying one document to the mirror: scan on a blocking thread, write on the async side.
 //!
-//! The parser reads a `BufRead` (a file, or later an HTTP body bridged into one) on a blocking
-//! thread and hands records over a bounded channel, so parsing and database writes overlap on two
-//! cores and memory stays bounded by the channel's capacity. A document error rolls the whole
-//! document back; a record error quarantines that record in the same transaction.
+//! The scanner reads a `Read` (a file, or an HTTP body bridged into one) on a blocking thread and
+//! hands elements over a bounded channel, so scanning and database writes overlap on two cores
+//! and memory stays bounded by the channel's capacity. Whether the scanner also builds each
+//! element (while most are new or changed) or only scans (while most are skipped by their raw
+//! hash) the writer decides as it goes; the result is the same either way. A document error
+//! rolls the whole document back; a record error quarantines that element in the same
+//! transaction.
 
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{ApplyContext, ApplySummary, DocumentTx, Store, StoreError};
-use crate::xml::{DocumentError, DocumentHeader, Item, Limits, ParseStats, Parser};
+use crate::xml::{
+    DocContext, DocumentError, DocumentHeader, Item, Limits, ParseStats, Parser, ScanStats,
+    Scanned, Scanner,
+};
 
-/// Batches in flight between the parser thread and the writer.
+/// Messages in flight between the scanner thread and the writer.
 const CHANNEL_CAPACITY: usize = 4;
-/// Items per message: one message per item would wake the writer (and switch threads) for
-/// every record, which cost more than parsing and writing together (measured: 60 % of an
-/// all-unchanged re-import). Memory stays bounded: capacity × batch items.
-const ITEMS_PER_MESSAGE: usize = 256;
+/// Elements per message: one message per element would wake the writer (and switch threads)
+/// for every record, which cost more than parsing and writing together (measured: 60 % of an
+/// all-unchanged re-import).
+const ELEMENTS_PER_MESSAGE: usize = 256;
+/// Raw bytes per message, whichever limit comes first: with the channel's capacity, this bounds
+/// the memory in flight whatever the elements' sizes.
+const BYTES_PER_MESSAGE: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -39,16 +50,14 @@ pub struct ImportReport {
 }
 
 enum Msg {
-    Header(Box<DocumentHeader>),
-    Items(Vec<Item>),
-    Done { stats: Box<ParseStats>, bytes: u64 },
+    Header(Box<DocumentHeader>, Arc<DocContext>),
+    Elements(Vec<Scanned>),
+    Done { stats: Box<ScanStats>, bytes: u64 },
     Failed(DocumentError),
 }
 
 /// Parses `input` and applies it in one transaction which is left open (finished, not committed)
 /// so the caller can add to it — the sync engine writes its watermark there — and then commit.
-///
-/// `ctx.namespace` is filled from the document.
 ///
 /// # Errors
 /// A document error or a store error; the transaction is rolled back and nothing is written.
@@ -56,35 +65,37 @@ pub async fn apply_document<R>(
     store: &dyn Store,
     input: R,
     limits: Limits,
-    mut ctx: ApplyContext,
+    ctx: ApplyContext,
 ) -> Result<(Box<dyn DocumentTx>, ImportReport), ImportError>
 where
     R: Read + Send + 'static,
 {
     let (tx, mut rx) = mpsc::channel(CHANNEL_CAPACITY);
-    let parser = tokio::task::spawn_blocking(move || parse_into(input, limits, tx));
+    let (hint_tx, hint_rx) = oneshot::channel();
+    let parser = tokio::task::spawn_blocking(move || scan_into(input, limits, tx, hint_rx));
 
-    let header = match rx.recv().await {
-        Some(Msg::Header(h)) => *h,
+    let (header, doc_ctx) = match rx.recv().await {
+        Some(Msg::Header(h, c)) => (*h, c),
         Some(Msg::Failed(e)) => return Err(e.into()),
         _ => return Err(join_error(parser.await)),
     };
-    ctx.namespace = header.version.namespace.clone();
-    let mut doc = store.begin(ctx).await?;
+    let mut doc = store.begin(ctx, doc_ctx).await?;
+    // The scanner follows the writer's advice from here on.
+    let _ = hint_tx.send(doc.build_ahead());
     let outcome = async {
         loop {
             match rx.recv().await {
-                Some(Msg::Items(items)) => {
+                Some(Msg::Elements(items)) => {
                     for item in items {
                         match item {
-                            Item::Record(r) => doc.apply(r.provomrade).await?,
-                            Item::Quarantined(q) => doc.quarantine(&q).await?,
+                            Scanned::Element(e) => doc.element(e).await?,
+                            Scanned::Quarantined(q) => doc.quarantine(q).await?,
                         }
                     }
                 }
                 Some(Msg::Done { stats, bytes }) => return Ok((*stats, bytes)),
                 Some(Msg::Failed(e)) => return Err(ImportError::Document(e)),
-                Some(Msg::Header(_)) | None => {
+                Some(Msg::Header(..)) | None => {
                     return Err(ImportError::Parser(
                         "the parser stopped without a result".into(),
                     ))
@@ -93,7 +104,7 @@ where
         }
     }
     .await;
-    let (stats, bytes) = match outcome {
+    let (scan, bytes) = match outcome {
         Ok(done) => done,
         Err(e) => {
             // Dropping the receiver stops the parser thread at its next send.
@@ -109,6 +120,9 @@ where
             return Err(e.into());
         }
     };
+    let mut stats = ParseStats::combine(&scan, doc.parse_stats());
+    stats.records = summary.records;
+    stats.quarantined = summary.quarantined;
     Ok((
         doc,
         ImportReport {
@@ -178,39 +192,57 @@ pub fn parse_document<R: Read>(
     }
 }
 
-fn parse_into<R: Read>(input: R, limits: Limits, tx: mpsc::Sender<Msg>) {
-    let mut parser = match Parser::new(input, limits) {
+fn scan_into<R: Read>(
+    input: R,
+    limits: Limits,
+    tx: mpsc::Sender<Msg>,
+    hint: oneshot::Receiver<Arc<AtomicBool>>,
+) {
+    let mut scanner = match Scanner::new(input, limits) {
         Ok(p) => p,
         Err(e) => {
             let _ = tx.blocking_send(Msg::Failed(e));
             return;
         }
     };
+    let header = Box::new(scanner.header().clone());
     if tx
-        .blocking_send(Msg::Header(Box::new(parser.header().clone())))
+        .blocking_send(Msg::Header(header, scanner.context().clone()))
         .is_err()
     {
         return;
     }
-    let mut items = Vec::with_capacity(ITEMS_PER_MESSAGE);
+    // The writer's advice, once its transaction has begun (a writer that failed to begin
+    // drops the sender, and the scan stops at its first send).
+    let Ok(build_ahead) = hint.blocking_recv() else {
+        return;
+    };
+    let mut items = Vec::with_capacity(ELEMENTS_PER_MESSAGE);
+    let mut bytes = 0usize;
     loop {
-        let end = match parser.next_item() {
+        scanner.set_build_ahead(build_ahead.load(Ordering::Relaxed));
+        let end = match scanner.next_element() {
             Ok(Some(item)) => {
+                bytes += match &item {
+                    Scanned::Element(e) => e.raw.len(),
+                    Scanned::Quarantined(q) => q.raw.len(),
+                };
                 items.push(item);
-                if items.len() < ITEMS_PER_MESSAGE {
+                if items.len() < ELEMENTS_PER_MESSAGE && bytes < BYTES_PER_MESSAGE {
                     continue;
                 }
                 None
             }
             Ok(None) => Some(Msg::Done {
-                stats: Box::new(parser.stats().clone()),
-                bytes: parser.bytes_read(),
+                stats: Box::new(scanner.stats().clone()),
+                bytes: scanner.bytes_read(),
             }),
             Err(e) => Some(Msg::Failed(e)),
         };
         if !items.is_empty() {
-            let batch = std::mem::replace(&mut items, Vec::with_capacity(ITEMS_PER_MESSAGE));
-            if tx.blocking_send(Msg::Items(batch)).is_err() {
+            let batch = std::mem::replace(&mut items, Vec::with_capacity(ELEMENTS_PER_MESSAGE));
+            bytes = 0;
+            if tx.blocking_send(Msg::Elements(batch)).is_err() {
                 return;
             }
         }

@@ -299,7 +299,6 @@ async fn try_once(
     let reader = SyncIoBridge::new(StreamReader::new(body));
     let ctx = ApplyContext {
         source: source.name().to_owned(),
-        namespace: String::new(),
         document: format!("window {}", window.label()),
         now: Utc::now(),
     };

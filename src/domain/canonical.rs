@@ -26,13 +26,39 @@ pub fn content_sha256<'a, I>(items: I) -> ContentHash
 where
     I: IntoIterator<Item = (&'a str, &'a Provtillfalle)>,
 {
-    let mut h = Sha256::new();
-    h.update(ENCODING_TAG);
+    let mut h = ContentHasher::new();
     for (skolform, pt) in items {
+        h.push(skolform, pt);
+    }
+    h.finish()
+}
+
+/// [`content_sha256`] one provtillfälle at a time: a key's set can be hashed as its elements
+/// arrive, or as its stored rows are read page by page, in time linear in the set and memory
+/// independent of it.
+#[derive(Clone)]
+pub struct ContentHasher(Sha256);
+
+impl Default for ContentHasher {
+    fn default() -> Self {
+        ContentHasher::new()
+    }
+}
+
+impl ContentHasher {
+    pub fn new() -> ContentHasher {
+        let mut h = Sha256::new();
+        h.update(ENCODING_TAG);
+        ContentHasher(h)
+    }
+
+    /// Adds the next provtillfälle of the set, with the skolform of the element it came in.
+    pub fn push(&mut self, skolform: &str, pt: &Provtillfalle) {
+        let h = &mut self.0;
         h.update(b"P");
-        str_field(&mut h, skolform);
-        str_field(&mut h, &pt.uppdaterat.to_string());
-        opt_str(&mut h, pt.genomfort.map(|d| d.to_string()).as_deref());
+        str_field(h, skolform);
+        str_field(h, &pt.uppdaterat.to_string());
+        opt_str(h, pt.genomfort.map(|d| d.to_string()).as_deref());
         match &pt.resultat {
             ProvtillfalleResultat::Intedeltagit => h.update(b"I"),
             ProvtillfalleResultat::Resultat {
@@ -40,10 +66,10 @@ where
                 delprovsresultat,
             } => {
                 h.update(b"R");
-                opt_str(&mut h, sammanvagt_provbetyg.as_deref());
+                opt_str(h, sammanvagt_provbetyg.as_deref());
                 h.update((delprovsresultat.len() as u64).to_le_bytes());
                 for d in delprovsresultat {
-                    str_field(&mut h, &d.typ);
+                    str_field(h, &d.typ);
                     match &d.utfall {
                         Utfall::Intedeltagit => h.update(b"i"),
                         Utfall::Borttappat => h.update(b"b"),
@@ -56,7 +82,7 @@ where
                                 None => h.update(b"-"),
                                 Some(Varde::Betyg(b)) => {
                                     h.update(b"g");
-                                    str_field(&mut h, b);
+                                    str_field(h, b);
                                 }
                                 Some(Varde::Poang(p)) => {
                                     h.update(b"p");
@@ -74,7 +100,10 @@ where
             }
         }
     }
-    hex::encode(h.finalize())
+
+    pub fn finish(self) -> ContentHash {
+        hex::encode(self.0.finalize())
+    }
 }
 
 fn str_field(h: &mut Sha256, s: &str) {

@@ -1,27 +1,34 @@
-//! The mirror: one storage interface, one module per backend.
+//! The mirror: one storage interface, one replace engine, one dialect module per backend.
 //!
 //! Everything the importer (and the sync engine) writes goes through [`Store`] and the
-//! per-document transaction [`DocumentTx`] it opens. The replace semantics live in the backends'
-//! SQL, but the *rules* are the same for all of them and are tested against each:
+//! per-document transaction [`DocumentTx`] it opens. The rules are written once, in the pure
+//! replace core ([`replace`]), and driven the same way for every backend ([`apply`]); a backend
+//! ([`sqlite`], [`postgres`]) only executes the writes the core plans, in its own SQL:
 //!
 //! * every provområde element replaces all provtillfällen held for its key (source, elev,
 //!   provområde); an element without provtillfällen clears them and the `provomrade` row stays;
 //! * several elements with the same key in one document are, together and in document order, the
 //!   key's current set, wherever in the document they stand;
-//! * a key whose canonical content hash equals the stored one costs an update of `synced_at` only
-//!   and logs nothing;
+//! * a key whose elements have the raw hash stored for it is not built, checked or written; one
+//!   whose content hash equals the stored one writes nothing but its new raw hash;
+//! * a key with an element that breaks the XSD keeps what is stored: all its elements in the
+//!   document go to quarantine;
 //! * only real changes are appended to `change_log` (`upsert`, or `clear` when the set is empty);
-//! * everything from one document commits in one transaction or not at all.
+//! * everything from one document commits in one transaction or not at all, together with the
+//!   window's `sync_run` row and the watermark.
 //!
-//! Memory stays bounded by one batch of records whatever the document size: the set of keys a
-//! document has touched lives in a temporary table of the transaction, not in the process.
+//! Memory stays bounded by one batch of elements whatever the document size: the keys a
+//! document wrote are tracked in a temporary table of the transaction, and keys it found
+//! unchanged in memory up to a cap (then in that table too).
 //!
 //! [`connect`] picks the backend from the URL: `sqlite://…` ([`SqliteStore`]) or `postgres://…` /
 //! `postgresql://…` ([`PostgresStore`]). Errors never carry a password (see [`redact_url`]), and
 //! [`StoreError::is_transient`] tells a lost connection (worth another attempt) from a fault in
 //! the data or the schema.
 
+pub mod apply;
 pub mod postgres;
+pub mod replace;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -29,9 +36,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use crate::domain::Provomrade;
 use crate::window::Window;
-use crate::xml::Quarantined;
+use crate::xml::{DocContext, DocumentError, Element, ParseStats, Quarantined};
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -68,6 +74,10 @@ pub enum StoreError {
     },
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    /// An element the scanner accepted could not be read again from its bytes (a bug, not bad
+    /// input: the same bytes passed the same checks once already).
+    #[error("an element could not be read again from its raw bytes: {0}")]
+    Rebuild(DocumentError),
     /// The task writing a document was cancelled (the runtime is shutting down); the
     /// transaction went with it, so nothing of the document was committed.
     #[error("the document's database writer was cancelled; nothing of it was committed")]
@@ -120,11 +130,9 @@ pub(crate) fn query_err(context: &'static str) -> impl FnOnce(sqlx::Error) -> St
 pub struct ApplyContext {
     /// The configured source name (the `source` column).
     pub source: String,
-    /// The document's namespace URI (the `namespace` column).
-    pub namespace: String,
     /// Names the document in quarantine rows: a file name, or a window.
     pub document: String,
-    /// The time written to `synced_at`, `changed_at` and `change_log.at`.
+    /// The time written to `changed_at`, `change_log.at` and the quarantine's `last_seen_at`.
     pub now: DateTime<Utc>,
 }
 
@@ -135,7 +143,7 @@ pub struct ApplySummary {
     pub records: u64,
     /// Keys whose content really changed to a non-empty set (logged `upsert`).
     pub changed: u64,
-    /// Keys received with the content already stored.
+    /// Keys received with the content already stored (nothing written for them).
     pub unchanged: u64,
     /// Keys whose content changed to the empty set (logged `clear`).
     pub cleared: u64,
@@ -146,6 +154,8 @@ pub struct ApplySummary {
     pub delprovsresultat_rows: u64,
     /// `provomrade` rows created.
     pub provomrade_rows: u64,
+    /// Elements built into values; the rest were skipped by their raw hash.
+    pub built: u64,
 }
 
 impl ApplySummary {
@@ -162,6 +172,7 @@ impl ApplySummary {
         self.provtillfalle_rows += other.provtillfalle_rows;
         self.delprovsresultat_rows += other.delprovsresultat_rows;
         self.provomrade_rows += other.provomrade_rows;
+        self.built += other.built;
     }
 }
 
@@ -275,8 +286,12 @@ pub trait Store: Send + Sync {
     /// Applies the pending migrations.
     async fn migrate(&self) -> Result<(), StoreError>;
 
-    /// Opens the transaction one document is applied in.
-    async fn begin(&self, ctx: ApplyContext) -> Result<Box<dyn DocumentTx>, StoreError>;
+    /// Opens the transaction one document is applied in; `doc` says what its elements mean.
+    async fn begin(
+        &self,
+        ctx: ApplyContext,
+        doc: Arc<DocContext>,
+    ) -> Result<Box<dyn DocumentTx>, StoreError>;
 
     async fn table_counts(&self) -> Result<TableCounts, StoreError>;
 
@@ -349,15 +364,22 @@ impl Leadership for SoleLeadership {
 /// One document's transaction. Dropping it without [`DocumentTx::commit`] rolls everything back.
 #[async_trait]
 pub trait DocumentTx: Send {
-    /// Applies one provområde element. Writes are batched; a batch is flushed when it is full.
-    async fn apply(&mut self, record: Provomrade) -> Result<(), StoreError>;
+    /// Applies one top-level element. Writes are batched; a batch is written when it is full.
+    async fn element(&mut self, element: Element) -> Result<(), StoreError>;
 
-    /// Keeps an element that broke the XSD.
-    async fn quarantine(&mut self, q: &Quarantined) -> Result<(), StoreError>;
+    /// Keeps an element the scanner found broken before it could name its key.
+    async fn quarantine(&mut self, q: Quarantined) -> Result<(), StoreError>;
 
-    /// Flushes, settles hashes of keys that came in several elements, writes `synced_at`,
-    /// `changed_at` and `change_log`, and reports. Further writes of the same transaction (the
-    /// sync engine's watermark) may follow before [`DocumentTx::commit`].
+    /// Whether the scanner should build elements as it reads them (most need building) or leave
+    /// that to the writer (most are skipped by their raw hash); it reads this before each one.
+    fn build_ahead(&self) -> Arc<std::sync::atomic::AtomicBool>;
+
+    /// What building the applied elements noticed: warnings, unknown enumeration values.
+    fn parse_stats(&self) -> &ParseStats;
+
+    /// Writes the last batch, settles keys that came in several batches, writes `changed_at`
+    /// and `change_log`, and reports. Further writes of the same transaction (the sync engine's
+    /// watermark) may follow before [`DocumentTx::commit`].
     async fn finish(&mut self) -> Result<ApplySummary, StoreError>;
 
     /// Records the window this document answered, in the same transaction, and for a

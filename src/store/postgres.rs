@@ -1,4 +1,4 @@
-//! The PostgreSQL backend.
+//! The PostgreSQL backend: the dialect the replace engine's writes are executed in.
 //!
 //! Layout: the tables of `migrations/postgres/` (those of SQLite, in native types: `timestamptz`,
 //! `date`, `boolean`, `bigint` identities), in the connection's default schema or in the
@@ -11,20 +11,17 @@
 //! second instance that applies the same window waits, then sees the first one's rows and fails on
 //! the watermark fence instead of on half-visible keys; other sources write alongside.
 //!
-//! Writes are set-based, a handful of statements per batch of records whatever its size: keys are
-//! looked up by `UNNEST` arrays joined against the natural key, replaced children go in one
-//! `DELETE … = ANY($1)` per table, new provområden in one `INSERT … SELECT FROM UNNEST(…)`, and
-//! the child tables, which hold nearly all rows, by `COPY … FROM STDIN`. Several writers (sources,
-//! instances) may write at once, so ids come from the identity sequences: the ids a batch needs
-//! are reserved in one round trip, which lets children name their parents without `RETURNING`
-//! and a client-side join. A full batch is written by a task of its own while the next one is
-//! gathered, so parsing and building overlap the server's work; memory stays bounded by two
-//! batches whatever the document size.
-//!
-//! The keys a document touched live in the temporary table `doc_touched` (`ON COMMIT DROP`), one
-//! row per key with the hash stored before the document, the hash it leaves and how many write
-//! batches wrote it. Keys the document created have a row too, with no previous hash. A key's elements within one batch are hashed together as they arrive;
-//! only a key whose elements straddle batches has its stored content re-hashed in `finish`.
+//! What to write is decided in [`super::replace`]; this module only says it in PostgreSQL's SQL,
+//! set-based, a handful of statements per batch whatever its size: keys are looked up by `UNNEST`
+//! arrays joined against the natural key (raw hashes compared on the server, so an unchanged key
+//! sends no hash back), replaced children go in one `DELETE … = ANY($1)` per table, new
+//! provområden in one `INSERT … SELECT FROM UNNEST(…)`, and the child tables, which hold nearly
+//! all rows, by `COPY … FROM STDIN`. Several writers (sources, instances) may write at once, so
+//! ids come from the identity sequences: the ids a batch needs are reserved in one round trip,
+//! which lets children name their parents without `RETURNING`. The document's tracking rows live
+//! in the temporary table `doc_tracking` (`ON COMMIT DROP`). A key held back is put back as
+//! committed by reading it on another pooled connection, which (read committed) sees the rows
+//! without this transaction's writes; the source's lock keeps anyone else from changing them.
 //!
 //! The mirror's sessions run with `jit = off`: the statements are index probes and bulk writes of
 //! milliseconds, and JIT compilation (triggered by the large cost estimates of `UNNEST` arrays)
@@ -40,7 +37,7 @@
 //! watermark exactly one commits. Leadership is a session-level advisory lock on a connection of
 //! its own, outside the pool: it lasts exactly as long as that session.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,35 +48,32 @@ use sha2::{Digest, Sha256};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Row, Transaction};
-use tokio::task::JoinHandle;
 
+use super::apply::{Applier, Dialect, DocInfo};
+use super::replace::{self, BatchLimits, BatchPlan, DocState, Fingerprint, Op, Stored, Target};
 use super::{
-    query_err, redact_url, timestamp, ApplyContext, ApplySummary, DocumentTx, LeaderInfo,
-    Leadership, RunKind, RunRow, Store, StoreError, SyncRun, TableCounts, Watermark,
+    query_err, redact_url, timestamp, ApplyContext, DocumentTx, LeaderInfo, Leadership, RunKind,
+    RunRow, Store, StoreError, SyncRun, TableCounts, Watermark,
 };
 use crate::domain::{
-    content_sha256, Delprovsresultat, Omrade, Provomrade, ProvomradeKey, Provtillfalle,
-    ProvtillfalleResultat, StoredProvtillfalle, Utfall, EMPTY_CONTENT_SHA256,
+    ContentHash, Delprovsresultat, Omrade, ProvomradeKey, Provtillfalle, ProvtillfalleResultat,
+    StoredProvtillfalle, Utfall,
 };
-use crate::xml::Quarantined;
+use crate::xml::DocContext;
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
 /// What connections say they are, unless the URL's `application_name` says otherwise.
 pub const APPLICATION_NAME: &str = "nprov-sync";
 
-/// Records buffered before a flush. Each flush costs a fixed number of round trips, so batches
-/// are larger than SQLite's; memory stays bounded by them.
-const BATCH_RECORDS: usize = 2000;
-/// Child rows (provtillfällen and delprovsresultat) buffered before a flush.
-const BATCH_CHILD_ROWS: usize = 20_000;
-/// Quarantined elements buffered before they are written.
-const QUARANTINE_ROWS: usize = 500;
-/// Raw XML of quarantined elements buffered before they are written (one element may be up to
-/// `parser.max_record_bytes`).
-const QUARANTINE_BYTES: usize = 8 << 20;
-/// Repeated keys re-hashed per round trip in `finish`.
-const SETTLE_PAGE: i64 = 500;
+/// A batch: each flush costs a fixed number of round trips, so batches are larger than
+/// SQLite's; elements and raw bytes are capped so memory stays bounded by them.
+const BATCH: BatchLimits = BatchLimits {
+    keys: 2000,
+    elements: 8000,
+    bytes: 4 << 20,
+};
+
 /// Pooled connections. One document holds one for its transaction; the rest serve `status`,
 /// readiness checks and the sync engine's reads.
 const MAX_CONNECTIONS: u32 = 8;
@@ -249,46 +243,58 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn begin(&self, ctx: ApplyContext) -> Result<Box<dyn DocumentTx>, StoreError> {
+    async fn begin(
+        &self,
+        ctx: ApplyContext,
+        doc: Arc<DocContext>,
+    ) -> Result<Box<dyn DocumentTx>, StoreError> {
         let mut tx = self
             .pool
             .begin()
             .await
             .map_err(query_err("starting a transaction"))?;
         sqlx::query(
-            "CREATE TEMP TABLE doc_touched (
+            "CREATE TEMP TABLE doc_tracking (
                 provomrade_id bigint  PRIMARY KEY,
-                prev_sha256   text,
-                new_sha256    text    NOT NULL,
-                batches       integer NOT NULL
+                written       boolean NOT NULL,
+                prev_content  text,
+                content       text,
+                raw           text,
+                children      bigint  NOT NULL,
+                elements      bigint  NOT NULL,
+                settle        boolean NOT NULL,
+                op            text
             ) ON COMMIT DROP",
         )
         .persistent(false)
         .execute(&mut *tx)
         .await
-        .map_err(query_err("creating the temporary table"))?;
+        .map_err(query_err("creating the document's tracking table"))?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(lock_key(&["source", &self.lock_scope, &ctx.source]))
             .execute(&mut *tx)
             .await
             .map_err(query_err("waiting for another writer of the same source"))?;
-        Ok(Box::new(PgDocumentTx {
-            tx: Some(tx),
-            writing: None,
-            doc: Arc::new(Doc {
-                source: ctx.source,
-                namespace: ctx.namespace,
-                document: ctx.document,
-                now: ctx.now,
-            }),
+        let info = DocInfo {
+            source: ctx.source,
+            namespace: doc.namespace.clone(),
+            document: ctx.document,
+            now: ctx.now,
+        };
+        let dialect = PgDialect {
+            tx,
+            pool: self.pool.clone(),
+            source: info.source.clone(),
             change_log_lock: lock_key(&["change_log", &self.lock_scope]),
-            batch: Vec::with_capacity(BATCH_RECORDS),
-            batch_keys: HashMap::with_capacity(BATCH_RECORDS),
-            batch_child_rows: 0,
-            quarantined: Vec::new(),
-            quarantined_bytes: 0,
-            summary: ApplySummary::default(),
-        }))
+            held_table: false,
+        };
+        Ok(Box::new(Applier::new(
+            Box::new(dialect),
+            doc,
+            info,
+            BATCH,
+            DocState::default(),
+        )))
     }
 
     async fn table_counts(&self) -> Result<TableCounts, StoreError> {
@@ -514,120 +520,6 @@ fn to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
 }
 
-/// A key's elements in one batch, in document order, and the hash of their provtillfällen
-/// together: several elements of one key are one set, so a repeat within the batch joins its key
-/// here instead of forcing a flush (split skolformer sit next to each other in real documents).
-struct Pending {
-    /// Never empty.
-    records: Vec<Provomrade>,
-    sha256: String,
-}
-
-impl Pending {
-    fn key(&self) -> &ProvomradeKey {
-        &self.records[0].key
-    }
-
-    /// Every provtillfälle of the key in this batch, with the skolform of its element.
-    fn provtillfallen(&self) -> impl Iterator<Item = (&str, &Provtillfalle)> {
-        self.records.iter().flat_map(|r| {
-            r.provtillfallen
-                .iter()
-                .map(move |pt| (r.skolform.as_ref(), pt))
-        })
-    }
-
-    fn rehash(&mut self) {
-        self.sha256 = content_sha256(self.provtillfallen());
-    }
-}
-
-/// What the database holds for a key at flush time.
-struct Existing {
-    id: i64,
-    sha256: String,
-    /// Batches of this document that already wrote the key (0: not touched yet).
-    touched: i32,
-    /// Provtillfällen stored for the key (counted only when `touched > 0`).
-    stored: i64,
-}
-
-/// What a batch does with one key's elements.
-#[derive(Clone, Copy)]
-enum Fate {
-    /// A key the database does not have: a new provomrade row.
-    Create,
-    /// A key an earlier batch of this document wrote: its provtillfällen go after the stored
-    /// ones (the earlier elements' content); the hash is settled in `finish`.
-    Append { id: i64, first_ordinal: i64 },
-    /// Content already stored: only `synced_at` moves, in `finish`.
-    Unchanged { id: i64 },
-    /// Different content: the stored provtillfällen are replaced.
-    Replace { id: i64 },
-}
-
-/// A quarantined element, owned until the next flush writes it.
-struct QuarantineRow {
-    elev: Option<String>,
-    reason: String,
-    error_code: &'static str,
-    element: String,
-    location: String,
-    line: i64,
-    column: i64,
-    raw_xml: String,
-}
-
-/// What writing needs besides the connection; shared with the writer task.
-struct Doc {
-    source: String,
-    namespace: String,
-    /// Names the document in quarantine rows.
-    document: String,
-    now: DateTime<Utc>,
-}
-
-/// One batch for the writer: keys with their elements, and quarantined elements.
-struct Batch {
-    records: Vec<Pending>,
-    quarantined: Vec<QuarantineRow>,
-}
-
-/// What one batch wrote.
-#[derive(Default)]
-struct Written {
-    records: u64,
-    provomrade_rows: u64,
-    provtillfalle_rows: u64,
-    delprovsresultat_rows: u64,
-}
-
-/// A batch being written by a task of its own, which hands the transaction back when done.
-type Writing = JoinHandle<(Transaction<'static, Postgres>, Result<Written, StoreError>)>;
-
-/// One document's transaction.
-///
-/// A full batch is written by a task of its own while the next one is gathered (and parsed), so
-/// the client's work overlaps the server's instead of adding to it; at most one batch is in
-/// flight, and the next is written only after it, so a batch always sees everything written
-/// before it. Dropping the transaction while a batch is in flight lets the task finish and then
-/// rolls back, as dropping any transaction does.
-struct PgDocumentTx {
-    /// The transaction, while no batch is being written.
-    tx: Option<Transaction<'static, Postgres>>,
-    writing: Option<Writing>,
-    doc: Arc<Doc>,
-    /// Serialises appends to `change_log` (held to the commit).
-    change_log_lock: i64,
-    batch: Vec<Pending>,
-    /// Where each key of the batch is in `batch`.
-    batch_keys: HashMap<ProvomradeKey, usize>,
-    batch_child_rows: usize,
-    quarantined: Vec<QuarantineRow>,
-    quarantined_bytes: usize,
-    summary: ApplySummary,
-}
-
 /// A value of a `COPY` row.
 #[derive(Clone, Copy)]
 enum Field<'a> {
@@ -725,232 +617,190 @@ async fn copy_in(
     Ok(())
 }
 
-/// The columns of one batch's new provomrade rows.
-#[derive(Default)]
-struct PoColumns<'a> {
-    id: Vec<i64>,
-    elev: Vec<&'a str>,
-    kind: Vec<&'static str>,
-    amne: Vec<Option<&'a str>>,
-    arskurs: Vec<Option<i32>>,
-    kurs: Vec<Option<&'a str>>,
-    sha256: Vec<&'a str>,
+/// One document's transaction, as the replace engine drives it.
+struct PgDialect {
+    tx: Transaction<'static, Postgres>,
+    /// For reading the committed state of held keys.
+    pool: PgPool,
+    source: String,
+    /// Serialises appends to `change_log` (held to the commit).
+    change_log_lock: i64,
+    /// Whether `doc_held` exists yet (it is made only when held keys spill).
+    held_table: bool,
 }
 
-/// `doc_touched` rows of one batch.
-#[derive(Default)]
-struct TouchColumns<'a> {
-    provomrade_id: Vec<i64>,
-    /// `None` for a key this document created.
-    prev: Vec<Option<&'a str>>,
-    new: Vec<&'a str>,
-}
+/// A stored key read back as committed: its hashes, `changed_at` and namespace.
+type CommittedRow = (String, Option<String>, DateTime<Utc>, String);
 
-impl<'a> TouchColumns<'a> {
-    fn push(&mut self, id: i64, prev: Option<&'a str>, new: &'a str) {
-        self.provomrade_id.push(id);
-        self.prev.push(prev);
-        self.new.push(new);
-    }
-}
-
-/// Writes one batch: looks its keys up, decides each key's fate, and writes the rows set-based.
-async fn write_batch(
-    conn: &mut PgConnection,
-    doc: &Doc,
-    batch: Batch,
-) -> Result<Written, StoreError> {
-    let mut written = Written::default();
-    if !batch.quarantined.is_empty() {
-        write_quarantine(conn, doc, &batch.quarantined).await?;
-    }
-    let batch = batch.records;
-    if batch.is_empty() {
-        return Ok(written);
-    }
-    let existing = lookup(conn, &doc.source, &batch).await?;
-
-    let mut touches = TouchColumns::default();
-    let mut replace_ids: Vec<i64> = Vec::new();
-    let mut created = 0usize;
-    let mut new_pts = 0usize;
-    let fates: Vec<Fate> = batch
-        .iter()
-        .zip(&existing)
-        .map(|(p, e)| {
-            let fate = match e {
-                None => Fate::Create,
-                Some(e) if e.touched > 0 => Fate::Append {
-                    id: e.id,
-                    first_ordinal: e.stored,
-                },
-                Some(e) if e.sha256 == p.sha256 => Fate::Unchanged { id: e.id },
-                Some(e) => Fate::Replace { id: e.id },
-            };
-            match fate {
-                Fate::Create => created += 1,
-                Fate::Replace { id } => replace_ids.push(id),
-                Fate::Append { .. } | Fate::Unchanged { .. } => {}
-            }
-            if !matches!(fate, Fate::Unchanged { .. }) {
-                new_pts += p.provtillfallen().count();
-            }
-            fate
-        })
-        .collect();
-    let Ids { po, pt } = reserve_ids(conn, created, new_pts).await?;
-    let (mut po_ids, mut pt_ids) = (po.into_iter(), pt.into_iter());
-
-    let mut po = PoColumns::default();
-    let mut pt = CopyRows::default();
-    let mut dp = CopyRows::default();
-    for ((p, fate), e) in batch.iter().zip(&fates).zip(&existing) {
-        let prev = e.as_ref().map(|e| e.sha256.as_str());
-        let (id, first_ordinal) = match *fate {
-            Fate::Create => {
-                let id = po_ids.next().ok_or_else(|| ids_ran_out("provomrade"))?;
-                let k = p.key();
-                po.id.push(id);
-                po.elev.push(&k.elev);
-                po.kind.push(k.omrade.kind());
-                po.amne.push(k.omrade.amne());
-                po.arskurs
-                    .push(k.omrade.arskurs().map(|a| i32::from(a.get())));
-                po.kurs.push(k.omrade.kurs());
-                po.sha256.push(&p.sha256);
-                touches.push(id, None, &p.sha256);
-                (id, 0)
-            }
-            Fate::Append { id, first_ordinal } => {
-                // The row exists: only its element count goes up.
-                touches.push(id, prev, &p.sha256);
-                (id, first_ordinal)
-            }
-            Fate::Unchanged { id } => {
-                touches.push(id, prev, &p.sha256);
-                continue;
-            }
-            Fate::Replace { id } => {
-                touches.push(id, prev, &p.sha256);
-                (id, 0)
-            }
-        };
-        for (i, (skolform, t)) in p.provtillfallen().enumerate() {
-            let pt_id = pt_ids.next().ok_or_else(|| ids_ran_out("provtillfalle"))?;
-            pt.push(&[
-                Field::Int(pt_id),
-                Field::Int(id),
-                Field::Int(first_ordinal + i as i64),
-                Field::Text(skolform),
-                Field::Date(t.uppdaterat),
-                t.genomfort.into(),
-                Field::Bool(t.resultat.intedeltagit()),
-                t.resultat.sammanvagt_provbetyg().into(),
-            ]);
-            for (j, d) in t.resultat.delprovsresultat().iter().enumerate() {
-                dp.push(&[
-                    Field::Int(pt_id),
-                    Field::Int(j as i64),
-                    Field::Text(&d.typ),
-                    Field::Text(d.utfall.as_str()),
-                    d.utfall.betyg().into(),
-                    d.utfall.poang().into(),
-                    d.utfall.maluppfyllnad().into(),
-                ]);
+impl PgDialect {
+    /// Puts keys back as committed before this document, read on another connection.
+    async fn restore(&mut self, ids: &[i64]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(query_err("reading held keys as committed"))?;
+        let mut committed: HashMap<i64, (CommittedRow, Vec<StoredProvtillfalle>)> = HashMap::new();
+        for &id in ids {
+            let row: Option<CommittedRow> = sqlx::query_as(
+                "SELECT content_sha256, raw_sha256, changed_at, namespace FROM provomrade
+                 WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(query_err("reading held keys as committed"))?;
+            if let Some(row) = row {
+                let children = load_children(&mut conn, id, 0, i64::MAX).await?;
+                committed.insert(id, (row, children));
             }
         }
-    }
-    let (pt_rows, dp_rows, po_rows) = (pt.rows, dp.rows, po.id.len());
-    write_rows(conn, doc, po, &replace_ids, pt, dp, touches).await?;
-    written.records = batch.iter().map(|p| p.records.len() as u64).sum::<u64>();
-    written.provomrade_rows = po_rows as u64;
-    written.provtillfalle_rows = pt_rows as u64;
-    written.delprovsresultat_rows = dp_rows as u64;
-    Ok(written)
-}
-
-/// Finds the stored rows for the batch's keys, in batch order: `None` for keys the database
-/// does not have.
-///
-/// Each key is a LATERAL subquery with `LIMIT 1`, which keeps the plan on the natural key's
-/// unique index however the planner sizes the (growing, not yet analysed) tables.
-async fn lookup(
-    conn: &mut PgConnection,
-    source: &str,
-    batch: &[Pending],
-) -> Result<Vec<Option<Existing>>, StoreError> {
-    let mut amne: (Vec<i32>, Vec<&str>, Vec<&str>, Vec<i32>) = Default::default();
-    let mut kurs: (Vec<i32>, Vec<&str>, Vec<&str>) = Default::default();
-    for (i, p) in batch.iter().enumerate() {
-        let k = p.key();
-        match &k.omrade {
-            Omrade::Amne { amne: a, arskurs } => {
-                amne.0.push(i as i32);
-                amne.1.push(&k.elev);
-                amne.2.push(a);
-                amne.3.push(i32::from(arskurs.get()));
-            }
-            Omrade::Kurs { kurs: c } => {
-                kurs.0.push(i as i32);
-                kurs.1.push(&k.elev);
-                kurs.2.push(c);
+        drop(conn);
+        for sql in [
+            "DELETE FROM delprovsresultat WHERE provtillfalle_id = ANY(ARRAY(
+                 SELECT id FROM provtillfalle WHERE provomrade_id = ANY($1)))",
+            "DELETE FROM provtillfalle WHERE provomrade_id = ANY($1)",
+            "DELETE FROM doc_tracking WHERE provomrade_id = ANY($1)",
+        ] {
+            sqlx::query(sql)
+                .bind(ids)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(query_err("undoing held keys"))?;
+        }
+        let created: Vec<i64> = ids
+            .iter()
+            .copied()
+            .filter(|id| !committed.contains_key(id))
+            .collect();
+        sqlx::query("DELETE FROM provomrade WHERE id = ANY($1)")
+            .bind(&created)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(query_err("undoing held keys"))?;
+        let total: usize = committed.values().map(|(_, c)| c.len()).sum();
+        let ids_pt = reserve_ids(&mut self.tx, 0, total).await?.pt;
+        let mut pt_ids = ids_pt.into_iter();
+        let (mut pt, mut dp) = (CopyRows::default(), CopyRows::default());
+        for (id, ((content, raw, changed_at, namespace), children)) in &committed {
+            sqlx::query(
+                "UPDATE provomrade SET content_sha256 = $2, raw_sha256 = $3, changed_at = $4,
+                     namespace = $5 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(content)
+            .bind(raw)
+            .bind(changed_at)
+            .bind(namespace)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(query_err("undoing held keys"))?;
+            for (ordinal, s) in children.iter().enumerate() {
+                let pt_id = pt_ids.next().ok_or_else(|| ids_ran_out("provtillfalle"))?;
+                push_children(
+                    &mut pt,
+                    &mut dp,
+                    pt_id,
+                    *id,
+                    ordinal as i64,
+                    &s.skolform,
+                    &s.provtillfalle,
+                );
             }
         }
+        self.copy_children(&pt, &dp).await
     }
-    let rows = sqlx::query(
-        "SELECT k.i, p.id, p.content_sha256, COALESCE(t.batches, 0),
-                CASE WHEN t.batches IS NULL THEN 0
-                     ELSE (SELECT count(*) FROM provtillfalle x WHERE x.provomrade_id = p.id)
-                END
-         FROM UNNEST($2::int4[], $3::text[], $4::text[], $5::int4[]) AS k(i, elev, amne, arskurs)
-         CROSS JOIN LATERAL (
-             SELECT p.id, p.content_sha256 FROM provomrade p
-             WHERE p.source = $1 AND p.kind = 'amne' AND p.elev = k.elev
-               AND p.amne = k.amne AND p.arskurs = k.arskurs
-             LIMIT 1) p
-         LEFT JOIN LATERAL (
-             SELECT batches FROM doc_touched t WHERE t.provomrade_id = p.id LIMIT 1) t ON true
-         UNION ALL
-         SELECT k.i, p.id, p.content_sha256, COALESCE(t.batches, 0),
-                CASE WHEN t.batches IS NULL THEN 0
-                     ELSE (SELECT count(*) FROM provtillfalle x WHERE x.provomrade_id = p.id)
-                END
-         FROM UNNEST($6::int4[], $7::text[], $8::text[]) AS k(i, elev, kurs)
-         CROSS JOIN LATERAL (
-             SELECT p.id, p.content_sha256 FROM provomrade p
-             WHERE p.source = $1 AND p.kind = 'kurs' AND p.elev = k.elev AND p.kurs = k.kurs
-             LIMIT 1) p
-         LEFT JOIN LATERAL (
-             SELECT batches FROM doc_touched t WHERE t.provomrade_id = p.id LIMIT 1) t ON true",
-    )
-    .bind(source)
-    .bind(amne.0)
-    .bind(amne.1)
-    .bind(amne.2)
-    .bind(amne.3)
-    .bind(kurs.0)
-    .bind(kurs.1)
-    .bind(kurs.2)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(query_err("looking up stored provområden"))?;
-    let mut found: Vec<Option<Existing>> = batch.iter().map(|_| None).collect();
-    for r in rows {
-        let i: i32 = r.get(0);
-        let slot = found
-            .get_mut(i as usize)
-            .ok_or_else(|| StoreError::Corrupt(format!("lookup answered for key {i}")))?;
-        *slot = Some(Existing {
-            id: r.get(1),
-            sha256: r.get(2),
-            touched: r.get(3),
-            stored: r.get(4),
-        });
+
+    async fn copy_children(&mut self, pt: &CopyRows, dp: &CopyRows) -> Result<(), StoreError> {
+        // COPY writes the reserved ids into the identity column as given.
+        if pt.rows > 0 {
+            copy_in(
+                &mut self.tx,
+                "COPY provtillfalle (id, provomrade_id, ordinal, skolform, uppdaterat, genomfort,
+                     intedeltagit, sammanvagt_provbetyg) FROM STDIN",
+                pt,
+            )
+            .await
+            .map_err(query_err("inserting provtillfällen"))?;
+        }
+        if dp.rows > 0 {
+            copy_in(
+                &mut self.tx,
+                "COPY delprovsresultat (provtillfalle_id, ordinal, typ, utfall, betyg, poang,
+                     maluppfyllnad) FROM STDIN",
+                dp,
+            )
+            .await
+            .map_err(query_err("inserting delprovsresultat"))?;
+        }
+        Ok(())
     }
-    Ok(found)
+
+    async fn ensure_held_table(&mut self) -> Result<(), StoreError> {
+        if !self.held_table {
+            sqlx::query(
+                "CREATE TEMP TABLE IF NOT EXISTS doc_held (fp bytea PRIMARY KEY) ON COMMIT DROP",
+            )
+            .persistent(false)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(query_err("creating the held keys' table"))?;
+            self.held_table = true;
+        }
+        Ok(())
+    }
 }
 
-/// Takes ids for the batch's new provomrade and provtillfalle rows from their identity
+/// One provtillfälle and its delprovsresultat as COPY rows.
+fn push_children(
+    pt: &mut CopyRows,
+    dp: &mut CopyRows,
+    pt_id: i64,
+    provomrade_id: i64,
+    ordinal: i64,
+    skolform: &str,
+    t: &Provtillfalle,
+) {
+    pt.push(&[
+        Field::Int(pt_id),
+        Field::Int(provomrade_id),
+        Field::Int(ordinal),
+        Field::Text(skolform),
+        Field::Date(t.uppdaterat),
+        t.genomfort.into(),
+        Field::Bool(t.resultat.intedeltagit()),
+        t.resultat.sammanvagt_provbetyg().into(),
+    ]);
+    for (j, d) in t.resultat.delprovsresultat().iter().enumerate() {
+        dp.push(&[
+            Field::Int(pt_id),
+            Field::Int(j as i64),
+            Field::Text(&d.typ),
+            Field::Text(d.utfall.as_str()),
+            d.utfall.betyg().into(),
+            d.utfall.poang().into(),
+            d.utfall.maluppfyllnad().into(),
+        ]);
+    }
+}
+
+/// Ids reserved for one batch.
+#[derive(Default)]
+struct Ids {
+    po: Vec<i64>,
+    pt: Vec<i64>,
+}
+
+fn ids_ran_out(table: &str) -> StoreError {
+    StoreError::Corrupt(format!(
+        "fewer {table} ids were reserved than rows to insert"
+    ))
+}
+
+/// Takes ids for a batch's new provomrade and provtillfalle rows from their identity
 /// sequences, in one round trip.
 async fn reserve_ids(
     conn: &mut PgConnection,
@@ -973,368 +823,426 @@ async fn reserve_ids(
     Ok(Ids { po, pt })
 }
 
-/// Writes one batch's rows, set-based: replaced children go before the new ones are written.
-async fn write_rows(
-    conn: &mut PgConnection,
-    doc: &Doc,
-    po: PoColumns<'_>,
-    replace_ids: &[i64],
-    pt: CopyRows,
-    dp: CopyRows,
-    touches: TouchColumns<'_>,
-) -> Result<(), StoreError> {
-    let now = doc.now;
-    if !po.id.is_empty() {
-        sqlx::query(
-            "INSERT INTO provomrade (id, source, elev, kind, amne, arskurs, kurs, namespace,
-                 content_sha256, changed_at, synced_at)
-             OVERRIDING SYSTEM VALUE
-             SELECT u.id, $1, u.elev, u.kind, u.amne, u.arskurs, u.kurs, $2, u.sha, $3, $3
-             FROM UNNEST($4::int8[], $5::text[], $6::text[], $7::text[], $8::int4[],
-                         $9::text[], $10::text[]) AS u(id, elev, kind, amne, arskurs, kurs, sha)",
-        )
-        .bind(&doc.source)
-        .bind(&doc.namespace)
-        .bind(now)
-        .bind(po.id)
-        .bind(po.elev)
-        .bind(po.kind)
-        .bind(po.amne)
-        .bind(po.arskurs)
-        .bind(po.kurs)
-        .bind(po.sha256)
-        .execute(&mut *conn)
+#[async_trait]
+impl Dialect for PgDialect {
+    /// Each key is a LATERAL subquery with `LIMIT 1`, which keeps the plan on the natural key's
+    /// unique index however the planner sizes the (growing, not yet analysed) tables.
+    async fn lookup(
+        &mut self,
+        keys: &[&ProvomradeKey],
+        raws: &[replace::RawHex],
+    ) -> Result<Vec<Option<Stored>>, StoreError> {
+        let mut amne: (Vec<i32>, Vec<&str>, Vec<&str>, Vec<i32>, Vec<&str>) = Default::default();
+        let mut kurs: (Vec<i32>, Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
+        for (i, k) in keys.iter().enumerate() {
+            match &k.omrade {
+                Omrade::Amne { amne: a, arskurs } => {
+                    amne.0.push(i as i32);
+                    amne.1.push(&k.elev);
+                    amne.2.push(a);
+                    amne.3.push(i32::from(arskurs.get()));
+                    amne.4.push(&raws[i]);
+                }
+                Omrade::Kurs { kurs: c } => {
+                    kurs.0.push(i as i32);
+                    kurs.1.push(&k.elev);
+                    kurs.2.push(c);
+                    kurs.3.push(&raws[i]);
+                }
+            }
+        }
+        // Hashes travel back only where the raw hash differs or the document tracks the key.
+        const COLUMNS: &str = "k.i, p.id, p.raw_sha256 IS NOT DISTINCT FROM k.raw,
+                CASE WHEN p.raw_sha256 IS NOT DISTINCT FROM k.raw AND t.provomrade_id IS NULL
+                     THEN NULL ELSE p.content_sha256 END,
+                CASE WHEN p.raw_sha256 IS NOT DISTINCT FROM k.raw AND t.provomrade_id IS NULL
+                     THEN NULL ELSE p.raw_sha256 END,
+                t.written, t.prev_content, t.content, t.raw, t.children, t.elements, t.settle,
+                t.op";
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS}
+             FROM UNNEST($2::int4[], $3::text[], $4::text[], $5::int4[], $6::text[])
+                  AS k(i, elev, amne, arskurs, raw)
+             CROSS JOIN LATERAL (
+                 SELECT p.id, p.content_sha256, p.raw_sha256 FROM provomrade p
+                 WHERE p.source = $1 AND p.kind = 'amne' AND p.elev = k.elev
+                   AND p.amne = k.amne AND p.arskurs = k.arskurs
+                 LIMIT 1) p
+             LEFT JOIN LATERAL (
+                 SELECT * FROM doc_tracking t WHERE t.provomrade_id = p.id LIMIT 1) t ON true
+             UNION ALL
+             SELECT {COLUMNS}
+             FROM UNNEST($7::int4[], $8::text[], $9::text[], $10::text[]) AS k(i, elev, kurs, raw)
+             CROSS JOIN LATERAL (
+                 SELECT p.id, p.content_sha256, p.raw_sha256 FROM provomrade p
+                 WHERE p.source = $1 AND p.kind = 'kurs' AND p.elev = k.elev AND p.kurs = k.kurs
+                 LIMIT 1) p
+             LEFT JOIN LATERAL (
+                 SELECT * FROM doc_tracking t WHERE t.provomrade_id = p.id LIMIT 1) t ON true"
+        ))
+        .bind(&self.source)
+        .bind(amne.0)
+        .bind(amne.1)
+        .bind(amne.2)
+        .bind(amne.3)
+        .bind(amne.4)
+        .bind(kurs.0)
+        .bind(kurs.1)
+        .bind(kurs.2)
+        .bind(kurs.3)
+        .fetch_all(&mut *self.tx)
         .await
-        .map_err(query_err("inserting provområden"))?;
+        .map_err(query_err("looking up stored provområden"))?;
+        let mut found: Vec<Option<Stored>> = vec![None; keys.len()];
+        for r in rows {
+            let i: i32 = r.get(0);
+            let slot = found
+                .get_mut(i as usize)
+                .ok_or_else(|| StoreError::Corrupt(format!("lookup answered for key {i}")))?;
+            let written: Option<bool> = r.get(5);
+            *slot = Some(Stored {
+                id: r.get(1),
+                raw_matches: r.get(2),
+                content: r.get(3),
+                raw: r
+                    .get::<Option<String>, _>(4)
+                    .as_deref()
+                    .and_then(replace::parse_raw),
+                touched: written.map(|written| replace::Touched {
+                    written,
+                    prev_content: r.get(6),
+                    content: r.get(7),
+                    raw: r
+                        .get::<Option<String>, _>(8)
+                        .as_deref()
+                        .and_then(replace::parse_raw),
+                    children: r.get::<Option<i64>, _>(9).unwrap_or(0),
+                    elements: r.get::<Option<i64>, _>(10).unwrap_or(0),
+                    settle: r.get::<Option<bool>, _>(11).unwrap_or(false),
+                    op: r
+                        .get::<Option<String>, _>(12)
+                        .as_deref()
+                        .and_then(Op::parse),
+                }),
+            });
+        }
+        Ok(found)
     }
-    if !replace_ids.is_empty() {
-        // Delprovsresultat first, in one statement: the foreign key's cascade would otherwise
-        // delete them one provtillfälle at a time.
-        sqlx::query(
-            "DELETE FROM delprovsresultat WHERE provtillfalle_id = ANY(ARRAY(
-                 SELECT id FROM provtillfalle WHERE provomrade_id = ANY($1)))",
+
+    async fn held(&mut self, fps: &[Fingerprint]) -> Result<HashSet<Fingerprint>, StoreError> {
+        self.ensure_held_table().await?;
+        let blobs: Vec<Vec<u8>> = fps.iter().map(|fp| fp.to_le_bytes().to_vec()).collect();
+        let found: Vec<Vec<u8>> =
+            sqlx::query_scalar("SELECT fp FROM doc_held WHERE fp = ANY($1::bytea[])")
+                .bind(blobs)
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(query_err("looking up held keys"))?;
+        Ok(found
+            .iter()
+            .filter_map(|b| <[u8; 16]>::try_from(b.as_slice()).ok())
+            .map(u128::from_le_bytes)
+            .collect())
+    }
+
+    async fn children_counts(&mut self, ids: &[i64]) -> Result<HashMap<i64, i64>, StoreError> {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT provomrade_id, count(*) FROM provtillfalle
+             WHERE provomrade_id = ANY($1) GROUP BY provomrade_id",
         )
-        .bind(replace_ids)
-        .execute(&mut *conn)
+        .bind(ids)
+        .fetch_all(&mut *self.tx)
         .await
-        .map_err(query_err("deleting replaced delprovsresultat"))?;
-        sqlx::query("DELETE FROM provtillfalle WHERE provomrade_id = ANY($1)")
-            .bind(replace_ids)
-            .execute(&mut *conn)
+        .map_err(query_err("counting stored provtillfällen"))?;
+        Ok(rows.into_iter().collect())
+    }
+
+    async fn write(&mut self, plan: &BatchPlan, doc: &DocInfo) -> Result<(), StoreError> {
+        self.restore(&plan.restores).await?;
+        let tx = &mut self.tx;
+        if !plan.untrack.is_empty() {
+            sqlx::query("DELETE FROM doc_tracking WHERE provomrade_id = ANY($1)")
+                .bind(&plan.untrack)
+                .execute(&mut **tx)
+                .await
+                .map_err(query_err("dropping tracking rows of held keys"))?;
+        }
+        if !plan.deletes.is_empty() {
+            // Delprovsresultat first, in one statement: the foreign key's cascade would otherwise
+            // delete them one provtillfälle at a time.
+            sqlx::query(
+                "DELETE FROM delprovsresultat WHERE provtillfalle_id = ANY(ARRAY(
+                     SELECT id FROM provtillfalle WHERE provomrade_id = ANY($1)))",
+            )
+            .bind(&plan.deletes)
+            .execute(&mut **tx)
             .await
-            .map_err(query_err("deleting replaced provtillfällen"))?;
+            .map_err(query_err("deleting replaced delprovsresultat"))?;
+            sqlx::query("DELETE FROM provtillfalle WHERE provomrade_id = ANY($1)")
+                .bind(&plan.deletes)
+                .execute(&mut **tx)
+                .await
+                .map_err(query_err("deleting replaced provtillfällen"))?;
+        }
+        let (pt_count, _) = plan.child_rows();
+        let Ids { po, pt } = reserve_ids(tx, plan.creates.len(), pt_count as usize).await?;
+        let id_of = |t: Target| -> Result<i64, StoreError> {
+            match t {
+                Target::New(i) => po.get(i).copied().ok_or_else(|| ids_ran_out("provomrade")),
+                Target::Id(id) => Ok(id),
+            }
+        };
+        if !plan.creates.is_empty() {
+            let k = |i: usize| &plan.creates[i].key;
+            let n = plan.creates.len();
+            sqlx::query(
+                "INSERT INTO provomrade (id, source, elev, kind, amne, arskurs, kurs, namespace,
+                     content_sha256, raw_sha256, changed_at)
+                 OVERRIDING SYSTEM VALUE
+                 SELECT u.id, $1, u.elev, u.kind, u.amne, u.arskurs, u.kurs, $2, u.sha, u.raw, $3
+                 FROM UNNEST($4::int8[], $5::text[], $6::text[], $7::text[], $8::int4[],
+                             $9::text[], $10::text[], $11::text[])
+                      AS u(id, elev, kind, amne, arskurs, kurs, sha, raw)",
+            )
+            .bind(&doc.source)
+            .bind(&doc.namespace)
+            .bind(doc.now)
+            .bind(&po[..n])
+            .bind((0..n).map(|i| k(i).elev.as_str()).collect::<Vec<_>>())
+            .bind((0..n).map(|i| k(i).omrade.kind()).collect::<Vec<_>>())
+            .bind((0..n).map(|i| k(i).omrade.amne()).collect::<Vec<_>>())
+            .bind(
+                (0..n)
+                    .map(|i| k(i).omrade.arskurs().map(|a| i32::from(a.get())))
+                    .collect::<Vec<_>>(),
+            )
+            .bind((0..n).map(|i| k(i).omrade.kurs()).collect::<Vec<_>>())
+            .bind(
+                plan.creates
+                    .iter()
+                    .map(|c| c.content.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                plan.creates
+                    .iter()
+                    .map(|c| replace::hex(&c.raw))
+                    .collect::<Vec<_>>(),
+            )
+            .execute(&mut **tx)
+            .await
+            .map_err(query_err("inserting provområden"))?;
+        }
+        let (mut pt_rows, mut dp_rows) = (CopyRows::default(), CopyRows::default());
+        let mut pt_ids = pt.into_iter();
+        for c in &plan.children {
+            let provomrade_id = id_of(c.target)?;
+            for (k, (skolform, t)) in c.rows.iter().enumerate() {
+                let pt_id = pt_ids.next().ok_or_else(|| ids_ran_out("provtillfalle"))?;
+                push_children(
+                    &mut pt_rows,
+                    &mut dp_rows,
+                    pt_id,
+                    provomrade_id,
+                    c.first_ordinal + k as i64,
+                    skolform,
+                    t,
+                );
+            }
+        }
+        if !plan.tracks.is_empty() {
+            let ids: Vec<i64> = plan
+                .tracks
+                .iter()
+                .map(|t| id_of(t.target))
+                .collect::<Result<_, _>>()?;
+            let t = |f: &dyn Fn(&replace::Touched) -> Option<String>| -> Vec<Option<String>> {
+                plan.tracks.iter().map(|x| f(&x.touched)).collect()
+            };
+            sqlx::query(
+                "INSERT INTO doc_tracking (provomrade_id, written, prev_content, content, raw,
+                     children, elements, settle, op)
+                 SELECT * FROM UNNEST($1::int8[], $2::bool[], $3::text[], $4::text[], $5::text[],
+                                      $6::int8[], $7::int8[], $8::bool[], $9::text[])
+                 ON CONFLICT (provomrade_id) DO UPDATE SET
+                     written = excluded.written, prev_content = excluded.prev_content,
+                     content = excluded.content, raw = excluded.raw,
+                     children = excluded.children, elements = excluded.elements,
+                     settle = excluded.settle, op = excluded.op",
+            )
+            .bind(ids)
+            .bind(
+                plan.tracks
+                    .iter()
+                    .map(|x| x.touched.written)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(t(&|x| x.prev_content.clone()))
+            .bind(t(&|x| x.content.clone()))
+            .bind(t(&|x| x.raw.as_ref().map(replace::hex)))
+            .bind(
+                plan.tracks
+                    .iter()
+                    .map(|x| x.touched.children)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                plan.tracks
+                    .iter()
+                    .map(|x| x.touched.elements)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                plan.tracks
+                    .iter()
+                    .map(|x| x.touched.settle)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(t(&|x| x.op.map(|o| o.as_str().to_owned())))
+            .execute(&mut *self.tx)
+            .await
+            .map_err(query_err("tracking the document's keys"))?;
+        }
+        self.copy_children(&pt_rows, &dp_rows).await?;
+        let tx = &mut self.tx;
+        if !plan.spill_unchanged.is_empty() {
+            sqlx::query(
+                "INSERT INTO doc_tracking (provomrade_id, written, children, elements, settle)
+                 SELECT u, false, 0, 0, false FROM UNNEST($1::int8[]) AS u
+                 ON CONFLICT (provomrade_id) DO NOTHING",
+            )
+            .bind(&plan.spill_unchanged)
+            .execute(&mut **tx)
+            .await
+            .map_err(query_err("tracking the document's keys"))?;
+        }
+        if !plan.rehash.is_empty() {
+            sqlx::query(
+                "UPDATE provomrade p SET raw_sha256 = u.raw, namespace = $1
+                 FROM UNNEST($2::int8[], $3::text[]) AS u(id, raw) WHERE p.id = u.id",
+            )
+            .bind(&doc.namespace)
+            .bind(plan.rehash.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+            .bind(
+                plan.rehash
+                    .iter()
+                    .map(|(_, raw)| replace::hex(raw))
+                    .collect::<Vec<_>>(),
+            )
+            .execute(&mut **tx)
+            .await
+            .map_err(query_err("writing raw hashes of keys unchanged by content"))?;
+        }
+        if !plan.spill_held.is_empty() {
+            self.ensure_held_table().await?;
+            sqlx::query(
+                "INSERT INTO doc_held SELECT * FROM UNNEST($1::bytea[]) ON CONFLICT DO NOTHING",
+            )
+            .bind(
+                plan.spill_held
+                    .iter()
+                    .map(|fp| fp.to_le_bytes().to_vec())
+                    .collect::<Vec<_>>(),
+            )
+            .execute(&mut *self.tx)
+            .await
+            .map_err(query_err("tracking held keys"))?;
+        }
+        if !plan.quarantine.is_empty() {
+            write_quarantine(&mut self.tx, doc, &plan.quarantine).await?;
+        }
+        Ok(())
     }
-    // COPY writes the reserved ids into the identity column as given.
-    if pt.rows > 0 {
-        copy_in(
-            conn,
-            "COPY provtillfalle (id, provomrade_id, ordinal, skolform, uppdaterat, genomfort,
-                 intedeltagit, sammanvagt_provbetyg) FROM STDIN",
-            &pt,
-        )
-        .await
-        .map_err(query_err("inserting provtillfällen"))?;
-    }
-    if dp.rows > 0 {
-        copy_in(
-            conn,
-            "COPY delprovsresultat (provtillfalle_id, ordinal, typ, utfall, betyg, poang,
-                 maluppfyllnad) FROM STDIN",
-            &dp,
-        )
-        .await
-        .map_err(query_err("inserting delprovsresultat"))?;
-    }
-    // A key comes once per batch (its elements are merged), so one statement never meets the
-    // same row twice.
-    sqlx::query(
-        "INSERT INTO doc_touched (provomrade_id, prev_sha256, new_sha256, batches)
-         SELECT u.id, u.prev, u.new, 1
-         FROM UNNEST($1::int8[], $2::text[], $3::text[]) AS u(id, prev, new)
-         ON CONFLICT (provomrade_id) DO UPDATE SET batches = doc_touched.batches + 1",
-    )
-    .bind(touches.provomrade_id)
-    .bind(touches.prev)
-    .bind(touches.new)
-    .execute(&mut *conn)
-    .await
-    .map_err(query_err("recording touched provområden"))?;
-    Ok(())
-}
 
-/// Writes quarantined elements in one statement.
-async fn write_quarantine(
-    conn: &mut PgConnection,
-    doc: &Doc,
-    rows: &[QuarantineRow],
-) -> Result<(), StoreError> {
-    let mut elev = Vec::with_capacity(rows.len());
-    let mut reason = Vec::with_capacity(rows.len());
-    let mut code = Vec::with_capacity(rows.len());
-    let mut element = Vec::with_capacity(rows.len());
-    let mut location = Vec::with_capacity(rows.len());
-    let mut line = Vec::with_capacity(rows.len());
-    let mut column = Vec::with_capacity(rows.len());
-    let mut raw = Vec::with_capacity(rows.len());
-    for q in rows {
-        elev.push(q.elev.as_deref());
-        reason.push(q.reason.as_str());
-        code.push(q.error_code);
-        element.push(q.element.as_str());
-        location.push(q.location.as_str());
-        line.push(q.line);
-        column.push(q.column);
-        raw.push(q.raw_xml.as_str());
-    }
-    sqlx::query(
-        "INSERT INTO quarantine (source, elev, reason, error_code, element, location, line,
-             \"column\", document, namespace, raw_xml, quarantined_at)
-         SELECT $1, u.elev, u.reason, u.code, u.element, u.location, u.line, u.col, $2, $3,
-                u.raw, $4
-         FROM UNNEST($5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[],
-                     $11::int8[], $12::text[])
-              WITH ORDINALITY AS u(elev, reason, code, element, location, line, col, raw, n)
-         ORDER BY u.n",
-    )
-    .bind(&doc.source)
-    .bind(&doc.document)
-    .bind(&doc.namespace)
-    .bind(doc.now)
-    .bind(elev)
-    .bind(reason)
-    .bind(code)
-    .bind(element)
-    .bind(location)
-    .bind(line)
-    .bind(column)
-    .bind(raw)
-    .execute(&mut *conn)
-    .await
-    .map_err(query_err("quarantining records"))?;
-    Ok(())
-}
-
-/// Re-hashes the stored content of keys that several batches wrote, a page of keys per
-/// round trip.
-async fn settle_repeated_keys(conn: &mut PgConnection) -> Result<(), StoreError> {
-    let mut after = 0i64;
-    loop {
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT provomrade_id FROM doc_touched
-             WHERE batches > 1 AND provomrade_id > $1 ORDER BY provomrade_id LIMIT $2",
+    async fn to_settle(
+        &mut self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, Option<ContentHash>)>, StoreError> {
+        sqlx::query_as(
+            "SELECT provomrade_id, prev_content FROM doc_tracking
+             WHERE written AND settle AND content IS NULL AND provomrade_id > $1
+             ORDER BY provomrade_id LIMIT $2",
         )
         .bind(after)
-        .bind(SETTLE_PAGE)
-        .fetch_all(&mut *conn)
+        .bind(limit)
+        .fetch_all(&mut *self.tx)
         .await
-        .map_err(query_err("listing repeated keys"))?;
-        let Some(last) = ids.last() else {
-            return Ok(());
-        };
-        after = *last;
-        let stored = load_provtillfallen(conn, &ids).await?;
-        let shas: Vec<String> = ids
-            .iter()
-            .map(|id| {
-                let pts = stored.get(id).map(Vec::as_slice).unwrap_or_default();
-                content_sha256(pts.iter().map(|s| (s.skolform.as_ref(), &s.provtillfalle)))
-            })
-            .collect();
+        .map_err(query_err("listing keys to settle"))
+    }
+
+    async fn children(
+        &mut self,
+        id: i64,
+        ordinal: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredProvtillfalle>, StoreError> {
+        load_children(&mut self.tx, id, ordinal, limit).await
+    }
+
+    async fn settled(&mut self, rows: &[(i64, ContentHash, Option<Op>)]) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE doc_touched t SET new_sha256 = u.sha
-             FROM UNNEST($1::int8[], $2::text[]) AS u(id, sha)
+            "UPDATE doc_tracking t SET content = u.content, op = u.op
+             FROM UNNEST($1::int8[], $2::text[], $3::text[]) AS u(id, content, op)
              WHERE t.provomrade_id = u.id",
         )
-        .bind(&ids)
-        .bind(shas)
-        .execute(&mut *conn)
+        .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.2.map(Op::as_str)).collect::<Vec<_>>())
+        .execute(&mut *self.tx)
         .await
-        .map_err(query_err("settling the hashes of repeated keys"))?;
-    }
-}
-
-impl PgDocumentTx {
-    /// Hands the gathered batch (and quarantined elements) to a writer task, once the batch
-    /// before it is written.
-    async fn flush(&mut self) -> Result<(), StoreError> {
-        if self.batch.is_empty() && self.quarantined.is_empty() {
-            return Ok(());
-        }
-        self.settle().await?;
-        let mut tx = self.tx.take().ok_or_else(transaction_gone)?;
-        let batch = Batch {
-            records: std::mem::take(&mut self.batch),
-            quarantined: std::mem::take(&mut self.quarantined),
-        };
-        self.batch_keys.clear();
-        self.batch_child_rows = 0;
-        self.quarantined_bytes = 0;
-        let doc = Arc::clone(&self.doc);
-        self.writing = Some(tokio::spawn(async move {
-            let written = write_batch(&mut tx, &doc, batch).await;
-            (tx, written)
-        }));
+        .map_err(query_err("settling keys"))?;
         Ok(())
     }
 
-    /// Waits for the batch in flight, if any, and returns the transaction.
-    async fn settle(&mut self) -> Result<&mut Transaction<'static, Postgres>, StoreError> {
-        if let Some(writing) = self.writing.take() {
-            let (tx, written) = match writing.await {
-                Ok(done) => done,
-                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Err(_) => return Err(transaction_gone()),
-            };
-            self.tx = Some(tx);
-            let w = written?;
-            self.summary.records += w.records;
-            self.summary.provomrade_rows += w.provomrade_rows;
-            self.summary.provtillfalle_rows += w.provtillfalle_rows;
-            self.summary.delprovsresultat_rows += w.delprovsresultat_rows;
-        }
-        self.tx.as_mut().ok_or_else(transaction_gone)
-    }
-}
-
-/// The writer task was cancelled with the transaction (only when the runtime shuts down).
-fn transaction_gone() -> StoreError {
-    StoreError::Cancelled
-}
-
-/// Ids reserved for one batch.
-#[derive(Default)]
-struct Ids {
-    po: Vec<i64>,
-    pt: Vec<i64>,
-}
-
-fn ids_ran_out(table: &str) -> StoreError {
-    StoreError::Corrupt(format!(
-        "fewer {table} ids were reserved than rows to insert"
-    ))
-}
-
-#[async_trait]
-impl DocumentTx for PgDocumentTx {
-    async fn apply(&mut self, record: Provomrade) -> Result<(), StoreError> {
-        self.batch_child_rows += record
-            .provtillfallen
-            .iter()
-            .map(|pt| 1 + pt.resultat.delprovsresultat().len())
-            .sum::<usize>();
-        match self.batch_keys.get(&record.key) {
-            // A later element of a key in this batch: together they are the key's set.
-            Some(&i) => {
-                let p = &mut self.batch[i];
-                p.records.push(record);
-                p.rehash();
-            }
-            None => {
-                self.batch_keys.insert(record.key.clone(), self.batch.len());
-                let mut p = Pending {
-                    records: vec![record],
-                    sha256: String::new(),
-                };
-                p.rehash();
-                self.batch.push(p);
-            }
-        }
-        if self.batch.len() >= BATCH_RECORDS || self.batch_child_rows >= BATCH_CHILD_ROWS {
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    async fn quarantine(&mut self, q: &Quarantined) -> Result<(), StoreError> {
-        let e = &q.error;
-        self.quarantined_bytes += q.raw.len();
-        self.quarantined.push(QuarantineRow {
-            elev: e.elev.clone(),
-            reason: e.to_string(),
-            error_code: e.kind.code(),
-            element: e.element.clone(),
-            location: e.location.to_string(),
-            line: e.location.line as i64,
-            column: e.location.column as i64,
-            raw_xml: q.raw.clone(),
-        });
-        self.summary.quarantined += 1;
-        if self.quarantined.len() >= QUARANTINE_ROWS || self.quarantined_bytes >= QUARANTINE_BYTES {
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    async fn finish(&mut self) -> Result<ApplySummary, StoreError> {
-        self.flush().await?;
-        let doc = Arc::clone(&self.doc);
-        let change_log_lock = self.change_log_lock;
-        let tx = self.settle().await?;
-        settle_repeated_keys(tx).await?;
-        // Only rows with something to change are written. A key one batch created already carries
-        // its final hash, times and namespace, so only keys that existed before, or that several
-        // batches wrote, are even joined (a first import updates nothing here).
+    async fn finish(&mut self, doc: &DocInfo) -> Result<(), StoreError> {
+        // Rows a single batch created carry their final values already.
         sqlx::query(
             "UPDATE provomrade p SET
-                 content_sha256 = t.new_sha256,
+                 content_sha256 = t.content,
+                 raw_sha256 = t.raw,
                  namespace = $1,
-                 synced_at = $2,
-                 changed_at = CASE WHEN t.prev_sha256 IS NOT DISTINCT FROM t.new_sha256
-                                   THEN p.changed_at ELSE $2 END
-             FROM doc_touched t
-             WHERE p.id = t.provomrade_id
-               AND (t.prev_sha256 IS NOT NULL OR t.batches > 1)
-               AND (p.content_sha256 IS DISTINCT FROM t.new_sha256
-                    OR p.synced_at IS DISTINCT FROM $2
-                    OR p.namespace IS DISTINCT FROM $1)",
+                 changed_at = CASE WHEN t.op IS NOT NULL THEN $2 ELSE p.changed_at END
+             FROM doc_tracking t
+             WHERE p.id = t.provomrade_id AND t.written
+               AND (t.settle OR t.prev_content IS NOT NULL)",
         )
         .bind(&doc.namespace)
         .bind(doc.now)
-        .execute(&mut **tx)
+        .execute(&mut *self.tx)
         .await
-        .map_err(query_err("updating synced provområden"))?;
-        // Created keys have no previous hash: they are changes (or clears) too.
-        let (unchanged, cleared, changed): (i64, i64, i64) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE prev_sha256 = new_sha256),
-                    count(*) FILTER (WHERE prev_sha256 IS DISTINCT FROM new_sha256
-                                       AND new_sha256 = $1),
-                    count(*) FILTER (WHERE prev_sha256 IS DISTINCT FROM new_sha256
-                                       AND new_sha256 <> $1)
-             FROM doc_touched",
+        .map_err(query_err("updating replaced provområden"))?;
+        let changes: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM doc_tracking WHERE written AND op IS NOT NULL)",
         )
-        .bind(EMPTY_CONTENT_SHA256)
-        .fetch_one(&mut **tx)
+        .fetch_one(&mut *self.tx)
         .await
-        .map_err(query_err("counting changes"))?;
-        if cleared + changed > 0 {
+        .map_err(query_err("looking for changes"))?;
+        if changes {
             // Held to the commit: entries become visible in seq order (see the module docs).
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(change_log_lock)
-                .execute(&mut **tx)
+                .bind(self.change_log_lock)
+                .execute(&mut *self.tx)
                 .await
                 .map_err(query_err("waiting to append to change_log"))?;
-            // Within one document the entries follow provomrade id order.
+            // Real changes only, decided by the replace core; within one document in
+            // provomrade id order.
             sqlx::query(
                 "INSERT INTO change_log (provomrade_id, op, at)
-                 SELECT provomrade_id, CASE WHEN new_sha256 = $1 THEN 'clear' ELSE 'upsert' END, $2
-                 FROM doc_touched WHERE prev_sha256 IS DISTINCT FROM new_sha256
-                 ORDER BY provomrade_id",
+                 SELECT provomrade_id, op, $1 FROM doc_tracking
+                 WHERE written AND op IS NOT NULL ORDER BY provomrade_id",
             )
-            .bind(EMPTY_CONTENT_SHA256)
             .bind(doc.now)
-            .execute(&mut **tx)
+            .execute(&mut *self.tx)
             .await
             .map_err(query_err("appending to change_log"))?;
         }
-        self.summary.unchanged = unchanged as u64;
-        self.summary.cleared = cleared as u64;
-        self.summary.changed = changed as u64;
-        Ok(self.summary.clone())
+        Ok(())
     }
 
-    async fn record_window(&mut self, run: &SyncRun) -> Result<(), StoreError> {
-        let now = self.doc.now;
-        let tx = self.settle().await?;
+    async fn record_window(&mut self, run: &SyncRun, doc: &DocInfo) -> Result<(), StoreError> {
+        let now = doc.now;
+        let tx = &mut self.tx;
         insert_run(tx, run, "ok").await?;
         if run.kind != RunKind::Sync {
             return Ok(());
@@ -1399,43 +1307,133 @@ impl DocumentTx for PgDocumentTx {
         Ok(())
     }
 
-    async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
-        self.flush().await?;
-        self.settle().await?;
-        let tx = self.tx.take().ok_or_else(transaction_gone)?;
-        tx.commit()
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        self.tx
+            .commit()
             .await
             .map_err(query_err("committing the document"))
     }
 
-    async fn rollback(mut self: Box<Self>) -> Result<(), StoreError> {
-        // A batch that failed is rolled back with the rest: its error was already reported.
-        let _ = self.settle().await;
-        match self.tx.take() {
-            Some(tx) => tx
-                .rollback()
-                .await
-                .map_err(query_err("rolling back the document")),
-            None => Ok(()),
-        }
+    async fn rollback(self: Box<Self>) -> Result<(), StoreError> {
+        self.tx
+            .rollback()
+            .await
+            .map_err(query_err("rolling back the document"))
     }
 }
 
-/// Reads the stored provtillfällen of some keys back into domain values, in order.
-async fn load_provtillfallen(
+/// Writes a batch's quarantine rows in one statement: one row per distinct element, counted.
+async fn write_quarantine(
     conn: &mut PgConnection,
-    provomrade_ids: &[i64],
-) -> Result<HashMap<i64, Vec<StoredProvtillfalle>>, StoreError> {
-    let pts = sqlx::query(
-        "SELECT provomrade_id, id, skolform, uppdaterat, genomfort, intedeltagit,
-                sammanvagt_provbetyg
-         FROM provtillfalle WHERE provomrade_id = ANY($1) ORDER BY provomrade_id, ordinal",
+    doc: &DocInfo,
+    rows: &[replace::QuarantineRow],
+) -> Result<(), StoreError> {
+    let key = |q: &replace::QuarantineRow| q.key.clone();
+    let keys: Vec<Option<ProvomradeKey>> = rows.iter().map(key).collect();
+    sqlx::query(
+        "INSERT INTO quarantine (source, elev, kind, amne, arskurs, kurs, element_sha256, reason,
+             error_code, element, location, line, \"column\", document, namespace, raw_xml,
+             first_seen_at, last_seen_at, times_seen)
+         SELECT $1, u.elev, u.kind, u.amne, u.arskurs, u.kurs, u.sha, u.reason, u.code, u.element,
+                u.location, u.line, u.col, $2, $3, u.raw, $4, $4, u.times
+         FROM UNNEST($5::text[], $6::text[], $7::text[], $8::int4[], $9::text[], $10::text[],
+                     $11::text[], $12::text[], $13::text[], $14::text[], $15::int8[],
+                     $16::int8[], $17::text[], $18::int8[])
+              WITH ORDINALITY AS u(elev, kind, amne, arskurs, kurs, sha, reason, code, element,
+                                   location, line, col, raw, times, n)
+         ORDER BY u.n
+         ON CONFLICT (source, element_sha256) DO UPDATE SET
+             reason = excluded.reason, error_code = excluded.error_code,
+             element = excluded.element, location = excluded.location, line = excluded.line,
+             \"column\" = excluded.\"column\", document = excluded.document,
+             namespace = excluded.namespace,
+             raw_xml = COALESCE(excluded.raw_xml, quarantine.raw_xml),
+             last_seen_at = excluded.last_seen_at,
+             times_seen = quarantine.times_seen + excluded.times_seen",
     )
-    .bind(provomrade_ids)
+    .bind(&doc.source)
+    .bind(&doc.document)
+    .bind(&doc.namespace)
+    .bind(doc.now)
+    .bind(rows.iter().map(|q| q.elev.as_deref()).collect::<Vec<_>>())
+    .bind(
+        keys.iter()
+            .map(|k| k.as_ref().map(|k| k.omrade.kind()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        keys.iter()
+            .map(|k| k.as_ref().and_then(|k| k.omrade.amne()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        keys.iter()
+            .map(|k| {
+                k.as_ref()
+                    .and_then(|k| k.omrade.arskurs())
+                    .map(|a| i32::from(a.get()))
+            })
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        keys.iter()
+            .map(|k| k.as_ref().and_then(|k| k.omrade.kurs()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|q| replace::hex(&q.raw_sha256))
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|q| q.reason.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|q| q.error_code).collect::<Vec<_>>())
+    .bind(rows.iter().map(|q| q.element.as_str()).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|q| q.location.to_string())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|q| q.location.line as i64)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|q| q.location.column as i64)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|q| q.raw_xml.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|q| q.times as i64).collect::<Vec<_>>())
+    .execute(conn)
+    .await
+    .map_err(query_err("quarantining elements"))?;
+    Ok(())
+}
+
+/// Reads a page of a key's stored provtillfällen back into domain values, in order.
+async fn load_children(
+    conn: &mut PgConnection,
+    provomrade_id: i64,
+    from_ordinal: i64,
+    limit: i64,
+) -> Result<Vec<StoredProvtillfalle>, StoreError> {
+    let pts = sqlx::query(
+        "SELECT id, skolform, uppdaterat, genomfort, intedeltagit, sammanvagt_provbetyg
+         FROM provtillfalle WHERE provomrade_id = $1 AND ordinal >= $2
+         ORDER BY ordinal LIMIT $3",
+    )
+    .bind(provomrade_id)
+    .bind(from_ordinal)
+    .bind(limit)
     .fetch_all(&mut *conn)
     .await
     .map_err(query_err("reading stored provtillfällen"))?;
-    let pt_ids: Vec<i64> = pts.iter().map(|r| r.get(1)).collect();
+    let pt_ids: Vec<i64> = pts.iter().map(|r| r.get(0)).collect();
     let delprov = sqlx::query(
         "SELECT provtillfalle_id, typ, utfall, betyg, poang, maluppfyllnad FROM delprovsresultat
          WHERE provtillfalle_id = ANY($1) ORDER BY provtillfalle_id, ordinal",
@@ -1453,20 +1451,20 @@ async fn load_provtillfallen(
                 .map_err(StoreError::Corrupt)?,
         });
     }
-    let mut out: HashMap<i64, Vec<StoredProvtillfalle>> = HashMap::new();
+    let mut out = Vec::with_capacity(pts.len());
     for r in pts {
-        let id: i64 = r.get(1);
-        let intedeltagit: bool = r.get(5);
-        out.entry(r.get(0)).or_default().push(StoredProvtillfalle {
-            skolform: r.get::<String, _>(2).into(),
+        let id: i64 = r.get(0);
+        let intedeltagit: bool = r.get(4);
+        out.push(StoredProvtillfalle {
+            skolform: r.get::<String, _>(1).into(),
             provtillfalle: Provtillfalle {
-                uppdaterat: r.get(3),
-                genomfort: r.get(4),
+                uppdaterat: r.get(2),
+                genomfort: r.get(3),
                 resultat: if intedeltagit {
                     ProvtillfalleResultat::Intedeltagit
                 } else {
                     ProvtillfalleResultat::Resultat {
-                        sammanvagt_provbetyg: r.get::<Option<String>, _>(6).map(Into::into),
+                        sammanvagt_provbetyg: r.get::<Option<String>, _>(5).map(Into::into),
                         delprovsresultat: by_pt.remove(&id).unwrap_or_default(),
                     }
                 },

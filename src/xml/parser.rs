@@ -128,6 +128,19 @@ impl ParseStats {
         self.warning_count += unlisted;
     }
 
+    /// The stats of a document whose scanner and builder ran apart (the writer built what it
+    /// needed): the scanner's warnings and the builder's, in document order.
+    pub fn combine(scan: &ScanStats, built: &ParseStats) -> ParseStats {
+        let mut out = built.clone();
+        let mut warnings = scan.warnings.clone();
+        warnings.append(&mut out.warnings);
+        warnings.sort_by_key(|w| w.location.offset);
+        warnings.truncate(MAX_KEPT_WARNINGS);
+        out.warnings = warnings;
+        out.warning_count += scan.warning_count;
+        out
+    }
+
     /// Adds the scanner's warnings that came since `seen` (how many of them were absorbed
     /// before), returning the new `seen`.
     pub fn absorb_scan(&mut self, scan: &ScanStats, seen: (usize, u64)) -> (usize, u64) {

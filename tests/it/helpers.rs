@@ -194,7 +194,6 @@ pub async fn import_at(
 ) -> Result<ImportReport, ImportError> {
     let ctx = ApplyContext {
         source: source.into(),
-        namespace: String::new(),
         document: "test".into(),
         now,
     };
@@ -205,6 +204,28 @@ pub async fn import_at(
         ctx,
     )
     .await
+}
+
+/// Records as the scanner hands them to a store: rendered into a document, scanned and built.
+pub fn scan_elements(
+    records: &[Provomrade],
+) -> (
+    std::sync::Arc<nprov_sync::xml::DocContext>,
+    Vec<nprov_sync::xml::Element>,
+) {
+    let xml = doc(records);
+    let mut scanner =
+        nprov_sync::xml::Scanner::new(std::io::Cursor::new(xml.into_bytes()), Limits::default())
+            .expect("a document");
+    let ctx = scanner.context().clone();
+    let mut out = Vec::new();
+    while let Some(s) = scanner.next_element().expect("well-formed") {
+        match s {
+            nprov_sync::xml::Scanned::Element(e) => out.push(e),
+            nprov_sync::xml::Scanned::Quarantined(q) => panic!("quarantined: {}", q.error),
+        }
+    }
+    (ctx, out)
 }
 
 /// Every row of a SQLite mirror as text (see [`Db::dump`]).

@@ -24,7 +24,6 @@ async fn postgres(test: &str) -> Option<Db> {
 fn ctx(label: &str) -> ApplyContext {
     ApplyContext {
         source: "default".into(),
-        namespace: String::new(),
         document: label.into(),
         now: at(3),
     }
@@ -128,7 +127,7 @@ async fn the_tables_live_in_the_configured_schema_in_native_types() {
     let applied = db
         .texts("SELECT CAST(count(*) AS text) FROM _sqlx_migrations")
         .await;
-    assert_eq!(applied, vec![vec!["3"]]);
+    assert_eq!(applied, vec![vec!["4"]]);
 }
 
 #[tokio::test]
@@ -174,11 +173,18 @@ async fn a_connection_lost_mid_window_fails_it_cleanly_and_the_next_attempt_succ
             .expect("a size")
     };
     let size_before = size().await;
-    let mut tx = db.store.begin(ctx(&next.label())).await.expect("begin");
+    let (doc_ctx, elements) = scan_elements(&records);
+    let mut tx = db
+        .store
+        .begin(ctx(&next.label()), doc_ctx)
+        .await
+        .expect("begin");
     // The second batch is handed to the writer only once the first is written: by now the first
     // 2000 elements are in the database, uncommitted.
-    for r in &records[..4500] {
-        tx.apply(r.clone()).await.expect("applying before the loss");
+    for e in &elements[..4500] {
+        tx.element(e.clone())
+            .await
+            .expect("applying before the loss");
     }
     // Rows of the window are written (uncommitted rows take space, visible from outside)…
     assert!(size().await > size_before, "nothing was written yet");
@@ -186,8 +192,8 @@ async fn a_connection_lost_mid_window_fails_it_cleanly_and_the_next_attempt_succ
     let ended = db.terminate_sessions(db.application_name()).await;
     assert!(ended >= 1, "no session of the store was found");
     let failed = async {
-        for r in &records[4500..] {
-            tx.apply(r.clone()).await?;
+        for e in &elements[4500..] {
+            tx.element(e.clone()).await?;
         }
         tx.finish().await
     }

@@ -103,7 +103,16 @@ async fn a_sequence_of_documents_ends_in_exactly_the_expected_tables_and_change_
         ]
     );
 
-    // 5. Re-sent unchanged: only synced_at moves, nothing is logged.
+    // 5. Re-sent unchanged: nothing is written at all, nothing is logged.
+    let row = || async {
+        db.texts(&format!(
+            "SELECT {}, content_sha256, raw_sha256, namespace FROM provomrade WHERE elev = 'e1'",
+            db.col("changed_at", Col::Timestamp)
+        ))
+        .await
+    };
+    let before = row().await;
+    let log_before = db.change_log().await;
     let r = import_at(s, "default", &clear, at(5))
         .await
         .expect("import 5");
@@ -111,20 +120,11 @@ async fn a_sequence_of_documents_ends_in_exactly_the_expected_tables_and_change_
         (r.summary.changed, r.summary.cleared, r.summary.unchanged),
         (0, 0, 1)
     );
-    let row = db
-        .texts(&format!(
-            "SELECT {}, {} FROM provomrade WHERE elev = 'e1'",
-            db.col("changed_at", Col::Timestamp),
-            db.col("synced_at", Col::Timestamp)
-        ))
-        .await;
-    assert_eq!(
-        row,
-        vec![vec![
-            "2026-03-01T12:04:00.000000Z",
-            "2026-03-01T12:05:00.000000Z"
-        ]]
-    );
+    // Skipped by its raw hash: not even built.
+    assert_eq!(r.summary.built, 0);
+    assert_eq!(row().await, before);
+    assert_eq!(before[0][0], "2026-03-01T12:04:00.000000Z");
+    assert_eq!(db.change_log().await, log_before);
 
     // 6. The same key twice in one document (two skolformer), not adjacent: together they are
     //    the key's set, in document order; the key is counted and logged once.
@@ -363,9 +363,9 @@ async fn the_natural_key_is_enforced_by_the_database_despite_null_parts(b: Backe
     let insert = |kind: &str, amne: &str, arskurs: &str, kurs: &str| {
         format!(
             "INSERT INTO provomrade (source, elev, kind, amne, arskurs, kurs, namespace,
-                 content_sha256, changed_at, synced_at)
+                 content_sha256, changed_at)
              VALUES ('s', 'e', '{kind}', {amne}, {arskurs}, {kurs}, 'ns', 'h',
-                     '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z')"
+                     '2026-01-01T00:00:00.000000Z')"
         )
     };
     for sql in [
@@ -437,10 +437,13 @@ async fn a_record_error_quarantines_that_record_with_its_xml_and_applies_the_res
     assert_eq!((r.summary.records, r.summary.quarantined), (2, 1));
     let rows = db
         .texts(&format!(
-            "SELECT source, elev, error_code, element, {}, raw_xml, reason, document, {}
+            "SELECT source, elev, error_code, element, {}, raw_xml, reason, document, {}, {}, {},
+                    kind, kurs
              FROM quarantine",
             db.col("line", Col::Int),
-            db.col("quarantined_at", Col::Timestamp)
+            db.col("first_seen_at", Col::Timestamp),
+            db.col("last_seen_at", Col::Timestamp),
+            db.col("times_seen", Col::Int)
         ))
         .await;
     let [q] = rows.as_slice() else {
@@ -450,7 +453,18 @@ async fn a_record_error_quarantines_that_record_with_its_xml_and_applies_the_res
         q[..4],
         ["default", "bad", "both_betyg_and_poang", "delprovsresultat"]
     );
-    assert_eq!(q[7..], ["test", "2026-03-01T12:01:00.000000Z"]);
+    assert_eq!(
+        q[7..],
+        [
+            "test",
+            "2026-03-01T12:01:00.000000Z",
+            "2026-03-01T12:01:00.000000Z",
+            "1",
+            // The key the element claims.
+            "kurs",
+            "MATMAT01a"
+        ]
+    );
     assert!(q[6].contains("both"), "{}", q[6]);
     let raw = &q[5];
     assert!(
@@ -524,6 +538,14 @@ async fn the_views_give_one_row_per_provtillfalle_and_per_delprov_with_all_conte
         .await
         .expect("import");
     assert_eq!((r.summary.records, r.summary.quarantined), (3, 0));
+    // Every row is current as of its source's watermark.
+    let w = "2026-03-01T13:00:00.000000Z";
+    db.execute(&format!(
+        "INSERT INTO sync_watermark (source, watermark_local, watermark_utc, updated_at)
+         VALUES ('default', '2026-03-01T14:00', '{w}', '{w}')"
+    ))
+    .await
+    .expect("a watermark");
     let context = [
         ("source", Col::Text),
         ("elev", Col::Text),
@@ -538,7 +560,7 @@ async fn the_views_give_one_row_per_provtillfalle_and_per_delprov_with_all_conte
         ("sammanvagt_provbetyg", Col::Text),
         ("ordinal", Col::Int),
         ("changed_at", Col::Timestamp),
-        ("synced_at", Col::Timestamp),
+        ("current_as_of", Col::Timestamp),
     ];
     let select = |extra: &[(&str, Col)]| {
         let cols: Vec<String> = context
@@ -578,7 +600,7 @@ async fn the_views_give_one_row_per_provtillfalle_and_per_delprov_with_all_conte
                 "B",
                 "0",
                 t,
-                t,
+                w,
                 "e1 MA"
             ],
             vec![
@@ -595,7 +617,7 @@ async fn the_views_give_one_row_per_provtillfalle_and_per_delprov_with_all_conte
                 "NULL",
                 "1",
                 t,
-                t,
+                w,
                 "e1 MA"
             ],
             vec![
@@ -612,7 +634,7 @@ async fn the_views_give_one_row_per_provtillfalle_and_per_delprov_with_all_conte
                 "C",
                 "0",
                 t,
-                t,
+                w,
                 "e2 MATMAT01c"
             ],
         ]
@@ -648,7 +670,7 @@ async fn the_views_give_one_row_per_provtillfalle_and_per_delprov_with_all_conte
                 "B",
                 "0",
                 t,
-                t,
+                w,
                 "0",
                 "A",
                 "resultat",
@@ -671,7 +693,7 @@ async fn the_views_give_one_row_per_provtillfalle_and_per_delprov_with_all_conte
                 "B",
                 "0",
                 t,
-                t,
+                w,
                 "1",
                 "PROVRESULTAT",
                 "resultat",
@@ -700,7 +722,6 @@ mod sync_bookkeeping {
         )]);
         let ctx = ApplyContext {
             source: "default".into(),
-            namespace: String::new(),
             document: w.label(),
             now: at(3),
         };
@@ -862,7 +883,6 @@ mod sync_bookkeeping {
         let xml = doc(&[kurs("e-stale", "MATMAT01a", "GY", vec![])]);
         let ctx = ApplyContext {
             source: "default".into(),
-            namespace: String::new(),
             document: stale.label(),
             now: at(4),
         };
@@ -913,7 +933,6 @@ mod sync_bookkeeping {
         let w = window("2026-01-10T08:00:00Z", "2026-01-10T09:59:00Z");
         let ctx = ApplyContext {
             source: "default".into(),
-            namespace: String::new(),
             document: w.label(),
             now: at(4),
         };

@@ -1,0 +1,889 @@
+//! The replace rules, decided without I/O: what each key of a batch becomes, and the writes
+//! that takes. Both backends run these same decisions; they only execute the writes, each in its
+//! own dialect. (atuin's split of `diff()` from `operations()`, applied to a document.)
+//!
+//! A document is applied in batches of [`Group`]s, one per key, each holding that key's elements
+//! of the batch in document order. For each group the lookup says what is stored for the key and
+//! whether this document already wrote it ([`Stored`], [`Touched`]); [`decide`] picks its fate:
+//!
+//! | stored | in this document so far | raw hash | fate |
+//! |---|---|---|---|
+//! | no | — | — | **create** (build; new row and its provtillfällen) |
+//! | yes | not seen | equal | **unchanged**: nothing is built, checked or written |
+//! | yes | not seen | differs | **compare**: build; equal content writes only the new raw hash, other content **replaces** the provtillfällen |
+//! | yes | written | — | **append** after what the document wrote; settled at [`finish`](settle) |
+//! | yes | found unchanged | — | **grow**: append after the stored set; settled at the end |
+//! | any | held back | — | **held**: quarantined, nothing written |
+//!
+//! A key with an element that breaks the XSD is **held back** for the rest of the document:
+//! every element of it is quarantined (the rows name the key), what is stored stays, and if the
+//! document had written the key in an earlier batch, that is undone ([`BatchPlan::restores`]).
+//!
+//! Keys found unchanged cost no write at all: they are remembered in memory by id (up to a cap,
+//! past which they spill into the document's tracking table). Written keys are tracked in that
+//! table (`doc_touched`, one row per key the document wrote): their hashes before and after, the
+//! raw hash of their elements so far, how many provtillfällen they hold, and the `change_log`
+//! operation decided for them. Counts are kept here, in [`DocState::summary`], as each key's
+//! outcome is decided or revised.
+//!
+//! The raw hash of a key's set is a chain over its elements' raw hashes in document order (the
+//! hash itself for a single element), so a set that arrives split across batches can be hashed
+//! incrementally, holding 32 bytes between batches.
+
+use std::collections::{HashMap, HashSet};
+
+use sha2::{Digest, Sha256};
+
+use super::ApplySummary;
+use crate::domain::{
+    ContentHash, ContentHasher, ProvomradeKey, Provtillfalle, Text, EMPTY_CONTENT_SHA256,
+};
+use crate::xml::{
+    build_element, Built, DocContext, DocumentError, Element, ElementStats, Location, Quarantined,
+    RawHash, RecordError,
+};
+
+/// A key in 128 bits, for remembering keys held back without their text.
+pub type Fingerprint = u128;
+
+/// Keys found unchanged remembered in memory per document (16 bytes or so each); past this many
+/// they spill into the tracking table, so memory stays bounded whatever the document.
+pub const UNCHANGED_IN_MEMORY: usize = 1 << 18;
+/// Keys held back remembered in memory per document; past this many they spill too.
+pub const HELD_IN_MEMORY: usize = 1 << 16;
+
+/// The error code of an element quarantined because another element of its key broke the XSD.
+pub const HELD_CODE: &str = "key_held";
+/// The error code of the row that records elements of a held key the document had applied.
+pub const WITHDRAWN_CODE: &str = "key_withdrawn";
+
+/// A `change_log` operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Upsert,
+    Clear,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Upsert => "upsert",
+            Op::Clear => "clear",
+        }
+    }
+
+    /// Reads the column back.
+    pub fn parse(s: &str) -> Option<Op> {
+        match s {
+            "upsert" => Some(Op::Upsert),
+            "clear" => Some(Op::Clear),
+            _ => None,
+        }
+    }
+}
+
+/// What a key's content became, relative to before the document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Changed,
+    Cleared,
+    Unchanged,
+}
+
+/// The outcome of a key whose content hash was `prev` before the document (`None`: it did not
+/// exist) and is `new` after it.
+pub fn outcome(prev: Option<&str>, new: &str) -> Outcome {
+    if prev == Some(new) {
+        Outcome::Unchanged
+    } else if new == EMPTY_CONTENT_SHA256 {
+        Outcome::Cleared
+    } else {
+        Outcome::Changed
+    }
+}
+
+impl Outcome {
+    pub fn op(self) -> Option<Op> {
+        match self {
+            Outcome::Changed => Some(Op::Upsert),
+            Outcome::Cleared => Some(Op::Clear),
+            Outcome::Unchanged => None,
+        }
+    }
+
+    fn of_op(op: Option<Op>) -> Outcome {
+        match op {
+            Some(Op::Upsert) => Outcome::Changed,
+            Some(Op::Clear) => Outcome::Cleared,
+            None => Outcome::Unchanged,
+        }
+    }
+}
+
+/// The raw hash of a key's set: the first element's own hash, then each further element chained
+/// on.
+pub fn chain(so_far: Option<&RawHash>, next: &RawHash) -> RawHash {
+    match so_far {
+        None => *next,
+        Some(prev) => {
+            let mut h = Sha256::new();
+            h.update(b"nprov-sync/raw-chain/v1\0");
+            h.update(prev);
+            h.update(next);
+            h.finalize().into()
+        }
+    }
+}
+
+/// A key's fingerprint: the first 128 bits of SHA-256 over its parts, each length-prefixed.
+pub fn fingerprint(key: &ProvomradeKey) -> Fingerprint {
+    let mut h = Sha256::new();
+    let mut field = |b: &[u8]| {
+        h.update((b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    field(key.elev.as_bytes());
+    field(key.omrade.kind().as_bytes());
+    field(key.omrade.amne().unwrap_or_default().as_bytes());
+    field(&[key.omrade.arskurs().map_or(0, |a| a.get())]);
+    field(key.omrade.kurs().unwrap_or_default().as_bytes());
+    let d = h.finalize();
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&d[..16]);
+    u128::from_le_bytes(first)
+}
+
+/// This document's tracking of a key (its `doc_touched` row).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// `false`: the key was found unchanged (a row only once memory was full) and not written.
+    pub written: bool,
+    /// The content hash before the document; `None` when the document created the key.
+    pub prev_content: Option<ContentHash>,
+    /// The content hash now, when known (`None` until a key written by several batches is
+    /// settled).
+    pub content: Option<ContentHash>,
+    /// The raw hash of the key's elements applied so far.
+    pub raw: Option<RawHash>,
+    /// Provtillfällen stored for the key now: the ordinal its next element starts at.
+    pub children: i64,
+    /// Elements of the key this document applied.
+    pub elements: i64,
+    /// Written by more than one batch: its content hash and outcome are settled at the end.
+    pub settle: bool,
+    /// The `change_log` operation decided for the key so far.
+    pub op: Option<Op>,
+}
+
+impl Touched {
+    /// Whether the key's `provomrade` row must be updated from this row at the end: every
+    /// written key but one created by a single batch, whose row was inserted as it is.
+    pub fn updates_row(&self) -> bool {
+        self.written && (self.settle || self.prev_content.is_some())
+    }
+}
+
+/// A raw hash as the tables keep it: lowercase hex.
+pub type RawHex = String;
+
+/// A raw hash in its stored form.
+pub fn hex(raw: &RawHash) -> RawHex {
+    hex::encode(raw)
+}
+
+/// A stored raw hash read back; `None` for text that is not one (treated as no raw hash).
+pub fn parse_raw(text: &str) -> Option<RawHash> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text, &mut out).ok().map(|()| out)
+}
+
+/// What the lookup finds for a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub id: i64,
+    /// Whether the stored raw hash equals the batch's raw hash of the key (compared by the
+    /// lookup, so that an unchanged key's hashes need not travel).
+    pub raw_matches: bool,
+    /// The stored content hash; the lookup may leave it out when the raw hash matches and the
+    /// document has not tracked the key (then the content is that of the batch's elements).
+    pub content: Option<ContentHash>,
+    /// The stored raw hash; `None` for a row stored before raw hashes were kept, or left out
+    /// as `content` is.
+    pub raw: Option<RawHash>,
+    pub touched: Option<Touched>,
+}
+
+/// A key's elements in one batch, in document order.
+#[derive(Clone, Debug)]
+pub struct Group {
+    pub key: ProvomradeKey,
+    pub elements: Vec<Element>,
+}
+
+impl Group {
+    /// The raw hash of this batch's elements of the key, chained onto `so_far`.
+    pub fn raw_after(&self, so_far: Option<&RawHash>) -> RawHash {
+        let mut raw = so_far.copied();
+        for e in &self.elements {
+            raw = Some(chain(raw.as_ref(), &e.raw_sha256));
+        }
+        raw.expect("a group has at least one element")
+    }
+}
+
+/// Caps on one batch: keys (statement sizes), elements (a key repeated many times still
+/// flushes) and raw bytes (memory).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchLimits {
+    pub keys: usize,
+    pub elements: usize,
+    pub bytes: usize,
+}
+
+/// The elements gathered for the next flush, grouped by key.
+#[derive(Debug)]
+pub struct Batch {
+    limits: BatchLimits,
+    groups: Vec<Group>,
+    index: HashMap<ProvomradeKey, usize>,
+    elements: usize,
+    bytes: usize,
+}
+
+impl Batch {
+    pub fn new(limits: BatchLimits) -> Batch {
+        Batch {
+            limits,
+            groups: Vec::new(),
+            index: HashMap::new(),
+            elements: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Adds an element to its key's group; `true` when the batch is full and should be flushed.
+    pub fn push(&mut self, e: Element) -> bool {
+        self.elements += 1;
+        self.bytes += e.raw.len();
+        match self.index.get(&e.key) {
+            // A later element of a key in this batch (split skolformer): it joins that key.
+            Some(&i) => self.groups[i].elements.push(e),
+            None => {
+                self.index.insert(e.key.clone(), self.groups.len());
+                self.groups.push(Group {
+                    key: e.key.clone(),
+                    elements: vec![e],
+                });
+            }
+        }
+        self.groups.len() >= self.limits.keys
+            || self.elements >= self.limits.elements
+            || self.bytes >= self.limits.bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    pub fn take(&mut self) -> Vec<Group> {
+        self.index.clear();
+        self.elements = 0;
+        self.bytes = 0;
+        std::mem::take(&mut self.groups)
+    }
+}
+
+/// What a document has done so far, beyond what its tracking table holds.
+#[derive(Debug)]
+pub struct DocState {
+    /// Ids of keys found unchanged (and so not in the tracking table).
+    unchanged: HashSet<i64>,
+    unchanged_cap: usize,
+    /// Keys held back (in memory; more are in the tracking store once `held_spilled`).
+    held: HashSet<Fingerprint>,
+    held_cap: usize,
+    held_spilled: bool,
+    pub summary: ApplySummary,
+}
+
+impl Default for DocState {
+    fn default() -> Self {
+        DocState::with_caps(UNCHANGED_IN_MEMORY, HELD_IN_MEMORY)
+    }
+}
+
+impl DocState {
+    /// A document's state with the given memory caps (small ones in tests exercise spilling).
+    pub fn with_caps(unchanged_cap: usize, held_cap: usize) -> DocState {
+        DocState {
+            unchanged: HashSet::new(),
+            unchanged_cap,
+            held: HashSet::new(),
+            held_cap,
+            held_spilled: false,
+            summary: ApplySummary::default(),
+        }
+    }
+
+    /// Whether a key is known to be held back, from memory alone.
+    pub fn held_in_memory(&self, fp: Fingerprint) -> bool {
+        self.held.contains(&fp)
+    }
+
+    /// Whether some held keys are only in the tracking store (the caller must ask it too).
+    pub fn held_spilled(&self) -> bool {
+        self.held_spilled
+    }
+
+    fn count(&mut self, o: Outcome, by: i64) {
+        let s = &mut self.summary;
+        let field = match o {
+            Outcome::Changed => &mut s.changed,
+            Outcome::Cleared => &mut s.cleared,
+            Outcome::Unchanged => &mut s.unchanged,
+        };
+        *field = field.saturating_add_signed(by);
+    }
+
+    /// Remembers a key found unchanged; `true` when it had to spill into the tracking table.
+    fn mark_unchanged(&mut self, id: i64) -> bool {
+        if self.unchanged.len() < self.unchanged_cap {
+            self.unchanged.insert(id);
+            false
+        } else {
+            true
+        }
+    }
+
+    /// Remembers a held key; `true` when it had to spill.
+    fn hold(&mut self, fp: Fingerprint) -> bool {
+        if self.held.contains(&fp) {
+            return false;
+        }
+        if self.held.len() < self.held_cap {
+            self.held.insert(fp);
+            false
+        } else {
+            self.held_spilled = true;
+            true
+        }
+    }
+
+    /// A key settled at the end: its final outcome is counted, its `change_log` op returned.
+    pub fn settle(&mut self, prev: Option<&str>, new: &str) -> Option<Op> {
+        let o = outcome(prev, new);
+        self.count(o, 1);
+        o.op()
+    }
+}
+
+/// A group's fate, before anything is built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Held back earlier in this document: quarantined, nothing written.
+    Held,
+    /// Not stored: a new key.
+    Create,
+    /// Stored with the same raw hash: nothing to do.
+    Unchanged { id: i64 },
+    /// Stored with another raw hash (or none): build, then compare by content.
+    Compare { id: i64, content: ContentHash },
+    /// Written earlier in this document: the elements go after what it wrote.
+    Append { id: i64, touched: Touched },
+    /// Found unchanged earlier in this document: the elements go after the stored set (whose
+    /// size the caller looks up, see [`children_needed`]).
+    Grow {
+        id: i64,
+        /// `None`: the stored set has this batch's raw hash, and so its content.
+        content: Option<ContentHash>,
+        raw: Option<RawHash>,
+        spilled: bool,
+    },
+}
+
+impl Decision {
+    fn needs_build(&self) -> bool {
+        !matches!(self, Decision::Held | Decision::Unchanged { .. })
+    }
+}
+
+/// Picks a group's fate from what is stored and what the document did so far. `held`: the key
+/// is held back (in memory, or as the tracking store says once it spilled).
+pub fn decide(state: &DocState, group: &Group, stored: Option<&Stored>, held: bool) -> Decision {
+    if held {
+        return Decision::Held;
+    }
+    let Some(s) = stored else {
+        return Decision::Create;
+    };
+    match &s.touched {
+        Some(t) if t.written => Decision::Append {
+            id: s.id,
+            touched: t.clone(),
+        },
+        Some(_) => Decision::Grow {
+            id: s.id,
+            content: s.content.clone(),
+            raw: s.raw,
+            spilled: true,
+        },
+        None if state.unchanged.contains(&s.id) => Decision::Grow {
+            id: s.id,
+            content: s.content.clone(),
+            raw: if s.raw_matches {
+                Some(group.raw_after(None))
+            } else {
+                s.raw
+            },
+            spilled: false,
+        },
+        None if s.raw_matches => Decision::Unchanged { id: s.id },
+        None => Decision::Compare {
+            id: s.id,
+            content: s.content.clone().unwrap_or_default(),
+        },
+    }
+}
+
+/// The keys whose stored provtillfällen must be counted before [`plan`] (those that grow).
+pub fn children_needed(decisions: &[Decision]) -> Vec<i64> {
+    decisions
+        .iter()
+        .filter_map(|d| match d {
+            Decision::Grow { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Where rows go: a key this batch creates (by its index in [`BatchPlan::creates`]), or a
+/// stored one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    New(usize),
+    Id(i64),
+}
+
+/// A `provomrade` row to insert.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewKey {
+    pub key: ProvomradeKey,
+    pub content: ContentHash,
+    pub raw: RawHash,
+}
+
+/// Provtillfällen to insert for one key, with the skolform of the element each came in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Children {
+    pub target: Target,
+    pub first_ordinal: i64,
+    pub rows: Vec<(Text, Provtillfalle)>,
+}
+
+/// A tracking row to insert or replace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Track {
+    pub target: Target,
+    pub touched: Touched,
+}
+
+/// A quarantine row, one per distinct element of the batch (with how often it came).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuarantineRow {
+    pub key: Option<ProvomradeKey>,
+    pub elev: Option<String>,
+    pub error_code: &'static str,
+    pub reason: String,
+    pub element: String,
+    pub location: Location,
+    /// `None` for the row that records withdrawn elements, whose bytes are gone.
+    pub raw_xml: Option<String>,
+    pub raw_sha256: RawHash,
+    pub times: u64,
+}
+
+impl QuarantineRow {
+    fn of(q: Quarantined) -> QuarantineRow {
+        QuarantineRow {
+            elev: q.error.elev.clone(),
+            key: q.key,
+            error_code: q.error.kind.code(),
+            reason: q.error.to_string(),
+            element: q.error.element.clone(),
+            location: q.error.location,
+            raw_xml: Some(q.raw),
+            raw_sha256: q.raw_sha256,
+            times: 1,
+        }
+    }
+}
+
+/// What one batch writes, in the order a backend executes it: restores, deletes, creates,
+/// children, tracking rows, raw-hash updates, quarantine.
+#[derive(Debug, Default)]
+pub struct BatchPlan {
+    /// Keys the document wrote in an earlier batch and now holds back: put back as committed
+    /// before the document (their tracking rows go too).
+    pub restores: Vec<i64>,
+    /// Keys whose stored provtillfällen are replaced: deleted before the new ones go in.
+    pub deletes: Vec<i64>,
+    pub creates: Vec<NewKey>,
+    pub children: Vec<Children>,
+    pub tracks: Vec<Track>,
+    /// Tracking rows of keys found unchanged, once memory is full (no other column matters).
+    pub spill_unchanged: Vec<i64>,
+    /// Keys unchanged by content whose raw hash (and namespace) is written anew: after a change
+    /// of serialisation or schema version, once per key, so the next read skips them.
+    pub rehash: Vec<(i64, RawHash)>,
+    /// Spilled tracking rows of keys now held back, to drop.
+    pub untrack: Vec<i64>,
+    /// Held keys that did not fit in memory, for the tracking store.
+    pub spill_held: Vec<Fingerprint>,
+    pub quarantine: Vec<QuarantineRow>,
+    /// What building noticed, per element built (not skipped by its raw hash) and applied.
+    pub built: Vec<ElementStats>,
+}
+
+impl BatchPlan {
+    /// Provtillfällen and delprovsresultat rows this plan inserts.
+    pub fn child_rows(&self) -> (u64, u64) {
+        let pt = self.children.iter().map(|c| c.rows.len() as u64).sum();
+        let dp = self
+            .children
+            .iter()
+            .flat_map(|c| &c.rows)
+            .map(|(_, p)| p.resultat.delprovsresultat().len() as u64)
+            .sum();
+        (pt, dp)
+    }
+}
+
+/// Decides every group of a batch and produces its writes, building the elements that need it.
+///
+/// `stored` and `decisions` are in group order; `children` holds the stored provtillfällen count
+/// of every key [`children_needed`] named; `loose` are elements quarantined by the scanner
+/// itself (they name no key).
+///
+/// # Errors
+/// A document error from building an element again, which bytes the scanner accepted cannot
+/// produce.
+pub fn plan(
+    state: &mut DocState,
+    ctx: &DocContext,
+    groups: Vec<Group>,
+    decisions: Vec<Decision>,
+    children: &HashMap<i64, i64>,
+    loose: Vec<Quarantined>,
+) -> Result<BatchPlan, DocumentError> {
+    let mut p = BatchPlan::default();
+    state.summary.quarantined += loose.len() as u64;
+    let mut quarantine: Vec<QuarantineRow> = loose.into_iter().map(QuarantineRow::of).collect();
+    for (group, decision) in groups.into_iter().zip(decisions) {
+        let n = group.elements.len() as i64;
+        if let Decision::Unchanged { id } = decision {
+            state.count(Outcome::Unchanged, 1);
+            state.summary.records += n as u64;
+            if state.mark_unchanged(id) {
+                p.spill_unchanged.push(id);
+            }
+            continue;
+        }
+        // Everything else is built, except the elements of a held key.
+        let built = if decision.needs_build() {
+            let mut built = Vec::with_capacity(group.elements.len());
+            for e in &group.elements {
+                built.push(match &e.built {
+                    Some(b) => b.clone(),
+                    None => build_element(&e.raw, e.location, ctx)?,
+                });
+            }
+            Some(built)
+        } else {
+            None
+        };
+        let failed = built.as_ref().is_some_and(|b| b.iter().any(|r| r.is_err()));
+        if decision == Decision::Held || failed {
+            hold(state, &mut p, &mut quarantine, group, built, &decision);
+            continue;
+        }
+        state.summary.records += n as u64;
+        let raw_so_far = match &decision {
+            Decision::Append { touched, .. } => touched.raw,
+            Decision::Grow { raw, .. } => *raw,
+            _ => None,
+        };
+        let raw = group.raw_after(raw_so_far.as_ref());
+        // The values move into the rows; what building noticed is kept for the report.
+        let mut rows: Vec<(Text, Provtillfalle)> = Vec::new();
+        for b in built.unwrap_or_default().into_iter().flatten() {
+            p.built.push(b.stats);
+            let skolform = b.provomrade.skolform;
+            rows.extend(
+                b.provomrade
+                    .provtillfallen
+                    .into_iter()
+                    .map(|pt| (skolform.clone(), pt)),
+            );
+        }
+        let content = || {
+            let mut h = ContentHasher::new();
+            for (skolform, pt) in &rows {
+                h.push(skolform, pt);
+            }
+            h.finish()
+        };
+        let added = rows.len() as i64;
+        match decision {
+            Decision::Create => {
+                let content = content();
+                let o = outcome(None, &content);
+                state.count(o, 1);
+                let target = Target::New(p.creates.len());
+                p.tracks.push(Track {
+                    target,
+                    touched: Touched {
+                        written: true,
+                        prev_content: None,
+                        content: Some(content.clone()),
+                        raw: Some(raw),
+                        children: added,
+                        elements: n,
+                        settle: false,
+                        op: o.op(),
+                    },
+                });
+                p.creates.push(NewKey {
+                    key: group.key,
+                    content,
+                    raw,
+                });
+                p.children.push(Children {
+                    target,
+                    first_ordinal: 0,
+                    rows,
+                });
+            }
+            Decision::Compare {
+                id,
+                content: stored,
+            } => {
+                let content = content();
+                let o = outcome(Some(&stored), &content);
+                state.count(o, 1);
+                if o == Outcome::Unchanged {
+                    // Same content in other bytes: only the raw hash moves, so the next read of
+                    // these bytes skips them.
+                    p.rehash.push((id, raw));
+                    if state.mark_unchanged(id) {
+                        p.spill_unchanged.push(id);
+                    }
+                    continue;
+                }
+                p.deletes.push(id);
+                p.tracks.push(Track {
+                    target: Target::Id(id),
+                    touched: Touched {
+                        written: true,
+                        prev_content: Some(stored),
+                        content: Some(content),
+                        raw: Some(raw),
+                        children: added,
+                        elements: n,
+                        settle: false,
+                        op: o.op(),
+                    },
+                });
+                p.children.push(Children {
+                    target: Target::Id(id),
+                    first_ordinal: 0,
+                    rows,
+                });
+            }
+            Decision::Append { id, touched } => {
+                if !touched.settle {
+                    // What was counted for the key is revised when it is settled.
+                    state.count(Outcome::of_op(touched.op), -1);
+                }
+                p.children.push(Children {
+                    target: Target::Id(id),
+                    first_ordinal: touched.children,
+                    rows,
+                });
+                p.tracks.push(Track {
+                    target: Target::Id(id),
+                    touched: Touched {
+                        raw: Some(raw),
+                        content: None,
+                        children: touched.children + added,
+                        elements: touched.elements + n,
+                        settle: true,
+                        ..touched
+                    },
+                });
+            }
+            Decision::Grow {
+                id,
+                content: stored,
+                spilled,
+                ..
+            } => {
+                // The stored set is what this document found unchanged: its content is the
+                // one stored, or (when the lookup left it out) that of these very bytes.
+                let prev = stored.unwrap_or_else(content);
+                state.count(Outcome::Unchanged, -1);
+                if !spilled {
+                    state.unchanged.remove(&id);
+                }
+                let stored_children = children.get(&id).copied().unwrap_or(0);
+                p.children.push(Children {
+                    target: Target::Id(id),
+                    first_ordinal: stored_children,
+                    rows,
+                });
+                p.tracks.push(Track {
+                    target: Target::Id(id),
+                    touched: Touched {
+                        written: true,
+                        prev_content: Some(prev),
+                        content: None,
+                        raw: Some(raw),
+                        children: stored_children + added,
+                        elements: n,
+                        settle: true,
+                        op: None,
+                    },
+                });
+            }
+            Decision::Held | Decision::Unchanged { .. } => unreachable!("handled above"),
+        }
+    }
+    p.quarantine = merge_quarantine(quarantine);
+    Ok(p)
+}
+
+/// Holds a key back: every element of the group to quarantine, and whatever the document did to
+/// the key undone.
+fn hold(
+    state: &mut DocState,
+    p: &mut BatchPlan,
+    quarantine: &mut Vec<QuarantineRow>,
+    group: Group,
+    built: Option<Vec<Result<Built, RecordError>>>,
+    decision: &Decision,
+) {
+    let fp = fingerprint(&group.key);
+    if state.hold(fp) {
+        p.spill_held.push(fp);
+    }
+    let first = group
+        .elements
+        .first()
+        .map(|e| e.location)
+        .unwrap_or_default();
+    let broken = built
+        .as_ref()
+        .and_then(|b| b.iter().find_map(|r| r.as_ref().err()))
+        .map(|e| e.location);
+    let held_reason = |elev: &str| {
+        match broken {
+        Some(at) => format!(
+            "another element of this key (elev {elev}) breaks the XSD at {at}: the key keeps what was stored"
+        ),
+        None => format!(
+            "an earlier element of this key (elev {elev}) in this document broke the XSD: the key keeps what was stored"
+        ),
+    }
+    };
+    let element_name = |key: &ProvomradeKey| match key.omrade {
+        crate::domain::Omrade::Amne { .. } => "ämnesresultat",
+        crate::domain::Omrade::Kurs { .. } => "kursresultat",
+    };
+    state.summary.quarantined += group.elements.len() as u64;
+    for (i, e) in group.elements.iter().enumerate() {
+        // Its own error when it was built (now, or by the scanner ahead of time).
+        let own = built
+            .as_ref()
+            .and_then(|b| b[i].as_ref().err())
+            .or_else(|| e.built.as_ref().and_then(|b| b.as_ref().err()));
+        quarantine.push(match own {
+            Some(err) => QuarantineRow {
+                key: Some(group.key.clone()),
+                elev: err.elev.clone(),
+                error_code: err.kind.code(),
+                reason: err.to_string(),
+                element: err.element.clone(),
+                location: err.location,
+                raw_xml: Some(String::from_utf8_lossy(&e.raw).into_owned()),
+                raw_sha256: e.raw_sha256,
+                times: 1,
+            },
+            None => QuarantineRow {
+                key: Some(group.key.clone()),
+                elev: Some(group.key.elev.clone()),
+                error_code: HELD_CODE,
+                reason: held_reason(&group.key.elev),
+                element: element_name(&group.key).into(),
+                location: e.location,
+                raw_xml: Some(String::from_utf8_lossy(&e.raw).into_owned()),
+                raw_sha256: e.raw_sha256,
+                times: 1,
+            },
+        });
+    }
+    match decision {
+        Decision::Append { id, touched } => {
+            if !touched.settle {
+                state.count(Outcome::of_op(touched.op), -1);
+            }
+            // The elements applied before are not applied after all.
+            let withdrawn = touched.elements as u64;
+            state.summary.records = state.summary.records.saturating_sub(withdrawn);
+            state.summary.quarantined += withdrawn;
+            p.restores.push(*id);
+            // One row for the elements the document had applied: their bytes are gone.
+            let mut h = Sha256::new();
+            h.update(b"nprov-sync/withdrawn/v1\0");
+            h.update(fp.to_le_bytes());
+            quarantine.push(QuarantineRow {
+                key: Some(group.key.clone()),
+                elev: Some(group.key.elev.clone()),
+                error_code: WITHDRAWN_CODE,
+                reason: format!(
+                    "{} earlier element(s) of this key (elev {}) in this document had been applied and were withdrawn: the key keeps what was stored",
+                    touched.elements, group.key.elev
+                ),
+                element: element_name(&group.key).into(),
+                location: first,
+                raw_xml: None,
+                raw_sha256: h.finalize().into(),
+                times: 1,
+            });
+        }
+        Decision::Grow { id, spilled, .. } => {
+            // Found unchanged before: nothing was written, the count is taken back.
+            state.count(Outcome::Unchanged, -1);
+            if *spilled {
+                p.untrack.push(*id);
+            } else {
+                state.unchanged.remove(id);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// One row per distinct element (by raw hash), with how often it came.
+fn merge_quarantine(rows: Vec<QuarantineRow>) -> Vec<QuarantineRow> {
+    let mut out: Vec<QuarantineRow> = Vec::with_capacity(rows.len());
+    let mut at: HashMap<RawHash, usize> = HashMap::new();
+    for r in rows {
+        match at.get(&r.raw_sha256) {
+            Some(&i) => out[i].times += r.times,
+            None => {
+                at.insert(r.raw_sha256, out.len());
+                out.push(r);
+            }
+        }
+    }
+    out
+}
