@@ -4,7 +4,7 @@
 -- * synced_at ("last received") goes: a key whose content is already stored is no longer written
 --   at all. How current a row is comes from its source's watermark: every row of a source is
 --   current as of sync_watermark.watermark_utc, which the views show as current_as_of.
--- * raw_sha256: SHA-256 (hex) of the bytes of the key's elements as last applied, seeded with
+-- * raw_sha256: SHA-256 (32 bytes) of the bytes of the key's elements as last applied, seeded with
 --   their namespace context, by which a re-read skips them without building them. NULL for rows
 --   from before: those are compared by content once, then get theirs.
 -- * quarantine keeps one row per distinct element (its source and raw hash), with the key it
@@ -14,7 +14,7 @@
 DROP VIEW v_provresultat;
 DROP VIEW v_delprovsresultat;
 ALTER TABLE provomrade DROP COLUMN synced_at;
-ALTER TABLE provomrade ADD COLUMN raw_sha256 text;
+ALTER TABLE provomrade ADD COLUMN raw_sha256 bytea;
 
 ALTER TABLE quarantine RENAME TO quarantine_old;
 DROP INDEX quarantine_source_elev;

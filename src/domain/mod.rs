@@ -10,7 +10,7 @@
 
 mod canonical;
 
-pub use canonical::{content_sha256, ContentHash, ContentHasher, EMPTY_CONTENT_SHA256};
+pub use canonical::{content_sha256, hex32, ContentHash, ContentHasher, EMPTY_CONTENT_SHA256};
 
 use std::borrow::Cow;
 use std::fmt;

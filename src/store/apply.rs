@@ -19,7 +19,7 @@ use super::replace::{
 };
 use super::{ApplySummary, DocumentTx, StoreError, SyncRun};
 use crate::domain::{ContentHash, ContentHasher, ProvomradeKey, StoredProvtillfalle};
-use crate::xml::{DocContext, Element, ParseStats, Quarantined};
+use crate::xml::{DocContext, Element, ParseStats, Quarantined, RawHash};
 
 /// Quarantined elements (from the scanner) gathered before they are written with a batch.
 const LOOSE_QUARANTINE: usize = 500;
@@ -38,6 +38,23 @@ pub struct DocInfo {
     pub now: chrono::DateTime<chrono::Utc>,
 }
 
+/// A key to settle: its id, content hash before the document, raw hash of its elements.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settle {
+    pub id: i64,
+    pub prev_content: Option<ContentHash>,
+    pub raw: Option<RawHash>,
+}
+
+/// A settled key: its content hash and raw hash now, and its `change_log` operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settled {
+    pub id: i64,
+    pub content: ContentHash,
+    pub raw: Option<RawHash>,
+    pub op: Option<Op>,
+}
+
 /// One backend's side of a document's transaction: reads and writes in its own SQL, no decisions.
 #[async_trait]
 pub trait Dialect: Send {
@@ -46,7 +63,7 @@ pub trait Dialect: Send {
     async fn lookup(
         &mut self,
         keys: &[&ProvomradeKey],
-        raws: &[replace::RawHex],
+        raws: &[RawHash],
     ) -> Result<Vec<Option<Stored>>, StoreError>;
 
     /// Which of these held keys the tracking store holds (asked only once some spilled there).
@@ -58,13 +75,8 @@ pub trait Dialect: Send {
     /// Executes one batch's writes, in the plan's order; returns the ids of the keys it created.
     async fn write(&mut self, plan: &BatchPlan, doc: &DocInfo) -> Result<(), StoreError>;
 
-    /// Tracking rows still to settle (written by several batches), by id above `after`:
-    /// `(id, content hash before the document)`.
-    async fn to_settle(
-        &mut self,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<(i64, Option<ContentHash>)>, StoreError>;
+    /// Keys still to settle (written by several batches), by id above `after`.
+    async fn to_settle(&mut self, after: i64, limit: i64) -> Result<Vec<Settle>, StoreError>;
 
     /// A key's stored provtillfällen from `ordinal` on, in order, at most `limit`.
     async fn children(
@@ -74,10 +86,11 @@ pub trait Dialect: Send {
         limit: i64,
     ) -> Result<Vec<StoredProvtillfalle>, StoreError>;
 
-    /// Writes the settled keys' content hashes and operations into their tracking rows.
-    async fn settled(&mut self, rows: &[(i64, ContentHash, Option<Op>)]) -> Result<(), StoreError>;
+    /// Writes the settled keys: their `provomrade` rows' hashes (and `changed_at` where they
+    /// changed, and the namespace), and their operations into their tracking rows.
+    async fn settled(&mut self, rows: &[Settled], doc: &DocInfo) -> Result<(), StoreError>;
 
-    /// What the tracking rows say, written: `provomrade` rows updated, `change_log` appended.
+    /// Appends what the tracking rows say to `change_log`.
     async fn finish(&mut self, doc: &DocInfo) -> Result<(), StoreError>;
 
     /// See [`DocumentTx::record_window`].
@@ -103,12 +116,15 @@ pub struct Applier {
 }
 
 impl Applier {
+    /// `build_ahead` is the store's advice to the scanner, kept across documents: a window of a
+    /// few hundred elements never fills a batch, so it goes by what the documents before it found.
     pub fn new(
         dialect: Box<dyn Dialect>,
         ctx: Arc<DocContext>,
         doc: DocInfo,
         limits: BatchLimits,
         state: DocState,
+        build_ahead: Arc<AtomicBool>,
     ) -> Applier {
         Applier {
             dialect,
@@ -119,7 +135,7 @@ impl Applier {
             loose: Vec::new(),
             loose_bytes: 0,
             stats: ParseStats::default(),
-            build_ahead: Arc::new(AtomicBool::new(true)),
+            build_ahead,
         }
     }
 
@@ -130,14 +146,22 @@ impl Applier {
         let groups: Vec<Group> = self.batch.take();
         let loose = std::mem::take(&mut self.loose);
         self.loose_bytes = 0;
-        let fps: Vec<Fingerprint> = groups
-            .iter()
-            .map(|g| replace::fingerprint(&g.key))
-            .collect();
-        let mut held: Vec<bool> = fps
-            .iter()
-            .map(|fp| self.state.held_in_memory(*fp))
-            .collect();
+        // Fingerprints only matter once some key is held back (most documents hold none).
+        let fps: Vec<Fingerprint> = if self.state.any_held() {
+            groups
+                .iter()
+                .map(|g| replace::fingerprint(&g.key))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut held: Vec<bool> = if fps.is_empty() {
+            vec![false; groups.len()]
+        } else {
+            fps.iter()
+                .map(|fp| self.state.held_in_memory(*fp))
+                .collect()
+        };
         if self.state.held_spilled() {
             let ask: Vec<Fingerprint> = fps
                 .iter()
@@ -151,10 +175,7 @@ impl Applier {
             }
         }
         let keys: Vec<&ProvomradeKey> = groups.iter().map(|g| &g.key).collect();
-        let raws: Vec<replace::RawHex> = groups
-            .iter()
-            .map(|g| replace::hex(&g.raw_after(None)))
-            .collect();
+        let raws: Vec<RawHash> = groups.iter().map(|g| g.raw_after(None)).collect();
         let stored = self.dialect.lookup(&keys, &raws).await?;
         drop(keys);
         let decisions: Vec<replace::Decision> = groups
@@ -186,7 +207,6 @@ impl Applier {
         self.dialect.write(&plan, &self.doc).await?;
         let (pt, dp) = plan.child_rows();
         let s = &mut self.state.summary;
-        s.built += built;
         s.provomrade_rows += plan.creates.len() as u64;
         s.provtillfalle_rows += pt;
         s.delprovsresultat_rows += dp;
@@ -202,12 +222,17 @@ impl Applier {
         let mut after = 0;
         loop {
             let page = self.dialect.to_settle(after, SETTLE_PAGE).await?;
-            let Some(&(last, _)) = page.last() else {
+            let Some(last) = page.last() else {
                 return Ok(());
             };
-            after = last;
+            after = last.id;
             let mut settled = Vec::with_capacity(page.len());
-            for (id, prev) in page {
+            for Settle {
+                id,
+                prev_content: prev,
+                raw,
+            } in page
+            {
                 let mut h = ContentHasher::new();
                 let mut ordinal = 0;
                 loop {
@@ -222,9 +247,14 @@ impl Applier {
                 }
                 let content = h.finish();
                 let op = self.state.settle(prev.as_deref(), &content);
-                settled.push((id, content, op));
+                settled.push(Settled {
+                    id,
+                    content,
+                    raw,
+                    op,
+                });
             }
-            self.dialect.settled(&settled).await?;
+            self.dialect.settled(&settled, &self.doc).await?;
         }
     }
 }
@@ -257,8 +287,11 @@ impl DocumentTx for Applier {
 
     async fn finish(&mut self) -> Result<ApplySummary, StoreError> {
         self.flush().await?;
-        self.settle().await?;
-        self.dialect.finish(&self.doc).await?;
+        // A document that wrote no key (an unchanged re-read) has nothing to settle or log.
+        if self.state.tracked() {
+            self.settle().await?;
+            self.dialect.finish(&self.doc).await?;
+        }
         Ok(self.state.summary.clone())
     }
 

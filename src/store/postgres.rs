@@ -49,17 +49,17 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Row, Transaction};
 
-use super::apply::{Applier, Dialect, DocInfo};
+use super::apply::{Applier, Dialect, DocInfo, Settle, Settled};
 use super::replace::{self, BatchLimits, BatchPlan, DocState, Fingerprint, Op, Stored, Target};
 use super::{
     query_err, redact_url, timestamp, ApplyContext, DocumentTx, LeaderInfo, Leadership, RunKind,
     RunRow, Store, StoreError, SyncRun, TableCounts, Watermark,
 };
 use crate::domain::{
-    ContentHash, Delprovsresultat, Omrade, ProvomradeKey, Provtillfalle, ProvtillfalleResultat,
+    Delprovsresultat, Omrade, ProvomradeKey, Provtillfalle, ProvtillfalleResultat,
     StoredProvtillfalle, Utfall,
 };
-use crate::xml::DocContext;
+use crate::xml::{DocContext, RawHash};
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -84,6 +84,8 @@ const LEADERSHIP_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct PostgresStore {
     pool: PgPool,
+    /// The scanner's advice, kept across documents (see [`Applier::new`]).
+    build_ahead: Arc<std::sync::atomic::AtomicBool>,
     /// For leadership connections, which live outside the pool.
     options: PgConnectOptions,
     /// Redacted, for errors.
@@ -145,6 +147,7 @@ impl PostgresStore {
             .connect_lazy_with(options.clone());
         Ok(PostgresStore {
             pool,
+            build_ahead: Default::default(),
             options,
             url: redacted,
             schema: (!schema.is_empty()).then(|| schema.to_owned()),
@@ -258,8 +261,7 @@ impl Store for PostgresStore {
                 provomrade_id bigint  PRIMARY KEY,
                 written       boolean NOT NULL,
                 prev_content  text,
-                content       text,
-                raw           text,
+                raw           bytea,
                 children      bigint  NOT NULL,
                 elements      bigint  NOT NULL,
                 settle        boolean NOT NULL,
@@ -294,6 +296,7 @@ impl Store for PostgresStore {
             info,
             BATCH,
             DocState::default(),
+            self.build_ahead.clone(),
         )))
     }
 
@@ -630,7 +633,7 @@ struct PgDialect {
 }
 
 /// A stored key read back as committed: its hashes, `changed_at` and namespace.
-type CommittedRow = (String, Option<String>, DateTime<Utc>, String);
+type CommittedRow = (String, Option<Vec<u8>>, DateTime<Utc>, String);
 
 impl PgDialect {
     /// Puts keys back as committed before this document, read on another connection.
@@ -830,10 +833,10 @@ impl Dialect for PgDialect {
     async fn lookup(
         &mut self,
         keys: &[&ProvomradeKey],
-        raws: &[replace::RawHex],
+        raws: &[RawHash],
     ) -> Result<Vec<Option<Stored>>, StoreError> {
-        let mut amne: (Vec<i32>, Vec<&str>, Vec<&str>, Vec<i32>, Vec<&str>) = Default::default();
-        let mut kurs: (Vec<i32>, Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
+        let mut amne: (Vec<i32>, Vec<&str>, Vec<&str>, Vec<i32>, Vec<&[u8]>) = Default::default();
+        let mut kurs: (Vec<i32>, Vec<&str>, Vec<&str>, Vec<&[u8]>) = Default::default();
         for (i, k) in keys.iter().enumerate() {
             match &k.omrade {
                 Omrade::Amne { amne: a, arskurs } => {
@@ -841,13 +844,13 @@ impl Dialect for PgDialect {
                     amne.1.push(&k.elev);
                     amne.2.push(a);
                     amne.3.push(i32::from(arskurs.get()));
-                    amne.4.push(&raws[i]);
+                    amne.4.push(&raws[i][..]);
                 }
                 Omrade::Kurs { kurs: c } => {
                     kurs.0.push(i as i32);
                     kurs.1.push(&k.elev);
                     kurs.2.push(c);
-                    kurs.3.push(&raws[i]);
+                    kurs.3.push(&raws[i][..]);
                 }
             }
         }
@@ -857,11 +860,10 @@ impl Dialect for PgDialect {
                      THEN NULL ELSE p.content_sha256 END,
                 CASE WHEN p.raw_sha256 IS NOT DISTINCT FROM k.raw AND t.provomrade_id IS NULL
                      THEN NULL ELSE p.raw_sha256 END,
-                t.written, t.prev_content, t.content, t.raw, t.children, t.elements, t.settle,
-                t.op";
+                t.written, t.prev_content, t.raw, t.children, t.elements, t.settle, t.op";
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS}
-             FROM UNNEST($2::int4[], $3::text[], $4::text[], $5::int4[], $6::text[])
+             FROM UNNEST($2::int4[], $3::text[], $4::text[], $5::int4[], $6::bytea[])
                   AS k(i, elev, amne, arskurs, raw)
              CROSS JOIN LATERAL (
                  SELECT p.id, p.content_sha256, p.raw_sha256 FROM provomrade p
@@ -872,7 +874,7 @@ impl Dialect for PgDialect {
                  SELECT * FROM doc_tracking t WHERE t.provomrade_id = p.id LIMIT 1) t ON true
              UNION ALL
              SELECT {COLUMNS}
-             FROM UNNEST($7::int4[], $8::text[], $9::text[], $10::text[]) AS k(i, elev, kurs, raw)
+             FROM UNNEST($7::int4[], $8::text[], $9::text[], $10::bytea[]) AS k(i, elev, kurs, raw)
              CROSS JOIN LATERAL (
                  SELECT p.id, p.content_sha256, p.raw_sha256 FROM provomrade p
                  WHERE p.source = $1 AND p.kind = 'kurs' AND p.elev = k.elev AND p.kurs = k.kurs
@@ -905,22 +907,21 @@ impl Dialect for PgDialect {
                 raw_matches: r.get(2),
                 content: r.get(3),
                 raw: r
-                    .get::<Option<String>, _>(4)
+                    .get::<Option<Vec<u8>>, _>(4)
                     .as_deref()
-                    .and_then(replace::parse_raw),
+                    .and_then(replace::raw_from_bytes),
                 touched: written.map(|written| replace::Touched {
                     written,
                     prev_content: r.get(6),
-                    content: r.get(7),
                     raw: r
-                        .get::<Option<String>, _>(8)
+                        .get::<Option<Vec<u8>>, _>(7)
                         .as_deref()
-                        .and_then(replace::parse_raw),
-                    children: r.get::<Option<i64>, _>(9).unwrap_or(0),
-                    elements: r.get::<Option<i64>, _>(10).unwrap_or(0),
-                    settle: r.get::<Option<bool>, _>(11).unwrap_or(false),
+                        .and_then(replace::raw_from_bytes),
+                    children: r.get::<Option<i64>, _>(8).unwrap_or(0),
+                    elements: r.get::<Option<i64>, _>(9).unwrap_or(0),
+                    settle: r.get::<Option<bool>, _>(10).unwrap_or(false),
                     op: r
-                        .get::<Option<String>, _>(12)
+                        .get::<Option<String>, _>(11)
                         .as_deref()
                         .and_then(Op::parse),
                 }),
@@ -1001,7 +1002,7 @@ impl Dialect for PgDialect {
                  OVERRIDING SYSTEM VALUE
                  SELECT u.id, $1, u.elev, u.kind, u.amne, u.arskurs, u.kurs, $2, u.sha, u.raw, $3
                  FROM UNNEST($4::int8[], $5::text[], $6::text[], $7::text[], $8::int4[],
-                             $9::text[], $10::text[], $11::text[])
+                             $9::text[], $10::text[], $11::bytea[])
                       AS u(id, elev, kind, amne, arskurs, kurs, sha, raw)",
             )
             .bind(&doc.source)
@@ -1023,12 +1024,7 @@ impl Dialect for PgDialect {
                     .map(|c| c.content.as_str())
                     .collect::<Vec<_>>(),
             )
-            .bind(
-                plan.creates
-                    .iter()
-                    .map(|c| replace::hex(&c.raw))
-                    .collect::<Vec<_>>(),
-            )
+            .bind(plan.creates.iter().map(|c| &c.raw[..]).collect::<Vec<_>>())
             .execute(&mut **tx)
             .await
             .map_err(query_err("inserting provområden"))?;
@@ -1060,15 +1056,14 @@ impl Dialect for PgDialect {
                 plan.tracks.iter().map(|x| f(&x.touched)).collect()
             };
             sqlx::query(
-                "INSERT INTO doc_tracking (provomrade_id, written, prev_content, content, raw,
-                     children, elements, settle, op)
-                 SELECT * FROM UNNEST($1::int8[], $2::bool[], $3::text[], $4::text[], $5::text[],
-                                      $6::int8[], $7::int8[], $8::bool[], $9::text[])
+                "INSERT INTO doc_tracking (provomrade_id, written, prev_content, raw, children,
+                     elements, settle, op)
+                 SELECT * FROM UNNEST($1::int8[], $2::bool[], $3::text[], $4::bytea[],
+                                      $5::int8[], $6::int8[], $7::bool[], $8::text[])
                  ON CONFLICT (provomrade_id) DO UPDATE SET
                      written = excluded.written, prev_content = excluded.prev_content,
-                     content = excluded.content, raw = excluded.raw,
-                     children = excluded.children, elements = excluded.elements,
-                     settle = excluded.settle, op = excluded.op",
+                     raw = excluded.raw, children = excluded.children,
+                     elements = excluded.elements, settle = excluded.settle, op = excluded.op",
             )
             .bind(ids)
             .bind(
@@ -1078,8 +1073,12 @@ impl Dialect for PgDialect {
                     .collect::<Vec<_>>(),
             )
             .bind(t(&|x| x.prev_content.clone()))
-            .bind(t(&|x| x.content.clone()))
-            .bind(t(&|x| x.raw.as_ref().map(replace::hex)))
+            .bind(
+                plan.tracks
+                    .iter()
+                    .map(|x| x.touched.raw.as_ref().map(|r| &r[..]))
+                    .collect::<Vec<_>>(),
+            )
             .bind(
                 plan.tracks
                     .iter()
@@ -1105,6 +1104,27 @@ impl Dialect for PgDialect {
         }
         self.copy_children(&pt_rows, &dp_rows).await?;
         let tx = &mut self.tx;
+        if !plan.replaced.is_empty() {
+            sqlx::query(
+                "UPDATE provomrade p SET content_sha256 = u.sha, raw_sha256 = u.raw,
+                     changed_at = $1, namespace = $2
+                 FROM UNNEST($3::int8[], $4::text[], $5::bytea[]) AS u(id, sha, raw)
+                 WHERE p.id = u.id",
+            )
+            .bind(doc.now)
+            .bind(&doc.namespace)
+            .bind(plan.replaced.iter().map(|r| r.0).collect::<Vec<_>>())
+            .bind(
+                plan.replaced
+                    .iter()
+                    .map(|r| r.1.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(plan.replaced.iter().map(|r| &r.2[..]).collect::<Vec<_>>())
+            .execute(&mut **tx)
+            .await
+            .map_err(query_err("updating replaced provområden"))?;
+        }
         if !plan.spill_unchanged.is_empty() {
             sqlx::query(
                 "INSERT INTO doc_tracking (provomrade_id, written, children, elements, settle)
@@ -1119,14 +1139,14 @@ impl Dialect for PgDialect {
         if !plan.rehash.is_empty() {
             sqlx::query(
                 "UPDATE provomrade p SET raw_sha256 = u.raw, namespace = $1
-                 FROM UNNEST($2::int8[], $3::text[]) AS u(id, raw) WHERE p.id = u.id",
+                 FROM UNNEST($2::int8[], $3::bytea[]) AS u(id, raw) WHERE p.id = u.id",
             )
             .bind(&doc.namespace)
             .bind(plan.rehash.iter().map(|(id, _)| *id).collect::<Vec<_>>())
             .bind(
                 plan.rehash
                     .iter()
-                    .map(|(_, raw)| replace::hex(raw))
+                    .map(|(_, raw)| &raw[..])
                     .collect::<Vec<_>>(),
             )
             .execute(&mut **tx)
@@ -1154,21 +1174,25 @@ impl Dialect for PgDialect {
         Ok(())
     }
 
-    async fn to_settle(
-        &mut self,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<(i64, Option<ContentHash>)>, StoreError> {
-        sqlx::query_as(
-            "SELECT provomrade_id, prev_content FROM doc_tracking
-             WHERE written AND settle AND content IS NULL AND provomrade_id > $1
+    async fn to_settle(&mut self, after: i64, limit: i64) -> Result<Vec<Settle>, StoreError> {
+        let rows: Vec<(i64, Option<String>, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT provomrade_id, prev_content, raw FROM doc_tracking
+             WHERE written AND settle AND provomrade_id > $1
              ORDER BY provomrade_id LIMIT $2",
         )
         .bind(after)
         .bind(limit)
         .fetch_all(&mut *self.tx)
         .await
-        .map_err(query_err("listing keys to settle"))
+        .map_err(query_err("listing keys to settle"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, prev_content, raw)| Settle {
+                id,
+                prev_content,
+                raw: raw.as_deref().and_then(replace::raw_from_bytes),
+            })
+            .collect())
     }
 
     async fn children(
@@ -1180,15 +1204,34 @@ impl Dialect for PgDialect {
         load_children(&mut self.tx, id, ordinal, limit).await
     }
 
-    async fn settled(&mut self, rows: &[(i64, ContentHash, Option<Op>)]) -> Result<(), StoreError> {
+    async fn settled(&mut self, rows: &[Settled], doc: &DocInfo) -> Result<(), StoreError> {
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let ops: Vec<Option<&str>> = rows.iter().map(|r| r.op.map(Op::as_str)).collect();
         sqlx::query(
-            "UPDATE doc_tracking t SET content = u.content, op = u.op
-             FROM UNNEST($1::int8[], $2::text[], $3::text[]) AS u(id, content, op)
-             WHERE t.provomrade_id = u.id",
+            "UPDATE provomrade p SET content_sha256 = u.sha, raw_sha256 = u.raw, namespace = $1,
+                 changed_at = CASE WHEN u.op IS NOT NULL THEN $2 ELSE p.changed_at END
+             FROM UNNEST($3::int8[], $4::text[], $5::bytea[], $6::text[]) AS u(id, sha, raw, op)
+             WHERE p.id = u.id",
         )
-        .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.2.map(Op::as_str)).collect::<Vec<_>>())
+        .bind(&doc.namespace)
+        .bind(doc.now)
+        .bind(&ids)
+        .bind(rows.iter().map(|r| r.content.as_str()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.raw.as_ref().map(|r| &r[..]))
+                .collect::<Vec<_>>(),
+        )
+        .bind(&ops)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query_err("settling keys"))?;
+        sqlx::query(
+            "UPDATE doc_tracking t SET op = u.op, settle = false
+             FROM UNNEST($1::int8[], $2::text[]) AS u(id, op) WHERE t.provomrade_id = u.id",
+        )
+        .bind(&ids)
+        .bind(&ops)
         .execute(&mut *self.tx)
         .await
         .map_err(query_err("settling keys"))?;
@@ -1196,22 +1239,6 @@ impl Dialect for PgDialect {
     }
 
     async fn finish(&mut self, doc: &DocInfo) -> Result<(), StoreError> {
-        // Rows a single batch created carry their final values already.
-        sqlx::query(
-            "UPDATE provomrade p SET
-                 content_sha256 = t.content,
-                 raw_sha256 = t.raw,
-                 namespace = $1,
-                 changed_at = CASE WHEN t.op IS NOT NULL THEN $2 ELSE p.changed_at END
-             FROM doc_tracking t
-             WHERE p.id = t.provomrade_id AND t.written
-               AND (t.settle OR t.prev_content IS NOT NULL)",
-        )
-        .bind(&doc.namespace)
-        .bind(doc.now)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(query_err("updating replaced provområden"))?;
         let changes: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM doc_tracking WHERE written AND op IS NOT NULL)",
         )
@@ -1382,7 +1409,7 @@ async fn write_quarantine(
     )
     .bind(
         rows.iter()
-            .map(|q| replace::hex(&q.raw_sha256))
+            .map(|q| crate::domain::hex32(&q.raw_sha256))
             .collect::<Vec<_>>(),
     )
     .bind(rows.iter().map(|q| q.reason.as_str()).collect::<Vec<_>>())

@@ -21,10 +21,12 @@
 //!
 //! Keys found unchanged cost no write at all: they are remembered in memory by id (up to a cap,
 //! past which they spill into the document's tracking table). Written keys are tracked in that
-//! table (`doc_touched`, one row per key the document wrote): their hashes before and after, the
-//! raw hash of their elements so far, how many provtillfällen they hold, and the `change_log`
-//! operation decided for them. Counts are kept here, in [`DocState::summary`], as each key's
-//! outcome is decided or revised.
+//! table (`doc_tracking`, one row per key the document wrote): the content hash before the
+//! document, how many provtillfällen and elements they hold, the `change_log` operation decided
+//! for them, and for a key several batches wrote, the raw hash of its elements so far. A key's
+//! `provomrade` row always holds its current hashes (a replaced key's are written with its new
+//! provtillfällen), except for a key several batches wrote, whose hashes are settled at the end.
+//! Counts are kept here, in [`DocState::summary`], as each key's outcome is decided or revised.
 //!
 //! The raw hash of a key's set is a chain over its elements' raw hashes in document order (the
 //! hash itself for a single element), so a set that arrives split across batches can be hashed
@@ -160,10 +162,8 @@ pub struct Touched {
     pub written: bool,
     /// The content hash before the document; `None` when the document created the key.
     pub prev_content: Option<ContentHash>,
-    /// The content hash now, when known (`None` until a key written by several batches is
-    /// settled).
-    pub content: Option<ContentHash>,
-    /// The raw hash of the key's elements applied so far.
+    /// The raw hash of the key's elements applied so far, for a key several batches wrote (for
+    /// the others the `provomrade` row holds it).
     pub raw: Option<RawHash>,
     /// Provtillfällen stored for the key now: the ordinal its next element starts at.
     pub children: i64,
@@ -175,26 +175,10 @@ pub struct Touched {
     pub op: Option<Op>,
 }
 
-impl Touched {
-    /// Whether the key's `provomrade` row must be updated from this row at the end: every
-    /// written key but one created by a single batch, whose row was inserted as it is.
-    pub fn updates_row(&self) -> bool {
-        self.written && (self.settle || self.prev_content.is_some())
-    }
-}
-
-/// A raw hash as the tables keep it: lowercase hex.
-pub type RawHex = String;
-
-/// A raw hash in its stored form.
-pub fn hex(raw: &RawHash) -> RawHex {
-    hex::encode(raw)
-}
-
-/// A stored raw hash read back; `None` for text that is not one (treated as no raw hash).
-pub fn parse_raw(text: &str) -> Option<RawHash> {
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(text, &mut out).ok().map(|()| out)
+/// A raw hash read back from its column (32 bytes); `None` for anything else, which is then
+/// treated as no raw hash (the key is compared by content).
+pub fn raw_from_bytes(bytes: &[u8]) -> Option<RawHash> {
+    RawHash::try_from(bytes).ok()
 }
 
 /// What the lookup finds for a key.
@@ -245,7 +229,10 @@ pub struct BatchLimits {
 pub struct Batch {
     limits: BatchLimits,
     groups: Vec<Group>,
-    index: HashMap<ProvomradeKey, usize>,
+    /// Groups by a hash of their key (equal hashes are told apart by the key itself), so the
+    /// key is not copied into the index.
+    index: HashMap<u64, Vec<usize>>,
+    hasher: std::collections::hash_map::RandomState,
     elements: usize,
     bytes: usize,
 }
@@ -256,6 +243,7 @@ impl Batch {
             limits,
             groups: Vec::new(),
             index: HashMap::new(),
+            hasher: std::collections::hash_map::RandomState::new(),
             elements: 0,
             bytes: 0,
         }
@@ -265,11 +253,13 @@ impl Batch {
     pub fn push(&mut self, e: Element) -> bool {
         self.elements += 1;
         self.bytes += e.raw.len();
-        match self.index.get(&e.key) {
+        let h = std::hash::BuildHasher::hash_one(&self.hasher, &e.key);
+        let slot = self.index.entry(h).or_default();
+        match slot.iter().find(|&&i| self.groups[i].key == e.key) {
             // A later element of a key in this batch (split skolformer): it joins that key.
             Some(&i) => self.groups[i].elements.push(e),
             None => {
-                self.index.insert(e.key.clone(), self.groups.len());
+                slot.push(self.groups.len());
                 self.groups.push(Group {
                     key: e.key.clone(),
                     elements: vec![e],
@@ -303,6 +293,8 @@ pub struct DocState {
     held: HashSet<Fingerprint>,
     held_cap: usize,
     held_spilled: bool,
+    /// Whether any tracking row was written (else there is nothing to settle or log).
+    tracked: bool,
     pub summary: ApplySummary,
 }
 
@@ -321,13 +313,24 @@ impl DocState {
             held: HashSet::new(),
             held_cap,
             held_spilled: false,
+            tracked: false,
             summary: ApplySummary::default(),
         }
+    }
+
+    /// Whether the document wrote any tracking row.
+    pub fn tracked(&self) -> bool {
+        self.tracked
     }
 
     /// Whether a key is known to be held back, from memory alone.
     pub fn held_in_memory(&self, fp: Fingerprint) -> bool {
         self.held.contains(&fp)
+    }
+
+    /// Whether any key is held back in this document.
+    pub fn any_held(&self) -> bool {
+        !self.held.is_empty() || self.held_spilled
     }
 
     /// Whether some held keys are only in the tracking store (the caller must ask it too).
@@ -388,8 +391,13 @@ pub enum Decision {
     Unchanged { id: i64 },
     /// Stored with another raw hash (or none): build, then compare by content.
     Compare { id: i64, content: ContentHash },
-    /// Written earlier in this document: the elements go after what it wrote.
-    Append { id: i64, touched: Touched },
+    /// Written earlier in this document: the elements go after what it wrote. `raw`: the row's
+    /// raw hash (that of what was written, unless `touched` has a later one).
+    Append {
+        id: i64,
+        touched: Touched,
+        raw: Option<RawHash>,
+    },
     /// Found unchanged earlier in this document: the elements go after the stored set (whose
     /// size the caller looks up, see [`children_needed`]).
     Grow {
@@ -420,6 +428,7 @@ pub fn decide(state: &DocState, group: &Group, stored: Option<&Stored>, held: bo
         Some(t) if t.written => Decision::Append {
             id: s.id,
             touched: t.clone(),
+            raw: s.raw,
         },
         Some(_) => Decision::Grow {
             id: s.id,
@@ -519,7 +528,7 @@ impl QuarantineRow {
 }
 
 /// What one batch writes, in the order a backend executes it: restores, deletes, creates,
-/// children, tracking rows, raw-hash updates, quarantine.
+/// children, replaced rows' hashes, tracking rows, raw-hash updates, quarantine.
 #[derive(Debug, Default)]
 pub struct BatchPlan {
     /// Keys the document wrote in an earlier batch and now holds back: put back as committed
@@ -529,6 +538,9 @@ pub struct BatchPlan {
     pub deletes: Vec<i64>,
     pub creates: Vec<NewKey>,
     pub children: Vec<Children>,
+    /// Keys whose content was replaced: their new content and raw hash (and the document's
+    /// time as `changed_at`, and its namespace).
+    pub replaced: Vec<(i64, ContentHash, RawHash)>,
     pub tracks: Vec<Track>,
     /// Tracking rows of keys found unchanged, once memory is full (no other column matters).
     pub spill_unchanged: Vec<i64>,
@@ -540,7 +552,8 @@ pub struct BatchPlan {
     /// Held keys that did not fit in memory, for the tracking store.
     pub spill_held: Vec<Fingerprint>,
     pub quarantine: Vec<QuarantineRow>,
-    /// What building noticed, per element built (not skipped by its raw hash) and applied.
+    /// What building noticed, per element built (not skipped by its raw hash) and applied; as
+    /// many are counted in [`ApplySummary::built`].
     pub built: Vec<ElementStats>,
 }
 
@@ -578,7 +591,7 @@ pub fn plan(
     let mut p = BatchPlan::default();
     state.summary.quarantined += loose.len() as u64;
     let mut quarantine: Vec<QuarantineRow> = loose.into_iter().map(QuarantineRow::of).collect();
-    for (group, decision) in groups.into_iter().zip(decisions) {
+    for (mut group, decision) in groups.into_iter().zip(decisions) {
         let n = group.elements.len() as i64;
         if let Decision::Unchanged { id } = decision {
             state.count(Outcome::Unchanged, 1);
@@ -591,9 +604,9 @@ pub fn plan(
         // Everything else is built, except the elements of a held key.
         let built = if decision.needs_build() {
             let mut built = Vec::with_capacity(group.elements.len());
-            for e in &group.elements {
-                built.push(match &e.built {
-                    Some(b) => b.clone(),
+            for e in &mut group.elements {
+                built.push(match e.built.take() {
+                    Some(b) => b,
                     None => build_element(&e.raw, e.location, ctx)?,
                 });
             }
@@ -607,8 +620,9 @@ pub fn plan(
             continue;
         }
         state.summary.records += n as u64;
+        state.summary.built += n as u64;
         let raw_so_far = match &decision {
-            Decision::Append { touched, .. } => touched.raw,
+            Decision::Append { touched, raw, .. } => touched.raw.or(*raw),
             Decision::Grow { raw, .. } => *raw,
             _ => None,
         };
@@ -644,8 +658,7 @@ pub fn plan(
                     touched: Touched {
                         written: true,
                         prev_content: None,
-                        content: Some(content.clone()),
-                        raw: Some(raw),
+                        raw: None,
                         children: added,
                         elements: n,
                         settle: false,
@@ -680,13 +693,13 @@ pub fn plan(
                     continue;
                 }
                 p.deletes.push(id);
+                p.replaced.push((id, content, raw));
                 p.tracks.push(Track {
                     target: Target::Id(id),
                     touched: Touched {
                         written: true,
                         prev_content: Some(stored),
-                        content: Some(content),
-                        raw: Some(raw),
+                        raw: None,
                         children: added,
                         elements: n,
                         settle: false,
@@ -699,7 +712,7 @@ pub fn plan(
                     rows,
                 });
             }
-            Decision::Append { id, touched } => {
+            Decision::Append { id, touched, .. } => {
                 if !touched.settle {
                     // What was counted for the key is revised when it is settled.
                     state.count(Outcome::of_op(touched.op), -1);
@@ -713,7 +726,6 @@ pub fn plan(
                     target: Target::Id(id),
                     touched: Touched {
                         raw: Some(raw),
-                        content: None,
                         children: touched.children + added,
                         elements: touched.elements + n,
                         settle: true,
@@ -745,7 +757,6 @@ pub fn plan(
                     touched: Touched {
                         written: true,
                         prev_content: Some(prev),
-                        content: None,
                         raw: Some(raw),
                         children: stored_children + added,
                         elements: n,
@@ -758,6 +769,7 @@ pub fn plan(
         }
     }
     p.quarantine = merge_quarantine(quarantine);
+    state.tracked |= !p.tracks.is_empty() || !p.spill_unchanged.is_empty();
     Ok(p)
 }
 
@@ -831,7 +843,7 @@ fn hold(
         });
     }
     match decision {
-        Decision::Append { id, touched } => {
+        Decision::Append { id, touched, .. } => {
             if !touched.settle {
                 state.count(Outcome::of_op(touched.op), -1);
             }
@@ -886,4 +898,573 @@ fn merge_quarantine(rows: Vec<QuarantineRow>) -> Vec<QuarantineRow> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    //! The core driven through whole documents against a model of the tables: the same loop
+    //! the shell runs (batch, look up, decide, plan, write; settle and log at the end), with the
+    //! writes applied to maps instead of SQL. Batches are tiny, so every fate across batches
+    //! shows up in a few elements.
+
+    use std::collections::{BTreeMap, HashMap, HashSet};
+
+    use super::*;
+    use crate::domain::{
+        Delprovsresultat, Omrade, Provomrade, ProvtillfalleResultat, Utfall, Varde,
+    };
+    use crate::xml::{Limits, Scanned, Scanner};
+
+    #[derive(Clone, Debug, PartialEq)]
+    struct Row {
+        id: i64,
+        content: ContentHash,
+        raw: Option<RawHash>,
+        children: Vec<(Text, Provtillfalle)>,
+    }
+
+    #[derive(Default)]
+    struct Model {
+        rows: BTreeMap<ProvomradeKey, Row>,
+        next_id: i64,
+        tracking: HashMap<i64, Touched>,
+        held: HashSet<Fingerprint>,
+        change_log: Vec<(String, Op)>,
+        quarantine: BTreeMap<RawHash, (String, u64)>,
+    }
+
+    impl Model {
+        fn by_id(&mut self, id: i64) -> &mut Row {
+            self.rows
+                .values_mut()
+                .find(|r| r.id == id)
+                .expect("a stored id")
+        }
+
+        fn lookup(&self, groups: &[Group]) -> Vec<Option<Stored>> {
+            groups
+                .iter()
+                .map(|g| {
+                    let row = self.rows.get(&g.key)?;
+                    let touched = self.tracking.get(&row.id).cloned();
+                    let raw_matches = row.raw == Some(g.raw_after(None));
+                    let hide = raw_matches && touched.is_none();
+                    Some(Stored {
+                        id: row.id,
+                        raw_matches,
+                        content: (!hide).then(|| row.content.clone()),
+                        raw: if hide { None } else { row.raw },
+                        touched,
+                    })
+                })
+                .collect()
+        }
+
+        fn write(&mut self, p: &BatchPlan, committed: &BTreeMap<ProvomradeKey, Row>) {
+            for id in &p.restores {
+                let key = self
+                    .rows
+                    .iter()
+                    .find(|(_, r)| r.id == *id)
+                    .map(|(k, _)| k.clone())
+                    .expect("restored key");
+                match committed.get(&key) {
+                    Some(row) => {
+                        self.rows.insert(key, row.clone());
+                    }
+                    None => {
+                        self.rows.remove(&key);
+                    }
+                }
+                self.tracking.remove(id);
+            }
+            for id in &p.untrack {
+                self.tracking.remove(id);
+            }
+            for id in &p.deletes {
+                self.by_id(*id).children.clear();
+            }
+            let first = self.next_id;
+            for k in &p.creates {
+                self.next_id += 1;
+                self.rows.insert(
+                    k.key.clone(),
+                    Row {
+                        id: self.next_id,
+                        content: k.content.clone(),
+                        raw: Some(k.raw),
+                        children: Vec::new(),
+                    },
+                );
+            }
+            let id_of = |t: Target| match t {
+                Target::New(i) => first + 1 + i as i64,
+                Target::Id(id) => id,
+            };
+            for c in &p.children {
+                let row = self.by_id(id_of(c.target));
+                assert_eq!(
+                    row.children.len() as i64,
+                    c.first_ordinal,
+                    "ordinals run on"
+                );
+                row.children.extend(c.rows.iter().cloned());
+            }
+            for (id, content, raw) in &p.replaced {
+                let row = self.by_id(*id);
+                row.content = content.clone();
+                row.raw = Some(*raw);
+            }
+            for t in &p.tracks {
+                self.tracking.insert(id_of(t.target), t.touched.clone());
+            }
+            for id in &p.spill_unchanged {
+                self.tracking.entry(*id).or_default();
+            }
+            for (id, raw) in &p.rehash {
+                self.by_id(*id).raw = Some(*raw);
+            }
+            self.held.extend(p.spill_held.iter().copied());
+            for q in &p.quarantine {
+                let e = self
+                    .quarantine
+                    .entry(q.raw_sha256)
+                    .or_insert((q.error_code.to_owned(), 0));
+                e.1 += q.times;
+            }
+        }
+
+        /// One document, applied as the shell applies it; `ahead`: the scanner builds.
+        fn apply(
+            &mut self,
+            xml: &str,
+            limits: BatchLimits,
+            caps: (usize, usize),
+            ahead: bool,
+        ) -> ApplySummary {
+            let committed = self.rows.clone();
+            let mut scanner = Scanner::new(xml.as_bytes(), Limits::default()).expect("a document");
+            scanner.set_build_ahead(ahead);
+            let ctx = scanner.context().clone();
+            let mut state = DocState::with_caps(caps.0, caps.1);
+            let mut batch = Batch::new(limits);
+            let mut loose = Vec::new();
+            let flush = |model: &mut Model,
+                         batch: &mut Batch,
+                         loose: &mut Vec<Quarantined>,
+                         state: &mut DocState| {
+                let groups = batch.take();
+                let held: Vec<bool> = groups
+                    .iter()
+                    .map(|g| {
+                        let fp = fingerprint(&g.key);
+                        state.held_in_memory(fp) || model.held.contains(&fp)
+                    })
+                    .collect();
+                let stored = model.lookup(&groups);
+                let decisions: Vec<Decision> = groups
+                    .iter()
+                    .zip(&stored)
+                    .zip(&held)
+                    .map(|((g, s), h)| decide(state, g, s.as_ref(), *h))
+                    .collect();
+                let counts: HashMap<i64, i64> = children_needed(&decisions)
+                    .into_iter()
+                    .map(|id| (id, model.by_id(id).children.len() as i64))
+                    .collect();
+                let p = plan(
+                    state,
+                    &ctx,
+                    groups,
+                    decisions,
+                    &counts,
+                    std::mem::take(loose),
+                )
+                .expect("elements read again");
+                model.write(&p, &committed);
+            };
+            while let Some(s) = scanner.next_element().expect("well-formed") {
+                match s {
+                    Scanned::Element(e) => {
+                        if batch.push(e) {
+                            flush(self, &mut batch, &mut loose, &mut state);
+                        }
+                    }
+                    Scanned::Quarantined(q) => loose.push(q),
+                }
+            }
+            flush(self, &mut batch, &mut loose, &mut state);
+            // Settle, then log, as the shell does.
+            let mut settle: Vec<i64> = self
+                .tracking
+                .iter()
+                .filter(|(_, t)| t.written && t.settle)
+                .map(|(id, _)| *id)
+                .collect();
+            settle.sort();
+            for id in settle {
+                let t = self.tracking[&id].clone();
+                let row = self.by_id(id);
+                let mut h = ContentHasher::new();
+                for (s, pt) in &row.children {
+                    h.push(s, pt);
+                }
+                let content = h.finish();
+                row.content = content.clone();
+                row.raw = t.raw;
+                let op = state.settle(t.prev_content.as_deref(), &content);
+                let t = self.tracking.get_mut(&id).expect("tracked");
+                t.op = op;
+                t.settle = false;
+            }
+            let mut ids: Vec<(i64, Op)> = self
+                .tracking
+                .iter()
+                .filter_map(|(id, t)| t.op.filter(|_| t.written).map(|op| (*id, op)))
+                .collect();
+            ids.sort_by_key(|(id, _)| *id);
+            for (id, op) in ids {
+                let key = self
+                    .rows
+                    .iter()
+                    .find(|(_, r)| r.id == id)
+                    .map(|(k, _)| k.elev.clone())
+                    .expect("logged key");
+                self.change_log.push((key, op));
+            }
+            self.tracking.clear();
+            self.held.clear();
+            state.summary
+        }
+
+        /// Every row as text: elev, provområde, and its provtillfällen's skolform and betyg.
+        fn dump(&self) -> Vec<String> {
+            self.rows
+                .iter()
+                .map(|(k, r)| {
+                    let pts: Vec<String> = r
+                        .children
+                        .iter()
+                        .map(|(s, p)| {
+                            format!("{s}:{}", p.resultat.sammanvagt_provbetyg().unwrap_or("-"))
+                        })
+                        .collect();
+                    format!(
+                        "{} {} [{}]",
+                        k.elev,
+                        k.omrade.kurs().unwrap_or("?"),
+                        pts.join(" ")
+                    )
+                })
+                .collect()
+        }
+    }
+
+    fn element(elev: &str, skolform: &str, betyg: &[&str]) -> Provomrade {
+        Provomrade {
+            key: ProvomradeKey {
+                elev: elev.into(),
+                omrade: Omrade::Kurs { kurs: "K".into() },
+            },
+            skolform: skolform.to_owned().into(),
+            provtillfallen: betyg
+                .iter()
+                .map(|b| Provtillfalle {
+                    uppdaterat: chrono::NaiveDate::from_ymd_opt(2026, 1, 1).expect("a date"),
+                    genomfort: None,
+                    resultat: ProvtillfalleResultat::Resultat {
+                        sammanvagt_provbetyg: Some(b.to_string().into()),
+                        delprovsresultat: vec![Delprovsresultat {
+                            typ: "A".into(),
+                            utfall: Utfall::Resultat {
+                                varde: Some(Varde::Betyg("A".into())),
+                                maluppfyllnad: None,
+                            },
+                        }],
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    fn doc(elements: &[Provomrade]) -> String {
+        crate::simulate::render_to_string(
+            crate::xml::version::newest(),
+            "2026-01-01T00:00:00",
+            "2026-01-02T00:00:00",
+            elements,
+        )
+    }
+
+    /// An element that breaks the XSD: a date that does not exist.
+    fn broken(elev: &str) -> Provomrade {
+        let mut p = element(elev, "GY", &["X"]);
+        p.provtillfallen[0].uppdaterat = chrono::NaiveDate::from_ymd_opt(2026, 2, 28).expect("d");
+        p
+    }
+
+    fn break_dates(xml: String) -> String {
+        xml.replace("2026-02-28", "2026-02-30")
+    }
+
+    /// (changed, unchanged, cleared, quarantined, built)
+    fn counts(s: &ApplySummary) -> (u64, u64, u64, u64, u64) {
+        (s.changed, s.unchanged, s.cleared, s.quarantined, s.built)
+    }
+
+    struct Case {
+        name: &'static str,
+        /// Documents applied before, in order.
+        before: Vec<String>,
+        doc: String,
+        /// Keys per batch (elements flush at four times that).
+        keys_per_batch: usize,
+        caps: (usize, usize),
+        dump: Vec<&'static str>,
+        counts: (u64, u64, u64, u64, u64),
+        /// change_log entries the document adds.
+        log: Vec<(&'static str, Op)>,
+    }
+
+    fn cases() -> Vec<Case> {
+        let e1 = element("e1", "GY", &["A"]);
+        let e1b = element("e1", "GY", &["B"]);
+        let e1_gr = element("e1", "GR", &["C"]);
+        let e2 = element("e2", "GY", &["A"]);
+        let e3 = element("e3", "GY", &["A"]);
+        let e1_empty = element("e1", "GY", &[]);
+        let big = (1usize << 30, 1 << 30);
+        let one = |v: &[&Provomrade]| doc(&v.iter().map(|p| (*p).clone()).collect::<Vec<_>>());
+        vec![
+            Case {
+                name: "a new key is created and logged",
+                before: vec![],
+                doc: one(&[&e1]),
+                keys_per_batch: 10,
+                caps: big,
+                dump: vec!["e1 K [GY:A]"],
+                counts: (1, 0, 0, 0, 1),
+                log: vec![("e1", Op::Upsert)],
+            },
+            Case {
+                name: "unchanged bytes are skipped: nothing built, nothing written",
+                before: vec![one(&[&e1])],
+                doc: one(&[&e1]),
+                keys_per_batch: 10,
+                caps: big,
+                dump: vec!["e1 K [GY:A]"],
+                counts: (0, 1, 0, 0, 0),
+                log: vec![],
+            },
+            Case {
+                name: "other bytes, same content: unchanged, only the raw hash moves",
+                before: vec![one(&[&e1])],
+                doc: one(&[&e1]).replace("\t\t<provtillfälle", "  <provtillfälle"),
+                keys_per_batch: 10,
+                caps: big,
+                dump: vec!["e1 K [GY:A]"],
+                counts: (0, 1, 0, 0, 1),
+                log: vec![],
+            },
+            Case {
+                name: "changed content replaces the set",
+                before: vec![one(&[&e1])],
+                doc: one(&[&e1b]),
+                keys_per_batch: 10,
+                caps: big,
+                dump: vec!["e1 K [GY:B]"],
+                counts: (1, 0, 0, 0, 1),
+                log: vec![("e1", Op::Upsert)],
+            },
+            Case {
+                name: "an empty element clears the set",
+                before: vec![one(&[&e1])],
+                doc: one(&[&e1_empty]),
+                keys_per_batch: 10,
+                caps: big,
+                dump: vec!["e1 K []"],
+                counts: (0, 0, 1, 0, 1),
+                log: vec![("e1", Op::Clear)],
+            },
+            Case {
+                name: "the same element twice is a set of two",
+                before: vec![],
+                doc: one(&[&e1, &e1]),
+                keys_per_batch: 10,
+                caps: big,
+                dump: vec!["e1 K [GY:A GY:A]"],
+                counts: (1, 0, 0, 0, 2),
+                log: vec![("e1", Op::Upsert)],
+            },
+            Case {
+                name: "a key that shrinks loses what it no longer has",
+                before: vec![one(&[&e1, &e1_gr])],
+                doc: one(&[&e1]),
+                keys_per_batch: 10,
+                caps: big,
+                dump: vec!["e1 K [GY:A]"],
+                counts: (1, 0, 0, 0, 1),
+                log: vec![("e1", Op::Upsert)],
+            },
+            Case {
+                name: "a key whose later element arrives after a flush is one set",
+                before: vec![],
+                doc: one(&[&e1, &e2, &e1_gr]),
+                keys_per_batch: 1,
+                caps: big,
+                dump: vec!["e1 K [GY:A GR:C]", "e2 K [GY:A]"],
+                counts: (2, 0, 0, 0, 3),
+                log: vec![("e1", Op::Upsert), ("e2", Op::Upsert)],
+            },
+            Case {
+                name: "a key found unchanged early and changed later in the document",
+                before: vec![one(&[&e1])],
+                doc: one(&[&e1, &e2, &e1_gr]),
+                keys_per_batch: 1,
+                caps: big,
+                dump: vec!["e1 K [GY:A GR:C]", "e2 K [GY:A]"],
+                counts: (2, 0, 0, 0, 2),
+                log: vec![("e1", Op::Upsert), ("e2", Op::Upsert)],
+            },
+            Case {
+                name: "the same, once keys found unchanged spill out of memory",
+                before: vec![one(&[&e1, &e3])],
+                doc: one(&[&e3, &e1, &e2, &e1_gr]),
+                keys_per_batch: 1,
+                caps: (1, 1),
+                dump: vec!["e1 K [GY:A GR:C]", "e2 K [GY:A]", "e3 K [GY:A]"],
+                counts: (2, 1, 0, 0, 2),
+                log: vec![("e1", Op::Upsert), ("e2", Op::Upsert)],
+            },
+            Case {
+                name: "a set split far apart that did not change is unchanged and unlogged",
+                before: vec![one(&[&e1, &e1_gr])],
+                doc: one(&[&e1, &e2, &e1_gr]),
+                keys_per_batch: 1,
+                caps: big,
+                dump: vec!["e1 K [GY:A GR:C]", "e2 K [GY:A]"],
+                counts: (1, 1, 0, 0, 3),
+                log: vec![("e2", Op::Upsert)],
+            },
+            Case {
+                name:
+                    "a key with a broken element keeps what is stored; all its elements quarantined",
+                before: vec![one(&[&e1])],
+                doc: break_dates(one(&[&e1b, &broken("e1"), &e2])),
+                keys_per_batch: 10,
+                caps: big,
+                dump: vec!["e1 K [GY:A]", "e2 K [GY:A]"],
+                counts: (1, 0, 0, 2, 1),
+                log: vec![("e2", Op::Upsert)],
+            },
+            Case {
+                name: "a broken element after its key was written is undone in full",
+                before: vec![one(&[&e1])],
+                doc: break_dates(one(&[&e1b, &e2, &broken("e1"), &e1_gr])),
+                keys_per_batch: 1,
+                caps: big,
+                dump: vec!["e1 K [GY:A]", "e2 K [GY:A]"],
+                // e1b withdrawn, the broken one and e1_gr held: three elements quarantined.
+                counts: (1, 0, 0, 3, 2),
+                log: vec![("e2", Op::Upsert)],
+            },
+            Case {
+                name: "a new key held back after it was created is gone again",
+                before: vec![],
+                doc: break_dates(one(&[&e1, &e2, &broken("e1")])),
+                keys_per_batch: 1,
+                caps: (1 << 30, 0),
+                dump: vec!["e2 K [GY:A]"],
+                counts: (1, 0, 0, 2, 2),
+                log: vec![("e2", Op::Upsert)],
+            },
+        ]
+    }
+
+    #[test]
+    fn every_fate_gives_exactly_its_tables_counts_and_log() {
+        for ahead in [true, false] {
+            for c in cases() {
+                let mut model = Model::default();
+                let limits = BatchLimits {
+                    keys: c.keys_per_batch,
+                    elements: 4 * c.keys_per_batch,
+                    bytes: 1 << 30,
+                };
+                for d in &c.before {
+                    model.apply(d, limits, (1 << 30, 1 << 30), ahead);
+                }
+                let log_before = model.change_log.len();
+                let s = model.apply(&c.doc, limits, c.caps, ahead);
+                let name = format!("{} (building ahead: {ahead})", c.name);
+                assert_eq!(model.dump(), c.dump, "{name}");
+                assert_eq!(counts(&s), c.counts, "{name}");
+                let log: Vec<(String, Op)> = model.change_log[log_before..].to_vec();
+                let want: Vec<(String, Op)> =
+                    c.log.iter().map(|(e, op)| (e.to_string(), *op)).collect();
+                assert_eq!(log, want, "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn two_documents_with_the_same_timestamp_apply_as_two() {
+        // Nothing here depends on a document's time: tracking belongs to the document.
+        let mut model = Model::default();
+        let limits = BatchLimits {
+            keys: 10,
+            elements: 40,
+            bytes: 1 << 30,
+        };
+        let caps = (1 << 30, 1 << 30);
+        let e1 = element("e1", "GY", &["A"]);
+        let e1b = element("e1", "GY", &["B"]);
+        model.apply(&doc(std::slice::from_ref(&e1)), limits, caps, false);
+        let s = model.apply(&doc(&[e1b]), limits, caps, false);
+        assert_eq!(counts(&s), (1, 0, 0, 0, 1));
+        let s = model.apply(&doc(&[e1]), limits, caps, false);
+        assert_eq!(counts(&s), (1, 0, 0, 0, 1));
+        assert_eq!(model.dump(), ["e1 K [GY:A]"]);
+    }
+
+    #[test]
+    fn quarantine_keeps_one_row_per_distinct_element_with_how_often_it_came() {
+        let mut model = Model::default();
+        let limits = BatchLimits {
+            keys: 10,
+            elements: 40,
+            bytes: 1 << 30,
+        };
+        let bad = break_dates(doc(&[broken("e9")]));
+        for _ in 0..3 {
+            model.apply(&bad, limits, (1 << 30, 1 << 30), false);
+        }
+        let rows: Vec<&(String, u64)> = model.quarantine.values().collect();
+        assert_eq!(rows, [&("bad_date".to_owned(), 3)]);
+    }
+
+    #[test]
+    fn chains_and_fingerprints_tell_sets_and_keys_apart() {
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        assert_eq!(chain(None, &a), a);
+        assert_ne!(chain(Some(&a), &b), chain(Some(&b), &a));
+        let k = |e: &str| ProvomradeKey {
+            elev: e.into(),
+            omrade: Omrade::Kurs { kurs: "K".into() },
+        };
+        assert_ne!(fingerprint(&k("a")), fingerprint(&k("b")));
+        assert_eq!(fingerprint(&k("a")), fingerprint(&k("a")));
+    }
+
+    #[test]
+    fn outcomes_and_their_operations() {
+        let h = "h".to_owned();
+        assert_eq!(outcome(None, &h), Outcome::Changed);
+        assert_eq!(outcome(Some("x"), &h), Outcome::Changed);
+        assert_eq!(outcome(Some("h"), &h), Outcome::Unchanged);
+        assert_eq!(outcome(None, EMPTY_CONTENT_SHA256), Outcome::Cleared);
+        assert_eq!(Outcome::Cleared.op(), Some(Op::Clear));
+        assert_eq!(Op::parse("upsert"), Some(Op::Upsert));
+        let _ = HashSet::<u8>::new();
+    }
 }

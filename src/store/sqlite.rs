@@ -26,7 +26,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite, SqliteConnection, Transaction};
 
-use super::apply::{Applier, Dialect, DocInfo};
+use super::apply::{Applier, Dialect, DocInfo, Settle, Settled};
 use super::replace::{
     self, BatchLimits, BatchPlan, DocState, Fingerprint, Op, QuarantineRow, Stored, Target, Touched,
 };
@@ -38,7 +38,7 @@ use crate::domain::{
     ContentHash, Delprovsresultat, Omrade, ProvomradeKey, Provtillfalle, ProvtillfalleResultat,
     StoredProvtillfalle, Utfall,
 };
-use crate::xml::DocContext;
+use crate::xml::{DocContext, RawHash};
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -61,6 +61,8 @@ const BATCH: BatchLimits = BatchLimits {
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The scanner's advice, kept across documents (see [`Applier::new`]).
+    build_ahead: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SqliteStore {
@@ -89,7 +91,10 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(connect_err)?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            build_ahead: Default::default(),
+        })
     }
 
     /// The pool, for read-only queries in tests and reports.
@@ -119,36 +124,26 @@ impl Store for SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(query_err("starting a transaction"))?;
+        // The tables outlive transactions on this pooled connection, and every document leaves
+        // them empty (rolled back, or cleared in `finish`).
         for sql in [
             "CREATE TEMP TABLE IF NOT EXISTS doc_tracking (
                 provomrade_id INTEGER PRIMARY KEY,
                 written       INTEGER NOT NULL,
                 prev_content  TEXT,
-                content       TEXT,
-                raw           TEXT,
+                raw           BLOB,
                 children      INTEGER NOT NULL,
                 elements      INTEGER NOT NULL,
                 settle        INTEGER NOT NULL,
                 op            TEXT
             )",
             "CREATE TEMP TABLE IF NOT EXISTS doc_held (fp BLOB PRIMARY KEY) WITHOUT ROWID",
-            // Left by a committed document on this connection.
-            "DELETE FROM temp.doc_tracking",
-            "DELETE FROM temp.doc_held",
         ] {
             sqlx::query(sql)
                 .execute(&mut *tx)
                 .await
                 .map_err(query_err("preparing the document's tracking tables"))?;
         }
-        let (po, pt, dp): (i64, i64, i64) = sqlx::query_as(
-            "SELECT (SELECT COALESCE(MAX(id), 0) FROM provomrade),
-                    (SELECT COALESCE(MAX(id), 0) FROM provtillfalle),
-                    (SELECT COALESCE(MAX(id), 0) FROM delprovsresultat)",
-        )
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(query_err("reading the highest row ids"))?;
         let info = DocInfo {
             source: ctx.source,
             namespace: doc.namespace.clone(),
@@ -160,9 +155,7 @@ impl Store for SqliteStore {
             source: info.source.clone(),
             pool: self.pool.clone(),
             now: timestamp(ctx.now),
-            next_provomrade_id: po + 1,
-            next_provtillfalle_id: pt + 1,
-            next_delprov_id: dp + 1,
+            ids: None,
         };
         Ok(Box::new(Applier::new(
             Box::new(dialect),
@@ -170,6 +163,7 @@ impl Store for SqliteStore {
             info,
             BATCH,
             DocState::default(),
+            self.build_ahead.clone(),
         )))
     }
 
@@ -315,9 +309,17 @@ struct SqliteDialect {
     pool: SqlitePool,
     /// The document's timestamp in the stored form.
     now: String,
-    next_provomrade_id: i64,
-    next_provtillfalle_id: i64,
-    next_delprov_id: i64,
+    /// The next free row ids, read when the document first inserts (an unchanged re-read never
+    /// does).
+    ids: Option<NextIds>,
+}
+
+/// The next row id of each table this transaction inserts into.
+#[derive(Clone, Copy)]
+struct NextIds {
+    provomrade: i64,
+    provtillfalle: i64,
+    delprov: i64,
 }
 
 /// A provtillfälle row to insert, borrowing from the plan.
@@ -337,11 +339,10 @@ struct DpRow<'a> {
     d: &'a Delprovsresultat,
 }
 
-/// A tracking row to write, with its raw hash in the stored form.
+/// A tracking row to write.
 struct TrackRow<'a> {
     id: i64,
     t: &'a Touched,
-    raw: Option<String>,
 }
 
 /// Values every statement of a document may need.
@@ -359,13 +360,15 @@ enum Stmt<'a> {
     Untrack(&'a [i64]),
     DeleteDelprov(&'a [i64]),
     DeleteProvtillfalle(&'a [i64]),
-    /// New keys, their raw hashes, and the id of the first.
-    Provomrade(&'a [replace::NewKey], &'a [String], i64),
+    /// New keys, and the id of the first.
+    Provomrade(&'a [replace::NewKey], i64),
+    /// Replaced keys' new hashes.
+    Replaced(&'a [(i64, ContentHash, RawHash)]),
     Provtillfalle(&'a [PtRow<'a>]),
     Delprov(&'a [DpRow<'a>]),
     Track(&'a [TrackRow<'a>]),
     SpillUnchanged(&'a [i64]),
-    Rehash(&'a [(i64, String)]),
+    Rehash(&'a [(i64, RawHash)]),
     SpillHeld(&'a [[u8; 16]]),
     Quarantine(&'a [QuarantineRow]),
 }
@@ -377,7 +380,8 @@ impl Stmt<'_> {
             | Stmt::DeleteDelprov(r)
             | Stmt::DeleteProvtillfalle(r)
             | Stmt::SpillUnchanged(r) => r.len(),
-            Stmt::Provomrade(r, _, _) => r.len(),
+            Stmt::Provomrade(r, _) => r.len(),
+            Stmt::Replaced(r) => r.len(),
             Stmt::Provtillfalle(r) => r.len(),
             Stmt::Delprov(r) => r.len(),
             Stmt::Track(r) => r.len(),
@@ -393,6 +397,7 @@ impl Stmt<'_> {
             Stmt::DeleteDelprov(_) => "deleting replaced delprovsresultat",
             Stmt::DeleteProvtillfalle(_) => "deleting replaced provtillfällen",
             Stmt::Provomrade(..) => "inserting provområden",
+            Stmt::Replaced(_) => "updating replaced provområden",
             Stmt::Provtillfalle(_) => "inserting provtillfällen",
             Stmt::Delprov(_) => "inserting delprovsresultat",
             Stmt::Track(_) | Stmt::SpillUnchanged(_) => "tracking the document's keys",
@@ -434,15 +439,20 @@ impl Stmt<'_> {
                      poang, maluppfyllnad) VALUES {}",
                 placeholders(n, 8)
             ),
+            Stmt::Replaced(_) => format!(
+                "UPDATE provomrade SET content_sha256 = v.column2, raw_sha256 = v.column3,
+                     changed_at = ?, namespace = ?
+                 FROM (VALUES {}) AS v WHERE provomrade.id = v.column1",
+                placeholders(n, 3)
+            ),
             Stmt::Track(_) => format!(
-                "INSERT INTO temp.doc_tracking (provomrade_id, written, prev_content, content, raw,
+                "INSERT INTO temp.doc_tracking (provomrade_id, written, prev_content, raw,
                      children, elements, settle, op) VALUES {}
                  ON CONFLICT (provomrade_id) DO UPDATE SET
                      written = excluded.written, prev_content = excluded.prev_content,
-                     content = excluded.content, raw = excluded.raw,
-                     children = excluded.children, elements = excluded.elements,
-                     settle = excluded.settle, op = excluded.op",
-                placeholders(n, 9)
+                     raw = excluded.raw, children = excluded.children,
+                     elements = excluded.elements, settle = excluded.settle, op = excluded.op",
+                placeholders(n, 8)
             ),
             Stmt::SpillUnchanged(_) => format!(
                 "INSERT INTO temp.doc_tracking (provomrade_id, written, children, elements, settle)
@@ -450,10 +460,8 @@ impl Stmt<'_> {
                 placeholders_with(n, 1, ", 0, 0, 0, 0")
             ),
             Stmt::Rehash(_) => format!(
-                "WITH v(id, raw) AS (VALUES {})
-                 UPDATE provomrade SET raw_sha256 = (SELECT raw FROM v WHERE v.id = provomrade.id),
-                     namespace = ?
-                 WHERE id IN (SELECT id FROM v)",
+                "UPDATE provomrade SET raw_sha256 = v.column2, namespace = ?
+                 FROM (VALUES {}) AS v WHERE provomrade.id = v.column1",
                 placeholders(n, 2)
             ),
             Stmt::SpillHeld(_) => format!(
@@ -488,8 +496,8 @@ impl Stmt<'_> {
                     q = q.bind(*id);
                 }
             }
-            Stmt::Provomrade(keys, raws, first_id) => {
-                for (i, (k, raw)) in keys.iter().zip(raws.iter()).enumerate() {
+            Stmt::Provomrade(keys, first_id) => {
+                for (i, k) in keys.iter().enumerate() {
                     q = q
                         .bind(first_id + i as i64)
                         .bind(c.source)
@@ -500,8 +508,15 @@ impl Stmt<'_> {
                         .bind(k.key.omrade.kurs())
                         .bind(c.namespace)
                         .bind(k.content.as_str())
-                        .bind(raw.as_str())
+                        .bind(&k.raw[..])
                         .bind(c.now);
+                }
+            }
+            Stmt::Replaced(rows) => {
+                // The SET clause's values come first in the text.
+                q = q.bind(c.now).bind(c.namespace);
+                for (id, content, raw) in rows.iter() {
+                    q = q.bind(*id).bind(content.as_str()).bind(&raw[..]);
                 }
             }
             Stmt::Provtillfalle(rows) => {
@@ -536,8 +551,7 @@ impl Stmt<'_> {
                         .bind(r.id)
                         .bind(r.t.written)
                         .bind(r.t.prev_content.as_deref())
-                        .bind(r.t.content.as_deref())
-                        .bind(r.raw.as_deref())
+                        .bind(r.t.raw.as_ref().map(|r| &r[..]))
                         .bind(r.t.children)
                         .bind(r.t.elements)
                         .bind(r.t.settle)
@@ -545,10 +559,10 @@ impl Stmt<'_> {
                 }
             }
             Stmt::Rehash(rows) => {
-                for (id, raw) in rows.iter() {
-                    q = q.bind(*id).bind(raw.as_str());
-                }
                 q = q.bind(c.namespace);
+                for (id, raw) in rows.iter() {
+                    q = q.bind(*id).bind(&raw[..]);
+                }
             }
             Stmt::SpillHeld(fps) => {
                 for fp in fps.iter() {
@@ -565,7 +579,7 @@ impl Stmt<'_> {
                         .bind(key.and_then(|k| k.omrade.amne()))
                         .bind(key.and_then(|k| k.omrade.arskurs()).map(|a| a.get() as i64))
                         .bind(key.and_then(|k| k.omrade.kurs()))
-                        .bind(replace::hex(&r.raw_sha256))
+                        .bind(crate::domain::hex32(&r.raw_sha256))
                         .bind(r.reason.as_str())
                         .bind(r.error_code)
                         .bind(r.element.as_str())
@@ -586,7 +600,7 @@ impl Stmt<'_> {
 }
 
 /// A lookup chunk's JSON row: batch index, id, raw hash equal, stored content and raw hash
-/// (when needed), then the tracking row's columns (all null when untracked).
+/// (hex, when needed), then the tracking row's columns (all null when untracked).
 type LookupRow = (
     usize,
     i64,
@@ -596,33 +610,23 @@ type LookupRow = (
     Option<i64>,
     Option<String>,
     Option<String>,
-    Option<String>,
     Option<i64>,
     Option<i64>,
     Option<i64>,
     Option<String>,
 );
 
+/// A raw hash as the lookup's JSON carries it (hex; JSON has no blobs).
+fn raw_from_hex(text: Option<&str>) -> Option<RawHash> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text?, &mut out).ok().map(|()| out)
+}
+
 /// Puts a lookup chunk's rows in their places.
 fn fill(found: &mut [Option<Stored>], json: &str) -> Result<(), StoreError> {
     let rows: Vec<LookupRow> = serde_json::from_str(json)
         .map_err(|e| StoreError::Corrupt(format!("lookup result {json:.80}: {e}")))?;
-    for (
-        i,
-        id,
-        eq,
-        content,
-        raw,
-        written,
-        prev,
-        t_content,
-        t_raw,
-        children,
-        elements,
-        settle,
-        op,
-    ) in rows
-    {
+    for (i, id, eq, content, raw, written, prev, t_raw, children, elements, settle, op) in rows {
         let slot = found
             .get_mut(i)
             .ok_or_else(|| StoreError::Corrupt(format!("lookup returned index {i}")))?;
@@ -630,12 +634,11 @@ fn fill(found: &mut [Option<Stored>], json: &str) -> Result<(), StoreError> {
             id,
             raw_matches: eq != 0,
             content,
-            raw: raw.as_deref().and_then(replace::parse_raw),
+            raw: raw_from_hex(raw.as_deref()),
             touched: written.map(|w| Touched {
                 written: w != 0,
                 prev_content: prev,
-                content: t_content,
-                raw: t_raw.as_deref().and_then(replace::parse_raw),
+                raw: raw_from_hex(t_raw.as_deref()),
                 children: children.unwrap_or(0),
                 elements: elements.unwrap_or(0),
                 settle: settle.unwrap_or(0) != 0,
@@ -647,6 +650,29 @@ fn fill(found: &mut [Option<Stored>], json: &str) -> Result<(), StoreError> {
 }
 
 impl SqliteDialect {
+    /// The next free ids. The transaction holds SQLite's only write lock (BEGIN IMMEDIATE), so
+    /// `MAX(id) + 1` stays free until it commits.
+    async fn ids(&mut self) -> Result<NextIds, StoreError> {
+        if let Some(ids) = self.ids {
+            return Ok(ids);
+        }
+        let (po, pt, dp): (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COALESCE(MAX(id), 0) FROM provomrade),
+                    (SELECT COALESCE(MAX(id), 0) FROM provtillfalle),
+                    (SELECT COALESCE(MAX(id), 0) FROM delprovsresultat)",
+        )
+        .fetch_one(&mut *self.tx)
+        .await
+        .map_err(query_err("reading the highest row ids"))?;
+        let ids = NextIds {
+            provomrade: po + 1,
+            provtillfalle: pt + 1,
+            delprov: dp + 1,
+        };
+        self.ids = Some(ids);
+        Ok(ids)
+    }
+
     /// Runs statements in order, each bound while the one before it executes on sqlx's worker
     /// thread (binding thousands of values is real work).
     async fn run(&mut self, stmts: &[Stmt<'_>], c: &Common<'_>) -> Result<(), StoreError> {
@@ -682,7 +708,7 @@ impl SqliteDialect {
             .acquire()
             .await
             .map_err(query_err("reading a held key as committed"))?;
-        let committed: Option<(String, Option<String>, String, String)> = sqlx::query_as(
+        let committed: Option<(String, Option<Vec<u8>>, String, String)> = sqlx::query_as(
             "SELECT content_sha256, raw_sha256, changed_at, namespace FROM provomrade WHERE id = ?",
         )
         .bind(id)
@@ -722,18 +748,20 @@ impl SqliteDialect {
         .execute(&mut *self.tx)
         .await
         .map_err(query_err("undoing a held key"))?;
+        let mut next = self.ids().await?;
         let mut pt_rows = Vec::new();
         for (ordinal, s) in children.iter().enumerate() {
             pt_rows.push(PtRow {
-                id: self.next_provtillfalle_id,
+                id: next.provtillfalle,
                 provomrade_id: id,
                 ordinal: ordinal as i64,
                 skolform: &s.skolform,
                 pt: &s.provtillfalle,
             });
-            self.next_provtillfalle_id += 1;
+            next.provtillfalle += 1;
         }
-        let dp_rows = self.delprov_rows(&pt_rows);
+        let dp_rows = delprov_rows(&mut next, &pt_rows);
+        self.ids = Some(next);
         let mut stmts = Vec::new();
         stmts.extend(pt_rows.chunks(ROWS_PER_STATEMENT).map(Stmt::Provtillfalle));
         stmts.extend(dp_rows.chunks(ROWS_PER_STATEMENT).map(Stmt::Delprov));
@@ -746,22 +774,23 @@ impl SqliteDialect {
         };
         self.run(&stmts, &common).await
     }
+}
 
-    fn delprov_rows<'a>(&mut self, pts: &[PtRow<'a>]) -> Vec<DpRow<'a>> {
-        let mut out = Vec::new();
-        for pt in pts {
-            for (i, d) in pt.pt.resultat.delprovsresultat().iter().enumerate() {
-                out.push(DpRow {
-                    id: self.next_delprov_id,
-                    provtillfalle_id: pt.id,
-                    ordinal: i as i64,
-                    d,
-                });
-                self.next_delprov_id += 1;
-            }
+/// The delprovsresultat rows of some provtillfalle rows, with ids from `next`.
+fn delprov_rows<'a>(next: &mut NextIds, pts: &[PtRow<'a>]) -> Vec<DpRow<'a>> {
+    let mut out = Vec::new();
+    for pt in pts {
+        for (i, d) in pt.pt.resultat.delprovsresultat().iter().enumerate() {
+            out.push(DpRow {
+                id: next.delprov,
+                provtillfalle_id: pt.id,
+                ordinal: i as i64,
+                d,
+            });
+            next.delprov += 1;
         }
-        out
     }
+    out
 }
 
 #[async_trait]
@@ -769,77 +798,79 @@ impl Dialect for SqliteDialect {
     /// Each chunk of keys comes back as ONE row holding a JSON array of small tuples, raw hashes
     /// compared in SQL (so an unchanged key sends no hash back): sqlx hands every result row over
     /// from its worker thread separately, and a row per key cost more than the rest of an
-    /// unchanged re-read together (measured: 0.8 s of 1.8 s for 111 000 keys).
+    /// unchanged re-read together (measured: 0.8 s of 1.8 s for 111 000 keys). Chunks come in a
+    /// few fixed sizes, the last one padded: a statement of a size seen before is not prepared
+    /// again (preparing lookups of every odd size was 17 % of a re-read of daily windows).
     async fn lookup(
         &mut self,
         keys: &[&ProvomradeKey],
-        raws: &[replace::RawHex],
+        raws: &[RawHash],
     ) -> Result<Vec<Option<Stored>>, StoreError> {
         let mut found: Vec<Option<Stored>> = vec![None; keys.len()];
         const RESULT: &str = "SELECT json_group_array(json_array(k.i, p.id, p.raw_sha256 IS k.raw,
                     CASE WHEN p.raw_sha256 IS k.raw AND t.provomrade_id IS NULL
                          THEN NULL ELSE p.content_sha256 END,
                     CASE WHEN p.raw_sha256 IS k.raw AND t.provomrade_id IS NULL
-                         THEN NULL ELSE p.raw_sha256 END,
-                    t.written, t.prev_content, t.content, t.raw, t.children, t.elements,
-                    t.settle, t.op))";
+                         THEN NULL ELSE hex(p.raw_sha256) END,
+                    t.written, t.prev_content, hex(t.raw), t.children, t.elements, t.settle,
+                    t.op))";
         let amne: Vec<usize> = (0..keys.len())
             .filter(|&i| matches!(keys[i].omrade, Omrade::Amne { .. }))
             .collect();
         let kurs: Vec<usize> = (0..keys.len())
             .filter(|&i| matches!(keys[i].omrade, Omrade::Kurs { .. }))
             .collect();
-        for chunk in amne.chunks(KEYS_PER_LOOKUP) {
-            let sql = format!(
-                "WITH k(i, elev, amne, arskurs, raw) AS (VALUES {})
-                 {RESULT}
-                 FROM k JOIN provomrade p
-                   ON p.source = ? AND p.kind = 'amne' AND p.elev = k.elev
-                  AND p.amne = k.amne AND p.arskurs = k.arskurs
-                 LEFT JOIN temp.doc_tracking t ON t.provomrade_id = p.id",
-                placeholders(chunk.len(), 5)
-            );
-            let mut q = sqlx::query_scalar::<_, String>(&sql).persistent(is_full(chunk.len()));
-            for &i in chunk {
-                let k = keys[i];
-                q = q
-                    .bind(i as i64)
-                    .bind(&k.elev)
-                    .bind(k.omrade.amne())
-                    .bind(k.omrade.arskurs().map(|a| a.get() as i64))
-                    .bind(raws[i].as_str());
+        for (indices, is_amne) in [(amne, true), (kurs, false)] {
+            for (chunk, size) in lookup_chunks(&indices) {
+                let sql = if is_amne {
+                    format!(
+                        "WITH k(i, elev, amne, arskurs, raw) AS (VALUES {})
+                         {RESULT}
+                         FROM k JOIN provomrade p
+                           ON p.source = ? AND p.kind = 'amne' AND p.elev = k.elev
+                          AND p.amne = k.amne AND p.arskurs = k.arskurs
+                         LEFT JOIN temp.doc_tracking t ON t.provomrade_id = p.id",
+                        placeholders(size, 5)
+                    )
+                } else {
+                    format!(
+                        "WITH k(i, elev, kurs, raw) AS (VALUES {})
+                         {RESULT}
+                         FROM k JOIN provomrade p
+                           ON p.source = ? AND p.kind = 'kurs' AND p.elev = k.elev
+                          AND p.kurs = k.kurs
+                         LEFT JOIN temp.doc_tracking t ON t.provomrade_id = p.id",
+                        placeholders(size, 4)
+                    )
+                };
+                // Every size recurs, so every statement is prepared once per connection.
+                let mut q = sqlx::query_scalar::<_, String>(&sql).persistent(true);
+                for &i in chunk {
+                    let k = keys[i];
+                    q = q.bind(i as i64).bind(&k.elev);
+                    q = if is_amne {
+                        q.bind(k.omrade.amne())
+                            .bind(k.omrade.arskurs().map(|a| a.get() as i64))
+                    } else {
+                        q.bind(k.omrade.kurs())
+                    };
+                    q = q.bind(&raws[i][..]);
+                }
+                // Padding: keys that match nothing (NULL never equals anything).
+                for _ in chunk.len()..size {
+                    q = q.bind(-1i64).bind(None::<&str>).bind(None::<&str>);
+                    if is_amne {
+                        q = q.bind(None::<i64>);
+                    }
+                    q = q.bind(None::<&[u8]>);
+                }
+                let json = q
+                    .bind(&self.source)
+                    .fetch_one(&mut *self.tx)
+                    .await
+                    .map_err(query_err("looking up stored provområden"))?;
+                fill(&mut found, &json)?;
             }
-            let json = q
-                .bind(&self.source)
-                .fetch_one(&mut *self.tx)
-                .await
-                .map_err(query_err("looking up stored provområden"))?;
-            fill(&mut found, &json)?;
-        }
-        for chunk in kurs.chunks(KEYS_PER_LOOKUP) {
-            let sql = format!(
-                "WITH k(i, elev, kurs, raw) AS (VALUES {})
-                 {RESULT}
-                 FROM k JOIN provomrade p
-                   ON p.source = ? AND p.kind = 'kurs' AND p.elev = k.elev AND p.kurs = k.kurs
-                 LEFT JOIN temp.doc_tracking t ON t.provomrade_id = p.id",
-                placeholders(chunk.len(), 4)
-            );
-            let mut q = sqlx::query_scalar::<_, String>(&sql).persistent(is_full(chunk.len()));
-            for &i in chunk {
-                let k = keys[i];
-                q = q
-                    .bind(i as i64)
-                    .bind(&k.elev)
-                    .bind(k.omrade.kurs())
-                    .bind(raws[i].as_str());
-            }
-            let json = q
-                .bind(&self.source)
-                .fetch_one(&mut *self.tx)
-                .await
-                .map_err(query_err("looking up stored provområden"))?;
-            fill(&mut found, &json)?;
         }
         Ok(found)
     }
@@ -893,8 +924,18 @@ impl Dialect for SqliteDialect {
         for id in &plan.restores {
             self.restore(*id, doc).await?;
         }
-        let first_new = self.next_provomrade_id;
-        self.next_provomrade_id += plan.creates.len() as i64;
+        let inserts = !plan.creates.is_empty() || !plan.children.is_empty();
+        let mut next = if inserts {
+            self.ids().await?
+        } else {
+            NextIds {
+                provomrade: 0,
+                provtillfalle: 0,
+                delprov: 0,
+            }
+        };
+        let first_new = next.provomrade;
+        next.provomrade += plan.creates.len() as i64;
         let id_of = |t: Target| match t {
             Target::New(i) => first_new + i as i64,
             Target::Id(id) => id,
@@ -904,30 +945,26 @@ impl Dialect for SqliteDialect {
             let provomrade_id = id_of(c.target);
             for (k, (skolform, pt)) in c.rows.iter().enumerate() {
                 pt_rows.push(PtRow {
-                    id: self.next_provtillfalle_id,
+                    id: next.provtillfalle,
                     provomrade_id,
                     ordinal: c.first_ordinal + k as i64,
                     skolform,
                     pt,
                 });
-                self.next_provtillfalle_id += 1;
+                next.provtillfalle += 1;
             }
         }
-        let dp_rows = self.delprov_rows(&pt_rows);
-        let create_raws: Vec<String> = plan.creates.iter().map(|k| replace::hex(&k.raw)).collect();
+        let dp_rows = delprov_rows(&mut next, &pt_rows);
+        if inserts {
+            self.ids = Some(next);
+        }
         let tracks: Vec<TrackRow<'_>> = plan
             .tracks
             .iter()
             .map(|t| TrackRow {
                 id: id_of(t.target),
                 t: &t.touched,
-                raw: t.touched.raw.as_ref().map(replace::hex),
             })
-            .collect();
-        let rehash: Vec<(i64, String)> = plan
-            .rehash
-            .iter()
-            .map(|(id, raw)| (*id, replace::hex(raw)))
             .collect();
         let held: Vec<[u8; 16]> = plan.spill_held.iter().map(|fp| fp.to_le_bytes()).collect();
         // In this order: held keys' rows dropped, replaced children deleted before the new
@@ -944,21 +981,22 @@ impl Dialect for SqliteDialect {
             .enumerate()
         {
             let at = i * PROVOMRADE_ROWS_PER_STATEMENT;
-            stmts.push(Stmt::Provomrade(
-                keys,
-                &create_raws[at..at + keys.len()],
-                first_new + at as i64,
-            ));
+            stmts.push(Stmt::Provomrade(keys, first_new + at as i64));
         }
         stmts.extend(pt_rows.chunks(ROWS_PER_STATEMENT).map(Stmt::Provtillfalle));
         stmts.extend(dp_rows.chunks(ROWS_PER_STATEMENT).map(Stmt::Delprov));
+        stmts.extend(
+            plan.replaced
+                .chunks(PROVOMRADE_ROWS_PER_STATEMENT)
+                .map(Stmt::Replaced),
+        );
         stmts.extend(tracks.chunks(ROWS_PER_STATEMENT).map(Stmt::Track));
         stmts.extend(
             plan.spill_unchanged
                 .chunks(ROWS_PER_STATEMENT)
                 .map(Stmt::SpillUnchanged),
         );
-        stmts.extend(rehash.chunks(ROWS_PER_STATEMENT).map(Stmt::Rehash));
+        stmts.extend(plan.rehash.chunks(ROWS_PER_STATEMENT).map(Stmt::Rehash));
         stmts.extend(held.chunks(ROWS_PER_STATEMENT).map(Stmt::SpillHeld));
         stmts.extend(
             plan.quarantine
@@ -975,21 +1013,25 @@ impl Dialect for SqliteDialect {
         self.run(&stmts, &common).await
     }
 
-    async fn to_settle(
-        &mut self,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<(i64, Option<ContentHash>)>, StoreError> {
-        sqlx::query_as(
-            "SELECT provomrade_id, prev_content FROM temp.doc_tracking
-             WHERE written = 1 AND settle = 1 AND content IS NULL AND provomrade_id > ?
+    async fn to_settle(&mut self, after: i64, limit: i64) -> Result<Vec<Settle>, StoreError> {
+        let rows: Vec<(i64, Option<String>, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT provomrade_id, prev_content, raw FROM temp.doc_tracking
+             WHERE written = 1 AND settle = 1 AND provomrade_id > ?
              ORDER BY provomrade_id LIMIT ?",
         )
         .bind(after)
         .bind(limit)
         .fetch_all(&mut *self.tx)
         .await
-        .map_err(query_err("listing keys to settle"))
+        .map_err(query_err("listing keys to settle"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, prev_content, raw)| Settle {
+                id,
+                prev_content,
+                raw: raw.as_deref().and_then(replace::raw_from_bytes),
+            })
+            .collect())
     }
 
     async fn children(
@@ -1001,12 +1043,26 @@ impl Dialect for SqliteDialect {
         load_children(&mut self.tx, id, ordinal, limit).await
     }
 
-    async fn settled(&mut self, rows: &[(i64, ContentHash, Option<Op>)]) -> Result<(), StoreError> {
-        for (id, content, op) in rows {
-            sqlx::query("UPDATE temp.doc_tracking SET content = ?, op = ? WHERE provomrade_id = ?")
-                .bind(content)
-                .bind(op.map(Op::as_str))
-                .bind(id)
+    async fn settled(&mut self, rows: &[Settled], doc: &DocInfo) -> Result<(), StoreError> {
+        // Rare (keys whose elements straddle batches): a statement pair per key.
+        for r in rows {
+            sqlx::query(
+                "UPDATE provomrade SET content_sha256 = ?, raw_sha256 = ?, namespace = ?,
+                     changed_at = CASE WHEN ? THEN ? ELSE changed_at END
+                 WHERE id = ?",
+            )
+            .bind(&r.content)
+            .bind(r.raw.as_ref().map(|r| &r[..]))
+            .bind(&doc.namespace)
+            .bind(r.op.is_some())
+            .bind(&self.now)
+            .bind(r.id)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(query_err("settling a key"))?;
+            sqlx::query("UPDATE temp.doc_tracking SET op = ?, settle = 0 WHERE provomrade_id = ?")
+                .bind(r.op.map(Op::as_str))
+                .bind(r.id)
                 .execute(&mut *self.tx)
                 .await
                 .map_err(query_err("settling a key"))?;
@@ -1014,25 +1070,7 @@ impl Dialect for SqliteDialect {
         Ok(())
     }
 
-    async fn finish(&mut self, doc: &DocInfo) -> Result<(), StoreError> {
-        // Rows a single batch created carry their final values already.
-        sqlx::query(
-            "UPDATE provomrade SET
-                 content_sha256 = t.content,
-                 raw_sha256 = t.raw,
-                 namespace = ?1,
-                 changed_at = CASE WHEN t.op IS NOT NULL THEN ?2 ELSE provomrade.changed_at END
-             FROM temp.doc_tracking AS t
-             WHERE provomrade.id = t.provomrade_id
-               -- Drives the update from the (few) tracked keys instead of scanning the table.
-               AND provomrade.id IN (SELECT provomrade_id FROM temp.doc_tracking)
-               AND t.written = 1 AND (t.settle = 1 OR t.prev_content IS NOT NULL)",
-        )
-        .bind(&doc.namespace)
-        .bind(&self.now)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(query_err("updating replaced provområden"))?;
+    async fn finish(&mut self, _doc: &DocInfo) -> Result<(), StoreError> {
         // Real changes only, decided by the replace core; within one document in provomrade id
         // order.
         sqlx::query(
@@ -1176,6 +1214,27 @@ async fn load_children(
     Ok(out)
 }
 
+/// Lookup statement sizes: a batch's keys go in chunks of the largest, the rest in one chunk of
+/// the smallest size that holds it (padded), so a lookup costs few round trips and at most twice
+/// the keys' work, with a statement cached for each size.
+const LOOKUP_SIZES: [usize; 8] = [KEYS_PER_LOOKUP, 256, 128, 64, 32, 16, 8, 4];
+
+/// A lookup's chunks of key indices, each with the statement size it goes in.
+fn lookup_chunks(indices: &[usize]) -> Vec<(&[usize], usize)> {
+    indices
+        .chunks(KEYS_PER_LOOKUP)
+        .map(|c| {
+            let size = LOOKUP_SIZES
+                .iter()
+                .rev()
+                .copied()
+                .find(|&s| s >= c.len())
+                .unwrap_or(KEYS_PER_LOOKUP);
+            (c, size)
+        })
+        .collect()
+}
+
 /// Whether a chunk has a statement size that recurs. Only those are kept in sqlx's per-connection
 /// statement cache: each distinct tail size would otherwise cache one more prepared statement with
 /// thousands of parameters, and memory would grow with the number of documents seen.
@@ -1205,6 +1264,18 @@ fn placeholders_with(rows: usize, cols: usize, tail: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::{placeholders, placeholders_with};
+
+    #[test]
+    fn lookup_chunks_come_in_fixed_sizes_that_hold_them() {
+        let keys: Vec<usize> = (0..1130).collect();
+        let sizes: Vec<(usize, usize)> = super::lookup_chunks(&keys)
+            .into_iter()
+            .map(|(c, s)| (c.len(), s))
+            .collect();
+        assert_eq!(sizes, [(500, 500), (500, 500), (130, 256)]);
+        assert_eq!(super::lookup_chunks(&[7]).first().map(|c| c.1), Some(4));
+        assert!(super::lookup_chunks(&[]).is_empty());
+    }
 
     #[test]
     fn placeholders_are_anonymous_rows() {

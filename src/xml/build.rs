@@ -8,13 +8,11 @@
 //! A record error condemns the element only; a document error (which cannot come from bytes the
 //! scanner already read whole) ends the document.
 
-use std::io::Read;
-
 use chrono::NaiveDate;
 
-use super::counter::{CountingReader, Location};
+use super::counter::{Location, SliceSource, Source};
 use super::error::{DocumentError, RecordError, RecordErrorKind as K};
-use super::lexer::{At, El, Lexer, Tok};
+use super::lexer::{At, Attr, El, Lexer, Tok};
 use super::parser::{parse_boolean, parse_date, parse_integer};
 use super::scan::DocContext;
 use super::version::{EnumField, VersionRules};
@@ -63,7 +61,7 @@ pub struct Built {
 }
 
 /// Internal: either the document or only the current record is broken.
-pub(crate) enum Fault {
+enum Fault {
     Doc(DocumentError),
     Rec(RecordError),
 }
@@ -74,22 +72,31 @@ impl From<DocumentError> for Fault {
     }
 }
 
-/// Reads a top-level element's key from its start tag's attributes (which the lexer holds):
-/// `elev`, and `ämne` + `årskurs` or `kurs`. The scanner needs only this to name the element.
-pub(crate) fn read_key<R: Read>(lex: &mut Lexer<R>, el: El) -> Result<ProvomradeKey, RecordError> {
+/// A top-level element's key from its start tag's attributes: `elev`, and `ämne` + `årskurs` or
+/// `kurs`, taken out of `attrs`. `start` is where the element starts; `locate` turns offsets into
+/// locations. The scanner needs only this to name an element, whether or not it builds it.
+pub(crate) fn key_from_attrs(
+    el: El,
+    attrs: &mut Vec<Attr>,
+    start: u64,
+    locate: impl Fn(u64) -> Location,
+) -> Result<ProvomradeKey, RecordError> {
     let element = el.name();
-    let start = lex.tok_pos;
-    let rec = |lex: &Lexer<R>, kind, at: u64, elev: Option<&str>, message: String| RecordError {
+    let take = |attrs: &mut Vec<Attr>, at: At| {
+        let i = attrs.iter().position(|(a, _, _)| *a == at)?;
+        let (_, v, pos) = attrs.swap_remove(i);
+        Some((v, pos))
+    };
+    let rec = |kind, at: u64, elev: Option<&str>, message: String| RecordError {
         kind,
-        location: lex.loc(at),
+        location: locate(at),
         element: element.into(),
         elev: elev.map(Into::into),
         message,
     };
-    let elev = match lex.take_attr(At::Elev) {
+    let elev = match take(attrs, At::Elev) {
         None => {
             return Err(rec(
-                lex,
                 K::MissingAttribute,
                 start,
                 None,
@@ -98,7 +105,6 @@ pub(crate) fn read_key<R: Read>(lex: &mut Lexer<R>, el: El) -> Result<Provomrade
         }
         Some((v, pos)) if v.trim().is_empty() => {
             return Err(rec(
-                lex,
                 K::EmptyAttribute,
                 pos,
                 Some(&v),
@@ -107,17 +113,15 @@ pub(crate) fn read_key<R: Read>(lex: &mut Lexer<R>, el: El) -> Result<Provomrade
         }
         Some((v, _)) => v,
     };
-    let required = |lex: &mut Lexer<R>, at: At| -> Result<(String, u64), RecordError> {
-        match lex.take_attr(at) {
+    let required = |attrs: &mut Vec<Attr>, at: At| -> Result<(String, u64), RecordError> {
+        match take(attrs, at) {
             None => Err(rec(
-                lex,
                 K::MissingAttribute,
                 start,
                 Some(&elev),
                 format!("required attribute {} is missing", at.name()),
             )),
             Some((v, pos)) if v.trim().is_empty() => Err(rec(
-                lex,
                 K::EmptyAttribute,
                 pos,
                 Some(&elev),
@@ -127,17 +131,25 @@ pub(crate) fn read_key<R: Read>(lex: &mut Lexer<R>, el: El) -> Result<Provomrade
         }
     };
     let omrade = if el == El::Amnesresultat {
-        let (amne, _) = required(lex, At::Amne)?;
-        let (arskurs, pos) = required(lex, At::Arskurs)?;
+        let (amne, _) = required(attrs, At::Amne)?;
+        let (arskurs, pos) = required(attrs, At::Arskurs)?;
         let arskurs: Arskurs = arskurs
             .parse()
-            .map_err(|m: String| rec(lex, K::BadArskurs, pos, Some(&elev), m))?;
+            .map_err(|m: String| rec(K::BadArskurs, pos, Some(&elev), m))?;
         Omrade::Amne { amne, arskurs }
     } else {
-        let (kurs, _) = required(lex, At::Kurs)?;
+        let (kurs, _) = required(attrs, At::Kurs)?;
         Omrade::Kurs { kurs }
     };
     Ok(ProvomradeKey { elev, omrade })
+}
+
+/// [`key_from_attrs`] for the start tag the lexer just read.
+fn read_key<S: Source>(lex: &mut Lexer<S>, el: El) -> Result<ProvomradeKey, RecordError> {
+    let mut attrs = std::mem::take(&mut lex.attrs);
+    let key = key_from_attrs(el, &mut attrs, lex.tok_pos, |o| lex.loc(o));
+    lex.attrs = attrs;
+    key
 }
 
 /// Builds one element read again from its raw bytes, as it stood at `location` in a document
@@ -151,10 +163,8 @@ pub fn build_element(
     location: Location,
     ctx: &DocContext,
 ) -> Result<Result<Built, RecordError>, DocumentError> {
-    let counter = CountingReader::starting_at(raw, location, u64::MAX, None);
     let mut lex = Lexer::for_element(
-        counter,
-        location,
+        SliceSource::new(raw, location),
         ctx.namespace.as_bytes(),
         ctx.version.clone(),
         &ctx.bindings,
@@ -189,14 +199,14 @@ pub fn build_element(
 
 /// The XSD's rules for one top-level element, reading from a lexer that stands just after the
 /// element's start tag (whose key attributes [`read_key`] took).
-pub(crate) struct Builder<'a, R: Read> {
-    pub(crate) lex: &'a mut Lexer<R>,
-    pub(crate) rules: &'static VersionRules,
-    pub(crate) stats: &'a mut ElementStats,
+struct Builder<'a, S: Source> {
+    lex: &'a mut Lexer<S>,
+    rules: &'static VersionRules,
+    stats: &'a mut ElementStats,
 }
 
-impl<R: Read> Builder<'_, R> {
-    pub(crate) fn read_record(&mut self, el: El, key: ProvomradeKey) -> Result<Provomrade, Fault> {
+impl<S: Source> Builder<'_, S> {
+    fn read_record(&mut self, el: El, key: ProvomradeKey) -> Result<Provomrade, Fault> {
         let element = el.name();
         let start = self.lex.tok_pos;
         let (skolform, pos) = match self.lex.take_attr(At::Skolform) {

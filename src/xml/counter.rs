@@ -77,6 +77,95 @@ impl std::fmt::Display for BadCharAt {
 
 impl std::error::Error for BadCharAt {}
 
+/// What the lexer reads from: bytes, and where they are in the document.
+pub trait Source: BufRead {
+    /// Line and column of an absolute byte offset (at or after [`Source::mark`]).
+    fn locate(&self, offset: u64) -> Location;
+    /// The absolute offset of the next byte to be consumed.
+    fn consumed(&self) -> u64;
+    /// Where the bytes held start: the checkpoint of a document, or an element's first byte.
+    fn mark(&self) -> Location;
+}
+
+impl<R: Read> Source for CountingReader<R> {
+    fn locate(&self, offset: u64) -> Location {
+        CountingReader::locate(self, offset)
+    }
+    fn consumed(&self) -> u64 {
+        CountingReader::consumed(self)
+    }
+    fn mark(&self) -> Location {
+        CountingReader::mark(self)
+    }
+}
+
+/// One element's raw bytes, read again where they stood in their document. They passed the
+/// character check when the document arrived, so nothing is checked or copied here.
+pub struct SliceSource<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    start: Location,
+}
+
+impl<'a> SliceSource<'a> {
+    pub fn new(bytes: &'a [u8], start: Location) -> SliceSource<'a> {
+        SliceSource {
+            bytes,
+            pos: 0,
+            start,
+        }
+    }
+}
+
+impl Read for SliceSource<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = (self.bytes.len() - self.pos).min(out.len());
+        out[..n].copy_from_slice(&self.bytes[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl BufRead for SliceSource<'_> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        Ok(&self.bytes[self.pos..])
+    }
+    fn consume(&mut self, amt: usize) {
+        self.pos = (self.pos + amt).min(self.bytes.len());
+    }
+}
+
+impl Source for SliceSource<'_> {
+    fn locate(&self, offset: u64) -> Location {
+        let at = (offset.saturating_sub(self.start.offset) as usize).min(self.bytes.len());
+        locate_in(self.start, &self.bytes[..at])
+    }
+    fn consumed(&self) -> u64 {
+        self.start.offset + self.pos as u64
+    }
+    fn mark(&self) -> Location {
+        self.start
+    }
+}
+
+/// The location just after `slice`, which starts at `from`.
+fn locate_in(from: Location, slice: &[u8]) -> Location {
+    let mut loc = from;
+    // memchr counts newlines with SIMD: this runs over every byte once per record.
+    loc.line += memchr::memchr_iter(b'\n', slice).count() as u64;
+    let tail = match memchr::memrchr(b'\n', slice) {
+        Some(i) => {
+            loc.column = 1;
+            &slice[i + 1..]
+        }
+        None => slice,
+    };
+    // Count characters, not bytes: a column in "måluppfyllnad" should match an editor's.
+    loc.column += tail.iter().filter(|b| (**b & 0xC0) != 0x80).count() as u64;
+    loc.offset += slice.len() as u64;
+    loc
+}
+
 pub struct CountingReader<R> {
     inner: R,
     /// `buf[start..pos]` was consumed since the checkpoint; `buf[pos..checked]` is read ahead and
@@ -148,20 +237,27 @@ impl<R: Read> CountingReader<R> {
         let readable = self.consumed + (self.buf.len() - self.pos) as u64;
         let want = offset.clamp(self.mark.offset, readable);
         let slice = &self.buf[self.start..self.start + (want - self.mark.offset) as usize];
-        let mut loc = self.mark;
-        // memchr counts newlines with SIMD: this runs over every byte once per record.
-        loc.line += memchr::memchr_iter(b'\n', slice).count() as u64;
-        let tail = match memchr::memrchr(b'\n', slice) {
-            Some(i) => {
-                loc.column = 1;
-                &slice[i + 1..]
-            }
-            None => slice,
-        };
-        // Count characters, not bytes: a column in "måluppfyllnad" should match an editor's.
-        loc.column += tail.iter().filter(|b| (**b & 0xC0) != 0x80).count() as u64;
-        loc.offset = want;
-        loc
+        locate_in(self.mark, slice)
+    }
+
+    /// At least `n` bytes ahead of the next one to consume, unless the input ends first (or a
+    /// bad character comes): for deciding what markup starts here without consuming it.
+    pub fn peek(&mut self, n: usize) -> io::Result<&[u8]> {
+        while self.checked - self.pos < n && !self.eof && self.bad.is_none() {
+            self.refill()?;
+        }
+        if self.checked == self.pos {
+            // Nothing ahead: the error, if there is one, is here.
+            self.fill_buf()?;
+        }
+        Ok(&self.buf[self.pos..self.checked])
+    }
+
+    /// The bytes held from `offset` (at or after the checkpoint) on: consumed, and read ahead
+    /// and checked.
+    pub fn held_from(&self, offset: u64) -> &[u8] {
+        let a = (offset.saturating_sub(self.mark.offset) as usize).min(self.checked - self.start);
+        &self.buf[self.start + a..self.checked]
     }
 
     /// The consumed bytes between two offsets at or after the checkpoint.

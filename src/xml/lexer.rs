@@ -16,13 +16,11 @@
 //! the root's namespace. Attributes are unqualified as in the XSD; prefixed ones (`xsi:…`) are
 //! not data.
 
-use std::io::Read;
-
 use quick_xml::events::Event;
 use quick_xml::Reader;
 
 use super::chars;
-use super::counter::{BadCharAt, CountingReader, LimitExceeded, Location};
+use super::counter::{BadCharAt, LimitExceeded, Location, Source};
 use super::error::DocumentError;
 use super::version::SchemaVersion;
 
@@ -52,7 +50,7 @@ pub(crate) enum El {
 }
 
 impl El {
-    fn from_local(local: &[u8]) -> El {
+    pub(crate) fn from_local(local: &[u8]) -> El {
         // One comparison per element: the length (and a first byte) picks the only candidate.
         let candidate = match local.len() {
             3 => El::Typ,
@@ -140,7 +138,7 @@ pub(crate) enum At {
 }
 
 impl At {
-    fn from_local(local: &[u8]) -> At {
+    pub(crate) fn from_local(local: &[u8]) -> At {
         const AMNE: &[u8] = "ämne".as_bytes();
         const ARSKURS: &[u8] = "årskurs".as_bytes();
         const GENOMFORT: &[u8] = "genomfört".as_bytes();
@@ -215,10 +213,10 @@ pub(crate) enum Tok {
 /// One schema attribute of the last start tag: which, its value, where its element starts.
 pub(crate) type Attr = (At, String, u64);
 
-pub(crate) struct Lexer<R: Read> {
-    reader: Reader<CountingReader<R>>,
-    /// The absolute offset of the reader's position 0 (not 0 when one element is read again).
-    base: u64,
+/// Positions are absolute offsets in the document, from the source (quick-xml's own count
+/// leaves out a byte-order mark, and starts at 0 for an element read again).
+pub(crate) struct Lexer<S: Source> {
+    reader: Reader<S>,
     buf: Vec<u8>,
     /// Attributes of the last start tag (unqualified ones only); bounded by [`MAX_ATTRIBUTES`].
     pub(crate) attrs: Vec<Attr>,
@@ -248,11 +246,13 @@ pub(crate) struct Lexer<R: Read> {
     version: Option<SchemaVersion>,
     /// Whether any markup or text came before: the XML declaration must come first.
     started: bool,
+    /// The root's qualified name as written (for finding its end tag).
+    root_name: Vec<u8>,
 }
 
-impl<R: Read> Lexer<R> {
+impl<S: Source> Lexer<S> {
     /// A lexer for a whole document.
-    pub(crate) fn new(input: CountingReader<R>) -> Lexer<R> {
+    pub(crate) fn new(input: S) -> Lexer<S> {
         let mut reader = Reader::from_reader(input);
         {
             let cfg = reader.config_mut();
@@ -267,7 +267,6 @@ impl<R: Read> Lexer<R> {
         }
         Lexer {
             reader,
-            base: 0,
             buf: Vec::with_capacity(1024),
             attrs: Vec::with_capacity(8),
             text: String::new(),
@@ -282,20 +281,19 @@ impl<R: Read> Lexer<R> {
             namespace: Vec::new(),
             version: None,
             started: false,
+            root_name: Vec::new(),
         }
     }
 
     /// A lexer for one top-level element read again from its raw bytes, as if it stood at
     /// `start` inside a document in `namespace` with `bindings` declared on the root.
     pub(crate) fn for_element(
-        input: CountingReader<R>,
-        start: Location,
+        input: S,
         namespace: &[u8],
         version: SchemaVersion,
         bindings: &[Binding],
-    ) -> Lexer<R> {
+    ) -> Lexer<S> {
         let mut lex = Lexer::new(input);
-        lex.base = start.offset;
         lex.started = true;
         lex.namespace = namespace.to_vec();
         lex.version = Some(version);
@@ -316,22 +314,28 @@ impl<R: Read> Lexer<R> {
         lex
     }
 
-    pub(crate) fn counter(&self) -> &CountingReader<R> {
+    pub(crate) fn source(&self) -> &S {
         self.reader.get_ref()
     }
 
-    pub(crate) fn counter_mut(&mut self) -> &mut CountingReader<R> {
-        self.reader.get_mut()
+    /// The source back, for reading on without the lexer.
+    pub(crate) fn into_source(self) -> S {
+        self.reader.into_inner()
     }
 
     /// The absolute offset the lexer stands at.
     pub(crate) fn pos(&self) -> u64 {
-        self.base + self.reader.buffer_position()
+        self.reader.get_ref().consumed()
     }
 
-    /// How many elements are open.
-    pub(crate) fn depth(&self) -> usize {
-        self.open.len()
+    /// Whether the last start tag was an empty element (`<x/>`), whose end is still to come.
+    pub(crate) fn pending_end(&self) -> bool {
+        self.pending_end
+    }
+
+    /// The root's qualified name as written, once the root start tag was read.
+    pub(crate) fn root_name(&self) -> &[u8] {
+        &self.root_name
     }
 
     /// The root's namespace and schema version, once the root start tag was read.
@@ -349,7 +353,7 @@ impl<R: Read> Lexer<R> {
     }
 
     pub(crate) fn loc(&self, offset: u64) -> Location {
-        self.counter().locate(offset)
+        self.source().locate(offset)
     }
 
     pub(crate) fn next_tok(&mut self) -> Result<Tok, DocumentError> {
@@ -360,11 +364,13 @@ impl<R: Read> Lexer<R> {
         }
         loop {
             self.buf.clear();
-            self.tok_pos = self.base + self.reader.buffer_position();
+            self.tok_pos = self.reader.get_ref().consumed();
+            // quick-xml counts from 0 and leaves a byte-order mark out.
+            let skew = self.tok_pos - self.reader.buffer_position();
             let event = match self.reader.read_event_into(&mut self.buf) {
                 Ok(e) => e,
                 Err(e) => {
-                    let at = self.base + self.reader.error_position();
+                    let at = self.reader.error_position() + skew;
                     return Err(self.xml_error(e, at));
                 }
             };
@@ -374,8 +380,7 @@ impl<R: Read> Lexer<R> {
                 Event::Start(start) | Event::Empty(start) => {
                     // The tag is `<` content `>` (or `/>`) and ends where the reader stands.
                     let tag_len = start.len() as u64 + if empty { 3 } else { 2 };
-                    self.tok_pos =
-                        (self.base + self.reader.buffer_position()).saturating_sub(tag_len);
+                    self.tok_pos = self.reader.get_ref().consumed().saturating_sub(tag_len);
                     let depth = self.open.len() + 1;
                     if depth > MAX_DEPTH {
                         return Err(DocumentError::TooDeep {
@@ -384,16 +389,6 @@ impl<R: Read> Lexer<R> {
                         });
                     }
                     let qname = start.name();
-                    if !chars::is_name(qname.as_ref()) {
-                        return Err(malformed(
-                            self.reader.get_ref(),
-                            self.tok_pos,
-                            format!(
-                                "{:?} is not an XML element name",
-                                String::from_utf8_lossy(qname.as_ref())
-                            ),
-                        ));
-                    }
                     // One pass over the attributes: namespace declarations (which apply to this
                     // element already) and the schema's unqualified attributes.
                     self.attrs.clear();
@@ -416,7 +411,9 @@ impl<R: Read> Lexer<R> {
                             }
                         };
                         let key = attr.key.as_ref();
-                        if !chars::is_name(key) {
+                        let at = At::from_local(key);
+                        // The schema's own names need no check (most of those in a document).
+                        if at == At::Other && !chars::is_name(key) {
                             return Err(malformed(
                                 self.reader.get_ref(),
                                 self.tok_pos,
@@ -466,13 +463,12 @@ impl<R: Read> Lexer<R> {
                             }
                             continue;
                         }
-                        // Qualified attributes (xsi:…) are not data.
+                        // Qualified attributes (xsi:…) are not data; still, they are
+                        // well-formed only with declared entities and allowed characters.
                         if key.contains(&b':') {
-                            // Still well-formed only with declared entities.
                             value()?;
                             continue;
                         }
-                        let at = At::from_local(key);
                         if at == At::Other {
                             value()?;
                             // Kept by name only, so the element's reader can warn about it.
@@ -518,6 +514,7 @@ impl<R: Read> Lexer<R> {
                                 Some(v) if local == b"provresultat" => {
                                     self.namespace = n.to_vec();
                                     self.version = Some(v);
+                                    self.root_name = qname.as_ref().to_vec();
                                     El::Provresultat
                                 }
                                 _ => El::Other,
@@ -530,6 +527,17 @@ impl<R: Read> Lexer<R> {
                         _ => El::Other,
                     };
                     if el == El::Other {
+                        // Only a name that is not the schema's own needs checking.
+                        if !chars::is_name(qname.as_ref()) {
+                            return Err(malformed(
+                                self.reader.get_ref(),
+                                self.tok_pos,
+                                format!(
+                                    "{:?} is not an XML element name",
+                                    String::from_utf8_lossy(qname.as_ref())
+                                ),
+                            ));
+                        }
                         // Spell foreign names out with their namespace so the message is useful.
                         let q = String::from_utf8_lossy(qname.as_ref()).into_owned();
                         self.other_name = match ns {
@@ -689,7 +697,7 @@ impl<R: Read> Lexer<R> {
                 if let Some(limit) = inner.downcast_ref::<LimitExceeded>() {
                     // An element (or the gap between two) too long is named by where it starts.
                     let location = match limit {
-                        LimitExceeded::Record(_) => self.counter().mark(),
+                        LimitExceeded::Record(_) => self.source().mark(),
                         LimitExceeded::Document(_) => self.loc(at),
                     };
                     return DocumentError::Limit {
@@ -777,7 +785,7 @@ impl<R: Read> Lexer<R> {
 }
 
 /// A not-well-formed document, at `at`; the message is made safe for a terminal.
-fn malformed<R: Read>(counter: &CountingReader<R>, at: u64, message: String) -> DocumentError {
+fn malformed<S: Source>(counter: &S, at: u64, message: String) -> DocumentError {
     DocumentError::Malformed {
         location: counter.locate(at),
         message: chars::printable(&message).into_owned(),

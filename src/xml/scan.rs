@@ -1,13 +1,17 @@
 //! The scanning stage: a document's bytes in, one [`Scanned`] per top-level element out, each
 //! with its key, its raw bytes and their hash.
 //!
-//! The scanner reads the prolog and the root, then every top-level element whole: it takes the
-//! key (`elev` and the provområde) from the start tag and reads on to the element's end, through
-//! the same [`Lexer`] (and so the same well-formedness and character rules) whether or not it
-//! builds. Building into domain values ([`super::build`]) is optional here: while most elements
-//! turn out new or changed (a first sync), the scanner builds as it goes, on its own thread; once
-//! most elements match what is stored, the writer turns that off and builds only the elements
-//! whose raw hash differs ([`super::build::build_element`]). Either way the results are the same.
+//! The scanner reads the prolog and the root's start tag with the full [`Lexer`]. Below the root
+//! it only has to find where each element ends: a small byte-level state machine (tags and
+//! their quoted values, comments, CDATA, processing instructions) delimits it, the key
+//! (`elev` and the provområde) is read from its start tag, and its bytes are hashed. The rest of
+//! XML's rules are the lexer's, applied when an element is built ([`super::build`]): by the
+//! scanner as it goes while most elements turn out new or changed (a first sync, on the
+//! scanner's own thread), else by the writer for the elements whose raw hash differs from the
+//! stored one. An element that is not built has bytes equal to ones that were built, in the same
+//! context: they passed every rule then. Every byte of the document, built or not, passes the
+//! character check ([`super::counter`]), and what stands between elements (whitespace, comments,
+//! processing instructions, the root's end tag, the epilog) is checked here.
 //!
 //! The raw hash of an element is SHA-256 over its bytes exactly as received, seeded with what
 //! those bytes mean in this document: the namespace, the prefix bindings in scope, and the
@@ -16,16 +20,17 @@
 //! Memory holds one top-level element (capped by `max_record_bytes`); the caller takes each
 //! element before asking for the next.
 
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::sync::Arc;
 
 use chrono::NaiveDateTime;
 use sha2::{Digest, Sha256};
 
-use super::build::{read_key, Builder, Built, ElementStats, Fault, Warning};
-use super::counter::{CountingReader, Location};
+use super::build::{build_element, key_from_attrs, Built, Warning};
+use super::chars;
+use super::counter::{BadCharAt, CountingReader, LimitExceeded, Location};
 use super::error::{DocumentError, RecordError, RecordErrorKind as K};
-use super::lexer::{At, Binding, El, Lexer, Tok};
+use super::lexer::{At, Attr, Binding, El, Lexer, Tok, MAX_ATTRIBUTES, MAX_DEPTH};
 use super::parser::{parse_date_time, Limits};
 use super::version::{SchemaVersion, NAMESPACE_PREFIX};
 use crate::domain::ProvomradeKey;
@@ -157,20 +162,32 @@ pub struct ScanStats {
     pub warnings: Vec<Warning>,
 }
 
+/// Where the scanner is in the document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    /// Inside the root, between its children.
+    Content,
+    /// After the root's end: only whitespace, comments and processing instructions may follow.
+    Epilog,
+    Done,
+}
+
 /// Streams the top-level elements of one nationellaprov document.
 pub struct Scanner<R: Read> {
-    lex: Lexer<R>,
+    src: CountingReader<R>,
     header: DocumentHeader,
     context: Arc<DocContext>,
     stats: ScanStats,
     build_ahead: bool,
-    finished: bool,
+    /// The root's qualified name as written, which its end tag must repeat.
+    root_name: Vec<u8>,
+    part: Part,
     failed: bool,
     seen_kursresultat: bool,
 }
 
 impl<R: Read> Scanner<R> {
-    /// Reads the prolog and the root element.
+    /// Reads the prolog and the root element's start tag.
     ///
     /// # Errors
     /// A [`DocumentError`] when the document is empty, not well-formed, declares a DOCTYPE, or its
@@ -186,13 +203,21 @@ impl<R: Read> Scanner<R> {
             header.version.clone(),
             lex.bindings(),
         ));
+        let root_name = lex.root_name().to_vec();
+        // `<provresultat …/>`: the root is already closed.
+        let part = if lex.pending_end() {
+            Part::Epilog
+        } else {
+            Part::Content
+        };
         Ok(Scanner {
-            lex,
+            src: lex.into_source(),
             header,
             context,
             stats,
             build_ahead: true,
-            finished: false,
+            root_name,
+            part,
             failed: false,
             seen_kursresultat: false,
         })
@@ -213,20 +238,21 @@ impl<R: Read> Scanner<R> {
 
     /// Bytes consumed so far.
     pub fn bytes_read(&self) -> u64 {
-        self.lex.counter().consumed()
+        self.src.consumed()
     }
 
-    /// Whether elements are built as they are scanned (the default), or only scanned.
+    /// Whether elements are built as they are scanned (the default), or only delimited and
+    /// hashed.
     pub fn set_build_ahead(&mut self, on: bool) {
         self.build_ahead = on;
     }
 
-    /// The next top-level element; `None` after the root element closed.
+    /// The next top-level element; `None` after the document ended well.
     ///
     /// # Errors
     /// A [`DocumentError`] ends the document; calling again after one returns `None`.
     pub fn next_element(&mut self) -> Result<Option<Scanned>, DocumentError> {
-        if self.finished || self.failed {
+        if self.part == Part::Done || self.failed {
             return Ok(None);
         }
         let r = self.next_inner();
@@ -238,89 +264,181 @@ impl<R: Read> Scanner<R> {
 
     fn next_inner(&mut self) -> Result<Option<Scanned>, DocumentError> {
         loop {
-            let pos = self.lex.pos();
-            match self.lex.next_tok()? {
-                Tok::Text { blank } => {
-                    if !blank {
-                        warn(
-                            &mut self.stats,
-                            &self.lex,
-                            pos,
-                            "text directly inside <provresultat> ignored".into(),
-                        );
-                    }
-                }
-                Tok::Start { el } => return self.read_top_level(el).map(Some),
-                Tok::End => {
-                    read_epilog(&mut self.lex)?;
-                    self.finished = true;
+            let here = self.src.consumed();
+            let ahead = self.peek(9)?;
+            let Some(&first) = ahead.first() else {
+                if self.part == Part::Epilog {
+                    self.part = Part::Done;
                     return Ok(None);
                 }
-                Tok::Eof => return Err(self.lex.truncated()),
+                return Err(self.truncated(here, "provresultat"));
+            };
+            match first {
+                b' ' | b'\t' | b'\r' | b'\n' => {
+                    let chunk = self.fill()?;
+                    let n = chunk.iter().take_while(|b| is_space(b)).count();
+                    self.src.consume(n);
+                }
+                b'<' if ahead.starts_with(b"<!--") => self.comment(here)?,
+                b'<' if ahead.starts_with(b"<![CDATA[") => {
+                    let end = self.until(here, b"]]>", "provresultat")?;
+                    let blank = self.src.slice(here + 9, end - 3).iter().all(is_space);
+                    self.text_at_top(here, blank)?;
+                }
+                b'<' if ahead.starts_with(b"<!") => {
+                    return Err(if ahead.starts_with(b"<!DOCTYPE") {
+                        DocumentError::Doctype {
+                            location: self.src.locate(here),
+                        }
+                    } else {
+                        self.malformed(here, "\"<!\" that starts neither a comment nor CDATA")
+                    })
+                }
+                b'<' if ahead.starts_with(b"<?") => self.pi(here)?,
+                b'<' if ahead.starts_with(b"</") => {
+                    if self.part == Part::Epilog {
+                        return Err(DocumentError::TrailingContent {
+                            location: self.src.locate(here),
+                            what: "an end tag".into(),
+                        });
+                    }
+                    self.root_end(here)?;
+                    self.part = Part::Epilog;
+                }
+                b'<' => {
+                    if self.part == Part::Epilog {
+                        let (name, _) = self.name_at(here + 1)?;
+                        return Err(DocumentError::TrailingContent {
+                            location: self.src.locate(here),
+                            what: format!("element <{}>", chars::printable(&name)),
+                        });
+                    }
+                    return self.element(here).map(Some);
+                }
+                _ => {
+                    // Text up to the next markup.
+                    let end = self.until_byte(here, b'<', "provresultat")?;
+                    let text = self.src.slice(here, end);
+                    let blank = text.iter().all(is_space);
+                    check_references(text)
+                        .map_err(|(at, m)| self.malformed(here + at as u64, &m))?;
+                    self.text_at_top(here, blank)?;
+                }
             }
         }
     }
 
-    fn read_top_level(&mut self, el: El) -> Result<Scanned, DocumentError> {
-        let start = self.lex.tok_pos;
-        // Forget the bytes before this element: memory holds one top-level element at a time.
-        self.lex.counter_mut().checkpoint(start);
-        let location = self.lex.loc(start);
-        let outcome: Result<(ProvomradeKey, Option<Result<Built, RecordError>>), RecordError> =
-            match el {
-                El::Amnesresultat | El::Kursresultat => {
-                    if el == El::Amnesresultat && self.seen_kursresultat {
-                        warn(
-                            &mut self.stats,
-                            &self.lex,
-                            start,
-                            "<ämnesresultat> after <kursresultat>: the XSD puts all ämnesresultat first"
-                                .into(),
-                        );
-                    }
-                    if el == El::Kursresultat {
-                        self.seen_kursresultat = true;
-                    }
-                    match read_key(&mut self.lex, el) {
-                        Err(e) => Err(e),
-                        Ok(key) if self.build_ahead => {
-                            let mut stats = ElementStats::default();
-                            let built = Builder {
-                                lex: &mut self.lex,
-                                rules: self.header.version.rules,
-                                stats: &mut stats,
-                            }
-                            .read_record(el, key.clone());
-                            match built {
-                                Ok(provomrade) => Ok((key, Some(Ok(Built { provomrade, stats })))),
-                                Err(Fault::Rec(e)) => Ok((key, Some(Err(e)))),
-                                Err(Fault::Doc(e)) => return Err(e),
-                            }
-                        }
-                        Ok(key) => Ok((key, None)),
-                    }
-                }
-                _ => Err(RecordError {
-                    kind: K::UnexpectedElement,
-                    location,
-                    element: "provresultat".into(),
-                    elev: None,
-                    message: format!("unexpected element <{}>", self.lex.display_name(el)),
-                }),
-            };
-        // Read to the element's end: the rest of it after a record error, or all of it when
-        // it was not built. Its bytes are then all in the buffer, checked.
-        self.lex.attrs.clear();
-        while self.lex.depth() > 1 {
-            if self.lex.next_tok()? == Tok::Eof {
-                return Err(self.lex.truncated());
-            }
+    /// Text (or CDATA) directly inside the root, or after it.
+    fn text_at_top(&mut self, at: u64, blank: bool) -> Result<(), DocumentError> {
+        if blank {
+            return Ok(());
         }
-        let end = self.lex.pos();
-        let raw = self.lex.counter().slice(start, end);
+        if self.part == Part::Epilog {
+            return Err(DocumentError::TrailingContent {
+                location: self.src.locate(at),
+                what: "text".into(),
+            });
+        }
+        warn(
+            &mut self.stats,
+            self.src.locate(at),
+            "text directly inside <provresultat> ignored".into(),
+        );
+        Ok(())
+    }
+
+    /// A comment, checked: XML forbids `--` inside one.
+    fn comment(&mut self, at: u64) -> Result<(), DocumentError> {
+        let end = self.until(at + 4, b"-->", "provresultat")?;
+        let body = self.src.slice(at + 4, end - 3);
+        if let Some(i) = memchr::memmem::find(body, b"--") {
+            return Err(self.malformed(at + 4 + i as u64, "\"--\" inside a comment"));
+        }
+        if body.last() == Some(&b'-') {
+            return Err(self.malformed(end - 4, "a comment may not end in \"--->\""));
+        }
+        Ok(())
+    }
+
+    /// A processing instruction: any target but the reserved `xml`.
+    fn pi(&mut self, at: u64) -> Result<(), DocumentError> {
+        let end = self.until(at + 2, b"?>", "provresultat")?;
+        let body = self.src.slice(at + 2, end - 2);
+        let target_len = body.iter().position(is_space).unwrap_or(body.len());
+        let target = &body[..target_len];
+        if target.eq_ignore_ascii_case(b"xml") {
+            return Err(self.malformed(
+                at,
+                "an XML declaration (or the reserved processing-instruction target xml) may only stand at the very start of the document",
+            ));
+        }
+        if !chars::is_name(target) {
+            return Err(self.malformed(at, "a processing instruction without a target name"));
+        }
+        Ok(())
+    }
+
+    /// The root's end tag, which must name the root as its start tag did.
+    fn root_end(&mut self, at: u64) -> Result<(), DocumentError> {
+        let end = self.until_byte(at, b'>', "provresultat")? + 1;
+        self.src.consume(1);
+        let tag = self.src.slice(at + 2, end - 1);
+        let name_len = tag.iter().position(is_space).unwrap_or(tag.len());
+        let (name, rest) = tag.split_at(name_len);
+        if name != self.root_name.as_slice() || !rest.iter().all(is_space) {
+            return Err(self.malformed(
+                at,
+                &format!(
+                    "the end tag </{}> does not close <{}>",
+                    String::from_utf8_lossy(name),
+                    String::from_utf8_lossy(&self.root_name)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// One top-level element: delimited, hashed, named by its key, built if asked to.
+    fn element(&mut self, start: u64) -> Result<Scanned, DocumentError> {
+        // Forget what came before: memory holds one top-level element at a time.
+        self.src.checkpoint(start);
+        let location = self.src.locate(start);
+        let (tag_end, end) = self.delimit(start)?;
+        let raw = self.src.slice(start, end);
         let raw_sha256 = self.context.raw_sha256(raw);
+        let tag = &raw[..(tag_end - start) as usize];
+        let (el, display, mut attrs) =
+            start_tag(tag, start, &self.context, |o| self.src.locate(o))?;
+        let outcome: Result<ProvomradeKey, RecordError> = match el {
+            El::Amnesresultat | El::Kursresultat => {
+                if el == El::Amnesresultat && self.seen_kursresultat {
+                    warn(
+                        &mut self.stats,
+                        location,
+                        "<ämnesresultat> after <kursresultat>: the XSD puts all ämnesresultat first"
+                            .into(),
+                    );
+                }
+                if el == El::Kursresultat {
+                    self.seen_kursresultat = true;
+                }
+                key_from_attrs(el, &mut attrs, start, |_| location)
+            }
+            _ => Err(RecordError {
+                kind: K::UnexpectedElement,
+                location,
+                element: "provresultat".into(),
+                elev: None,
+                message: format!("unexpected element <{display}>"),
+            }),
+        };
         let scanned = match outcome {
-            Ok((key, built)) => {
+            Ok(key) => {
+                let built = if self.build_ahead {
+                    Some(build_element(raw, location, &self.context)?)
+                } else {
+                    None
+                };
                 self.stats.elements += 1;
                 Scanned::Element(Element {
                     key,
@@ -343,21 +461,533 @@ impl<R: Read> Scanner<R> {
         };
         // What follows (whitespace, comments) counts against a budget of its own and is located
         // from here, not from the element before.
-        self.lex.counter_mut().checkpoint(end);
+        self.src.checkpoint(end);
         Ok(scanned)
+    }
+
+    /// Finds where the element starting at `start` (at its `<`) ends, consuming it: tags and
+    /// their quoted values, end tags, comments, CDATA and processing instructions, counted to the
+    /// element's own end. Returns the offsets just past its start tag and just past its end.
+    /// Only the structure is followed here; the rest is the lexer's when the element is built.
+    fn delimit(&mut self, start: u64) -> Result<(u64, u64), DocumentError> {
+        #[derive(Clone, Copy)]
+        enum St {
+            Text,
+            Lt,
+            Bang,
+            BangDash,
+            Comment(u8),
+            Cdata(u8),
+            CdataOpen(u8),
+            Pi(bool),
+            EndTag,
+            Tag { quote: u8, slash: bool },
+        }
+        const CDATA: &[u8] = b"[CDATA[";
+        let mut st = St::Lt;
+        // Elements open inside this one (0: only its own start tag is being read).
+        let mut depth = 0usize;
+        let mut tag_end = None;
+        // The `<` was seen by the caller.
+        self.src.consume(1);
+        loop {
+            let at = self.src.consumed();
+            let chunk = self.fill()?;
+            if chunk.is_empty() {
+                let open = self.element_name(start);
+                return Err(self.truncated(at, &open));
+            }
+            let len = chunk.len();
+            let mut i = 0;
+            let mut done = None;
+            while i < len {
+                let b = chunk[i];
+                st = match st {
+                    St::Text => match memchr::memchr(b'<', &chunk[i..]) {
+                        Some(j) => {
+                            i += j;
+                            St::Lt
+                        }
+                        None => {
+                            i = len;
+                            continue;
+                        }
+                    },
+                    St::Lt => match b {
+                        b'!' => St::Bang,
+                        b'?' => St::Pi(false),
+                        b'/' => St::EndTag,
+                        _ => {
+                            // The name's first byte belongs to the tag.
+                            st = St::Tag {
+                                quote: 0,
+                                slash: false,
+                            };
+                            continue;
+                        }
+                    },
+                    St::Bang => match b {
+                        b'-' => St::BangDash,
+                        b'[' => St::CdataOpen(1),
+                        _ => {
+                            let pos = at + i as u64;
+                            return Err(if b == b'D' {
+                                DocumentError::Doctype {
+                                    location: self.src.locate(pos),
+                                }
+                            } else {
+                                self.malformed(
+                                    pos,
+                                    "\"<!\" that starts neither a comment nor CDATA",
+                                )
+                            });
+                        }
+                    },
+                    St::BangDash if b == b'-' => St::Comment(0),
+                    St::BangDash => {
+                        return Err(self.malformed(at + i as u64, "\"<!-\" that starts no comment"))
+                    }
+                    St::CdataOpen(n) if b == CDATA[n as usize] => {
+                        if n as usize + 1 == CDATA.len() {
+                            St::Cdata(0)
+                        } else {
+                            St::CdataOpen(n + 1)
+                        }
+                    }
+                    St::CdataOpen(_) => {
+                        return Err(self.malformed(at + i as u64, "\"<![\" that starts no CDATA"))
+                    }
+                    St::Comment(0) => match memchr::memchr(b'-', &chunk[i..]) {
+                        Some(j) => {
+                            i += j;
+                            St::Comment(1)
+                        }
+                        None => {
+                            i = len;
+                            continue;
+                        }
+                    },
+                    St::Comment(n) => match b {
+                        b'-' => St::Comment(n.saturating_add(1).min(2)),
+                        b'>' if n >= 2 => St::Text,
+                        _ => St::Comment(0),
+                    },
+                    St::Cdata(0) => match memchr::memchr(b']', &chunk[i..]) {
+                        Some(j) => {
+                            i += j;
+                            St::Cdata(1)
+                        }
+                        None => {
+                            i = len;
+                            continue;
+                        }
+                    },
+                    St::Cdata(n) => match b {
+                        b']' => St::Cdata(n.saturating_add(1).min(2)),
+                        b'>' if n >= 2 => St::Text,
+                        _ => St::Cdata(0),
+                    },
+                    St::Pi(q) => match b {
+                        b'>' if q => St::Text,
+                        _ => St::Pi(b == b'?'),
+                    },
+                    St::EndTag => match memchr::memchr(b'>', &chunk[i..]) {
+                        Some(j) => {
+                            i += j;
+                            if depth == 0 {
+                                done = Some(at + i as u64 + 1);
+                                break;
+                            }
+                            depth -= 1;
+                            if depth == 0 {
+                                done = Some(at + i as u64 + 1);
+                                break;
+                            }
+                            St::Text
+                        }
+                        None => {
+                            i = len;
+                            continue;
+                        }
+                    },
+                    St::Tag { quote, .. } if quote != 0 => match memchr::memchr(quote, &chunk[i..])
+                    {
+                        Some(j) => {
+                            i += j;
+                            St::Tag {
+                                quote: 0,
+                                slash: false,
+                            }
+                        }
+                        None => {
+                            i = len;
+                            continue;
+                        }
+                    },
+                    St::Tag { slash, .. } => {
+                        match memchr::memchr3(b'>', b'"', b'\'', &chunk[i..]) {
+                            Some(j) => {
+                                // A `/` just before `>` makes the tag empty.
+                                let slash = if j > 0 {
+                                    chunk[i + j - 1] == b'/'
+                                } else {
+                                    slash
+                                };
+                                i += j;
+                                match chunk[i] {
+                                    b'>' => {
+                                        let pos = at + i as u64 + 1;
+                                        if tag_end.is_none() {
+                                            tag_end = Some(pos);
+                                        }
+                                        if slash {
+                                            if depth == 0 {
+                                                done = Some(pos);
+                                                break;
+                                            }
+                                        } else {
+                                            depth += 1;
+                                            // The root and this element are open around it.
+                                            if depth + 1 > MAX_DEPTH {
+                                                return Err(DocumentError::TooDeep {
+                                                    location: self.src.locate(pos - 1),
+                                                    max: MAX_DEPTH,
+                                                });
+                                            }
+                                        }
+                                        St::Text
+                                    }
+                                    q => St::Tag {
+                                        quote: q,
+                                        slash: false,
+                                    },
+                                }
+                            }
+                            None => {
+                                let slash = chunk[len - 1] == b'/' || (len == i && slash);
+                                i = len;
+                                st = St::Tag { quote: 0, slash };
+                                continue;
+                            }
+                        }
+                    }
+                };
+                i += 1;
+            }
+            match done {
+                Some(end) => {
+                    self.src.consume((end - at) as usize);
+                    let tag_end = tag_end.unwrap_or(end);
+                    return Ok((tag_end, end));
+                }
+                None => self.src.consume(len),
+            }
+        }
+    }
+
+    /// Consumes up to and including the next `pattern` at or after `from`, returning the
+    /// offset just past it.
+    fn until(&mut self, from: u64, pattern: &[u8], open: &str) -> Result<u64, DocumentError> {
+        let mut search = from;
+        loop {
+            let at = self.src.consumed();
+            if self.fill()?.is_empty() {
+                return Err(self.truncated(at, open));
+            }
+            // What is held runs on without a seam from what was consumed to what was read
+            // ahead, so a pattern split between two reads is found too.
+            let held = self.src.held_from(search);
+            if let Some(i) = memchr::memmem::find(held, pattern) {
+                let end = search + (i + pattern.len()) as u64;
+                let n = (end - self.src.consumed()) as usize;
+                self.src.consume(n);
+                return Ok(end);
+            }
+            let ahead_end = search + held.len() as u64;
+            search = ahead_end
+                .saturating_sub(pattern.len() as u64 - 1)
+                .max(search);
+            let n = (ahead_end - self.src.consumed()) as usize;
+            self.src.consume(n);
+        }
+    }
+
+    /// Consumes up to (not including) the next `byte`, returning its offset.
+    fn until_byte(&mut self, from: u64, byte: u8, open: &str) -> Result<u64, DocumentError> {
+        debug_assert_eq!(from, self.src.consumed());
+        loop {
+            let at = self.src.consumed();
+            let chunk = self.fill()?;
+            if chunk.is_empty() {
+                return Err(self.truncated(at, open));
+            }
+            match memchr::memchr(byte, chunk) {
+                Some(i) => {
+                    self.src.consume(i);
+                    return Ok(at + i as u64);
+                }
+                None => {
+                    let n = chunk.len();
+                    self.src.consume(n);
+                }
+            }
+        }
+    }
+
+    /// The element name at `at` (just after a `<`), for messages.
+    fn name_at(&mut self, at: u64) -> Result<(String, usize), DocumentError> {
+        let skip = (at - self.src.consumed()) as usize;
+        let ahead = self.peek(skip + 64)?;
+        let from = skip.min(ahead.len());
+        let name: Vec<u8> = ahead[from..]
+            .iter()
+            .copied()
+            .take_while(|b| !is_space(b) && !matches!(b, b'>' | b'/'))
+            .collect();
+        Ok((String::from_utf8_lossy(&name).into_owned(), name.len()))
+    }
+
+    /// The name of the top-level element that starts at `start`, from the bytes held.
+    fn element_name(&self, start: u64) -> String {
+        let held = self.src.slice(start + 1, self.src.consumed());
+        let name: Vec<u8> = held
+            .iter()
+            .copied()
+            .take_while(|b| !is_space(b) && !matches!(b, b'>' | b'/'))
+            .collect();
+        chars::printable(&String::from_utf8_lossy(&name)).into_owned()
+    }
+
+    fn peek(&mut self, n: usize) -> Result<&[u8], DocumentError> {
+        let at = self.src.consumed();
+        match self.src.peek(n) {
+            Ok(_) => Ok(self.src.peek(n).unwrap_or_default()),
+            Err(e) => Err(self.io_error(e, at)),
+        }
+    }
+
+    fn fill(&mut self) -> Result<&[u8], DocumentError> {
+        let at = self.src.consumed();
+        match std::io::BufRead::fill_buf(&mut self.src) {
+            Ok(_) => Ok(std::io::BufRead::fill_buf(&mut self.src).unwrap_or_default()),
+            Err(e) => Err(self.io_error(e, at)),
+        }
+    }
+
+    /// An error reading the bytes, as the document error it means.
+    fn io_error(&self, e: std::io::Error, at: u64) -> DocumentError {
+        if let Some(inner) = e.get_ref() {
+            if let Some(limit) = inner.downcast_ref::<LimitExceeded>() {
+                let location = match limit {
+                    // An element (or the gap between two) too long is named by where it starts.
+                    LimitExceeded::Record(_) => self.src.mark(),
+                    LimitExceeded::Document(_) => self.src.locate(at),
+                };
+                return DocumentError::Limit {
+                    location,
+                    limit: *limit,
+                };
+            }
+            if let Some(bad) = inner.downcast_ref::<BadCharAt>() {
+                return DocumentError::Character {
+                    location: self.src.locate(bad.offset),
+                    bad: bad.bad,
+                };
+            }
+        }
+        DocumentError::Io {
+            location: self.src.locate(at),
+            source: e,
+        }
+    }
+
+    fn truncated(&self, at: u64, open: &str) -> DocumentError {
+        DocumentError::Truncated {
+            location: self.src.locate(at),
+            open: open.to_owned(),
+        }
+    }
+
+    fn malformed(&self, at: u64, message: &str) -> DocumentError {
+        DocumentError::Malformed {
+            location: self.src.locate(at),
+            message: chars::printable(message).into_owned(),
+        }
     }
 }
 
-fn warn<R: Read>(stats: &mut ScanStats, lex: &Lexer<R>, pos: u64, message: String) {
+fn is_space(b: &u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+/// Checks the references in text between elements: only the five predefined entities and
+/// character references to allowed characters. `Err`: the byte index and what is wrong.
+fn check_references(text: &[u8]) -> Result<(), (usize, String)> {
+    let mut at = 0;
+    while let Some(i) = memchr::memchr(b'&', &text[at..]) {
+        let from = at + i;
+        let Some(len) = memchr::memchr(b';', &text[from..]) else {
+            return Err((from, "\"&\" that starts no reference".into()));
+        };
+        let name = &text[from + 1..from + len];
+        let ok = match name {
+            b"lt" | b"gt" | b"amp" | b"apos" | b"quot" => true,
+            [b'#', b'x', hex @ ..] => std::str::from_utf8(hex)
+                .ok()
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                .and_then(char::from_u32)
+                .is_some_and(chars::is_char),
+            [b'#', dec @ ..] => std::str::from_utf8(dec)
+                .ok()
+                .and_then(|d| d.parse::<u32>().ok())
+                .and_then(char::from_u32)
+                .is_some_and(chars::is_char),
+            _ => false,
+        };
+        if !ok {
+            return Err((
+                from,
+                format!(
+                    "&{}; is not a reference XML allows here",
+                    String::from_utf8_lossy(name)
+                ),
+            ));
+        }
+        at = from + len + 1;
+    }
+    Ok(())
+}
+
+/// A top-level element's start tag (`<` to `>`): which element it is, its name as messages
+/// show it, and its schema attributes (each placed at the element's start, as the lexer places
+/// them).
+fn start_tag(
+    tag: &[u8],
+    start: u64,
+    ctx: &DocContext,
+    locate: impl Fn(u64) -> Location,
+) -> Result<(El, String, Vec<Attr>), DocumentError> {
+    let malformed = |message: String| DocumentError::Malformed {
+        location: locate(start),
+        message: chars::printable(&message).into_owned(),
+    };
+    let inner = &tag[1..tag.len() - 1];
+    let inner = inner.strip_suffix(b"/").unwrap_or(inner);
+    let name_len = inner.iter().position(is_space).unwrap_or(inner.len());
+    let qname = &inner[..name_len];
+    // Checked as UTF-8 on arrival; borrowed, not copied.
+    let content = std::str::from_utf8(inner).map_err(|e| malformed(e.to_string()))?;
+    let start_event = quick_xml::events::BytesStart::from_content(content, name_len);
+    let mut attrs: Vec<Attr> = Vec::new();
+    // Declarations on the element itself come before the document's.
+    let mut own: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for (n, attr) in start_event.attributes().enumerate() {
+        if n == MAX_ATTRIBUTES {
+            return Err(DocumentError::TooManyAttributes {
+                location: locate(start),
+                max: MAX_ATTRIBUTES,
+            });
+        }
+        let attr = attr.map_err(|e| malformed(e.to_string()))?;
+        let key = attr.key.as_ref();
+        let at = At::from_local(key);
+        if at == At::Other && !chars::is_name(key) {
+            return Err(malformed(format!(
+                "{:?} is not an XML attribute name",
+                String::from_utf8_lossy(key)
+            )));
+        }
+        let value = attr.unescape_value().map_err(|e| match e {
+            quick_xml::Error::Escape(quick_xml::escape::EscapeError::UnrecognizedEntity(
+                _,
+                name,
+            )) => DocumentError::Entity {
+                location: locate(start),
+                name: chars::printable(&name).into_owned(),
+            },
+            other => malformed(format!(
+                "attribute {}: {other}",
+                String::from_utf8_lossy(key)
+            )),
+        })?;
+        if let Some((_, c)) = chars::first_forbidden_in_str(&value) {
+            return Err(DocumentError::Character {
+                location: locate(start),
+                bad: chars::BadChar::Forbidden(c),
+            });
+        }
+        if let Some(prefix) = key.strip_prefix(b"xmlns") {
+            match prefix {
+                [] => own.push((Vec::new(), value.as_bytes().to_vec())),
+                [b':', p @ ..] => own.push((p.to_vec(), value.as_bytes().to_vec())),
+                _ => {}
+            }
+            continue;
+        }
+        if key.contains(&b':') {
+            continue;
+        }
+        let kept = if at == At::Other {
+            String::from_utf8_lossy(key).into_owned()
+        } else {
+            value.into_owned()
+        };
+        attrs.push((at, kept, start));
+    }
+    let (prefix, local) = match memchr::memchr(b':', qname) {
+        Some(i) => (&qname[..i], &qname[i + 1..]),
+        None => (&[][..], qname),
+    };
+    let uri: Option<&[u8]> = own
+        .iter()
+        .rev()
+        .find(|(p, _)| p.as_slice() == prefix)
+        .map(|(_, u)| u.as_slice())
+        .or_else(|| {
+            ctx.bindings
+                .iter()
+                .rev()
+                .find(|b| b.prefix.as_slice() == prefix)
+                .map(|b| b.uri.as_slice())
+        })
+        .filter(|u| !u.is_empty());
+    if uri.is_none() && !prefix.is_empty() {
+        return Err(malformed(format!(
+            "the prefix {:?} is not bound to a namespace",
+            String::from_utf8_lossy(prefix)
+        )));
+    }
+    let el = match uri {
+        Some(u) if u == ctx.namespace.as_bytes() => match El::from_local(local) {
+            El::Provresultat => El::Other,
+            el => el,
+        },
+        _ => El::Other,
+    };
+    if el == El::Other && !chars::is_name(qname) {
+        return Err(malformed(format!(
+            "{:?} is not an XML element name",
+            String::from_utf8_lossy(qname)
+        )));
+    }
+    let q = String::from_utf8_lossy(qname);
+    let display = match (el, uri) {
+        (El::Other, Some(u)) => format!("{q} xmlns=\"{}\"", String::from_utf8_lossy(u)),
+        (El::Other, None) => format!("{q} (no namespace)"),
+        _ => el.name().to_owned(),
+    };
+    Ok((el, chars::printable(&display).into_owned(), attrs))
+}
+
+fn warn(stats: &mut ScanStats, location: Location, message: String) {
     stats.warning_count += 1;
     if stats.warnings.len() < MAX_KEPT_WARNINGS {
-        let location = lex.loc(pos);
         stats.warnings.push(Warning { location, message });
     }
 }
 
 fn read_root<R: Read>(
-    lex: &mut Lexer<R>,
+    lex: &mut Lexer<CountingReader<R>>,
     stats: &mut ScanStats,
 ) -> Result<DocumentHeader, DocumentError> {
     loop {
@@ -390,7 +1020,7 @@ fn read_root<R: Read>(
 }
 
 fn root_attributes<R: Read>(
-    lex: &mut Lexer<R>,
+    lex: &mut Lexer<CountingReader<R>>,
     stats: &mut ScanStats,
     version: SchemaVersion,
     location: Location,
@@ -405,8 +1035,7 @@ fn root_attributes<R: Read>(
             None => {
                 warn(
                     stats,
-                    lex,
-                    location.offset,
+                    location,
                     format!("<provresultat> has no {} attribute", which.name()),
                 );
                 None
@@ -416,12 +1045,11 @@ fn root_attributes<R: Read>(
                 None => {
                     warn(
                         stats,
-                        lex,
-                        pos,
+                        lex.loc(pos),
                         format!(
                             "<provresultat {}={:?}> is not an xs:dateTime",
                             which.name(),
-                            super::chars::printable(&v)
+                            chars::printable(&v)
                         ),
                     );
                     None
@@ -438,8 +1066,7 @@ fn root_attributes<R: Read>(
             // The vendor's own v1.1 example does this; keep the data as sent.
             warn(
                 stats,
-                lex,
-                location.offset,
+                location,
                 format!("<provresultat> has from ({from}) later than tom ({tom})"),
             );
         }
@@ -447,11 +1074,10 @@ fn root_attributes<R: Read>(
     if header.version.unknown {
         warn(
             stats,
-            lex,
-            location.offset,
+            location,
             format!(
                 "unknown schema namespace {}: parsed with the rules of {}",
-                super::chars::printable(&header.version.namespace),
+                chars::printable(&header.version.namespace),
                 header.version.rules.name
             ),
         );
@@ -464,38 +1090,15 @@ fn root_attributes<R: Read>(
         };
         warn(
             stats,
-            lex,
-            pos,
+            lex.loc(pos),
             format!(
                 "attribute {} on <provresultat> is not in the schema; ignored",
-                super::chars::printable(&name)
+                chars::printable(&name)
             ),
         );
     }
     debug_assert!(header.version.namespace.starts_with(NAMESPACE_PREFIX));
     header
-}
-
-fn read_epilog<R: Read>(lex: &mut Lexer<R>) -> Result<(), DocumentError> {
-    loop {
-        match lex.next_tok()? {
-            Tok::Eof => return Ok(()),
-            Tok::Text { blank: true } => {}
-            Tok::Text { blank: false } => {
-                return Err(DocumentError::TrailingContent {
-                    location: lex.loc(lex.tok_pos),
-                    what: "text".into(),
-                })
-            }
-            Tok::Start { el } => {
-                return Err(DocumentError::TrailingContent {
-                    location: lex.loc(lex.tok_pos),
-                    what: format!("element <{}>", lex.display_name(el)),
-                })
-            }
-            Tok::End => unreachable!("no element is open after the root"),
-        }
-    }
 }
 
 #[cfg(test)]

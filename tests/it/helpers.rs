@@ -374,6 +374,8 @@ pub enum Col {
     Timestamp,
     /// `yyyy-mm-ddTHH:MM`: local wall-clock times (`from_local`, `watermark_local`).
     Local,
+    /// Bytes as upper-case hex.
+    Blob,
 }
 
 impl Db {
@@ -412,6 +414,8 @@ impl Db {
     pub fn col(&self, column: &str, kind: Col) -> String {
         match (&self.pool, kind) {
             (_, Col::Text) => column.to_owned(),
+            (Pool::Sqlite(_), Col::Blob) => format!("hex({column})"),
+            (Pool::Postgres(_), Col::Blob) => format!("upper(encode({column}, 'hex'))"),
             (Pool::Sqlite(_), _) => format!("CAST({column} AS TEXT)"),
             (Pool::Postgres(_), Col::Int) => format!("CAST({column} AS TEXT)"),
             (Pool::Postgres(_), Col::Bool) => format!("CAST(CAST({column} AS INTEGER) AS TEXT)"),

@@ -15,7 +15,175 @@ for_each_backend!(
     the_views_give_one_row_per_provtillfalle_and_per_delprov_with_all_context,
     a_key_found_unchanged_early_in_a_document_still_takes_its_later_elements,
     documents_with_the_same_timestamp_still_apply_as_separate_documents,
+    a_key_with_a_broken_element_keeps_what_is_stored_and_all_its_elements_go_to_quarantine,
+    a_key_written_before_its_broken_element_is_put_back_as_committed,
+    the_same_broken_element_read_again_is_one_quarantine_row_counted,
 );
+
+/// Quarantine rows as "elev error_code kind kurs times_seen" (raw XML present or not).
+async fn quarantine_rows(db: &Db) -> Vec<String> {
+    db.texts(&format!(
+        "SELECT COALESCE(elev, '-'), error_code, COALESCE(kind, '-'), COALESCE(kurs, '-'), {},
+                CASE WHEN raw_xml IS NULL THEN 'no-xml' ELSE 'xml' END
+         FROM quarantine ORDER BY elev, error_code",
+        db.col("times_seen", Col::Int)
+    ))
+    .await
+    .into_iter()
+    .map(|r| r.join(" "))
+    .collect()
+}
+
+/// The XML of a document with one element made invalid: its date does not exist.
+fn with_bad_date(records: &[nprov_sync::domain::Provomrade]) -> String {
+    doc(records).replace("2026-02-28", "2026-02-30")
+}
+
+async fn a_key_with_a_broken_element_keeps_what_is_stored_and_all_its_elements_go_to_quarantine(
+    b: Backend,
+) {
+    let db = b.fresh().await;
+    let s = &*db.store;
+    let stored = kurs("e1", "MATMAT01a", "GY", vec![pt("2026-01-01", "A", &[])]);
+    import_at(s, "default", &doc(&[stored]), at(1))
+        .await
+        .expect("import 1");
+    let before = db.dump().await;
+    let log_before = db.change_log().await;
+    // A new, valid element of e1 and a broken one of the same key (another skolform), and a
+    // new key: e1 keeps what is stored, both its elements are quarantined, e2 is applied.
+    let xml = with_bad_date(&[
+        kurs("e1", "MATMAT01a", "GY", vec![pt("2026-02-01", "B", &[])]),
+        kurs("e1", "MATMAT01a", "GR", vec![pt("2026-02-28", "C", &[])]),
+        kurs("e2", "MATMAT01a", "GY", vec![pt("2026-02-01", "C", &[])]),
+    ]);
+    let r = import_at(s, "default", &xml, at(2))
+        .await
+        .expect("the window commits");
+    assert_eq!((r.summary.records, r.summary.quarantined), (1, 2));
+    let mut after = before.clone();
+    after.push("default e2 kurs MATMAT01a #0 GY 2026-02-01 g=- i=0 s=C []".into());
+    assert_eq!(db.dump().await, after);
+    assert_eq!(
+        quarantine_rows(&db).await,
+        [
+            "e1 bad_date kurs MATMAT01a 1 xml",
+            "e1 key_held kurs MATMAT01a 1 xml",
+        ]
+    );
+    let mut log = log_before;
+    log.push("e2 MATMAT01a upsert".into());
+    assert_eq!(db.change_log().await, log);
+}
+
+async fn a_key_written_before_its_broken_element_is_put_back_as_committed(b: Backend) {
+    let db = b.fresh().await;
+    let s = &*db.store;
+    let stored = kurs(
+        "e1",
+        "MATMAT01a",
+        "GY",
+        vec![pt("2026-01-01", "A", &[("LÄSA", "B")])],
+    );
+    import_at(s, "default", &doc(&[stored]), at(1))
+        .await
+        .expect("import 1");
+    let before = db.dump().await;
+    let changed_at = || async {
+        db.texts(&format!(
+            "SELECT {} FROM provomrade WHERE elev = 'e1'",
+            db.col("changed_at", Col::Timestamp)
+        ))
+        .await
+    };
+    let changed_before = changed_at().await;
+    // e1 replaced, then more keys than a write batch holds on either backend, then a broken
+    // element of e1 and one of a key this document creates: both keys are undone.
+    let mut records = vec![
+        kurs("e1", "MATMAT01a", "GY", vec![pt("2026-02-01", "B", &[])]),
+        kurs("new", "MATMAT01a", "GY", vec![pt("2026-02-01", "B", &[])]),
+    ];
+    for i in 0..2500 {
+        records.push(kurs(&format!("s{i:04}"), "MATMAT01a", "GY", vec![]));
+    }
+    records.push(kurs(
+        "e1",
+        "MATMAT01a",
+        "GR",
+        vec![pt("2026-02-28", "C", &[])],
+    ));
+    records.push(kurs(
+        "new",
+        "MATMAT01a",
+        "GR",
+        vec![pt("2026-02-28", "C", &[])],
+    ));
+    let r = import_at(s, "default", &with_bad_date(&records), at(2))
+        .await
+        .expect("the window commits");
+    assert_eq!((r.summary.records, r.summary.quarantined), (2500, 4));
+    assert_eq!(
+        (r.summary.changed, r.summary.cleared, r.summary.unchanged),
+        (0, 2500, 0)
+    );
+    let dump = db.dump().await;
+    assert_eq!(dump.len(), 2501, "e1 and the 2500 others");
+    assert_eq!(dump[0], before[0], "e1 as committed before");
+    assert!(
+        !dump.iter().any(|r| r.contains(" new ")),
+        "{:?}",
+        &dump[..3]
+    );
+    assert_eq!(changed_at().await, changed_before);
+    assert_eq!(
+        quarantine_rows(&db).await,
+        [
+            "e1 bad_date kurs MATMAT01a 1 xml",
+            "e1 key_withdrawn kurs MATMAT01a 1 no-xml",
+            "new bad_date kurs MATMAT01a 1 xml",
+            "new key_withdrawn kurs MATMAT01a 1 no-xml",
+        ]
+    );
+    // Nothing of either key reached change_log.
+    let log = db.change_log().await;
+    assert!(
+        !log.iter()
+            .any(|l| l.starts_with("e1 ") && l.ends_with("clear") || l.starts_with("new ")),
+        "{log:?}"
+    );
+}
+
+async fn the_same_broken_element_read_again_is_one_quarantine_row_counted(b: Backend) {
+    let db = b.fresh().await;
+    let s = &*db.store;
+    let xml = with_bad_date(&[kurs(
+        "e9",
+        "MATMAT01a",
+        "GY",
+        vec![pt("2026-02-28", "C", &[])],
+    )]);
+    for minute in [1, 2, 3] {
+        import_at(s, "default", &xml, at(minute))
+            .await
+            .expect("import");
+    }
+    let rows = db
+        .texts(&format!(
+            "SELECT {}, {}, {} FROM quarantine",
+            db.col("times_seen", Col::Int),
+            db.col("first_seen_at", Col::Timestamp),
+            db.col("last_seen_at", Col::Timestamp)
+        ))
+        .await;
+    assert_eq!(
+        rows,
+        [[
+            "3",
+            "2026-03-01T12:01:00.000000Z",
+            "2026-03-01T12:03:00.000000Z"
+        ]]
+    );
+}
 
 async fn a_sequence_of_documents_ends_in_exactly_the_expected_tables_and_change_log(b: Backend) {
     let db = b.fresh().await;
@@ -106,8 +274,9 @@ async fn a_sequence_of_documents_ends_in_exactly_the_expected_tables_and_change_
     // 5. Re-sent unchanged: nothing is written at all, nothing is logged.
     let row = || async {
         db.texts(&format!(
-            "SELECT {}, content_sha256, raw_sha256, namespace FROM provomrade WHERE elev = 'e1'",
-            db.col("changed_at", Col::Timestamp)
+            "SELECT {}, content_sha256, {}, namespace FROM provomrade WHERE elev = 'e1'",
+            db.col("changed_at", Col::Timestamp),
+            db.col("raw_sha256", Col::Blob)
         ))
         .await
     };
