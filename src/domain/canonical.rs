@@ -57,8 +57,15 @@ impl ContentHasher {
         let h = &mut self.0;
         h.update(b"P");
         str_field(h, skolform);
-        str_field(h, &pt.uppdaterat.to_string());
-        opt_str(h, pt.genomfort.map(|d| d.to_string()).as_deref());
+        str_field(h, date_text(&pt.uppdaterat).as_str());
+        opt_str(
+            h,
+            pt.genomfort
+                .as_ref()
+                .map(date_text)
+                .as_ref()
+                .map(|d| d.as_str()),
+        );
         match &pt.resultat {
             ProvtillfalleResultat::Intedeltagit => h.update(b"I"),
             ProvtillfalleResultat::Resultat {
@@ -115,6 +122,34 @@ pub fn hex32(bytes: &[u8; 32]) -> String {
     String::from_utf8(out.to_vec()).unwrap_or_default()
 }
 
+/// A date as `yyyy-mm-dd`, on the stack: what `NaiveDate`'s `Display` writes for the years the
+/// data has (0 to 9999), without allocating for every provtillfälle hashed.
+struct DateText([u8; 10]);
+
+impl DateText {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+fn date_text(d: &chrono::NaiveDate) -> DateText {
+    use chrono::Datelike;
+    let (y, m, day) = (d.year().clamp(0, 9999) as u32, d.month(), d.day());
+    let digit = |v: u32| b'0' + (v % 10) as u8;
+    DateText([
+        digit(y / 1000),
+        digit(y / 100),
+        digit(y / 10),
+        digit(y),
+        b'-',
+        digit(m / 10),
+        digit(m),
+        b'-',
+        digit(day / 10),
+        digit(day),
+    ])
+}
+
 fn str_field(h: &mut Sha256, s: &str) {
     h.update((s.len() as u64).to_le_bytes());
     h.update(s.as_bytes());
@@ -150,6 +185,14 @@ mod tests {
                     },
                 }],
             },
+        }
+    }
+
+    #[test]
+    fn dates_are_hashed_as_display_writes_them() {
+        for (y, m, d) in [(2026, 1, 2), (1999, 12, 31), (5, 6, 7)] {
+            let date = chrono::NaiveDate::from_ymd_opt(y, m, d).expect("a date");
+            assert_eq!(date_text(&date).as_str(), date.to_string());
         }
     }
 

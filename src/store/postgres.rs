@@ -767,6 +767,20 @@ fn push_children(
     skolform: &str,
     t: &Provtillfalle,
 ) {
+    push_provtillfalle(pt, pt_id, provomrade_id, ordinal, skolform, t);
+    for (j, d) in t.resultat.delprovsresultat().iter().enumerate() {
+        push_delprov(dp, pt_id, j as i64, d);
+    }
+}
+
+fn push_provtillfalle(
+    pt: &mut CopyRows,
+    pt_id: i64,
+    provomrade_id: i64,
+    ordinal: i64,
+    skolform: &str,
+    t: &Provtillfalle,
+) {
     pt.push(&[
         Field::Int(pt_id),
         Field::Int(provomrade_id),
@@ -777,17 +791,59 @@ fn push_children(
         Field::Bool(t.resultat.intedeltagit()),
         t.resultat.sammanvagt_provbetyg().into(),
     ]);
-    for (j, d) in t.resultat.delprovsresultat().iter().enumerate() {
-        dp.push(&[
-            Field::Int(pt_id),
-            Field::Int(j as i64),
-            Field::Text(&d.typ),
-            Field::Text(d.utfall.as_str()),
-            d.utfall.betyg().into(),
-            d.utfall.poang().into(),
-            d.utfall.maluppfyllnad().into(),
-        ]);
+}
+
+fn push_delprov(dp: &mut CopyRows, pt_id: i64, ordinal: i64, d: &Delprovsresultat) {
+    dp.push(&[
+        Field::Int(pt_id),
+        Field::Int(ordinal),
+        Field::Text(&d.typ),
+        Field::Text(d.utfall.as_str()),
+        d.utfall.betyg().into(),
+        d.utfall.poang().into(),
+        d.utfall.maluppfyllnad().into(),
+    ]);
+}
+
+/// Where a chunked COPY of a batch's children resumes: the child group, the provtillfälle
+/// within it, its flat index (into the reserved ids) and the delprovsresultat within it.
+#[derive(Default)]
+struct RowCursor {
+    child: usize,
+    row: usize,
+    flat: usize,
+    delprov: usize,
+}
+
+/// Bytes of COPY text sent at a time: the server works on one chunk while the next is written.
+const COPY_CHUNK: usize = 256 << 10;
+
+/// `COPY … FROM STDIN` with rows written a chunk at a time by `fill` (which returns whether
+/// more follow), each chunk sent before the next is written.
+async fn copy_stream(
+    conn: &mut PgConnection,
+    statement: &str,
+    mut fill: impl FnMut(&mut CopyRows) -> bool,
+) -> Result<(), sqlx::Error> {
+    let mut copy = conn.copy_in_raw(statement).await?;
+    let mut buf = CopyRows::default();
+    loop {
+        let more = fill(&mut buf);
+        if !buf.text.is_empty() {
+            if let Err(e) = copy.send(buf.text.as_bytes()).await {
+                // Leaves the connection usable for the rollback.
+                let _ = copy.abort(e.to_string()).await;
+                return Err(e);
+            }
+            buf.text.clear();
+            buf.rows = 0;
+        }
+        if !more {
+            break;
+        }
     }
+    copy.finish().await?;
+    Ok(())
 }
 
 /// Ids reserved for one batch.
@@ -1029,22 +1085,16 @@ impl Dialect for PgDialect {
             .await
             .map_err(query_err("inserting provområden"))?;
         }
-        let (mut pt_rows, mut dp_rows) = (CopyRows::default(), CopyRows::default());
-        let mut pt_ids = pt.into_iter();
-        for c in &plan.children {
-            let provomrade_id = id_of(c.target)?;
-            for (k, (skolform, t)) in c.rows.iter().enumerate() {
-                let pt_id = pt_ids.next().ok_or_else(|| ids_ran_out("provtillfalle"))?;
-                push_children(
-                    &mut pt_rows,
-                    &mut dp_rows,
-                    pt_id,
-                    provomrade_id,
-                    c.first_ordinal + k as i64,
-                    skolform,
-                    t,
-                );
-            }
+        // Every provtillfälle row with its reserved id and its parent, in plan order; the two
+        // COPYs below walk the same order.
+        let targets: Vec<i64> = plan
+            .children
+            .iter()
+            .map(|c| id_of(c.target))
+            .collect::<Result<_, _>>()?;
+        let (pt_total, _) = plan.child_rows();
+        if pt.len() < pt_total as usize {
+            return Err(ids_ran_out("provtillfalle"));
         }
         if !plan.tracks.is_empty() {
             let ids: Vec<i64> = plan
@@ -1102,7 +1152,71 @@ impl Dialect for PgDialect {
             .await
             .map_err(query_err("tracking the document's keys"))?;
         }
-        self.copy_children(&pt_rows, &dp_rows).await?;
+        if pt_total > 0 {
+            // Plain index cursors rather than iterator chains: the rows are written a chunk at a
+            // time across awaits, and (child, row, delprov) positions say where to resume.
+            let mut at = RowCursor::default();
+            copy_stream(
+                &mut self.tx,
+                "COPY provtillfalle (id, provomrade_id, ordinal, skolform, uppdaterat, genomfort,
+                     intedeltagit, sammanvagt_provbetyg) FROM STDIN",
+                |buf| {
+                    while let Some(c) = plan.children.get(at.child) {
+                        let Some((skolform, t)) = c.rows.get(at.row) else {
+                            at.child += 1;
+                            at.row = 0;
+                            continue;
+                        };
+                        let ordinal = c.first_ordinal + at.row as i64;
+                        push_provtillfalle(
+                            buf,
+                            pt[at.flat],
+                            targets[at.child],
+                            ordinal,
+                            skolform,
+                            t,
+                        );
+                        at.row += 1;
+                        at.flat += 1;
+                        if buf.text.len() >= COPY_CHUNK {
+                            return true;
+                        }
+                    }
+                    false
+                },
+            )
+            .await
+            .map_err(query_err("inserting provtillfällen"))?;
+            let mut at = RowCursor::default();
+            copy_stream(
+                &mut self.tx,
+                "COPY delprovsresultat (provtillfalle_id, ordinal, typ, utfall, betyg, poang,
+                     maluppfyllnad) FROM STDIN",
+                |buf| {
+                    while let Some(c) = plan.children.get(at.child) {
+                        let Some((_, t)) = c.rows.get(at.row) else {
+                            at.child += 1;
+                            at.row = 0;
+                            continue;
+                        };
+                        let Some(d) = t.resultat.delprovsresultat().get(at.delprov) else {
+                            at.row += 1;
+                            at.flat += 1;
+                            at.delprov = 0;
+                            continue;
+                        };
+                        push_delprov(buf, pt[at.flat], at.delprov as i64, d);
+                        at.delprov += 1;
+                        if buf.text.len() >= COPY_CHUNK {
+                            return true;
+                        }
+                    }
+                    false
+                },
+            )
+            .await
+            .map_err(query_err("inserting delprovsresultat"))?;
+        }
         let tx = &mut self.tx;
         if !plan.replaced.is_empty() {
             sqlx::query(

@@ -58,6 +58,10 @@ pub struct ElementStats {
 pub struct Built {
     pub provomrade: Provomrade,
     pub stats: ElementStats,
+    /// The content hash of this element's provtillfällen alone: a key's whole set when the key
+    /// comes in one element, as most do. Computed here so that the scanner's thread does it
+    /// while building ahead, not the writer.
+    pub content: crate::domain::ContentHash,
 }
 
 /// Internal: either the document or only the current record is broken.
@@ -191,7 +195,19 @@ pub fn build_element(
         stats: &mut stats,
     };
     match b.read_record(el, key) {
-        Ok(provomrade) => Ok(Ok(Built { provomrade, stats })),
+        Ok(provomrade) => {
+            let content = crate::domain::content_sha256(
+                provomrade
+                    .provtillfallen
+                    .iter()
+                    .map(|pt| (provomrade.skolform.as_ref(), pt)),
+            );
+            Ok(Ok(Built {
+                provomrade,
+                stats,
+                content,
+            }))
+        }
         Err(Fault::Rec(e)) => Ok(Err(e)),
         Err(Fault::Doc(e)) => Err(e),
     }
