@@ -256,22 +256,6 @@ impl Store for PostgresStore {
             .begin()
             .await
             .map_err(query_err("starting a transaction"))?;
-        sqlx::query(
-            "CREATE TEMP TABLE doc_tracking (
-                provomrade_id bigint  PRIMARY KEY,
-                written       boolean NOT NULL,
-                prev_content  text,
-                raw           bytea,
-                children      bigint  NOT NULL,
-                elements      bigint  NOT NULL,
-                settle        boolean NOT NULL,
-                op            text
-            ) ON COMMIT DROP",
-        )
-        .persistent(false)
-        .execute(&mut *tx)
-        .await
-        .map_err(query_err("creating the document's tracking table"))?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(lock_key(&["source", &self.lock_scope, &ctx.source]))
             .execute(&mut *tx)
@@ -289,6 +273,7 @@ impl Store for PostgresStore {
             source: info.source.clone(),
             change_log_lock: lock_key(&["change_log", &self.lock_scope]),
             held_table: false,
+            tracking_table: false,
         };
         Ok(Box::new(Applier::new(
             Box::new(dialect),
@@ -630,6 +615,10 @@ struct PgDialect {
     change_log_lock: i64,
     /// Whether `doc_held` exists yet (it is made only when held keys spill).
     held_table: bool,
+    /// Whether `doc_tracking` exists yet: it is made on the document's first tracked write, so
+    /// a document that changes nothing creates no table (a temporary table's catalog rows are
+    /// WAL too, and were most of an unchanged daily re-read's).
+    tracking_table: bool,
 }
 
 /// A stored key read back as committed: its hashes, `changed_at` and namespace.
@@ -662,12 +651,15 @@ impl PgDialect {
             }
         }
         drop(conn);
-        for sql in [
+        let mut undo = vec![
             "DELETE FROM delprovsresultat WHERE provtillfalle_id = ANY(ARRAY(
                  SELECT id FROM provtillfalle WHERE provomrade_id = ANY($1)))",
             "DELETE FROM provtillfalle WHERE provomrade_id = ANY($1)",
-            "DELETE FROM doc_tracking WHERE provomrade_id = ANY($1)",
-        ] {
+        ];
+        if self.tracking_table {
+            undo.push("DELETE FROM doc_tracking WHERE provomrade_id = ANY($1)");
+        }
+        for sql in undo {
             sqlx::query(sql)
                 .bind(ids)
                 .execute(&mut *self.tx)
@@ -738,6 +730,29 @@ impl PgDialect {
             )
             .await
             .map_err(query_err("inserting delprovsresultat"))?;
+        }
+        Ok(())
+    }
+
+    async fn ensure_tracking_table(&mut self) -> Result<(), StoreError> {
+        if !self.tracking_table {
+            sqlx::query(
+                "CREATE TEMP TABLE IF NOT EXISTS doc_tracking (
+                    provomrade_id bigint  PRIMARY KEY,
+                    written       boolean NOT NULL,
+                    prev_content  text,
+                    raw           bytea,
+                    children      bigint  NOT NULL,
+                    elements      bigint  NOT NULL,
+                    settle        boolean NOT NULL,
+                    op            text
+                ) ON COMMIT DROP",
+            )
+            .persistent(false)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(query_err("creating the document's tracking table"))?;
+            self.tracking_table = true;
         }
         Ok(())
     }
@@ -917,6 +932,16 @@ impl Dialect for PgDialect {
                 CASE WHEN p.raw_sha256 IS NOT DISTINCT FROM k.raw AND t.provomrade_id IS NULL
                      THEN NULL ELSE p.raw_sha256 END,
                 t.written, t.prev_content, t.raw, t.children, t.elements, t.settle, t.op";
+        // Until the document tracks a key there is no table to join: an empty row of its shape
+        // stands in, so both forms answer alike.
+        let tracking = if self.tracking_table {
+            "SELECT * FROM doc_tracking t WHERE t.provomrade_id = p.id LIMIT 1"
+        } else {
+            "SELECT NULL::bigint AS provomrade_id, NULL::boolean AS written,
+                    NULL::text AS prev_content, NULL::bytea AS raw, NULL::bigint AS children,
+                    NULL::bigint AS elements, NULL::boolean AS settle, NULL::text AS op
+             WHERE false"
+        };
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS}
              FROM UNNEST($2::int4[], $3::text[], $4::text[], $5::int4[], $6::bytea[])
@@ -926,8 +951,7 @@ impl Dialect for PgDialect {
                  WHERE p.source = $1 AND p.kind = 'amne' AND p.elev = k.elev
                    AND p.amne = k.amne AND p.arskurs = k.arskurs
                  LIMIT 1) p
-             LEFT JOIN LATERAL (
-                 SELECT * FROM doc_tracking t WHERE t.provomrade_id = p.id LIMIT 1) t ON true
+             LEFT JOIN LATERAL ({tracking}) t ON true
              UNION ALL
              SELECT {COLUMNS}
              FROM UNNEST($7::int4[], $8::text[], $9::text[], $10::bytea[]) AS k(i, elev, kurs, raw)
@@ -935,8 +959,7 @@ impl Dialect for PgDialect {
                  SELECT p.id, p.content_sha256, p.raw_sha256 FROM provomrade p
                  WHERE p.source = $1 AND p.kind = 'kurs' AND p.elev = k.elev AND p.kurs = k.kurs
                  LIMIT 1) p
-             LEFT JOIN LATERAL (
-                 SELECT * FROM doc_tracking t WHERE t.provomrade_id = p.id LIMIT 1) t ON true"
+             LEFT JOIN LATERAL ({tracking}) t ON true"
         ))
         .bind(&self.source)
         .bind(amne.0)
@@ -1016,8 +1039,11 @@ impl Dialect for PgDialect {
 
     async fn write(&mut self, plan: &BatchPlan, doc: &DocInfo) -> Result<(), StoreError> {
         self.restore(&plan.restores).await?;
+        if !plan.tracks.is_empty() || !plan.spill_unchanged.is_empty() {
+            self.ensure_tracking_table().await?;
+        }
         let tx = &mut self.tx;
-        if !plan.untrack.is_empty() {
+        if !plan.untrack.is_empty() && self.tracking_table {
             sqlx::query("DELETE FROM doc_tracking WHERE provomrade_id = ANY($1)")
                 .bind(&plan.untrack)
                 .execute(&mut **tx)
@@ -1289,6 +1315,9 @@ impl Dialect for PgDialect {
     }
 
     async fn to_settle(&mut self, after: i64, limit: i64) -> Result<Vec<Settle>, StoreError> {
+        if !self.tracking_table {
+            return Ok(Vec::new());
+        }
         let rows: Vec<(i64, Option<String>, Option<Vec<u8>>)> = sqlx::query_as(
             "SELECT provomrade_id, prev_content, raw FROM doc_tracking
              WHERE written AND settle AND provomrade_id > $1
@@ -1353,6 +1382,10 @@ impl Dialect for PgDialect {
     }
 
     async fn finish(&mut self, doc: &DocInfo) -> Result<(), StoreError> {
+        if !self.tracking_table {
+            // Nothing was written, so nothing changed.
+            return Ok(());
+        }
         let changes: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM doc_tracking WHERE written AND op IS NOT NULL)",
         )
