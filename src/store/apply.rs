@@ -199,7 +199,7 @@ impl Applier {
             &counts,
             loose,
         )
-        .map_err(StoreError::Rebuild)?;
+        .map_err(StoreError::Document)?;
         // Build ahead while most elements of a batch had to be built.
         let built = plan.built.len() as u64;
         self.build_ahead

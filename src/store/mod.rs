@@ -74,10 +74,11 @@ pub enum StoreError {
     },
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
-    /// An element the scanner accepted could not be read again from its bytes (a bug, not bad
-    /// input: the same bytes passed the same checks once already).
-    #[error("an element could not be read again from its raw bytes: {0}")]
-    Rebuild(DocumentError),
+    /// An element the scanner delimited turned out malformed when it was built: the scanner
+    /// only delimits elements below the root (building is what checks them), so this is bad
+    /// input, reported like any other document error.
+    #[error(transparent)]
+    Document(DocumentError),
     /// The task writing a document was cancelled (the runtime is shutting down); the
     /// transaction went with it, so nothing of the document was committed.
     #[error("the document's database writer was cancelled; nothing of it was committed")]

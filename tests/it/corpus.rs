@@ -2,7 +2,7 @@
 //! outcome is listed in tests/fixtures/bad/cases.toml.
 
 use crate::helpers::*;
-use nprov_sync::import::parse_document;
+use nprov_sync::import::{parse_document, ImportError};
 use nprov_sync::xml::{Item, Limits};
 use serde::Deserialize;
 
@@ -100,7 +100,20 @@ async fn broken_documents_leave_the_database_as_it_was_and_broken_records_only_a
         let after = db.store.table_counts().await.expect("counts");
         match c.kind.as_str() {
             "document" => {
-                result.expect_err(&c.file);
+                // The same error as the parser alone reports, wherever in the pipeline (scanner
+                // or writer) the element was found broken.
+                match result {
+                    Err(ImportError::Document(e)) => {
+                        assert_eq!(e.code(), c.code, "{}: {e}", c.file);
+                        assert_eq!(
+                            e.location().map(|l| l.line).unwrap_or(0),
+                            c.line,
+                            "{}: {e}",
+                            c.file
+                        );
+                    }
+                    other => panic!("{}: expected a document error, got {other:?}", c.file),
+                }
                 assert_eq!(db.dump().await, before, "{}", c.file);
                 assert_eq!(after, counts, "{}", c.file);
             }
