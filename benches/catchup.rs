@@ -3,8 +3,12 @@
 //! The simulator runs as one child process (`nprov-sync simulate`), the client as another
 //! (`nprov-sync sync --once`, then `backfill` over the same range to re-read every window with
 //! nothing changed), so the client's figures are its own: wall time, CPU time and peak resident
-//! memory (VmHWM, sampled from /proc while it runs). Twice: with `max_window` one day, and with one
-//! window for the whole year, which shows whether memory grows with the window.
+//! memory (VmHWM, sampled from /proc while it runs), and what it cost the disk: into SQLite the
+//! bytes the client process wrote (`write_bytes` of /proc/<pid>/io, read when it has exited and
+//! before it is reaped, so the last commit and checkpoint count), into PostgreSQL the WAL the
+//! server generated meanwhile (`pg_current_wal_lsn()` before and after). Twice: with
+//! `max_window` one day, and with one window for the whole year, which shows whether memory
+//! grows with the window.
 //!
 //! Into SQLite, and into PostgreSQL when one answers at `NPROV_BENCH_POSTGRES_URL` (default the
 //! local test server), each in a fresh schema.
@@ -38,9 +42,34 @@ struct Measured {
     peak_mib: f64,
     /// Provområde elements the run received, summed from its per-window lines.
     records: u64,
-    /// Keys found with their content already stored, summed from the same lines: each one is a
-    /// `synced_at` row write (issue 3's rule), the part of a re-sync no parser speed removes.
+    /// Keys found with their content already stored, summed from the same lines: each one
+    /// writes nothing.
     unchanged: u64,
+    /// Bytes the process caused to be written to storage, over its whole life.
+    write_bytes: u64,
+}
+
+/// `write_bytes` of /proc/<pid>/io: what the process (all its threads) sent to storage.
+fn proc_write_bytes(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Whether the child has exited, leaving it unreaped (a zombie whose /proc
+/// entry still answers); whether it has exited.
+fn exited_unreaped(child: &Child) -> bool {
+    use rustix::process::{waitid, Pid, WaitId, WaitIdOptions};
+    let pid = Pid::from_child(child);
+    matches!(
+        waitid(
+            WaitId::Pid(pid),
+            WaitIdOptions::EXITED | WaitIdOptions::NOWAIT | WaitIdOptions::NOHANG,
+        ),
+        Ok(Some(_))
+    )
 }
 
 fn proc_peak_kib(pid: u32) -> Option<f64> {
@@ -64,6 +93,9 @@ fn proc_cpu_ticks(pid: u32) -> Option<f64> {
 fn measure(cmd: &mut Command) -> Measured {
     let started = Instant::now();
     let out = tempfile::NamedTempFile::new().expect("temp file");
+    // The loop below leaves only through `child.wait()`, after waitid(WNOWAIT) saw it exit,
+    // which the lint cannot follow.
+    #[allow(clippy::zombie_processes)]
     let mut child = cmd
         .stdout(out.reopen().expect("reopen"))
         .stderr(Stdio::piped())
@@ -71,15 +103,20 @@ fn measure(cmd: &mut Command) -> Measured {
         .expect("spawn");
     let pid = child.id();
     let (mut peak, mut ticks) = (0.0f64, 0.0f64);
-    let status = loop {
+    let (status, write_bytes) = loop {
         if let Some(p) = proc_peak_kib(pid) {
             peak = peak.max(p);
         }
         if let Some(t) = proc_cpu_ticks(pid) {
             ticks = ticks.max(t);
         }
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
+        if exited_unreaped(&child) {
+            // A zombie's /proc still holds its totals: the last ticks and bytes count too.
+            if let Some(t) = proc_cpu_ticks(pid) {
+                ticks = ticks.max(t);
+            }
+            let written = proc_write_bytes(pid);
+            break (child.wait().expect("wait"), written);
         }
         std::thread::sleep(Duration::from_millis(10));
     };
@@ -109,7 +146,24 @@ fn measure(cmd: &mut Command) -> Measured {
         peak_mib: peak / 1024.0,
         records,
         unchanged,
+        write_bytes: write_bytes.unwrap_or_else(|| panic!("no /proc/{pid}/io for {cmd:?}")),
     }
+}
+
+/// The server's WAL position in bytes, for the WAL a run generated.
+fn wal_lsn(url: &str) -> u64 {
+    let out = Command::new("psql")
+        .args([url, "-Atc", "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"])
+        .output()
+        .expect("psql");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse::<f64>()
+        .unwrap_or_else(|_| panic!("pg_current_wal_lsn: {out:?}")) as u64
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
 }
 
 /// The binary, without this bench's own `NPROV_BENCH_*` settings in its environment: the binary
@@ -225,36 +279,47 @@ fn main() {
                 ),
             )
             .expect("config");
-            let first = measure(
-                nprov(bin)
-                    .args(["sync", "--once", "--until", UNTIL, "--config"])
-                    .arg(&config),
-            );
+            // Bytes to storage: the process's own for SQLite, the server's WAL for PostgreSQL
+            // (the client writes nothing there, the server everything).
+            let timed = |args: &[&str]| -> (Measured, u64) {
+                let wal0 = pg_url.as_deref().map(wal_lsn);
+                let m = measure(nprov(bin).args(args).arg("--config").arg(&config));
+                let bytes = match (&pg_url, wal0) {
+                    (Some(url), Some(w0)) => wal_lsn(url).saturating_sub(w0),
+                    _ => m.write_bytes,
+                };
+                (m, bytes)
+            };
+            let (first, first_bytes) = timed(&["sync", "--once", "--until", UNTIL]);
             let rows = rows(bin, &config);
-            let again = measure(
-                nprov(bin)
-                    .args(["backfill", "--from", START, "--to", UNTIL, "--config"])
-                    .arg(&config),
-            );
+            let (again, again_bytes) = timed(&["backfill", "--from", START, "--to", UNTIL]);
+            let what = if pg_url.is_some() {
+                "WAL generated"
+            } else {
+                "bytes written by the process"
+            };
             println!(
-                "{backend}, {label}: first sync {:.1} s wall, {:.1} s CPU, {} records = {:.0} records/s, \
-                 {rows} rows = {:.0} rows/s, peak RSS {:.1} MiB",
+                "{backend}, {label}: first sync {:.1} s wall, {:.1} s client CPU, {} records = \
+                 {:.0} records/s, {rows} rows = {:.0} rows/s, peak RSS {:.1} MiB, {what} {:.1} MB",
                 first.wall,
                 first.cpu,
                 first.records,
                 first.records as f64 / first.wall,
                 rows as f64 / first.wall,
-                first.peak_mib
+                first.peak_mib,
+                mb(first_bytes),
             );
             println!(
                 "{backend}, {label}: re-sync, nothing changed: {:.1} s wall ({:.2} of the first), \
-                 {:.1} s CPU ({:.2} of the first), peak RSS {:.1} MiB; {} records, {} keys \
-                 found unchanged (a synced_at row write each)",
+                 {:.1} s client CPU ({:.2} of the first), peak RSS {:.1} MiB, {what} {:.2} MB \
+                 ({:.2} % of the first); {} records, {} keys found unchanged",
                 again.wall,
                 again.wall / first.wall,
                 again.cpu,
                 again.cpu / first.cpu,
                 again.peak_mib,
+                mb(again_bytes),
+                100.0 * again_bytes as f64 / first_bytes.max(1) as f64,
                 again.records,
                 again.unchanged
             );

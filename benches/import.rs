@@ -147,7 +147,8 @@ fn ceiling(db: &std::path::Path, rows: &Rows) -> Figures {
         let mut po = tx
             .prepare(
                 "INSERT INTO provomrade (id, source, elev, kind, amne, arskurs, kurs, namespace,
-                 content_sha256, changed_at, synced_at) VALUES (?, 'bench', ?, ?, ?, ?, ?, 'ns', ?, ?, ?)",
+                 content_sha256, raw_sha256, changed_at)
+                 VALUES (?, 'bench', ?, ?, ?, ?, ?, 'ns', ?, ?, ?)",
             )
             .expect("prepare");
         for (id, k, sha) in &rows.provomrade {
@@ -159,7 +160,8 @@ fn ceiling(db: &std::path::Path, rows: &Rows) -> Figures {
                 k.omrade.arskurs().map(|a| a.get()),
                 k.omrade.kurs(),
                 sha,
-                now,
+                // The raw hash the engine stores per key: 32 bytes.
+                [0u8; 32],
                 now
             ])
             .expect("insert provomrade");
