@@ -161,6 +161,9 @@ async fn attempt_window(
     let started_at = Utc::now();
     let clock = Instant::now();
     let mut attempt = 0;
+    // The status of the last response, so that a window failing after an HTTP 200 (a body that
+    // breaks, a database that refuses) is recorded with it.
+    let mut http_status = None;
     let result = loop {
         attempt += 1;
         match try_once(
@@ -169,8 +172,8 @@ async fn attempt_window(
             &window,
             kind,
             expected_watermark,
-            started_at,
-            clock,
+            (started_at, clock),
+            &mut http_status,
         )
         .await
         {
@@ -194,15 +197,19 @@ async fn attempt_window(
             started_at,
             finished_at: Utc::now(),
             http_status: match e {
-                SyncError::Source(s) => s.status(),
-                _ => None,
+                SyncError::Source(s) => s.status().or(http_status),
+                _ => http_status,
             },
             bytes: 0,
             summary: ApplySummary::default(),
             error: Some(e.to_string()),
             expected_watermark,
         };
-        store.record_failed_run(&run).await?;
+        // Recording the failure can fail for the same reason the window did (a database that
+        // is locked or gone): the window's own error is the one to report, not this follow-up.
+        if let Err(record_error) = store.record_failed_run(&run).await {
+            tracing::warn!(source = source.name(), window = %window.label(), error = %record_error, "the failed window could not be recorded");
+        }
     }
     result
 }
@@ -290,11 +297,21 @@ async fn try_once(
     window: &Window,
     kind: RunKind,
     expected_watermark: Option<DateTime<Utc>>,
-    started_at: DateTime<Utc>,
-    clock: Instant,
+    (started_at, clock): (DateTime<Utc>, Instant),
+    http_status: &mut Option<u16>,
 ) -> Result<WindowReport, SyncError> {
     let fetched = source.client.fetch(window, |_, _| {}).await?;
-    let body = fetched.response.bytes_stream().map_err(io::Error::other);
+    *http_status = Some(fetched.status);
+    // A timeout while the body streams in (`read_timeout` between bytes, or `request_timeout`
+    // in all) keeps its kind through the parser, so it is reported as a timeout and splits
+    // the window, instead of passing for a body cut short.
+    let body = fetched.response.bytes_stream().map_err(|e| {
+        if e.is_timeout() {
+            io::Error::new(io::ErrorKind::TimedOut, e)
+        } else {
+            io::Error::other(e)
+        }
+    });
     // The parser runs on a blocking thread; the bridge lets it read the async body there.
     let reader = SyncIoBridge::new(StreamReader::new(body));
     let ctx = ApplyContext {
@@ -304,6 +321,23 @@ async fn try_once(
     };
     let (mut tx, report) = match apply_document(store, reader, source.limits, ctx).await {
         Ok(applied) => applied,
+        Err(ImportError::Document(DocumentError::Io {
+            location,
+            source: e,
+        })) if e.kind() == io::ErrorKind::TimedOut => {
+            return Err(SourceError::Transport {
+                window: window.label(),
+                kind: "timed out",
+                attempts: fetched.attempts,
+                message: format!(
+                    "the response stalled at {location} (read_timeout between bytes, \
+                     request_timeout in all): {}",
+                    crate::source::error_chain(&e)
+                ),
+                timed_out: true,
+            }
+            .into())
+        }
         Err(ImportError::Document(error)) => {
             return Err(SyncError::Document {
                 window: window.label(),

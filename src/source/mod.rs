@@ -9,6 +9,13 @@
 //!
 //! HTTP-level failures are retried here. A body that breaks while it streams in is the sync
 //! engine's to retry, because only a whole attempt (request, parse, apply) can be repeated.
+//!
+//! What the network may not do to us: make us wait longer than `max_retry_wait` for one retry
+//! (the window fails instead, see [`policy`]); keep a body open without sending (`read_timeout`
+//! between bytes, `request_timeout` in all); move us elsewhere (redirects are not followed unless
+//! the source allows same-origin ones, and never to another scheme, host or port: a credential
+//! must not travel to a host it was not made for, nor over plain http); or make us retry what
+//! cannot succeed (a TLS handshake that either side refused fails at once).
 
 pub mod policy;
 
@@ -29,6 +36,30 @@ pub const ENDPOINT_PATH: &str = "/api/skolplattform/nationellaprov";
 
 /// Who we are, on every request.
 pub const USER_AGENT: &str = concat!("nprov-sync/", env!("CARGO_PKG_VERSION"));
+
+/// How long a stalled connection is waited for, unless a source says otherwise: far longer than
+/// a platform that streams its XML pauses, far shorter than `request_timeout`.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The longest `Retry-After` honoured, unless a source says otherwise: the public sector's
+/// rules speak of seconds to a minute; past a few minutes the daemon's back-off (which other
+/// sources do not wait for) is the better judge.
+pub const DEFAULT_MAX_RETRY_WAIT: Duration = Duration::from_secs(300);
+
+/// Same-origin redirects followed for one request at most, when they are followed at all: a
+/// platform moving its endpoint needs one or two; a loop is stopped here.
+pub const MAX_REDIRECTS: u32 = 5;
+
+/// Which redirects the client follows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Redirects {
+    /// None: a 3xx fails the window with its `Location` named. The documented API never
+    /// redirects, so one is a misconfiguration (or an attack) to look at, not to follow.
+    #[default]
+    Never,
+    /// Those to the same scheme, host and port, up to [`MAX_REDIRECTS`]; any other is refused.
+    SameOrigin,
+}
 
 /// How a source authenticates. Any combination is allowed; mutual TLS is the platform's
 /// documented method.
@@ -51,6 +82,13 @@ pub struct SourceSettings {
     pub connect_timeout: Duration,
     /// For a whole request, body included: a window whose response takes longer is split.
     pub request_timeout: Duration,
+    /// For each wait on the connection (for the headers, between chunks of the body): a body
+    /// that stalls this long is a timeout, and its window is split, well before
+    /// `request_timeout` would notice.
+    pub read_timeout: Duration,
+    /// The longest wait a `429`/`503` may ask for; a longer one fails the window at once.
+    pub max_retry_wait: Duration,
+    pub redirects: Redirects,
     /// Attempts per window request (the first one included).
     pub max_attempts: u32,
     pub backoff_base: Duration,
@@ -63,6 +101,8 @@ pub enum SourceError {
     #[error("source {source_name}: {message}")]
     Config {
         source_name: String,
+        /// The setting at fault (`url`, `client_key_file`, …), for a message that names it.
+        setting: &'static str,
         message: String,
     },
     #[error("window {window}: HTTP {status}: {hint}")]
@@ -73,6 +113,28 @@ pub enum SourceError {
     },
     #[error("window {window}: the server says the response is too large (HTTP 413)")]
     TooLarge { window: String },
+    #[error(
+        "window {window}: HTTP {status}: the platform asked us to wait {} ({header}), longer \
+         than max_retry_wait ({}); the window is given up and the source tried again later",
+        humanize(*asked), humanize(*max)
+    )]
+    WaitTooLong {
+        window: String,
+        status: u16,
+        asked: Duration,
+        max: Duration,
+        header: String,
+    },
+    #[error(
+        "window {window}: HTTP {status} redirects to {}: not followed ({why})",
+        location.as_deref().unwrap_or("nowhere (no Location header)")
+    )]
+    Redirected {
+        window: String,
+        status: u16,
+        location: Option<String>,
+        why: &'static str,
+    },
     #[error("window {window}: HTTP {status} after {attempts} attempts")]
     GaveUp {
         window: String,
@@ -108,9 +170,10 @@ impl SourceError {
     /// The HTTP status, when there was one.
     pub fn status(&self) -> Option<u16> {
         match self {
-            SourceError::Refused { status, .. } | SourceError::GaveUp { status, .. } => {
-                Some(*status)
-            }
+            SourceError::Refused { status, .. }
+            | SourceError::GaveUp { status, .. }
+            | SourceError::WaitTooLong { status, .. }
+            | SourceError::Redirected { status, .. } => Some(*status),
             SourceError::TooLarge { .. } => Some(413),
             _ => None,
         }
@@ -139,51 +202,87 @@ impl Client {
     /// Builds the client.
     ///
     /// # Errors
-    /// A bad URL (or one with credentials in it), or unreadable certificates.
+    /// A bad URL (one with credentials in it, a scheme other than https or http, credentials over
+    /// plain http to anything but loopback), or unreadable certificates; the error names the
+    /// setting at fault.
     pub fn new(settings: SourceSettings) -> Result<Client, SourceError> {
-        let config = |message: String| SourceError::Config {
+        let config = |setting: &'static str, message: String| SourceError::Config {
             source_name: settings.name.clone(),
+            setting,
             message,
         };
         let mut endpoint = reqwest::Url::parse(&settings.base_url)
-            .map_err(|e| config(format!("url {:?}: {e}", settings.base_url)))?;
+            .map_err(|e| config("url", format!("url {:?}: {e}", settings.base_url)))?;
         if !endpoint.username().is_empty() || endpoint.password().is_some() {
             return Err(config(
+                "url",
                 "url must not contain credentials: configure basic_user and password_file".into(),
             ));
         }
+        check_scheme(&endpoint, &settings.auth).map_err(|m| config("url", m))?;
         let path = format!("{}{ENDPOINT_PATH}", endpoint.path().trim_end_matches('/'));
         endpoint.set_path(&path);
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             .user_agent(USER_AGENT)
             .gzip(true)
+            // Redirects are followed (or not) in `fetch`, where the rate limit spaces each hop
+            // and the origin is checked; reqwest's own policy would do neither.
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(settings.connect_timeout)
+            .read_timeout(settings.read_timeout)
             .timeout(settings.request_timeout);
         for pem in &settings.auth.extra_roots_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| config(format!("extra CA certificates: {e}")))?;
+                .map_err(|e| config("ca_file", format!("extra CA certificates: {e}")))?;
             for c in certs {
                 builder = builder.add_root_certificate(c);
             }
         }
         if let Some(identity) = &settings.auth.identity_pem {
-            let id = reqwest::Identity::from_pem(identity.expose_secret()).map_err(|e| {
-                config(format!(
-                    "client certificate and key (PEM, key in PKCS#8, RSA or SEC1 form): {e}"
-                ))
+            let pem = identity.expose_secret();
+            if is_encrypted_key(pem) {
+                return Err(config(
+                    "client_key_file",
+                    "the private key is encrypted, which is not supported: a passphrase would \
+                     have to sit beside the key with the same protection. Store the key \
+                     unencrypted (openssl pkey -in key.pem -out key.plain.pem) where only the \
+                     service can read it (mode 0600, or systemd's LoadCredential=)"
+                        .into(),
+                ));
+            }
+            let id = reqwest::Identity::from_pem(pem).map_err(|e| {
+                config(
+                    "client_key_file",
+                    format!(
+                        "client certificate and key (PEM, key in PKCS#8, RSA or SEC1 form): {}",
+                        error_chain(&e)
+                    ),
+                )
             })?;
             builder = builder.identity(id);
         }
-        let http = builder
-            .build()
-            .map_err(|e| config(format!("HTTP client: {e}")))?;
+        let http = builder.build().map_err(|e| {
+            let setting = if settings.auth.identity_pem.is_some() {
+                "client_certificate_file"
+            } else if !settings.auth.extra_roots_pem.is_empty() {
+                "ca_file"
+            } else {
+                "url"
+            };
+            config(setting, format!("HTTP client: {}", error_chain(&e)))
+        })?;
         // Spacing of 1/rate plus 5 %: arrivals jitter on the way, and a server counting them per
         // second must still never see more than the rate.
         let period =
             Duration::from_secs(1).mul_f64(1.05 / f64::from(settings.rate_limit_per_second.get()));
         let quota = Quota::with_period(period)
-            .ok_or_else(|| config("rate_limit_per_second is too large".into()))?
+            .ok_or_else(|| {
+                config(
+                    "rate_limit_per_second",
+                    "rate_limit_per_second is too large".into(),
+                )
+            })?
             .allow_burst(NonZeroU32::MIN);
         Ok(Client {
             http,
@@ -222,19 +321,22 @@ impl Client {
         url
     }
 
-    /// Requests a window until a 2xx arrives, retrying what the policy says may be retried.
-    /// `on_retry` hears about every retry (for metrics and logs).
+    /// Requests a window until a 2xx arrives, retrying what the policy says may be retried and
+    /// following the redirects the source allows. `on_retry` hears about every retry (for
+    /// metrics and logs).
     ///
     /// # Errors
-    /// A refusal that retrying cannot fix, a 413, or retries used up.
+    /// A refusal that retrying cannot fix, a 413, a wait longer than `max_retry_wait`, a redirect
+    /// not followed, or retries used up.
     pub async fn fetch(
         &self,
         window: &Window,
         mut on_retry: impl FnMut(RetryReason, Option<u16>),
     ) -> Result<Fetched, SourceError> {
-        let url = self.url(window);
+        let mut url = self.url(window);
         let label = window.label();
         let mut attempt = 0u32;
+        let mut hops = 0u32;
         loop {
             attempt += 1;
             self.limiter.until_ready().await;
@@ -254,7 +356,13 @@ impl Client {
             let (reason, delay, status) = match result {
                 Ok(response) => {
                     let status = response.status();
-                    match policy::classify(status, response.headers(), SystemTime::now()) {
+                    let verdict = policy::classify(
+                        status,
+                        response.headers(),
+                        SystemTime::now(),
+                        self.settings.max_retry_wait,
+                    );
+                    match verdict {
                         Verdict::Accept => {
                             return Ok(Fetched {
                                 response,
@@ -270,6 +378,35 @@ impl Client {
                                 hint,
                             })
                         }
+                        Verdict::WaitTooLong { asked, max } => {
+                            return Err(SourceError::WaitTooLong {
+                                window: label,
+                                status: status.as_u16(),
+                                asked: asked.wait,
+                                max,
+                                header: asked.header,
+                            })
+                        }
+                        Verdict::Redirect { location } => {
+                            match self.redirect_target(&url, response.headers(), hops) {
+                                Ok(next) => {
+                                    hops += 1;
+                                    // A hop is not a failed attempt: it does not use one up.
+                                    attempt -= 1;
+                                    tracing::debug!(source = %self.settings.name, window = %label, status = status.as_u16(), "following a same-origin redirect");
+                                    url = next;
+                                    continue;
+                                }
+                                Err(why) => {
+                                    return Err(SourceError::Redirected {
+                                        window: label,
+                                        status: status.as_u16(),
+                                        location,
+                                        why,
+                                    })
+                                }
+                            }
+                        }
                         Verdict::Retry { after, reason } => {
                             if attempt >= self.settings.max_attempts {
                                 return Err(SourceError::GaveUp {
@@ -284,16 +421,19 @@ impl Client {
                 }
                 Err(e) => {
                     let timed_out = e.is_timeout();
-                    if attempt >= self.settings.max_attempts {
+                    let refused_tls = is_tls_refusal(&e);
+                    if attempt >= self.settings.max_attempts || refused_tls {
                         return Err(SourceError::Transport {
                             window: label,
                             kind: if timed_out {
                                 "timed out"
+                            } else if refused_tls {
+                                "TLS handshake refused"
                             } else {
                                 "connection failed"
                             },
                             attempts: attempt,
-                            message: with_causes(&e),
+                            message: error_chain(&e),
                             timed_out,
                         });
                     }
@@ -315,15 +455,119 @@ impl Client {
                     &mut rand::rng(),
                 )
             });
-            tracing::debug!(source = %self.settings.name, window = %label, reason = reason.as_str(), ?wait, "retrying");
+            if delay.is_some_and(policy::is_long_wait) {
+                tracing::info!(source = %self.settings.name, window = %label, reason = reason.as_str(), wait = %humanize(wait), "the platform asked us to wait; waiting");
+            } else {
+                tracing::debug!(source = %self.settings.name, window = %label, reason = reason.as_str(), ?wait, "retrying");
+            }
             tokio::time::sleep(wait).await;
         }
     }
+
+    /// Where a redirect may take us, or why it may not.
+    fn redirect_target(
+        &self,
+        from: &reqwest::Url,
+        headers: &reqwest::header::HeaderMap,
+        hops: u32,
+    ) -> Result<reqwest::Url, &'static str> {
+        if self.settings.redirects == Redirects::Never {
+            return Err("redirects are not followed unless follow_redirects = \"same-origin\"");
+        }
+        if hops >= MAX_REDIRECTS {
+            return Err("too many redirects in a row");
+        }
+        let next = headers
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| from.join(v).ok())
+            .ok_or("the Location is not a URL")?;
+        if next.origin() != self.endpoint.origin() {
+            return Err("it leads to another scheme, host or port, which is never followed");
+        }
+        Ok(next)
+    }
+}
+
+/// https always; plain http only without credentials, or to a loopback address (a platform
+/// simulated, or reached through a local TLS-terminating tunnel).
+fn check_scheme(url: &reqwest::Url, auth: &Auth) -> Result<(), String> {
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" => {
+            let credentials =
+                auth.basic.is_some() || auth.bearer.is_some() || auth.identity_pem.is_some();
+            if credentials && !is_loopback(url) {
+                Err(format!(
+                    "credentials are only sent over https: {} is plain http to a host that is \
+                     not loopback",
+                    url.as_str()
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        other => Err(format!(
+            "the scheme {other:?} is not supported: use https:// (or http:// without credentials \
+             or to a loopback address)"
+        )),
+    }
+}
+
+/// Whether a URL's host is this machine (`localhost`, 127.0.0.0/8, ::1).
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return ip.is_loopback();
+    }
+    let host = host.to_ascii_lowercase();
+    host == "localhost" || host.ends_with(".localhost")
+}
+
+/// Whether a PEM bundle holds an encrypted private key (PKCS#8 or OpenSSL's legacy form).
+fn is_encrypted_key(pem: &[u8]) -> bool {
+    let has = |needle: &[u8]| memchr::memmem::find(pem, needle).is_some();
+    has(b"-----BEGIN ENCRYPTED PRIVATE KEY-----") || has(b"Proc-Type: 4,ENCRYPTED")
+}
+
+/// Whether a request failed because a TLS handshake was refused (a certificate not trusted or
+/// expired, our client certificate refused, no common protocol): that does not change in the
+/// seconds between retries. A connection reset during a handshake is an I/O error, not this.
+fn is_tls_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        // io::Error's `source()` skips the error it wraps: look inside it.
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+            {
+                return true;
+            }
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// A duration as people write it ("5m", "11574d 1h 46m 40s"); "forever" for one too long to
+/// name.
+fn humanize(d: Duration) -> String {
+    if d == Duration::MAX {
+        return "forever".into();
+    }
+    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
 }
 
 /// An error's message followed by those of its causes: reqwest says "error sending request",
 /// the reason (a refused client certificate, a connection reset) is further down the chain.
-fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut message = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

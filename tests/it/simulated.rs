@@ -123,6 +123,9 @@ fn source_timed(
             rate_limit_per_second: NonZeroU32::new(rate).expect("rate"),
             connect_timeout: Duration::from_secs(2),
             request_timeout,
+            read_timeout: nprov_sync::source::DEFAULT_READ_TIMEOUT,
+            max_retry_wait: nprov_sync::source::DEFAULT_MAX_RETRY_WAIT,
+            redirects: Default::default(),
             max_attempts: 12,
             backoff_base: Duration::from_millis(5),
             backoff_cap: Duration::from_millis(50),
@@ -303,6 +306,9 @@ async fn a_wrong_password_is_refused_and_the_right_one_syncs() {
             rate_limit_per_second: NonZeroU32::new(50).expect("rate"),
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(5),
+            read_timeout: nprov_sync::source::DEFAULT_READ_TIMEOUT,
+            max_retry_wait: nprov_sync::source::DEFAULT_MAX_RETRY_WAIT,
+            redirects: Default::default(),
             max_attempts: 3,
             backoff_base: Duration::from_millis(5),
             backoff_cap: Duration::from_millis(10),
@@ -999,6 +1005,9 @@ fn client_with(url: &str, auth: Auth) -> Client {
         rate_limit_per_second: NonZeroU32::new(100).expect("rate"),
         connect_timeout: Duration::from_secs(2),
         request_timeout: Duration::from_secs(10),
+        read_timeout: nprov_sync::source::DEFAULT_READ_TIMEOUT,
+        max_retry_wait: nprov_sync::source::DEFAULT_MAX_RETRY_WAIT,
+        redirects: Default::default(),
         max_attempts: 2,
         backoff_base: Duration::from_millis(5),
         backoff_cap: Duration::from_millis(10),
@@ -1039,10 +1048,12 @@ async fn over_mutual_tls_a_client_certificate_syncs_and_none_is_refused_at_the_h
     .expect_err("no client certificate");
     let message = err.to_string();
     assert!(
-        message.contains("connection failed") && message.contains("CertificateRequired"),
+        message.contains("TLS handshake refused after 1 attempts")
+            && message.contains("CertificateRequired"),
         "{message}"
     );
-    assert!(sim.stats.tls_refused.load(Ordering::Relaxed) >= 1);
+    // Refused once, not retried: a handshake refused now is refused a second later too.
+    assert_eq!(sim.stats.tls_refused.load(Ordering::Relaxed), 1);
     assert_eq!(sim.stats.requests.load(Ordering::Relaxed), 0);
 
     // With a certificate from another CA: refused the same way.
@@ -1066,9 +1077,10 @@ async fn over_mutual_tls_a_client_certificate_syncs_and_none_is_refused_at_the_h
     .expect_err("a certificate the CA did not sign");
     let message = err.to_string();
     assert!(
-        message.contains("connection failed") && message.contains("UnknownCA"),
+        message.contains("TLS handshake refused after 1 attempts") && message.contains("UnknownCA"),
         "{message}"
     );
+    assert_eq!(sim.stats.tls_refused.load(Ordering::Relaxed), 2);
     assert_eq!(sim.stats.requests.load(Ordering::Relaxed), 0);
 
     // With the certificate the CA signed: a full catch-up, equal to the platform.

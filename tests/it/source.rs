@@ -19,6 +19,9 @@ fn settings(url: &str, rate: u32) -> SourceSettings {
         rate_limit_per_second: NonZeroU32::new(rate).expect("non-zero"),
         connect_timeout: Duration::from_secs(2),
         request_timeout: Duration::from_secs(5),
+        read_timeout: nprov_sync::source::DEFAULT_READ_TIMEOUT,
+        max_retry_wait: nprov_sync::source::DEFAULT_MAX_RETRY_WAIT,
+        redirects: Default::default(),
         max_attempts: 3,
         backoff_base: Duration::from_millis(10),
         backoff_cap: Duration::from_millis(50),
@@ -205,5 +208,185 @@ async fn no_one_second_interval_sees_more_requests_than_the_rate_limit() {
             .filter(|u| **u < *t + Duration::from_secs(1))
             .count();
         assert!(in_window <= 5, "{in_window} requests within one second");
+    }
+}
+
+#[tokio::test]
+async fn an_absurd_wait_asked_by_the_server_fails_the_window_at_once_and_says_what_was_asked() {
+    for (status, header, value) in [
+        (429, "x-ratelimit-reset", "1e20"),
+        (429, "x-ratelimit-reset", "1e300"),
+        (503, "retry-after", "1000000000"),
+        (429, "retry-after", "301"),
+    ] {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(status).insert_header(header, value))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let client = Client::new(settings(&server.uri(), 50)).expect("client");
+        let err = tokio::time::timeout(Duration::from_secs(10), client.fetch(&window(), |_, _| {}))
+            .await
+            .expect("no wait at all")
+            .err()
+            .expect("given up");
+        assert!(
+            matches!(err, SourceError::WaitTooLong { status: s, .. } if s == status),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains(value) && text.contains("max_retry_wait (5m)"),
+            "{text}"
+        );
+        assert_eq!(err.status(), Some(status));
+        assert!(!err.wants_split());
+    }
+}
+
+#[tokio::test]
+async fn a_redirect_is_not_followed_by_default_and_its_location_is_named() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(302).insert_header("location", "http://platform.invalid/steal"),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let client = Client::new(settings(&server.uri(), 50)).expect("client");
+    let err = client
+        .fetch(&window(), |_, _| {})
+        .await
+        .err()
+        .expect("not followed");
+    assert!(
+        matches!(err, SourceError::Redirected { status: 302, .. }),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("http://platform.invalid/steal") && text.contains("same-origin"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn with_same_origin_allowed_a_moved_endpoint_is_followed_and_nothing_else_is() {
+    let server = MockServer::start().await;
+    let elsewhere = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("<stolen/>"))
+        .expect(0)
+        .mount(&elsewhere)
+        .await;
+    // Moved within the origin (a relative Location): followed, the query kept by the server.
+    Mock::given(method("GET"))
+        .and(path(format!("/v1{API}")))
+        .respond_with(|req: &Request| {
+            ResponseTemplate::new(308).insert_header(
+                "location",
+                format!("/v2{API}?{}", req.url.query().unwrap_or_default()).as_str(),
+            )
+        })
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("/v2{API}")))
+        .respond_with(ResponseTemplate::new(200).set_body_string("<ok/>"))
+        .mount(&server)
+        .await;
+    // A loop, and a hop to another port (another origin).
+    Mock::given(method("GET"))
+        .and(path(format!("/loop{API}")))
+        .respond_with(
+            ResponseTemplate::new(302).insert_header("location", format!("/loop{API}").as_str()),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("/away{API}")))
+        .respond_with(
+            ResponseTemplate::new(301)
+                .insert_header("location", format!("{}{API}", elsewhere.uri()).as_str()),
+        )
+        .mount(&server)
+        .await;
+    let client = |base: &str| {
+        let mut s = settings(&format!("{}{base}", server.uri()), 1000);
+        s.redirects = nprov_sync::source::Redirects::SameOrigin;
+        Client::new(s).expect("client")
+    };
+    let fetched = client("/v1")
+        .fetch(&window(), |_, _| {})
+        .await
+        .expect("followed within the origin");
+    assert_eq!(fetched.attempts, 1, "a hop is not a failed attempt");
+    let got = server.received_requests().await.expect("recorded");
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].url.query(), got[0].url.query());
+
+    let err = client("/loop")
+        .fetch(&window(), |_, _| {})
+        .await
+        .err()
+        .expect("a loop ends");
+    assert!(err.to_string().contains("too many redirects"), "{err}");
+    let looped = server
+        .received_requests()
+        .await
+        .expect("recorded")
+        .iter()
+        .filter(|r| r.url.path().starts_with("/loop"))
+        .count();
+    assert_eq!(looped as u32, nprov_sync::source::MAX_REDIRECTS + 1);
+
+    let err = client("/away")
+        .fetch(&window(), |_, _| {})
+        .await
+        .err()
+        .expect("another origin is never followed");
+    assert!(
+        err.to_string().contains("another scheme, host or port"),
+        "{err}"
+    );
+}
+
+#[test]
+fn credentials_travel_only_over_https_or_to_loopback_and_only_http_schemes_are_accepted() {
+    let with_password = |url: &str| {
+        let mut s = settings(url, 5);
+        s.auth.basic = Some(("kommun".into(), SecretString::from("hemligt")));
+        Client::new(s)
+    };
+    let with_token = |url: &str| {
+        let mut s = settings(url, 5);
+        s.auth.bearer = Some(SecretString::from("token"));
+        Client::new(s)
+    };
+    for refused in [
+        with_password("http://platform.example.se"),
+        with_token("http://platform.example.se"),
+        with_token("http://10.0.0.1:8080"),
+        Client::new(settings("ftp://platform.example.se", 5)),
+        Client::new(settings("file:///etc/passwd", 5)),
+    ] {
+        let err = refused.err().expect("refused");
+        let SourceError::Config { setting, .. } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(*setting, "url");
+        assert!(!err.to_string().contains("hemligt"), "{err}");
+    }
+    for accepted in [
+        with_password("https://platform.example.se"),
+        with_password("http://127.0.0.1:8080"),
+        with_password("http://localhost:8080"),
+        with_token("http://[::1]:8080"),
+        // Without credentials there is nothing to leak.
+        Client::new(settings("http://platform.example.se", 5)),
+    ] {
+        accepted.expect("accepted");
     }
 }

@@ -29,12 +29,23 @@ fn answer(req: &Request) -> String {
 }
 
 fn source(url: &str, max_window_hours: i64) -> SyncSource {
+    source_with(
+        url,
+        max_window_hours,
+        nprov_sync::source::DEFAULT_READ_TIMEOUT,
+    )
+}
+
+fn source_with(url: &str, max_window_hours: i64, read_timeout: Duration) -> SyncSource {
     let client = Client::new(SourceSettings {
         name: "default".into(),
         base_url: url.into(),
         rate_limit_per_second: NonZeroU32::new(50).expect("non-zero"),
         connect_timeout: Duration::from_secs(2),
         request_timeout: Duration::from_secs(10),
+        read_timeout,
+        max_retry_wait: nprov_sync::source::DEFAULT_MAX_RETRY_WAIT,
+        redirects: Default::default(),
         max_attempts: 3,
         backoff_base: Duration::from_millis(5),
         backoff_cap: Duration::from_millis(20),
@@ -212,4 +223,105 @@ async fn a_window_the_server_finds_too_large_is_split_until_it_fits() {
         .expect("read")
         .expect("set");
     assert_eq!(wm.utc.to_rfc3339(), "2026-01-11T00:00:00+00:00");
+}
+
+/// A platform on a raw socket that starts every window longer than `stall_above` and then goes
+/// silent (headers and a few bytes of body, then nothing, the connection held open); shorter
+/// windows get a whole document. wiremock can only delay a whole response, not stall a body.
+async fn stalling_platform(stall_above: chrono::Duration) -> (String, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let stalls = Arc::new(AtomicUsize::new(0));
+    let counted = stalls.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            socket.set_nodelay(true).expect("nodelay");
+            let stalls = counted.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head);
+                let target = head.split(' ').nth(1).expect("request target");
+                let url = reqwest::Url::parse(&format!("http://x{target}")).expect("url");
+                let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
+                let (from, tom) = (
+                    parse_local(&q["from"]).expect("from"),
+                    parse_local(&q["tom"]).expect("tom"),
+                );
+                let body = doc(&[kurs(
+                    &format!("e-{}", q["from"]),
+                    "MATMAT01a",
+                    "GY",
+                    vec![pt("2026-01-10", "A", &[])],
+                )]);
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                if tom - from > stall_above {
+                    stalls.fetch_add(1, Ordering::SeqCst);
+                    let _ = socket.write_all(head.as_bytes()).await;
+                    let _ = socket.write_all(&body.as_bytes()[..40]).await;
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                } else {
+                    let _ = socket.write_all(head.as_bytes()).await;
+                    let _ = socket.write_all(body.as_bytes()).await;
+                }
+            });
+        }
+    });
+    (url, stalls)
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_is_a_timeout_that_splits_its_window_and_is_recorded_with_its_status() {
+    let (url, stalls) = stalling_platform(chrono::Duration::hours(3)).await;
+    let db = fresh_sqlite().await;
+    let src = source_with(&url, 6, Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let reports = catch_up(&db.store, &src, horizon(), |_| {})
+        .await
+        .expect("the split windows commit");
+    // Each stall costs one read_timeout (0.3 s); were it noticed by request_timeout, a single
+    // stall would take the 10 s this bound allows for all of them.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(stalls.load(Ordering::SeqCst) >= 1);
+    for r in &reports {
+        assert!(r.window.tom_utc - r.window.from_utc <= chrono::Duration::hours(3));
+    }
+    let wm = db
+        .store
+        .watermark("default")
+        .await
+        .expect("read")
+        .expect("set");
+    assert_eq!(wm.utc.to_rfc3339(), "2026-01-11T00:00:00+00:00");
+    // Each stalled attempt is on record as a timeout, with the 200 it had received.
+    let failed =
+        sqlx::query("SELECT http_status, error FROM sync_run WHERE outcome = 'failed' ORDER BY id")
+            .fetch_all(db.store.pool())
+            .await
+            .expect("runs");
+    assert_eq!(failed.len(), stalls.load(Ordering::SeqCst));
+    for row in &failed {
+        let (status, error): (Option<i64>, String) = (row.get(0), row.get(1));
+        assert_eq!(status, Some(200), "{error}");
+        assert!(
+            error.contains("timed out") && error.contains("stalled at line 1"),
+            "{error}"
+        );
+    }
 }
