@@ -234,9 +234,7 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> Result<()
             result
         }
         Command::Migrate => {
-            let store = store::connect(&settings.database.url, &settings.database.schema)
-                .await
-                .map_err(|e| Failure::Runtime(e.into()))?;
+            let store = connect_store(&settings).await?;
             store
                 .migrate()
                 .await
@@ -469,6 +467,9 @@ fn build_sources(
     only: Option<&str>,
 ) -> Result<Vec<crate::sync::SyncSource>, Failure> {
     let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    for warning in settings.credential_warnings(config.as_deref(), credentials.as_deref()) {
+        tracing::warn!("{warning}");
+    }
     let mut sources = settings
         .sources(config.as_deref(), credentials.as_deref())
         .map_err(|e| Failure::Config(e.into()))?;
@@ -485,9 +486,7 @@ fn build_sources(
 
 /// Opens the configured database, migrating it unless told not to.
 pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, Failure> {
-    let store = store::connect(&settings.database.url, &settings.database.schema)
-        .await
-        .map_err(|e| Failure::Runtime(e.into()))?;
+    let store = connect_store(settings).await?;
     if settings.database.migrate_on_start {
         store
             .migrate()
@@ -495,6 +494,17 @@ pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, Failure> 
             .map_err(|e| Failure::Runtime(e.into()))?;
     }
     Ok(store)
+}
+
+/// Connects to the configured database, without migrating.
+async fn connect_store(settings: &Settings) -> Result<Arc<dyn Store>, Failure> {
+    let mode = settings
+        .database
+        .file_mode()
+        .map_err(|e| Failure::Config(e.into()))?;
+    store::connect(&settings.database.url, &settings.database.schema, mode)
+        .await
+        .map_err(|e| Failure::Runtime(e.into()))
 }
 
 fn io_failure(e: std::io::Error) -> Failure {
@@ -512,14 +522,21 @@ fn open_input(path: &Path) -> Result<Box<dyn Read + Send>, Failure> {
     Ok(Box::new(f))
 }
 
+/// Record errors `validate` prints per document; the rest are counted.
+const MAX_RECORD_ERRORS_SHOWN: usize = 100;
+
 fn validate(files: &[PathBuf], limits: Limits, out: &mut dyn Write) -> Result<(), Failure> {
     let mut failed = 0usize;
     for path in files {
         let input = open_input(path)?;
+        // A sample of the record errors, not all of them: a document of a million broken
+        // records must not cost memory in proportion (the count is in the stats).
         let mut record_errors = Vec::new();
         let result = parse_document(input, limits, |item| {
             if let Item::Quarantined(q) = item {
-                record_errors.push(q.error.to_string());
+                if record_errors.len() < MAX_RECORD_ERRORS_SHOWN {
+                    record_errors.push(q.error.to_string());
+                }
             }
         });
         let name = path.display();
@@ -560,6 +577,15 @@ fn validate(files: &[PathBuf], limits: Limits, out: &mut dyn Write) -> Result<()
         }
         for e in &record_errors {
             w(out, format!("  record error: {e}"))?;
+        }
+        if stats.quarantined > record_errors.len() as u64 {
+            w(
+                out,
+                format!(
+                    "  … and {} more record errors",
+                    stats.quarantined - record_errors.len() as u64
+                ),
+            )?;
         }
         if let Some(e) = &doc_error {
             w(out, format!("  document error: {e}"))?;

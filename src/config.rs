@@ -46,6 +46,34 @@ pub struct DatabaseSettings {
     /// PostgreSQL only: the schema the tables live in; empty for the connection's default.
     pub schema: String,
     pub migrate_on_start: bool,
+    /// SQLite only: the permission bits (octal, e.g. "0640") of a database file created here.
+    pub file_mode: String,
+}
+
+impl DatabaseSettings {
+    /// `file_mode` as permission bits.
+    ///
+    /// # Errors
+    /// Not an octal mode, bits outside 0777, or a mode that does not let the owner read and
+    /// write (the service could not use its own database).
+    pub fn file_mode(&self) -> Result<u32, ConfigError> {
+        let text = self.file_mode.trim();
+        let mode = u32::from_str_radix(text.trim_start_matches("0o"), 8).map_err(|_| {
+            invalid(
+                "database.file_mode",
+                format!("{text:?} is not an octal mode like \"0600\" or \"0640\""),
+            )
+        })?;
+        if mode & !0o777 != 0 || mode & 0o600 != 0o600 {
+            return Err(invalid(
+                "database.file_mode",
+                format!(
+                    "{text:?}: use permission bits within 0777 that let the owner read and write"
+                ),
+            ));
+        }
+        Ok(mode)
+    }
 }
 
 impl Default for DatabaseSettings {
@@ -54,6 +82,7 @@ impl Default for DatabaseSettings {
             url: DEFAULT_DATABASE_URL.into(),
             schema: String::new(),
             migrate_on_start: true,
+            file_mode: format!("{:04o}", crate::store::sqlite::DEFAULT_FILE_MODE),
         }
     }
 }
@@ -182,6 +211,15 @@ fn default_connect_timeout() -> String {
 fn default_request_timeout() -> String {
     "5m".into()
 }
+fn default_read_timeout() -> String {
+    "60s".into()
+}
+fn default_max_retry_wait() -> String {
+    "5m".into()
+}
+fn default_follow_redirects() -> String {
+    "never".into()
+}
 fn default_max_attempts() -> u32 {
     6
 }
@@ -218,6 +256,13 @@ pub struct SourceConfig {
     pub connect_timeout: String,
     #[serde(default = "default_request_timeout")]
     pub request_timeout: String,
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout: String,
+    #[serde(default = "default_max_retry_wait")]
+    pub max_retry_wait: String,
+    /// `never` or `same-origin`.
+    #[serde(default = "default_follow_redirects")]
+    pub follow_redirects: String,
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
     #[serde(default = "default_body_attempts")]
@@ -284,13 +329,7 @@ impl SourceConfig {
             return Err(invalid(key("max_attempts"), "attempts must be at least 1"));
         }
         let read = |k: &str, p: &Path| -> Result<Vec<u8>, ConfigError> {
-            let path = if p.is_absolute() {
-                p.to_owned()
-            } else if let Some(dir) = credentials_dir {
-                dir.join(p)
-            } else {
-                config_dir.unwrap_or(Path::new(".")).join(p)
-            };
+            let path = credential_path(p, config_dir, credentials_dir);
             // The message names the file, never its content.
             let bytes = std::fs::read(&path)
                 .map_err(|e| invalid(key(k), format!("cannot read {}: {e}", path.display())))?;
@@ -343,18 +382,36 @@ impl SourceConfig {
         if let Some(t) = &self.token_file {
             auth.bearer = Some(secret_text("token_file", t)?);
         }
+        let redirects = match self.follow_redirects.as_str() {
+            "never" => crate::source::Redirects::Never,
+            "same-origin" => crate::source::Redirects::SameOrigin,
+            other => {
+                return Err(invalid(
+                    key("follow_redirects"),
+                    format!("{other:?}: use \"never\" or \"same-origin\""),
+                ))
+            }
+        };
         let client = Client::new(SourceSettings {
             name: self.name.clone(),
             base_url: self.url.clone(),
             rate_limit_per_second: rate,
             connect_timeout: std_duration("connect_timeout", &self.connect_timeout)?,
             request_timeout: std_duration("request_timeout", &self.request_timeout)?,
+            read_timeout: std_duration("read_timeout", &self.read_timeout)?,
+            max_retry_wait: std_duration("max_retry_wait", &self.max_retry_wait)?,
+            redirects,
             max_attempts: self.max_attempts,
             backoff_base: std::time::Duration::from_millis(500),
             backoff_cap: std::time::Duration::from_secs(60),
             auth,
         })
-        .map_err(|e| invalid(key("url"), e.to_string()))?;
+        .map_err(|e| match e {
+            crate::source::SourceError::Config {
+                setting, message, ..
+            } => invalid(key(setting), message),
+            other => invalid(key("url"), other.to_string()),
+        })?;
         Ok(crate::sync::SyncSource {
             client,
             plan,
@@ -368,7 +425,69 @@ impl SourceConfig {
     }
 }
 
+impl SourceConfig {
+    /// The credential and key files this source reads, by setting.
+    fn credential_files(&self) -> impl Iterator<Item = (&'static str, &Path)> {
+        [
+            ("client_certificate_file", &self.client_certificate_file),
+            ("client_key_file", &self.client_key_file),
+            ("password_file", &self.password_file),
+            ("token_file", &self.token_file),
+        ]
+        .into_iter()
+        .filter_map(|(k, p)| Some((k, p.as_deref()?)))
+    }
+}
+
+/// Where a credential file is: absolute as given; relative in systemd's credentials directory
+/// when there is one, else beside the config file.
+fn credential_path(p: &Path, config_dir: Option<&Path>, credentials_dir: Option<&Path>) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else if let Some(dir) = credentials_dir {
+        dir.join(p)
+    } else {
+        config_dir.unwrap_or(Path::new(".")).join(p)
+    }
+}
+
 impl Settings {
+    /// Credential and key files that users other than the owner may read (group or others),
+    /// one message each, naming the setting and the mode. A warning, not an error: a shared
+    /// group may be deliberate, but it should never be an accident. The client certificate is
+    /// public and not checked.
+    pub fn credential_warnings(
+        &self,
+        config_path: Option<&Path>,
+        credentials_dir: Option<&Path>,
+    ) -> Vec<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = config_path.and_then(Path::parent);
+        let mut out = Vec::new();
+        for s in &self.source {
+            for (k, p) in s.credential_files() {
+                if k == "client_certificate_file" {
+                    continue;
+                }
+                let path = credential_path(p, dir, credentials_dir);
+                let Ok(meta) = std::fs::metadata(&path) else {
+                    continue; // unreadable files are the build's error, named there
+                };
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    out.push(format!(
+                        "source.{}.{k}: {} is open to users other than its owner (mode \
+                         {mode:04o}): make it 0600 (chmod 600), or hand it over with systemd's \
+                         LoadCredential=",
+                        s.name,
+                        path.display(),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
     /// Loads settings from an optional file and the environment.
     ///
     /// `env` is injected (pass `std::env::vars()`) so tests need not touch the process
@@ -423,6 +542,9 @@ impl Settings {
                 format!("database.schema: {schema:?}: {reason}"),
             ));
         }
+        self.database
+            .file_mode()
+            .map_err(|e| invalid(origin, e.to_string()))?;
         if self.parser.max_record_bytes < 1024 {
             return Err(invalid(
                 origin,
@@ -1001,5 +1123,104 @@ mod tests {
             e.contains("source.default.token_file") && e.contains("is empty"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn credential_files_open_to_others_are_warned_about_by_setting_and_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let f = write(
+            "[[source]]\nname = \"solna\"\nurl = \"https://x.example\"\nstart = \"2026-08-01T00:00\"\nbasic_user = \"kommun\"\npassword_file = \"pw\"\ntoken_file = \"token\"\n",
+        );
+        for (name, mode) in [("pw", 0o644), ("token", 0o600)] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, "s3cret-value\n").expect("write");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        }
+        let s = Settings::load(Some(f.path()), env(&[])).expect("loads");
+        let warnings = s.credential_warnings(Some(f.path()), Some(dir.path()));
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("source.solna.password_file: ")
+                && warnings[0].contains("mode 0644")
+                && !warnings[0].contains("s3cret"),
+            "{}",
+            warnings[0]
+        );
+    }
+
+    #[test]
+    fn an_encrypted_key_is_refused_and_named_by_its_setting() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(
+            dir.path().join("client.crt"),
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        std::fs::write(
+            dir.path().join("client.key"),
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIFHDBOBgkqhkiG9w0BBQ0w\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        )
+        .expect("write");
+        let f = write(
+            "[[source]]\nname = \"solna\"\nurl = \"https://x.example\"\nstart = \"2026-08-01T00:00\"\nclient_certificate_file = \"client.crt\"\nclient_key_file = \"client.key\"\n",
+        );
+        let s = Settings::load(Some(f.path()), env(&[])).expect("loads");
+        let err = s
+            .sources(Some(f.path()), Some(dir.path()))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            err.starts_with("source.solna.client_key_file: ") && err.contains("encrypted"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn redirect_policy_file_mode_and_plain_http_credentials_are_checked_by_name() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("token"), "t\n").expect("write");
+        let source = |extra: &str| {
+            write(&format!(
+                "[[source]]\nname = \"solna\"\nurl = \"https://x.example\"\nstart = \"2026-08-01T00:00\"\n{extra}\n"
+            ))
+        };
+        let build_error = |f: &tempfile::NamedTempFile| {
+            Settings::load(Some(f.path()), env(&[]))
+                .expect("loads")
+                .sources(Some(f.path()), Some(dir.path()))
+                .err()
+                .expect("refused")
+                .to_string()
+        };
+        let err = build_error(&source("follow_redirects = \"always\""));
+        assert!(err.starts_with("source.solna.follow_redirects: "), "{err}");
+        let f = write(
+            "[[source]]\nname = \"solna\"\nurl = \"http://x.example\"\nstart = \"2026-08-01T00:00\"\ntoken_file = \"token\"\n",
+        );
+        let err = build_error(&f);
+        assert!(
+            err.starts_with("source.solna.url: ") && err.contains("only sent over https"),
+            "{err}"
+        );
+        let f = source(
+            "follow_redirects = \"same-origin\"\nmax_retry_wait = \"1m\"\nread_timeout = \"5s\"",
+        );
+        Settings::load(Some(f.path()), env(&[]))
+            .expect("loads")
+            .sources(Some(f.path()), Some(dir.path()))
+            .expect("builds");
+
+        for bad in ["\"0644x\"", "\"1777\"", "\"0400\""] {
+            let f = write(&format!("[database]\nfile_mode = {bad}\n"));
+            let err = Settings::load(Some(f.path()), env(&[]))
+                .expect_err("refused")
+                .to_string();
+            assert!(err.contains("database.file_mode"), "{err}");
+        }
+        let f = write("[database]\nfile_mode = \"0640\"\n");
+        let s = Settings::load(Some(f.path()), env(&[])).expect("loads");
+        assert_eq!(s.database.file_mode().expect("mode"), 0o640);
     }
 }

@@ -451,14 +451,19 @@ pub fn check_schema(backend: Backend, schema: &str) -> Result<(), StoreError> {
 }
 
 /// Opens the database a URL names; `schema` places PostgreSQL's tables in a named schema (empty:
-/// the connection's default, normally `public`). Migrations are not run.
-pub async fn connect(url: &str, schema: &str) -> Result<Arc<dyn Store>, StoreError> {
+/// the connection's default, normally `public`); `file_mode` is the permission bits of a SQLite
+/// file created here. Migrations are not run.
+pub async fn connect(
+    url: &str,
+    schema: &str,
+    file_mode: u32,
+) -> Result<Arc<dyn Store>, StoreError> {
     let Some(backend) = Backend::of_url(url) else {
         return Err(StoreError::UnsupportedUrl(redact_url(url)));
     };
     check_schema(backend, schema)?;
     Ok(match backend {
-        Backend::Sqlite => Arc::new(SqliteStore::connect(url).await?),
+        Backend::Sqlite => Arc::new(SqliteStore::connect_with_mode(url, file_mode).await?),
         Backend::Postgres => Arc::new(PostgresStore::connect(url, schema).await?),
     })
 }

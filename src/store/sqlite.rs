@@ -66,8 +66,16 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if missing) the database at a `sqlite://PATH` URL. Migrations are not run.
+    /// Opens (creating if missing, readable by its owner only) the database at a
+    /// `sqlite://PATH` URL. Migrations are not run.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with_mode(url, DEFAULT_FILE_MODE).await
+    }
+
+    /// As [`SqliteStore::connect`], creating a missing file with permission bits `file_mode`
+    /// (SQLite gives its `-wal` and `-shm` files the database file's mode). An existing file
+    /// keeps the mode it has.
+    pub async fn connect_with_mode(url: &str, file_mode: u32) -> Result<Self, StoreError> {
         let connect_err = |source| StoreError::Connect {
             url: redact_url(url),
             source,
@@ -86,6 +94,10 @@ impl SqliteStore {
             // few windows, writing the same pages back again and again (measured: 10 % off a
             // catch-up of 317 daily windows, first sync and re-read alike).
             .pragma("wal_autocheckpoint", "16384");
+        create_with_mode(options.get_filename(), file_mode).map_err(|e| StoreError::Connect {
+            url: redact_url(url),
+            source: sqlx::Error::Io(e),
+        })?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
@@ -100,6 +112,32 @@ impl SqliteStore {
     /// The pool, for read-only queries in tests and reports.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+}
+
+/// Who may read a database file nprov-sync creates, unless `database.file_mode` says otherwise:
+/// it holds pupils' results, so its owner only.
+pub const DEFAULT_FILE_MODE: u32 = 0o600;
+
+/// Creates the database file with `mode` if it does not exist yet, so that it is never readable
+/// by others even for a moment (SQLite would create it with 0644 less the umask). An in-memory
+/// database has no file.
+fn create_with_mode(path: &std::path::Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if path.as_os_str().is_empty() || path == std::path::Path::new(":memory:") {
+        return Ok(());
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+    {
+        // The umask may have taken bits the configuration asked for (0640 under umask 077):
+        // the configured mode is what the user means.
+        Ok(file) => file.set_permissions(std::fs::Permissions::from_mode(mode)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

@@ -346,3 +346,113 @@ mod sync_commands {
         assert!(!log.contains('\u{1b}'), "{log}");
     }
 }
+
+#[test]
+fn the_database_file_is_created_for_its_owner_only_unless_configured() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let f = fixture("good/v12.0.xml");
+    let f = f.to_str().expect("path");
+    let dir = tempfile::tempdir().expect("dir");
+    let o = nprov(&["import", "--source", "stockholm", f], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(mode(&dir.path().join("nprov.db")), 0o600);
+
+    let dir = tempfile::tempdir().expect("dir");
+    let o = Command::new(env!("CARGO_BIN_EXE_nprov-sync"))
+        .args(["import", "--source", "stockholm", f])
+        .current_dir(dir.path())
+        .env_remove("NPROV_CONFIG")
+        .env_remove("NPROV_DATABASE_URL")
+        .env_remove("RUST_LOG")
+        .env("NPROV_DATABASE_FILE_MODE", "0640")
+        .output()
+        .expect("the binary runs");
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(mode(&dir.path().join("nprov.db")), 0o640);
+}
+
+#[test]
+fn validate_prints_a_bounded_sample_of_record_errors_and_counts_the_rest() {
+    use crate::helpers::{doc, kurs, pt};
+    let dir = tempfile::tempdir().expect("dir");
+    let records: Vec<_> = (0..300)
+        .map(|i| {
+            kurs(
+                &format!("e-{i}"),
+                "MATMAT01a",
+                "GY",
+                vec![pt("2026-01-10", "A", &[])],
+            )
+        })
+        .collect();
+    let broken = doc(&records).replace("2026-01-10", "2026-13-10");
+    let path = dir.path().join("broken.xml");
+    std::fs::write(&path, broken).expect("write");
+    let o = nprov(&["validate", path.to_str().expect("path")], dir.path());
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("300 record errors"), "{out}");
+    assert_eq!(out.matches("  record error: ").count(), 100);
+    assert!(out.contains("… and 200 more record errors"), "{out}");
+}
+
+#[test]
+fn config_check_warns_about_a_password_file_others_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let pw = dir.path().join("password");
+    std::fs::write(&pw, "hemligt\n").expect("write");
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let config = dir.path().join("nprov.toml");
+    std::fs::write(
+        &config,
+        "[[source]]\nname = \"solna\"\nurl = \"https://platform.example.se\"\nstart = \"2026-08-01T00:00\"\nbasic_user = \"kommun\"\npassword_file = \"password\"\n",
+    )
+    .expect("write");
+    let o = nprov(
+        &[
+            "config",
+            "check",
+            "--config",
+            config.to_str().expect("path"),
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    assert!(
+        out.contains("source.solna.password_file") && out.contains("mode 0644"),
+        "{out}"
+    );
+    assert!(!out.contains("hemligt"), "{out}");
+}
+
+#[tokio::test]
+async fn sqlite_gives_its_wal_and_shm_files_the_mode_of_the_database_file() {
+    use nprov_sync::store::{SqliteStore, Store};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("mirror.db");
+    // A clean close removes the WAL: look while the pool holds it open, after a write.
+    let store = SqliteStore::connect_with_mode(&format!("sqlite://{}", db.display()), 0o640)
+        .await
+        .expect("open");
+    store.migrate().await.expect("migrate");
+    for suffix in ["", "-wal", "-shm"] {
+        let path = dir.path().join(format!("mirror.db{suffix}"));
+        let mode = std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o640, "{}", path.display());
+    }
+    store.close().await;
+}

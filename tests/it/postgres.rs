@@ -421,7 +421,7 @@ async fn an_unreachable_server_is_a_transient_error_without_the_password() {
         "{text}"
     );
     assert!(e.is_transient(), "{e:?}");
-    let e = nprov_sync::store::connect("postgres://127.0.0.1:1/wh", "Bad-Name")
+    let e = nprov_sync::store::connect("postgres://127.0.0.1:1/wh", "Bad-Name", 0o600)
         .await
         .err()
         .expect("not an identifier");
