@@ -46,6 +46,17 @@ pub struct Settle {
     pub raw: Option<RawHash>,
 }
 
+impl Settle {
+    /// From a tracking row as both dialects select it: `(provomrade_id, prev_content, raw)`.
+    pub fn from_row((id, prev_content, raw): (i64, Option<ContentHash>, Option<Vec<u8>>)) -> Self {
+        Settle {
+            id,
+            prev_content,
+            raw: raw.as_deref().and_then(super::replace::raw_from_bytes),
+        }
+    }
+}
+
 /// A settled key: its content hash and raw hash now, and its `change_log` operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settled {

@@ -1328,14 +1328,7 @@ impl Dialect for PgDialect {
         .fetch_all(&mut *self.tx)
         .await
         .map_err(query_err("listing keys to settle"))?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, prev_content, raw)| Settle {
-                id,
-                prev_content,
-                raw: raw.as_deref().and_then(replace::raw_from_bytes),
-            })
-            .collect())
+        Ok(rows.into_iter().map(Settle::from_row).collect())
     }
 
     async fn children(
