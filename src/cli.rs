@@ -146,6 +146,15 @@ pub struct SimulateArgs {
     /// Answer 429 with Retry-After to requests beyond this many per second.
     #[arg(long)]
     pub rate_limit: Option<u32>,
+    /// Wait this long before every answer (e.g. "250ms"), as a real platform's round trip.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub latency: std::time::Duration,
+    /// Milliseconds of rendering per MiB of body, paid as the body streams out.
+    #[arg(long, default_value_t = 0)]
+    pub render_ms_per_mb: u64,
+    /// Answer 413 to a window with more changed students than this.
+    #[arg(long)]
+    pub max_students_per_response: Option<usize>,
     /// Demand HTTP basic authentication with this user (password from --password-file).
     #[arg(long, requires = "password_file")]
     pub basic_user: Option<String>,
@@ -383,6 +392,11 @@ async fn simulate(args: SimulateArgs, out: &mut dyn Write) -> Result<(), Failure
             slow_delay: args.slow_delay,
             rate_limit_per_second: args.rate_limit,
             seed: args.seed,
+        },
+        load: crate::simulate::server::Load {
+            latency: args.latency,
+            render_per_mb: std::time::Duration::from_millis(args.render_ms_per_mb),
+            max_students_per_response: args.max_students_per_response,
         },
         basic: args.basic_user.zip(password),
     };

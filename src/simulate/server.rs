@@ -55,11 +55,27 @@ pub struct Faults {
     pub seed: u64,
 }
 
+/// How the platform behaves under load, as a real one does: every answer waits `latency` before
+/// it starts, rendering costs `render_per_mb` per MiB sent, and a window with more changed
+/// students than `max_students_per_response` is refused with `413`. All off by default: a
+/// loopback server that answers in microseconds is what the tests of correctness want; a
+/// benchmark of catching up wants the platform's pace.
+#[derive(Clone, Debug, Default)]
+pub struct Load {
+    pub latency: Duration,
+    pub render_per_mb: Duration,
+    pub max_students_per_response: Option<usize>,
+}
+
 /// What the simulator saw, for tests and the demo.
 #[derive(Debug, Default)]
 pub struct Stats {
     pub requests: AtomicU64,
     pub ok: AtomicU64,
+    /// Windows refused with 413 (more students than `max_students_per_response`).
+    pub too_large: AtomicU64,
+    /// The largest body sent, in bytes.
+    pub largest_response: AtomicU64,
     pub rate_limited: AtomicU64,
     pub faults: AtomicU64,
     pub unauthorized: AtomicU64,
@@ -92,6 +108,7 @@ pub struct Simulator {
     /// What has happened by the clock's time is visible.
     pub clock: VirtualClock,
     pub faults: Faults,
+    pub load: Load,
     /// HTTP basic credentials the simulator demands, if any.
     pub basic: Option<(String, String)>,
 }
@@ -387,6 +404,21 @@ async fn answer(
         )
             .into_response();
     };
+    let now = state.sim.clock.now();
+    if let Some(max) = state.sim.load.max_students_per_response {
+        let platform = state.sim.platform.clone();
+        let students =
+            tokio::task::spawn_blocking(move || platform.changed_students(from, tom, now).len())
+                .await
+                .unwrap_or(usize::MAX);
+        if students > max {
+            stats.too_large.fetch_add(1, Ordering::Relaxed);
+            return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+        }
+    }
+    if !state.sim.load.latency.is_zero() {
+        tokio::time::sleep(state.sim.load.latency).await;
+    }
     let (fail, cut, garble, slow) = {
         let mut rng = state.rng.lock().expect("rng lock");
         let f = &state.sim.faults;
@@ -419,17 +451,23 @@ async fn answer(
     }
     let (tx, rx) = tokio::sync::mpsc::channel(CHUNKS_IN_FLIGHT);
     let platform = state.sim.platform.clone();
-    let now = state.sim.clock.now();
+    let render_per_mb = state.sim.load.render_per_mb;
+    let stats = state.stats.clone();
     tokio::task::spawn_blocking(move || {
         let mut out = ChunkSender {
             tx,
             buf: Vec::with_capacity(CHUNK_BYTES),
+            render_per_mb,
+            sent: 0,
         };
         if let Err(e) = render(&platform, from, tom, now, fault, &mut out) {
             // Headers are gone already: all that is left is to break the body. (Usually the
             // client went away and nobody hears it.)
             out.abort(e);
         }
+        stats
+            .largest_response
+            .fetch_max(out.sent, Ordering::Relaxed);
     });
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|chunk| (chunk, rx))
@@ -501,11 +539,22 @@ fn render(
 struct ChunkSender {
     tx: tokio::sync::mpsc::Sender<io::Result<Bytes>>,
     buf: Vec<u8>,
+    /// The platform's rendering cost, paid before each chunk leaves.
+    render_per_mb: Duration,
+    /// Bytes sent so far.
+    sent: u64,
 }
 
 impl ChunkSender {
     fn send(&mut self) -> io::Result<()> {
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_BYTES));
+        if !self.render_per_mb.is_zero() {
+            std::thread::sleep(
+                self.render_per_mb
+                    .mul_f64(chunk.len() as f64 / f64::from(1u32 << 20)),
+            );
+        }
+        self.sent += chunk.len() as u64;
         self.tx
             .blocking_send(Ok(Bytes::from(chunk)))
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))

@@ -187,6 +187,7 @@ pub(crate) async fn simulator(
             seed: 9,
             ..Faults::default()
         },
+        load: Default::default(),
         basic: None,
     };
     tokio::spawn(serve(
