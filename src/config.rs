@@ -197,7 +197,10 @@ fn default_safety_lag() -> String {
     "2m".into()
 }
 fn default_max_window() -> String {
-    "1d".into()
+    "31d".into()
+}
+fn default_target_response_bytes() -> u64 {
+    crate::window::DEFAULT_TARGET_RESPONSE_BYTES
 }
 fn default_max_response_bytes() -> u64 {
     256 * 1024 * 1024
@@ -250,6 +253,8 @@ pub struct SourceConfig {
     pub max_window: String,
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: u64,
+    #[serde(default = "default_target_response_bytes")]
+    pub target_response_bytes: u64,
     #[serde(default = "default_rate_limit")]
     pub rate_limit_per_second: u32,
     #[serde(default = "default_connect_timeout")]
@@ -421,6 +426,7 @@ impl SourceConfig {
                 max_document_bytes: Some(self.max_response_bytes),
             },
             body_attempts: self.body_attempts,
+            target_response_bytes: self.target_response_bytes,
         })
     }
 }
@@ -933,7 +939,8 @@ mod tests {
         assert_eq!(src.url, "https://skolplattform.example.se");
         assert_eq!(src.overlap, "30m");
         let built = s.sources(Some(f.path()), None).expect("builds");
-        assert_eq!(built[0].plan.max_window, chrono::Duration::days(1));
+        assert_eq!(built[0].plan.max_window, chrono::Duration::days(31));
+        assert_eq!(built[0].target_response_bytes, 8 << 20);
         assert_eq!(built[0].limits.max_document_bytes, Some(256 * 1024 * 1024));
     }
 

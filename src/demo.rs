@@ -106,6 +106,7 @@ pub async fn run(file: &Path, students: u64, out: &mut dyn Write) -> Result<(), 
             platform: platform.clone(),
             clock: VirtualClock::new(now),
             faults: Faults::default(),
+            load: Default::default(),
             basic: None,
         },
         stats.clone(),
@@ -143,14 +144,15 @@ pub async fn run(file: &Path, students: u64, out: &mut dyn Write) -> Result<(), 
             tz,
             overlap: chrono::Duration::minutes(30),
             safety_lag: chrono::Duration::minutes(2),
-            max_window: chrono::Duration::days(1),
+            max_window: chrono::Duration::days(31),
         },
         start: crate::window::parse_local("2025-08-01T00:00").expect("demo start"),
         limits: Limits::default(),
         body_attempts: 3,
+        target_response_bytes: crate::window::DEFAULT_TARGET_RESPONSE_BYTES,
     };
 
-    // 1. The first sync: the whole year, one committed window per day.
+    // 1. The first sync: the whole year, in windows sized by what the platform answers.
     let started = Instant::now();
     let mut total = crate::store::ApplySummary::default();
     let mut windows = 0usize;

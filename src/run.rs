@@ -69,6 +69,9 @@ struct Printer<'a> {
     to: DateTime<Utc>,
     total: u64,
     progress: Progress,
+    /// Windows committed and their response bytes, so far.
+    windows: u64,
+    bytes: u64,
 }
 
 impl<'a> Printer<'a> {
@@ -94,6 +97,8 @@ impl<'a> Printer<'a> {
             to,
             total,
             progress,
+            windows: 0,
+            bytes: 0,
         }
     }
 
@@ -105,6 +110,8 @@ impl<'a> Printer<'a> {
                 Progress::Log { .. } => line(self.out, self.source, r).err(),
             };
         }
+        self.windows += 1;
+        self.bytes += r.bytes;
         let total = self.total;
         let done = (r.window.tom_utc.min(self.to) - self.from)
             .num_minutes()
@@ -113,16 +120,28 @@ impl<'a> Printer<'a> {
         match &mut self.progress {
             Progress::Bar(bar) => {
                 bar.set_position(done.min(total));
-                bar.set_message(at);
+                bar.set_message(format!(
+                    "{at}, {} windows, {:.1} MB",
+                    self.windows,
+                    self.bytes as f64 / 1e6
+                ));
             }
             Progress::Log { last, started } => {
                 if last.elapsed() >= PROGRESS_EVERY {
                     *last = Instant::now();
+                    let elapsed = started.elapsed().as_secs_f64();
+                    // The rest of the span at the pace of the part done, as the terminal's bar
+                    // estimates it: a school year is uneven, so this is a guide, not a promise.
+                    let left = (done > 0)
+                        .then(|| elapsed * (total.saturating_sub(done)) as f64 / done as f64);
                     tracing::info!(
                         source = self.source,
                         up_to = %at,
                         percent = (100 * done.min(total) / total),
-                        elapsed_seconds = started.elapsed().as_secs(),
+                        windows = self.windows,
+                        bytes = self.bytes,
+                        elapsed_seconds = elapsed as u64,
+                        eta_seconds = left.map(|l| l as u64),
                         "catching up"
                     );
                 }

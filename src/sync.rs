@@ -23,7 +23,7 @@ use crate::import::{apply_document, ImportError};
 use crate::metrics::WindowOutcome;
 use crate::source::{Client, SourceError};
 use crate::store::{ApplyContext, ApplySummary, RunKind, Store, StoreError, SyncRun};
-use crate::window::{Plan, Window};
+use crate::window::{Pacer, Plan, Window};
 use crate::xml::counter::LimitExceeded;
 use crate::xml::{DocumentError, Limits};
 
@@ -37,11 +37,34 @@ pub struct SyncSource {
     pub limits: Limits,
     /// Whole attempts per window when bodies break (cut short, not well-formed).
     pub body_attempts: u32,
+    /// What a catch-up sizes its windows for (see [`Pacer`]); 0: every window is `max_window`.
+    pub target_response_bytes: u64,
 }
 
 impl SyncSource {
     pub fn name(&self) -> &str {
         self.client.name()
+    }
+
+    /// A fresh pacer for a catch-up or backfill of this source.
+    pub fn pacer(&self) -> Pacer {
+        Pacer::new(
+            &self.plan,
+            self.target_response_bytes,
+            self.client.request_timeout(),
+        )
+    }
+}
+
+/// Tells the pacer what a planned window became: what each committed part's response was, and,
+/// when it had to be split, that the planned span was refused.
+fn pace(pacer: &mut Pacer, planned: &Window, reports: &[WindowReport]) {
+    for r in reports {
+        pacer.answered(r.window.span(), r.bytes, r.seconds);
+    }
+    if reports.len() > 1 {
+        let worked = reports.iter().map(|r| r.bytes).max().unwrap_or(0);
+        pacer.too_large(planned.span(), worked);
     }
 }
 
@@ -417,15 +440,21 @@ pub async fn catch_up_until(
     mut on_window: impl FnMut(&WindowReport),
 ) -> Result<Vec<WindowReport>, SyncError> {
     let mut all = Vec::new();
+    let mut pacer = source.pacer();
     while !stop.is_cancelled() {
         let watermark = store.watermark(source.name()).await?.map(|w| w.utc);
         if let Some(w) = watermark {
             source.client.metrics().watermark(w);
         }
-        let Some(window) = source.plan.next(watermark, source.start, horizon) else {
+        let Some(window) = source
+            .plan
+            .next_sized(watermark, source.start, horizon, pacer.span())
+        else {
             break;
         };
-        for report in sync_window(store, source, window, RunKind::Sync, watermark).await? {
+        let reports = sync_window(store, source, window, RunKind::Sync, watermark).await?;
+        pace(&mut pacer, &window, &reports);
+        for report in reports {
             on_window(&report);
             all.push(report);
         }
@@ -445,8 +474,13 @@ pub async fn backfill(
     mut on_window: impl FnMut(&WindowReport),
 ) -> Result<Vec<WindowReport>, SyncError> {
     let mut all = Vec::new();
-    for window in source.plan.backfill(from, to) {
-        for report in sync_window(store, source, window, RunKind::Backfill, None).await? {
+    let (mut at, end) = source.plan.backfill_range(from, to);
+    let mut pacer = source.pacer();
+    while let Some(window) = source.plan.backfill_window(at, end, pacer.span()) {
+        let reports = sync_window(store, source, window, RunKind::Backfill, None).await?;
+        pace(&mut pacer, &window, &reports);
+        at = window.tom_utc + chrono::Duration::minutes(1);
+        for report in reports {
             on_window(&report);
             all.push(report);
         }

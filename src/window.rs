@@ -22,6 +22,16 @@
 //! Windows are capped at `max_window`, never include the current minute, and start `overlap`
 //! before the watermark: a change can become visible after the minute it is stamped with, and
 //! re-reading unchanged content is cheap.
+//!
+//! How long each window is within that cap is the [`Pacer`]'s decision: a catch-up asks for
+//! windows sized by what the platform answered for the last ones (bytes per minute of window,
+//! and how long it took), aiming at `target_response_bytes` per response. A request costs the
+//! platform a round trip whatever its size, so a year asked for in one-day windows spends most of
+//! its time waiting for 365 round trips; a quiet summer month is one request, a busy week a few.
+//! After a window proves too large (413, a timeout, `max_response_bytes`) the next ones aim at
+//! the size that worked and grow back by a quarter each time, never again near the size that
+//! was refused, so a busy period costs a refusal or two, not one per window. Near now the window
+//! is cut by the safety lag anyway, as it always was.
 
 use chrono::{DateTime, Duration, LocalResult, NaiveDateTime, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
@@ -57,6 +67,11 @@ impl Window {
 
     /// The two halves of this window, for a response too large to take at once; `None` when it
     /// is a single minute already.
+    /// How long the window is, as instants: `[from_utc, tom_utc + 1 min)`.
+    pub fn span(&self) -> Duration {
+        self.tom_utc - self.from_utc + Duration::minutes(1)
+    }
+
     pub fn split(&self, tz: Tz) -> Option<(Window, Window)> {
         let minutes = (self.tom_utc - self.from_utc).num_minutes();
         if minutes < 1 {
@@ -89,11 +104,22 @@ impl Plan {
         start: NaiveDateTime,
         now: DateTime<Utc>,
     ) -> Option<Window> {
+        self.next_sized(watermark, start, now, self.max_window)
+    }
+
+    /// As [`Plan::next`], for a window at most `span` long (and never more than `max_window`).
+    pub fn next_sized(
+        &self,
+        watermark: Option<DateTime<Utc>>,
+        start: NaiveDateTime,
+        now: DateTime<Utc>,
+        span: Duration,
+    ) -> Option<Window> {
         let from = match watermark {
             Some(w) => floor_minute(w - self.overlap),
             None => earliest_instant(self.tz, floor_naive_minute(start)),
         };
-        let window = self.window_from(from, now)?;
+        let window = self.window_sized(from, now, span)?;
         // A window must reach past the watermark: re-reading the overlap alone finds nothing
         // new, and a watermark that does not advance would plan the same window forever.
         match watermark {
@@ -124,26 +150,203 @@ impl Plan {
 
     /// The window starting at `from` (an instant), capped by `max_window` and by now − lag.
     pub fn window_from(&self, from: DateTime<Utc>, now: DateTime<Utc>) -> Option<Window> {
+        self.window_sized(from, now, self.max_window)
+    }
+
+    fn window_sized(
+        &self,
+        from: DateTime<Utc>,
+        now: DateTime<Utc>,
+        span: Duration,
+    ) -> Option<Window> {
         let from = floor_minute(from);
         // Never the current minute, whatever the lag is set to.
         let newest =
             floor_minute(now - self.safety_lag).min(floor_minute(now) - Duration::minutes(1));
-        let tom = newest.min(from + self.max_window - Duration::minutes(1));
+        let tom = newest.min(from + self.span(span) - Duration::minutes(1));
         (tom >= from).then(|| covering(self.tz, from, tom))
+    }
+
+    /// `span` within [1 minute, `max_window`].
+    fn span(&self, span: Duration) -> Duration {
+        span.clamp(Duration::minutes(1), self.max_window)
     }
 
     /// Windows for a historic range given in local time (backfill), in order.
     pub fn backfill(&self, from: NaiveDateTime, to: NaiveDateTime) -> Vec<Window> {
-        let end = latest_instant(self.tz, floor_naive_minute(to));
-        let mut at = earliest_instant(self.tz, floor_naive_minute(from));
+        let (mut at, end) = self.backfill_range(from, to);
         let mut out = Vec::new();
-        while at <= end {
-            let tom = end.min(at + self.max_window - Duration::minutes(1));
-            out.push(covering(self.tz, at, tom));
-            at = tom + Duration::minutes(1);
+        while let Some(w) = self.backfill_window(at, end, self.max_window) {
+            at = w.tom_utc + Duration::minutes(1);
+            out.push(w);
         }
         out
     }
+
+    /// The instants a backfill of a local range covers: its first, and its last minute.
+    pub fn backfill_range(
+        &self,
+        from: NaiveDateTime,
+        to: NaiveDateTime,
+    ) -> (DateTime<Utc>, DateTime<Utc>) {
+        (
+            earliest_instant(self.tz, floor_naive_minute(from)),
+            latest_instant(self.tz, floor_naive_minute(to)),
+        )
+    }
+
+    /// The backfill window starting at `at`, at most `span` long, ending by `end`; `None` past
+    /// the end. The next one starts a minute after its `tom_utc`.
+    pub fn backfill_window(
+        &self,
+        at: DateTime<Utc>,
+        end: DateTime<Utc>,
+        span: Duration,
+    ) -> Option<Window> {
+        (at <= end).then(|| {
+            let tom = end.min(at + self.span(span) - Duration::minutes(1));
+            covering(self.tz, at, tom)
+        })
+    }
+}
+
+/// What a catch-up window's response is sized for, unless a source says otherwise. Measured on
+/// the simulated platform at 250 ms per request and 50 ms per MiB (`cargo bench --bench
+/// catchup`): past a few MiB the round trip is a small share of a request's cost, while a
+/// window that proves too large (413, a timeout) costs the whole response again.
+pub const DEFAULT_TARGET_RESPONSE_BYTES: u64 = 8 << 20;
+
+/// The span a catch-up starts with before anything was answered: the first generation's fixed
+/// window, so a first response is never larger than it used to be.
+pub const INITIAL_SPAN_MINUTES: i64 = 24 * 60;
+
+/// How much longer than the last one the next window may be: a quiet week says little about
+/// the next (school starts, results arrive in bulk), so the pacer probes before it leaps.
+const MAX_GROWTH: i32 = 4;
+
+/// What a response is sized for besides bytes: a window whose answer took longer than this
+/// share of `request_timeout` is shrunk, so a slow platform never brings a window near its
+/// timeout (which would cost the whole attempt and a split).
+const TIMEOUT_SHARE: f64 = 0.25;
+
+/// How fast the response size the pacer aims at grows back after a refusal, per window.
+const REGROWTH: f64 = 1.25;
+
+/// How close to a size the platform refused the pacer lets a response grow again: the refusal
+/// was somewhere above what worked and at or below what was refused, and one more refusal costs
+/// a whole request.
+const REFUSED_MARGIN: f64 = 0.8;
+
+/// Sizes catch-up windows from what the platform answers (see the module docs). Pure: it is told
+/// what happened and proposes a span; [`Plan`] turns the span into a window.
+///
+/// It aims at a response *size*, not a span: a platform refuses (413) or times out by what a
+/// response holds, and the same span holds ten times more in May than in July. So after a
+/// refusal it lowers the size it aims at to what the largest part that worked held, grows it
+/// back by a quarter per window, and never again past most of the size that was refused.
+#[derive(Clone, Debug)]
+pub struct Pacer {
+    /// Bytes a response should have; 0 sizes nothing: every window is `max`, as before pacing.
+    target_bytes: u64,
+    /// What the next response is aimed at: `target_bytes`, or less after a refusal.
+    aim: f64,
+    /// The smallest response size (estimated) the platform refused in this catch-up.
+    refused: Option<f64>,
+    /// Seconds a response may take (a share of `request_timeout`).
+    time_budget: f64,
+    max: Duration,
+    /// The shortest useful span: one that reaches past the watermark despite the overlap.
+    min: Duration,
+    span: Duration,
+    /// Bytes per minute of window, weighted towards the recent windows.
+    density: Option<f64>,
+}
+
+impl Pacer {
+    /// A pacer for a plan: windows between `overlap` + 2 minutes and `max_window`, aiming at
+    /// `target_bytes` per response and at most a quarter of `request_timeout`.
+    pub fn new(plan: &Plan, target_bytes: u64, request_timeout: std::time::Duration) -> Pacer {
+        let max = plan.max_window;
+        let min = (plan.overlap + Duration::minutes(2)).min(max);
+        let span = if target_bytes == 0 {
+            max
+        } else {
+            Duration::minutes(INITIAL_SPAN_MINUTES).clamp(min, max)
+        };
+        Pacer {
+            target_bytes,
+            aim: target_bytes as f64,
+            refused: None,
+            time_budget: request_timeout.as_secs_f64() * TIMEOUT_SHARE,
+            max,
+            min,
+            span,
+            density: None,
+        }
+    }
+
+    /// The span of the next window.
+    pub fn span(&self) -> Duration {
+        self.span
+    }
+
+    /// A window of `span` was answered with `bytes` in `seconds` (and committed).
+    pub fn answered(&mut self, span: Duration, bytes: u64, seconds: f64) {
+        if self.target_bytes == 0 {
+            return;
+        }
+        let minutes = span.num_minutes().max(1) as f64;
+        let observed = bytes as f64 / minutes;
+        // Half the weight on the newest window: quick to follow a change of season, not thrown
+        // by one odd window.
+        let density = match self.density {
+            Some(d) => 0.5 * d + 0.5 * observed,
+            None => observed,
+        };
+        self.density = Some(density);
+        let by_bytes = self.aim / density.max(1.0);
+        // Minutes the budget allows at the speed this window was answered.
+        let by_time = if seconds > 0.0 {
+            minutes * self.time_budget / seconds
+        } else {
+            f64::INFINITY
+        };
+        let grown = (span * MAX_GROWTH).num_minutes() as f64;
+        self.span = minutes_clamped(by_bytes.min(by_time).min(grown), self.min, self.max);
+        let mut ceiling = self.target_bytes as f64;
+        if let Some(refused) = self.refused {
+            ceiling = ceiling.min(refused * REFUSED_MARGIN);
+        }
+        self.aim = (self.aim * REGROWTH).min(ceiling).max(self.aim);
+    }
+
+    /// A window of `refused_span` was too large (413, a timeout, `max_response_bytes`) and had
+    /// to be split; the largest part that then succeeded held `worked_bytes`. Call it after
+    /// [`Pacer::answered`] for the parts, whose density prices the refused span.
+    pub fn too_large(&mut self, refused_span: Duration, worked_bytes: u64) {
+        if self.target_bytes == 0 {
+            return;
+        }
+        let estimate = self.density.unwrap_or(0.0) * refused_span.num_minutes().max(1) as f64;
+        if estimate > 0.0 {
+            self.refused = Some(self.refused.map_or(estimate, |r| r.min(estimate)));
+        }
+        self.aim = (worked_bytes.max(1) as f64).min(self.aim);
+        if let Some(density) = self.density {
+            let by_bytes = self.aim / density.max(1.0);
+            self.span = minutes_clamped(by_bytes, self.min, self.max).min(self.span);
+        }
+    }
+}
+
+/// `minutes` (finite or not) as a span within [min, max].
+fn minutes_clamped(minutes: f64, min: Duration, max: Duration) -> Duration {
+    let whole = if minutes.is_finite() {
+        minutes.floor().clamp(0.0, max.num_minutes() as f64) as i64
+    } else {
+        max.num_minutes()
+    };
+    Duration::minutes(whole).clamp(min, max)
 }
 
 /// The window whose local `from`/`tom` cover the instants `[from, tom + 1 min)` under either
@@ -485,5 +688,158 @@ mod tests {
         for pair in ws.windows(2) {
             assert_eq!(pair[0].tom_utc + Duration::minutes(1), pair[1].from_utc);
         }
+    }
+
+    fn pacer(target: u64) -> Pacer {
+        let plan = Plan {
+            max_window: Duration::days(31),
+            ..plan()
+        };
+        Pacer::new(&plan, target, std::time::Duration::from_secs(300))
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn without_a_target_every_window_is_max_window_whatever_was_answered() {
+        let mut p = pacer(0);
+        assert_eq!(p.span(), Duration::days(31));
+        p.answered(Duration::days(31), 900 * MIB, 200.0);
+        p.too_large(Duration::hours(1), MIB);
+        assert_eq!(p.span(), Duration::days(31));
+    }
+
+    /// (case, answers as (span in minutes, bytes, seconds), then a refusal as (refused span in
+    /// minutes, bytes of the largest part that worked), expected next span in minutes)
+    type PaceCase = (
+        &'static str,
+        &'static [(i64, u64, f64)],
+        Option<(i64, u64)>,
+        i64,
+    );
+
+    #[test]
+    fn the_next_span_follows_what_the_platform_answered() {
+        const DAY: i64 = 24 * 60;
+        let cases: &[PaceCase] = &[
+            ("nothing answered yet: one day", &[], None, DAY),
+            (
+                "a quiet day grows fourfold, not to the cap at once",
+                &[(DAY, 2_000, 0.3)],
+                None,
+                4 * DAY,
+            ),
+            (
+                "quiet days grow to max_window and stay there",
+                &[
+                    (DAY, 2_000, 0.3),
+                    (4 * DAY, 2_000, 0.3),
+                    (16 * DAY, 2_000, 0.3),
+                ],
+                None,
+                31 * DAY,
+            ),
+            (
+                "a busy day shrinks to the target: 32 MiB a day, 8 MiB is a quarter day",
+                &[(DAY, 32 * MIB, 2.0)],
+                None,
+                DAY / 4,
+            ),
+            (
+                "density is weighted: half the old estimate, half the new one",
+                &[(DAY, 32 * MIB, 2.0), (DAY / 4, 2 * MIB, 0.5)],
+                None,
+                // (32 MiB/1440 + 2 MiB/360) / 2 per minute = 20 MiB/1440 per minute
+                8 * DAY / 20,
+            ),
+            (
+                "a slow answer shrinks by time: 150 s for a day, 75 s allowed",
+                &[(DAY, MIB, 150.0)],
+                None,
+                DAY / 2,
+            ),
+            (
+                "a refusal aims the next window at what worked: 2 MiB at 1 MiB a day",
+                &[(DAY, MIB, 1.0)],
+                Some((4 * DAY, 2 * MIB)),
+                2 * DAY,
+            ),
+            (
+                "never shorter than the overlap plus two minutes: the watermark must move",
+                &[(60, 900 * MIB, 10.0)],
+                None,
+                32,
+            ),
+        ];
+        for (case, answers, refusal, expected) in cases {
+            let mut p = pacer(8 * MIB);
+            for (minutes, bytes, seconds) in *answers {
+                p.answered(Duration::minutes(*minutes), *bytes, *seconds);
+            }
+            if let Some((refused, worked)) = refusal {
+                p.too_large(Duration::minutes(*refused), *worked);
+            }
+            assert_eq!(p.span(), Duration::minutes(*expected), "{case}");
+        }
+    }
+
+    #[test]
+    fn after_a_refusal_the_size_grows_back_by_a_quarter_and_stays_below_what_was_refused() {
+        const DAY: i64 = 24 * 60;
+        let mut p = pacer(8 * MIB);
+        p.answered(Duration::days(1), MIB, 1.0);
+        assert_eq!(p.span(), Duration::days(4));
+        // Four days (4 MiB at this density) refused; two days (2 MiB) worked.
+        p.too_large(Duration::days(4), 2 * MIB);
+        assert_eq!(p.span(), Duration::days(2));
+        let mut spans = Vec::new();
+        for _ in 0..5 {
+            let span = p.span();
+            // 1 MiB a day, as before.
+            p.answered(span, (span.num_minutes() as u64) * MIB / DAY as u64, 1.0);
+            spans.push(p.span().num_minutes());
+        }
+        // 2 MiB, 2.5, 3.125, then 80 % of the 4 MiB refused, for good.
+        assert_eq!(spans, vec![2 * DAY, 3600, 4500, 4608, 4608]);
+    }
+
+    #[test]
+    fn a_paced_window_keeps_every_rule_of_a_planned_one() {
+        let p = plan();
+        let now = utc("2026-03-10T12:00:00Z");
+        let w = Some(utc("2026-03-05T10:00:00Z"));
+        // Shorter than max_window: the span decides; longer: max_window does.
+        let short = p
+            .next_sized(w, local("2026-03-01T00:00"), now, Duration::hours(3))
+            .expect("window");
+        assert_eq!(short.from_utc, utc("2026-03-05T09:30:00Z"));
+        assert_eq!(short.span(), Duration::hours(3));
+        let long = p
+            .next_sized(w, local("2026-03-01T00:00"), now, Duration::days(9))
+            .expect("window");
+        assert_eq!(
+            long,
+            p.next(w, local("2026-03-01T00:00"), now).expect("window")
+        );
+        // Near now the safety lag cuts it, as before.
+        let near = p
+            .next_sized(
+                Some(utc("2026-03-10T11:00:00Z")),
+                local("2026-03-01T00:00"),
+                now,
+                Duration::days(9),
+            )
+            .expect("window");
+        assert_eq!(near.tom_utc, utc("2026-03-10T11:58:00Z"));
+        // A paced backfill covers the range without gap or overlap.
+        let (mut at, end) = p.backfill_range(local("2026-03-01T00:00"), local("2026-03-03T00:00"));
+        let mut spans = Vec::new();
+        while let Some(win) = p.backfill_window(at, end, Duration::hours(7)) {
+            assert_eq!(win.from_utc, at);
+            at = win.tom_utc + Duration::minutes(1);
+            spans.push(win.span().num_minutes());
+        }
+        assert_eq!(at, end + Duration::minutes(1));
+        assert_eq!(spans.iter().sum::<i64>(), 48 * 60 + 1);
     }
 }

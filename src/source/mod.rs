@@ -307,6 +307,11 @@ impl Client {
         &self.settings.name
     }
 
+    /// The time a whole response may take.
+    pub fn request_timeout(&self) -> Duration {
+        self.settings.request_timeout
+    }
+
     /// The endpoint without a window, for messages.
     pub fn url_base(&self) -> &reqwest::Url {
         &self.endpoint

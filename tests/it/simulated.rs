@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use chrono_tz::Europe::Stockholm;
 use nprov_sync::simulate::server::{
-    serve, serve_tls, Faults, Simulator, Stats, TlsSettings, VirtualClock,
+    serve, serve_tls, Faults, Load, Simulator, Stats, TlsSettings, VirtualClock,
 };
 use nprov_sync::simulate::{render_to_string, Platform, Population};
 use nprov_sync::source::{Auth, Client, SourceSettings};
@@ -65,6 +65,17 @@ async fn simulator(
     faults: Faults,
     basic: Option<(&str, &str)>,
 ) -> Running {
+    simulator_loaded(platform, now, faults, Load::default(), basic).await
+}
+
+/// As [`simulator`], at a pace or with a response limit of its own.
+async fn simulator_loaded(
+    platform: Platform,
+    now: DateTime<Utc>,
+    faults: Faults,
+    load: Load,
+    basic: Option<(&str, &str)>,
+) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -77,6 +88,7 @@ async fn simulator(
         platform: platform.clone(),
         clock: clock.clone(),
         faults,
+        load,
         basic: basic.map(|(u, p)| (u.to_owned(), p.to_owned())),
     };
     tokio::spawn(serve(listener, sim, stats.clone(), async {
@@ -141,6 +153,8 @@ fn source_timed(
         start: nprov_sync::window::parse_local(start).expect("start"),
         limits: Limits::default(),
         body_attempts: 12,
+        // Fixed windows unless a test paces them.
+        target_response_bytes: 0,
     }
 }
 
@@ -984,6 +998,7 @@ async fn tls_simulator(platform: Platform, now: DateTime<Utc>, pki: &Pki) -> Run
         platform: platform.clone(),
         clock: clock.clone(),
         faults: Faults::default(),
+        load: Default::default(),
         basic: None,
     };
     tokio::spawn(serve_tls(listener, sim, stats.clone(), tls, async {
@@ -1225,4 +1240,85 @@ async fn the_simulate_command_serves_mutual_tls_from_pem_files() {
         "{refused}"
     );
     child.kill().await.expect("kill");
+}
+
+#[tokio::test]
+async fn windows_sized_by_what_the_platform_answers_take_a_fraction_of_the_requests_and_end_equal()
+{
+    let platform = platform(2000, 31, "2026-01-05T00:00:00Z", "2026-02-05T00:00:00Z", 3);
+    let now = t("2026-02-06T06:00:00Z");
+    let sim = simulator(platform, now, Faults::default(), None).await;
+    let mut requests = Vec::new();
+    for target in [0, 1 << 20] {
+        let db = fresh_sqlite().await;
+        let mut src = source(
+            &sim.url,
+            1000,
+            chrono::Duration::days(if target == 0 { 1 } else { 31 }),
+            chrono::Duration::minutes(30),
+            "2026-01-05T00:00",
+        );
+        src.target_response_bytes = target;
+        let before = sim.stats.requests.load(Ordering::Relaxed);
+        let reports = catch_up(&db.store, &src, now, |_| {})
+            .await
+            .expect("catch up");
+        assert_eq!(dump(&db.store).await, reference(&sim.platform, now).await);
+        let largest = reports.iter().map(|r| r.bytes).max().unwrap_or(0);
+        if target > 0 {
+            // The first window is one day; every later one aims at the target, and none is
+            // more than a few times over it (density varies within a window).
+            assert!(largest < 4 * target, "{largest} bytes");
+        }
+        requests.push(sim.stats.requests.load(Ordering::Relaxed) - before);
+    }
+    // 33 fixed one-day windows (about 160 KB each) against a handful sized to 1 MiB.
+    assert!(
+        requests[1] * 3 <= requests[0],
+        "fixed {} requests, paced {}",
+        requests[0],
+        requests[1]
+    );
+}
+
+#[tokio::test]
+async fn a_platform_that_refuses_large_windows_costs_a_few_413s_per_busy_period_not_one_per_window()
+{
+    let now = t("2026-01-26T06:00:00Z");
+    let load = Load {
+        max_students_per_response: Some(40),
+        ..Load::default()
+    };
+    let mut refused = Vec::new();
+    for target in [0, 8 << 20] {
+        let sim =
+            simulator_loaded(busy_platform(), now, Faults::default(), load.clone(), None).await;
+        let db = fresh_sqlite().await;
+        let mut src = source(
+            &sim.url,
+            1000,
+            chrono::Duration::days(7),
+            chrono::Duration::minutes(30),
+            "2026-01-05T00:00",
+        );
+        src.target_response_bytes = target;
+        let reports = catch_up(&db.store, &src, now, |_| {})
+            .await
+            .expect("catch up");
+        assert_eq!(dump(&db.store).await, reference(&sim.platform, now).await);
+        refused.push((sim.stats.too_large.load(Ordering::Relaxed), reports.len()));
+    }
+    let ((fixed, fixed_windows), (paced, paced_windows)) = (refused[0], refused[1]);
+    // Fixed 7-day windows start over at 7 days after every split: refusals pile up with the
+    // windows. Paced ones start from the size that worked.
+    assert!(
+        paced * 3 <= fixed,
+        "413s: fixed windows {fixed} ({fixed_windows} windows), paced {paced} ({paced_windows} windows)"
+    );
+    assert!(paced <= 12, "{paced} refusals");
+}
+
+/// 600 students whose results change over three weeks, the same each time it is made.
+fn busy_platform() -> Platform {
+    platform(600, 32, "2026-01-05T00:00:00Z", "2026-01-25T00:00:00Z", 3)
 }

@@ -66,6 +66,8 @@ fn source_with(url: &str, max_window_hours: i64, read_timeout: Duration) -> Sync
             ..Limits::default()
         },
         body_attempts: 3,
+        // Fixed windows: these tests count them.
+        target_response_bytes: 0,
     }
 }
 
