@@ -13,8 +13,16 @@
 //! Into SQLite, and into PostgreSQL when one answers at `NPROV_BENCH_POSTGRES_URL` (default the
 //! local test server), each in a fresh schema.
 //!
-//! `cargo bench --bench catchup` (200 000 students; `NPROV_BENCH_STUDENTS` to change). Figures
-//! are printed, nothing is asserted.
+//! A second scenario, "realistic platform", puts the simulator at a real platform's pace (250 ms
+//! per request, 50 ms per MiB rendered, at most 5 requests per second answered, 429 beyond) and
+//! runs the client as shipped (5 requests per second, windows sized by `target_response_bytes`)
+//! beside the same binary configured as the first generation ran (fixed one-day windows):
+//! wall time, requests, retries, the largest response, peak memory, and whether both mirrors hold
+//! the same rows.
+//!
+//! `cargo bench --bench catchup` (200 000 students; `NPROV_BENCH_STUDENTS` to change;
+//! `NPROV_BENCH_SCENARIOS=engine,realistic` to choose). Figures are printed, nothing is
+//! asserted.
 
 use std::io::BufRead;
 use std::path::Path;
@@ -47,6 +55,10 @@ struct Measured {
     unchanged: u64,
     /// Bytes the process caused to be written to storage, over its whole life.
     write_bytes: u64,
+    /// Windows committed, HTTP attempts they took, and the largest response, from the same lines.
+    windows: u64,
+    attempts: u64,
+    largest: u64,
 }
 
 /// `write_bytes` of /proc/<pid>/io: what the process (all its threads) sent to storage.
@@ -126,9 +138,10 @@ fn measure(cmd: &mut Command) -> Measured {
         std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err).ok();
         panic!("{cmd:?} failed: {status}\n{err}");
     }
-    // Lines read "… 123 bytes, 456 records → 7 changed, 449 unchanged, …".
+    // Lines read "… HTTP 200 (2 attempts), v12.0, 123 bytes, 456 records → 7 changed,
+    // 449 unchanged, …".
     let output = std::fs::read_to_string(out.path()).unwrap_or_default();
-    let (mut records, mut unchanged) = (0, 0);
+    let (mut records, mut unchanged, mut windows, mut attempts, mut largest) = (0, 0, 0, 0, 0);
     for line in output.lines() {
         let Some((head, tail)) = line.split_once(" records → ") else {
             continue;
@@ -139,6 +152,15 @@ fn measure(cmd: &mut Command) -> Measured {
             tail.split(", ")
                 .find_map(|part| part.strip_suffix(" unchanged")),
         );
+        windows += 1;
+        attempts += number(
+            head.split_once(" (")
+                .and_then(|(_, rest)| rest.split(' ').next()),
+        );
+        largest = largest.max(number(
+            head.split(", ")
+                .find_map(|part| part.strip_suffix(" bytes")),
+        ));
     }
     Measured {
         wall,
@@ -146,6 +168,9 @@ fn measure(cmd: &mut Command) -> Measured {
         peak_mib: peak / 1024.0,
         records,
         unchanged,
+        windows,
+        attempts,
+        largest,
         write_bytes: write_bytes.unwrap_or_else(|| panic!("no /proc/{pid}/io for {cmd:?}")),
     }
 }
@@ -178,10 +203,11 @@ fn nprov(bin: &str) -> Command {
     cmd
 }
 
-fn start_simulator(bin: &str, students: u64) -> (Simulator, String) {
+fn start_simulator(bin: &str, students: u64, pace: &[&str]) -> (Simulator, String) {
     let mut child = nprov(bin)
         .args(["simulate", "--listen", "127.0.0.1:0", "--students"])
         .arg(students.to_string())
+        .args(pace)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -242,7 +268,91 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(200_000);
-    let (_sim, url) = start_simulator(bin, students);
+    let scenarios =
+        std::env::var("NPROV_BENCH_SCENARIOS").unwrap_or_else(|_| "engine,realistic".into());
+    if scenarios.split(',').any(|s| s == "engine") {
+        engine(bin, students);
+    }
+    if scenarios.split(',').any(|s| s == "realistic") {
+        realistic(bin, students);
+    }
+}
+
+/// The platform at a real one's pace; the client as shipped beside the first generation's fixed
+/// one-day windows, into SQLite.
+fn realistic(bin: &str, students: u64) {
+    let (_sim, url) = start_simulator(
+        bin,
+        students,
+        &[
+            "--latency",
+            "250ms",
+            "--render-ms-per-mb",
+            "50",
+            "--rate-limit",
+            "5",
+        ],
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    println!(
+        "realistic platform (250 ms per request, 50 ms per MiB, 5 requests/s): catch-up of \
+         {students} students ({START} .. {UNTIL})"
+    );
+    let mut row_counts = Vec::new();
+    for (label, settings) in [
+        ("as shipped", ""),
+        (
+            "first generation (max_window 1d, target_response_bytes 0)",
+            "max_window = \"1d\"\ntarget_response_bytes = 0\n",
+        ),
+    ] {
+        let config = dir
+            .path()
+            .join(format!("realistic-{}.toml", row_counts.len()));
+        std::fs::write(
+            &config,
+            format!(
+                "[database]\nurl = \"sqlite://{}\"\n[[source]]\nurl = \"{url}\"\nstart = \"{START}\"\n{settings}",
+                dir.path()
+                    .join(format!("realistic-{}.db", row_counts.len()))
+                    .display()
+            ),
+        )
+        .expect("config");
+        let m = measure(
+            nprov(bin)
+                .args(["sync", "--once", "--until", UNTIL, "--config"])
+                .arg(&config),
+        );
+        let rows = rows(bin, &config);
+        println!(
+            "  {label}: {:.1} s wall, {:.1} s client CPU, {} windows, {} requests ({} retried), \
+             largest response {:.1} MB, peak RSS {:.1} MiB, {rows} rows",
+            m.wall,
+            m.cpu,
+            m.windows,
+            m.attempts,
+            m.attempts - m.windows,
+            mb(m.largest),
+            m.peak_mib,
+        );
+        row_counts.push((m.wall, rows));
+    }
+    println!(
+        "  as shipped / first generation: {:.3} of the wall time ({:.1}x faster); rows {}",
+        row_counts[0].0 / row_counts[1].0,
+        row_counts[1].0 / row_counts[0].0,
+        if row_counts[0].1 == row_counts[1].1 {
+            "equal"
+        } else {
+            "DIFFER"
+        }
+    );
+}
+
+/// The engine on a platform that answers at memory speed: first sync and unchanged re-sync.
+fn engine(bin: &str, students: u64) {
+    let (_sim, url) = start_simulator(bin, students, &[]);
     let dir = tempfile::tempdir().expect("dir");
     println!("catch-up of {students} students ({START} .. {UNTIL}) from the simulator at {url}");
     let pg = std::env::var("NPROV_BENCH_POSTGRES_URL")
@@ -274,7 +384,8 @@ fn main() {
                 &config,
                 format!(
                     "[database]\n{database}\n[[source]]\nurl = \"{url}\"\nstart = \"{START}\"\n\
-                     max_window = \"{max_window}\"\nrate_limit_per_second = 1000\nrequest_timeout = \"30m\"\n\
+                     max_window = \"{max_window}\"\ntarget_response_bytes = 0\n\
+                     rate_limit_per_second = 1000\nrequest_timeout = \"30m\"\n\
                      max_response_bytes = 4294967296\n"
                 ),
             )
