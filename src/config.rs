@@ -199,6 +199,9 @@ fn default_safety_lag() -> String {
 fn default_max_window() -> String {
     "31d".into()
 }
+fn default_max_in_flight() -> u32 {
+    2
+}
 fn default_target_response_bytes() -> u64 {
     crate::window::DEFAULT_TARGET_RESPONSE_BYTES
 }
@@ -255,6 +258,8 @@ pub struct SourceConfig {
     pub max_response_bytes: u64,
     #[serde(default = "default_target_response_bytes")]
     pub target_response_bytes: u64,
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
     #[serde(default = "default_rate_limit")]
     pub rate_limit_per_second: u32,
     #[serde(default = "default_connect_timeout")]
@@ -330,6 +335,12 @@ impl SourceConfig {
         plan.validate().map_err(|e| invalid(key("max_window"), e))?;
         let rate = std::num::NonZeroU32::new(self.rate_limit_per_second)
             .ok_or_else(|| invalid(key("rate_limit_per_second"), "must be at least 1"))?;
+        if !(1..=2).contains(&self.max_in_flight) {
+            return Err(invalid(
+                key("max_in_flight"),
+                "must be 1 (one window at a time) or 2 (the next fetched while the last is written)",
+            ));
+        }
         if self.max_attempts == 0 || self.body_attempts == 0 {
             return Err(invalid(key("max_attempts"), "attempts must be at least 1"));
         }
@@ -427,6 +438,7 @@ impl SourceConfig {
             },
             body_attempts: self.body_attempts,
             target_response_bytes: self.target_response_bytes,
+            max_in_flight: self.max_in_flight,
         })
     }
 }
@@ -1203,6 +1215,8 @@ mod tests {
         };
         let err = build_error(&source("follow_redirects = \"always\""));
         assert!(err.starts_with("source.solna.follow_redirects: "), "{err}");
+        let err = build_error(&source("max_in_flight = 3"));
+        assert!(err.starts_with("source.solna.max_in_flight: "), "{err}");
         let f = write(
             "[[source]]\nname = \"solna\"\nurl = \"http://x.example\"\nstart = \"2026-08-01T00:00\"\ntoken_file = \"token\"\n",
         );

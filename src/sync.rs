@@ -39,6 +39,9 @@ pub struct SyncSource {
     pub body_attempts: u32,
     /// What a catch-up sizes its windows for (see [`Pacer`]); 0: every window is `max_window`.
     pub target_response_bytes: u64,
+    /// Windows requested at once during a catch-up: 1, or 2 (the next one is fetched while the
+    /// last is applied).
+    pub max_in_flight: u32,
 }
 
 impl SyncSource {
@@ -325,18 +328,62 @@ async fn try_once(
 ) -> Result<WindowReport, SyncError> {
     let fetched = source.client.fetch(window, |_, _| {}).await?;
     *http_status = Some(fetched.status);
-    // A timeout while the body streams in (`read_timeout` between bytes, or `request_timeout`
-    // in all) keeps its kind through the parser, so it is reported as a timeout and splits
-    // the window, instead of passing for a body cut short.
-    let body = fetched.response.bytes_stream().map_err(|e| {
+    let (status, attempts) = (fetched.status, fetched.attempts);
+    let reader = body_reader(fetched.response);
+    let fetched = Received {
+        status,
+        attempts,
+        started_at,
+        clock,
+    };
+    apply_and_commit(
+        store,
+        source,
+        window,
+        kind,
+        expected_watermark,
+        reader,
+        fetched,
+    )
+    .await
+}
+
+/// A response's body as a blocking reader, for the parser's thread (the bridge lets it read the
+/// async body there). A timeout while the body streams in (`read_timeout` between bytes, or
+/// `request_timeout` in all) keeps its kind through the parser, so it is reported as a timeout
+/// and splits the window, instead of passing for a body cut short.
+fn body_reader(response: reqwest::Response) -> impl io::Read + Send + 'static {
+    SyncIoBridge::new(StreamReader::new(response.bytes_stream().map_err(|e| {
         if e.is_timeout() {
             io::Error::new(io::ErrorKind::TimedOut, e)
         } else {
             io::Error::other(e)
         }
-    });
-    // The parser runs on a blocking thread; the bridge lets it read the async body there.
-    let reader = SyncIoBridge::new(StreamReader::new(body));
+    })))
+}
+
+/// What is known of a response whose body is about to be applied.
+struct Received {
+    status: u16,
+    attempts: u32,
+    started_at: DateTime<Utc>,
+    clock: Instant,
+}
+
+/// Parses and applies a window's body from `reader`, records the run and commits it with the
+/// watermark.
+async fn apply_and_commit<R: std::io::Read + Send + 'static>(
+    store: &dyn Store,
+    source: &SyncSource,
+    window: &Window,
+    kind: RunKind,
+    expected_watermark: Option<DateTime<Utc>>,
+    reader: R,
+    fetched: Received,
+) -> Result<WindowReport, SyncError> {
+    let Received {
+        started_at, clock, ..
+    } = fetched;
     let ctx = ApplyContext {
         source: source.name().to_owned(),
         document: format!("window {}", window.label()),
@@ -441,18 +488,46 @@ pub async fn catch_up_until(
 ) -> Result<Vec<WindowReport>, SyncError> {
     let mut all = Vec::new();
     let mut pacer = source.pacer();
+    // The next window, fetched while the one before it was applied (when `max_in_flight` is 2).
+    let mut ahead: Option<(Window, Option<Spooled>)> = None;
     while !stop.is_cancelled() {
         let watermark = store.watermark(source.name()).await?.map(|w| w.utc);
         if let Some(w) = watermark {
             source.client.metrics().watermark(w);
         }
-        let Some(window) = source
+        let Some(planned) = source
             .plan
             .next_sized(watermark, source.start, horizon, pacer.span())
         else {
             break;
         };
-        let reports = sync_window(store, source, window, RunKind::Sync, watermark).await?;
+        // What was fetched ahead is used only if it starts where this window must: the window
+        // before it committed whole.
+        let (window, spooled) = match ahead.take() {
+            Some((w, spooled)) if w.from_utc == planned.from_utc => (w, spooled),
+            _ => (planned, None),
+        };
+        let next = (source.max_in_flight > 1)
+            .then(|| {
+                source
+                    .plan
+                    .next_sized(Some(window.tom_utc), source.start, horizon, pacer.span())
+            })
+            .flatten();
+        let current = async {
+            if let Some(spooled) = spooled {
+                if let Some(report) =
+                    apply_spooled(store, source, &window, watermark, spooled).await
+                {
+                    return Ok(vec![report]);
+                }
+            }
+            sync_window(store, source, window, RunKind::Sync, watermark).await
+        };
+        let (reports, fetched) =
+            with_fetch_ahead(current, next.map(|n| (n, spool(source, n))), stop).await;
+        let reports = reports?;
+        ahead = fetched;
         pace(&mut pacer, &window, &reports);
         for report in reports {
             on_window(&report);
@@ -460,6 +535,152 @@ pub async fn catch_up_until(
         }
     }
     Ok(all)
+}
+
+/// Bytes of a body fetched ahead kept in memory; the rest waits in an anonymous temporary file
+/// (gone when closed, or when the process dies), so a response waiting for its turn costs at
+/// most this much memory whatever its size.
+const SPOOL_MEMORY: usize = 1 << 20;
+
+/// A response fetched ahead of its turn, whole.
+struct Spooled {
+    head: Vec<u8>,
+    rest: Option<std::fs::File>,
+    status: u16,
+    attempts: u32,
+    started_at: DateTime<Utc>,
+    clock: Instant,
+}
+
+/// Runs `current` (a window being applied) while `next` fetches the following window's response
+/// into a spool. If `current` fails, or `stop` is cancelled, the fetch ahead is dropped at once
+/// (it would not be used); a fetch ahead that fails is simply not used (the window is fetched
+/// again in its turn, with the usual retries, splits and records).
+async fn with_fetch_ahead<C, F, T, E>(
+    current: C,
+    next: Option<(Window, F)>,
+    stop: &CancellationToken,
+) -> (Result<T, E>, Option<(Window, Option<Spooled>)>)
+where
+    C: std::future::Future<Output = Result<T, E>>,
+    F: std::future::Future<Output = Option<Spooled>>,
+{
+    let Some((window, fetch)) = next else {
+        return (current.await, None);
+    };
+    tokio::pin!(current);
+    tokio::pin!(fetch);
+    let mut fetched = None;
+    let result = loop {
+        tokio::select! {
+            r = &mut current => break r,
+            f = &mut fetch, if fetched.is_none() => fetched = Some(f),
+        }
+    };
+    if result.is_err() {
+        return (result, None);
+    }
+    let fetched = match fetched {
+        Some(f) => f,
+        None => tokio::select! {
+            f = &mut fetch => f,
+            () = stop.cancelled() => return (result, None),
+        },
+    };
+    (result, Some((window, fetched)))
+}
+
+/// Fetches a window's whole response into a spool, or `None` when that fails for any reason
+/// (the window is then fetched in its turn, where failures are retried, split and recorded).
+async fn spool(source: &SyncSource, window: Window) -> Option<Spooled> {
+    use futures_util::StreamExt;
+    use std::io::Write;
+    let started_at = Utc::now();
+    let clock = Instant::now();
+    let fetched = source.client.fetch(&window, |_, _| {}).await.ok()?;
+    let limit = source.limits.max_document_bytes.unwrap_or(u64::MAX);
+    let mut head = Vec::new();
+    let mut rest: Option<std::fs::File> = None;
+    let mut total = 0u64;
+    let mut body = fetched.response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.ok()?;
+        total += chunk.len() as u64;
+        if total > limit {
+            // Too large: its turn will split it.
+            return None;
+        }
+        match &mut rest {
+            None if head.len() + chunk.len() <= SPOOL_MEMORY => head.extend_from_slice(&chunk),
+            None => {
+                let mut file = tempfile::tempfile().ok()?;
+                file.write_all(&chunk).ok()?;
+                rest = Some(file);
+            }
+            // Small writes to a local file, between awaits of the network: not worth a thread.
+            Some(file) => file.write_all(&chunk).ok()?,
+        }
+    }
+    Some(Spooled {
+        head,
+        rest,
+        status: fetched.status,
+        attempts: fetched.attempts,
+        started_at,
+        clock,
+    })
+}
+
+/// Applies a spooled response and commits it; `None` (logged) when that fails, so the caller
+/// fetches the window again the usual way.
+async fn apply_spooled(
+    store: &dyn Store,
+    source: &SyncSource,
+    window: &Window,
+    expected_watermark: Option<DateTime<Utc>>,
+    spooled: Spooled,
+) -> Option<WindowReport> {
+    use std::io::{Read, Seek};
+    let rest: Box<dyn Read + Send> = match spooled.rest {
+        Some(mut file) => {
+            file.rewind().ok()?;
+            Box::new(file)
+        }
+        None => Box::new(io::empty()),
+    };
+    let reader = io::Cursor::new(spooled.head).chain(rest);
+    let received = Received {
+        status: spooled.status,
+        attempts: spooled.attempts,
+        started_at: spooled.started_at,
+        clock: spooled.clock,
+    };
+    let result = apply_and_commit(
+        store,
+        source,
+        window,
+        RunKind::Sync,
+        expected_watermark,
+        reader,
+        received,
+    )
+    .await;
+    match result {
+        Ok(report) => {
+            observe_window(
+                source,
+                RunKind::Sync,
+                window,
+                &Ok(report.clone()),
+                spooled.clock.elapsed(),
+            );
+            Some(report)
+        }
+        Err(e) => {
+            tracing::warn!(source = source.name(), window = %window.label(), error = %e, "the window fetched ahead could not be applied; fetching it again");
+            None
+        }
+    }
 }
 
 /// Re-reads a historic local range without moving the watermark.

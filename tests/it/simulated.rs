@@ -155,6 +155,7 @@ fn source_timed(
         body_attempts: 12,
         // Fixed windows unless a test paces them.
         target_response_bytes: 0,
+        max_in_flight: 1,
     }
 }
 
@@ -196,46 +197,104 @@ async fn a_full_catch_up_equals_the_platforms_current_state_row_for_row() {
 
 #[tokio::test]
 async fn with_faults_and_a_rate_limit_the_catch_up_still_ends_equal_and_polite() {
-    let platform = platform(300, 12, "2026-01-05T00:00:00Z", "2026-01-08T00:00:00Z", 3);
-    let now = t("2026-01-08T06:00:00Z");
-    let faults = Faults {
-        server_error: 0.15,
-        truncated: 0.1,
-        malformed: 0.1,
-        rate_limit_per_second: Some(12),
-        seed: 5,
-        ..Faults::default()
-    };
-    let sim = simulator(platform, now, faults, None).await;
+    // One window at a time, then the next fetched while the last is written (and sized by
+    // what the platform answers): faults fall on fetches ahead too.
+    for (in_flight, target) in [(1, 0), (2, 16 * 1024)] {
+        let platform = platform(300, 12, "2026-01-05T00:00:00Z", "2026-01-08T00:00:00Z", 3);
+        let now = t("2026-01-08T06:00:00Z");
+        let faults = Faults {
+            server_error: 0.15,
+            truncated: 0.1,
+            malformed: 0.1,
+            rate_limit_per_second: Some(12),
+            seed: 5,
+            ..Faults::default()
+        };
+        let sim = simulator(platform, now, faults, None).await;
+        let db = fresh_sqlite().await;
+        let mut src = source(
+            &sim.url,
+            10,
+            chrono::Duration::hours(2),
+            chrono::Duration::minutes(30),
+            "2026-01-05T00:00",
+        );
+        src.max_in_flight = in_flight;
+        src.target_response_bytes = target;
+        catch_up(&db.store, &src, now, |_| {})
+            .await
+            .expect("catch up through faults");
+        assert_eq!(
+            dump(&db.store).await,
+            reference(&sim.platform, now).await,
+            "{in_flight} in flight"
+        );
+        assert!(
+            sim.stats.faults.load(Ordering::Relaxed) > 0,
+            "no fault was injected"
+        );
+        assert_eq!(
+            sim.stats.rate_limited.load(Ordering::Relaxed),
+            0,
+            "the client exceeded the limit"
+        );
+        let arrivals = sim.stats.arrivals.lock().expect("lock").clone();
+        for (i, a) in arrivals.iter().enumerate() {
+            let within = arrivals[i..]
+                .iter()
+                .filter(|b| **b < *a + Duration::from_secs(1))
+                .count();
+            assert!(within <= 10, "{within} requests in one second");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_pipelined_catch_up_commits_in_window_order_and_ends_equal() {
+    let platform = platform(800, 33, "2026-01-05T00:00:00Z", "2026-01-12T00:00:00Z", 3);
+    let now = t("2026-01-12T06:00:00Z");
+    let sim = simulator(platform, now, Faults::default(), None).await;
     let db = fresh_sqlite().await;
-    let src = source(
+    let mut src = source(
         &sim.url,
-        10,
-        chrono::Duration::hours(2),
+        1000,
+        chrono::Duration::hours(6),
         chrono::Duration::minutes(30),
         "2026-01-05T00:00",
     );
-    catch_up(&db.store, &src, now, |_| {})
+    src.max_in_flight = 2;
+    let reports = catch_up(&db.store, &src, now, |_| {})
         .await
-        .expect("catch up through faults");
+        .expect("catch up");
     assert_eq!(dump(&db.store).await, reference(&sim.platform, now).await);
-    assert!(
-        sim.stats.faults.load(Ordering::Relaxed) > 0,
-        "no fault was injected"
-    );
-    assert_eq!(
-        sim.stats.rate_limited.load(Ordering::Relaxed),
-        0,
-        "the client exceeded the limit"
-    );
-    let arrivals = sim.stats.arrivals.lock().expect("lock").clone();
-    for (i, a) in arrivals.iter().enumerate() {
-        let within = arrivals[i..]
-            .iter()
-            .filter(|b| **b < *a + Duration::from_secs(1))
-            .count();
-        assert!(within <= 10, "{within} requests in one second");
+    // In order, each past the one before, and no request wasted.
+    for pair in reports.windows(2) {
+        assert!(pair[1].window.from_utc < pair[0].window.tom_utc);
+        assert!(pair[1].window.tom_utc > pair[0].window.tom_utc);
     }
+    assert_eq!(
+        sim.stats.requests.load(Ordering::Relaxed),
+        reports.len() as u64
+    );
+    let runs = sqlx::query_scalar::<_, String>(
+        "SELECT tom_local FROM sync_run WHERE outcome = 'ok' ORDER BY id",
+    )
+    .fetch_all(db.store.pool())
+    .await
+    .expect("runs");
+    let mut sorted = runs.clone();
+    sorted.sort();
+    assert_eq!(runs, sorted, "committed out of order");
+    assert_eq!(runs.len(), reports.len());
+    // Fetched ahead: a window's request began before the one before it had committed.
+    let overlapping: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM sync_run a JOIN sync_run b ON b.id = a.id + 1
+         WHERE b.started_at < a.finished_at",
+    )
+    .fetch_one(db.store.pool())
+    .await
+    .expect("count");
+    assert!(overlapping > 0, "no window was fetched ahead");
 }
 
 #[tokio::test]
