@@ -15,8 +15,9 @@
 //!
 //! A second scenario, "realistic platform", puts the simulator at a real platform's pace (250 ms
 //! per request, 50 ms per MiB rendered, at most 5 requests per second answered, 429 beyond) and
-//! runs the client as shipped (5 requests per second, windows sized by `target_response_bytes`)
-//! beside the same binary configured as the first generation ran (fixed one-day windows):
+//! runs the client as shipped (5 requests per second, windows sized by `target_response_bytes`,
+//! the next fetched while the last is written) beside the same binary configured as the first
+//! generation ran (fixed one-day windows, one at a time):
 //! wall time, requests, retries, the largest response, peak memory, and whether both mirrors hold
 //! the same rows.
 //!
@@ -302,8 +303,8 @@ fn realistic(bin: &str, students: u64) {
     for (label, settings) in [
         ("as shipped", ""),
         (
-            "first generation (max_window 1d, target_response_bytes 0)",
-            "max_window = \"1d\"\ntarget_response_bytes = 0\n",
+            "first generation (max_window 1d, target_response_bytes 0, max_in_flight 1)",
+            "max_window = \"1d\"\ntarget_response_bytes = 0\nmax_in_flight = 1\n",
         ),
     ] {
         let config = dir
@@ -384,7 +385,7 @@ fn engine(bin: &str, students: u64) {
                 &config,
                 format!(
                     "[database]\n{database}\n[[source]]\nurl = \"{url}\"\nstart = \"{START}\"\n\
-                     max_window = \"{max_window}\"\ntarget_response_bytes = 0\n\
+                     max_window = \"{max_window}\"\ntarget_response_bytes = 0\nmax_in_flight = 1\n\
                      rate_limit_per_second = 1000\nrequest_timeout = \"30m\"\n\
                      max_response_bytes = 4294967296\n"
                 ),
