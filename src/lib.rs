@@ -9,7 +9,8 @@
 //! domain records, [`sync`] applies them through [`store`] and commits them with the watermark.
 //!
 //! * [`window`] plans `from`/`tom` windows from the watermark (an instant) so that no change is
-//!   missed across daylight-saving transitions, whatever way the platform reads local times.
+//!   missed across daylight-saving transitions, whatever way the platform reads local times,
+//!   and sizes a catch-up's windows by what the platform answered (`Pacer`).
 //! * [`source`] is the HTTP client: rate-limited (every request spaced, retries included),
 //!   retrying by a pure policy, credentials held as secrets.
 //! * [`xml`] streams a response into domain records ([`domain`]) one provområde element at a
@@ -20,7 +21,8 @@
 //!   (each element replaces its key's provtillfällen; unchanged content is skipped by hash;
 //!   real changes go to `change_log`).
 //! * [`sync`] drives a window: fetch, parse while the body streams in, apply, record the run and
-//!   move the watermark in the same transaction; retries broken bodies, splits large windows.
+//!   move the watermark in the same transaction; retries broken bodies, splits large windows;
+//!   during a catch-up fetches the next window while the last is written, committing in order.
 //! * [`store`] is one trait with a backend per database (SQLite, PostgreSQL); nothing above it
 //!   knows which one it has.
 //! * [`simulate`] generates populations, writes documents of any version and serves a simulated
