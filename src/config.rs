@@ -200,7 +200,7 @@ fn default_max_window() -> String {
     "31d".into()
 }
 fn default_max_in_flight() -> u32 {
-    2
+    crate::sync::DEFAULT_MAX_IN_FLIGHT
 }
 fn default_target_response_bytes() -> u64 {
     crate::window::DEFAULT_TARGET_RESPONSE_BYTES

@@ -150,7 +150,7 @@ pub async fn run(file: &Path, students: u64, out: &mut dyn Write) -> Result<(), 
         limits: Limits::default(),
         body_attempts: 3,
         target_response_bytes: crate::window::DEFAULT_TARGET_RESPONSE_BYTES,
-        max_in_flight: 2,
+        max_in_flight: crate::sync::DEFAULT_MAX_IN_FLIGHT,
     };
 
     // 1. The first sync: the whole year, in windows sized by what the platform answers.

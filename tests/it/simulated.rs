@@ -414,7 +414,7 @@ async fn a_sync_killed_mid_run_resumes_from_its_watermark_and_ends_equal() {
     std::fs::write(
         &cfg,
         format!(
-            "[database]\nurl = \"sqlite://{}/db.sqlite\"\n\n[[source]]\nurl = \"{}\"\nstart = \"2026-01-05T00:00\"\nmax_window = \"2h\"\nrate_limit_per_second = 8\n",
+            "[database]\nurl = \"sqlite://{}/db.sqlite\"\n\n[[source]]\nurl = \"{}\"\nstart = \"2026-01-05T00:00\"\nmax_window = \"2h\"\nrate_limit_per_second = 8\nmax_in_flight = 2\n",
             dir.path().display(),
             sim.url
         ),
