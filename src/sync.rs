@@ -539,9 +539,9 @@ pub async fn catch_up_until(
 
 /// Windows a catch-up requests at once unless a source says otherwise: one. Fetching the next
 /// window while the last is written (2) took a 200 000-student year on a realistic platform
-/// from 54.5 s to 47.5 s, but raised peak memory from about 41 MiB to 63-64 MiB (measured with
-/// `/usr/bin/time`; not yet explained: the spool itself holds 1 MiB) and was slower on a platform
-/// that answers at once (29.3 s against 26.3 s): an opt-in until that is understood.
+/// from about 54 s to 46-48 s, but its peak memory varied between 43 and 64 MiB over three runs
+/// (about 40 MiB with one; not yet explained: the spool itself holds 1 MiB) and it was slower on
+/// a platform that answers at once (29.3 s against 26.3 s): an opt-in until that is understood.
 pub const DEFAULT_MAX_IN_FLIGHT: u32 = 1;
 
 /// Bytes of a body fetched ahead kept in memory; the rest waits in an anonymous temporary file
