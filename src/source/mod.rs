@@ -135,13 +135,13 @@ pub enum SourceError {
         location: Option<String>,
         why: &'static str,
     },
-    #[error("window {window}: HTTP {status} after {attempts} attempts")]
+    #[error("window {window}: HTTP {status} after {}", counted(*attempts))]
     GaveUp {
         window: String,
         status: u16,
         attempts: u32,
     },
-    #[error("window {window}: {kind} after {attempts} attempts: {message}")]
+    #[error("window {window}: {kind} after {}: {message}", counted(*attempts))]
     Transport {
         window: String,
         kind: &'static str,
@@ -559,6 +559,11 @@ fn is_tls_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
         cause = c.source();
     }
     false
+}
+
+/// "1 attempt", "3 attempts".
+fn counted(attempts: u32) -> String {
+    format!("{attempts} attempt{}", if attempts == 1 { "" } else { "s" })
 }
 
 /// A duration as people write it ("5m", "11574d 1h 46m 40s"); "forever" for one too long to

@@ -1122,7 +1122,7 @@ async fn over_mutual_tls_a_client_certificate_syncs_and_none_is_refused_at_the_h
     .expect_err("no client certificate");
     let message = err.to_string();
     assert!(
-        message.contains("TLS handshake refused after 1 attempts")
+        message.contains("TLS handshake refused after 1 attempt:")
             && message.contains("CertificateRequired"),
         "{message}"
     );
@@ -1151,7 +1151,7 @@ async fn over_mutual_tls_a_client_certificate_syncs_and_none_is_refused_at_the_h
     .expect_err("a certificate the CA did not sign");
     let message = err.to_string();
     assert!(
-        message.contains("TLS handshake refused after 1 attempts") && message.contains("UnknownCA"),
+        message.contains("TLS handshake refused after 1 attempt:") && message.contains("UnknownCA"),
         "{message}"
     );
     assert_eq!(sim.stats.tls_refused.load(Ordering::Relaxed), 2);
