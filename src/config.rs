@@ -444,10 +444,9 @@ impl SourceConfig {
 }
 
 impl SourceConfig {
-    /// The credential and key files this source reads, by setting.
-    fn credential_files(&self) -> impl Iterator<Item = (&'static str, &Path)> {
+    /// The secret files this source reads, by setting (the client certificate is public).
+    fn secret_files(&self) -> impl Iterator<Item = (&'static str, &Path)> {
         [
-            ("client_certificate_file", &self.client_certificate_file),
             ("client_key_file", &self.client_key_file),
             ("password_file", &self.password_file),
             ("token_file", &self.token_file),
@@ -483,10 +482,7 @@ impl Settings {
         let dir = config_path.and_then(Path::parent);
         let mut out = Vec::new();
         for s in &self.source {
-            for (k, p) in s.credential_files() {
-                if k == "client_certificate_file" {
-                    continue;
-                }
+            for (k, p) in s.secret_files() {
                 let path = credential_path(p, dir, credentials_dir);
                 let Ok(meta) = std::fs::metadata(&path) else {
                     continue; // unreadable files are the build's error, named there

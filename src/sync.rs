@@ -328,14 +328,13 @@ async fn try_once(
 ) -> Result<WindowReport, SyncError> {
     let fetched = source.client.fetch(window, |_, _| {}).await?;
     *http_status = Some(fetched.status);
-    let (status, attempts) = (fetched.status, fetched.attempts);
-    let reader = body_reader(fetched.response);
-    let fetched = Received {
-        status,
-        attempts,
+    let received = Received {
+        status: fetched.status,
+        attempts: fetched.attempts,
         started_at,
         clock,
     };
+    let reader = body_reader(fetched.response);
     apply_and_commit(
         store,
         source,
@@ -343,7 +342,7 @@ async fn try_once(
         kind,
         expected_watermark,
         reader,
-        fetched,
+        received,
     )
     .await
 }
@@ -553,10 +552,7 @@ const SPOOL_MEMORY: usize = 1 << 20;
 struct Spooled {
     head: Vec<u8>,
     rest: Option<std::fs::File>,
-    status: u16,
-    attempts: u32,
-    started_at: DateTime<Utc>,
-    clock: Instant,
+    received: Received,
 }
 
 /// Runs `current` (a window being applied) while `next` fetches the following window's response
@@ -631,10 +627,12 @@ async fn spool(source: &SyncSource, window: Window) -> Option<Spooled> {
     Some(Spooled {
         head,
         rest,
-        status: fetched.status,
-        attempts: fetched.attempts,
-        started_at,
-        clock,
+        received: Received {
+            status: fetched.status,
+            attempts: fetched.attempts,
+            started_at,
+            clock,
+        },
     })
 }
 
@@ -656,12 +654,7 @@ async fn apply_spooled(
         None => Box::new(io::empty()),
     };
     let reader = io::Cursor::new(spooled.head).chain(rest);
-    let received = Received {
-        status: spooled.status,
-        attempts: spooled.attempts,
-        started_at: spooled.started_at,
-        clock: spooled.clock,
-    };
+    let clock = spooled.received.clock;
     let result = apply_and_commit(
         store,
         source,
@@ -669,7 +662,7 @@ async fn apply_spooled(
         RunKind::Sync,
         expected_watermark,
         reader,
-        received,
+        spooled.received,
     )
     .await;
     match result {
@@ -679,7 +672,7 @@ async fn apply_spooled(
                 RunKind::Sync,
                 window,
                 &Ok(report.clone()),
-                spooled.clock.elapsed(),
+                clock.elapsed(),
             );
             Some(report)
         }
