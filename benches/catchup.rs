@@ -22,11 +22,18 @@
 //! wall time, requests, retries, the largest response, peak memory, and whether both mirrors hold
 //! the same rows.
 //!
+//! A third, "fast platform", runs the client as shipped against the simulator at memory speed and
+//! prints its CPU beside the floor of the same work, measured in the same run (see
+//! `common/floor.rs`), and what the catch-up wrote to disk beside the database's size.
+//!
 //! `cargo bench --bench catchup` (200 000 students; `NPROV_BENCH_STUDENTS` to change;
-//! `NPROV_BENCH_SCENARIOS=engine,realistic` to choose). Figures are printed, nothing is
+//! `NPROV_BENCH_SCENARIOS=engine,realistic,fast` to choose). Figures are printed, nothing is
 //! asserted.
 
-use std::io::BufRead;
+#[path = "common/floor.rs"]
+mod floor;
+
+use std::io::{BufRead, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -271,13 +278,91 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(200_000);
     let scenarios =
-        std::env::var("NPROV_BENCH_SCENARIOS").unwrap_or_else(|_| "engine,realistic".into());
+        std::env::var("NPROV_BENCH_SCENARIOS").unwrap_or_else(|_| "engine,realistic,fast".into());
     if scenarios.split(',').any(|s| s == "engine") {
         engine(bin, students);
     }
     if scenarios.split(',').any(|s| s == "realistic") {
         realistic(bin, students);
     }
+    if scenarios.split(',').any(|s| s == "fast") {
+        fast(bin, students);
+    }
+}
+
+/// The platform at memory speed and the client as shipped: the client's CPU for the year beside
+/// the floor of the same work in the same run (a bare streaming quick-xml pass over the year's
+/// final state, fetched from the simulator as one document, plus the same rows inserted through
+/// SQLite's C API), and what the catch-up wrote to disk beside the size of the database it built.
+fn fast(bin: &str, students: u64) {
+    let (_sim, url) = start_simulator(bin, students, &[]);
+    let dir = tempfile::tempdir().expect("dir");
+    println!("fast platform (memory speed): catch-up of {students} students ({START} .. {UNTIL})");
+    let db = dir.path().join("fast.db");
+    let config = dir.path().join("fast.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\nurl = \"sqlite://{}\"\n[[source]]\nurl = \"{url}\"\nstart = \"{START}\"\n",
+            db.display()
+        ),
+    )
+    .expect("config");
+    let m = measure(
+        nprov(bin)
+            .args(["sync", "--once", "--until", UNTIL, "--config"])
+            .arg(&config),
+    );
+    let rows = rows(bin, &config);
+    let size = std::fs::metadata(&db).expect("database").len();
+    println!(
+        "  as shipped: {:.1} s wall, {:.1} s client CPU, {} windows, {} records, largest response \
+         {:.1} MB, peak RSS {:.1} MiB, {rows} rows; {:.0} MB written by the process for a {:.0} MB \
+         database ({:.1}x)",
+        m.wall,
+        m.cpu,
+        m.windows,
+        m.records,
+        mb(m.largest),
+        m.peak_mib,
+        mb(m.write_bytes),
+        mb(size),
+        m.write_bytes as f64 / size as f64,
+    );
+    let doc = dir.path().join("year.xml");
+    download(&format!("{url}{}", nprov_sync::source::ENDPOINT_PATH), &doc);
+    let parse = floor::bare_pass(&doc);
+    let table = floor::rows_of(&doc);
+    let insert = floor::ceiling(&dir.path().join("floor.db"), &table);
+    assert_eq!(insert.rows, rows, "the floor must insert the mirror's rows");
+    let floor = parse + insert.seconds;
+    println!(
+        "  floor: bare quick-xml pass over the year as one document ({:.0} MB) {parse:.1} s + \
+         SQLite C-API insert of the same {rows} rows {:.1} s = {floor:.1} s; the client's CPU is \
+         {:.2}x the floor",
+        mb(std::fs::metadata(&doc).expect("document").len()),
+        insert.seconds,
+        m.cpu / floor,
+    );
+}
+
+/// The whole year as one response, streamed to a file.
+fn download(endpoint: &str, to: &Path) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut response = reqwest::get(format!("{endpoint}?from={START}&tom={UNTIL}"))
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .expect("the year from the simulator");
+        let mut file = std::io::BufWriter::new(std::fs::File::create(to).expect("create"));
+        while let Some(chunk) = response.chunk().await.expect("body") {
+            file.write_all(&chunk).expect("write");
+        }
+        file.flush().expect("flush");
+    });
 }
 
 /// The platform at a real one's pace; the client as shipped beside the first generation's fixed

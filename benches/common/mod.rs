@@ -3,6 +3,10 @@
 
 use std::path::PathBuf;
 
+// Not every bench measures against the floor.
+#[allow(dead_code)]
+pub mod floor;
+
 use nprov_sync::simulate::Population;
 use nprov_sync::xml::version::newest;
 
