@@ -322,8 +322,7 @@ impl SourceConfig {
             .timezone
             .parse()
             .map_err(|e| invalid(key("timezone"), format!("{:?}: {e}", self.timezone)))?;
-        crate::daemon::check_schedule(&self.schedule, tz)
-            .map_err(|e| invalid(key("schedule"), e))?;
+        crate::schedule::check(&self.schedule, tz).map_err(|e| invalid(key("schedule"), e))?;
         let start =
             crate::window::parse_local(&self.start).map_err(|e| invalid(key("start"), e))?;
         let plan = crate::window::Plan {
@@ -439,6 +438,7 @@ impl SourceConfig {
             body_attempts: self.body_attempts,
             target_response_bytes: self.target_response_bytes,
             max_in_flight: self.max_in_flight,
+            metrics: crate::sync::SyncSource::detached_metrics(&self.name),
         })
     }
 }

@@ -27,8 +27,20 @@
 //!   knows which one it has.
 //! * [`simulate`] generates populations, writes documents of any version and serves a simulated
 //!   platform over HTTP, for the demo, the benches and the tests.
-//! * [`config`], [`telemetry`], [`cli`] and [`run`] are the shell around it; `main.rs` only maps
-//!   failure classes to exit codes.
+//! * [`metrics`] keeps the Prometheus families; it takes plain labels and imports nothing of the
+//!   HTTP client, which reports attempts and retries as [`source::Event`]s to the sync engine.
+//! * [`config`] reads settings (file, then `NPROV_…` variables) and checks them; a source's
+//!   [`schedule`] is read by one parser for both configuration and the daemon.
+//! * [`daemon`] is the service: one scheduled job per source, leadership, back-off, readiness,
+//!   the health and metrics endpoints, reload and shutdown.
+//! * [`cli`] holds the commands, one file per group (`files`, `sync`, `status`, `daemon`,
+//!   `simulate`, `demo`, `admin`), and [`cli::Failure`] with its exit codes; nothing but
+//!   `main.rs` imports it.
+//! * [`telemetry`] sets up logging; [`error`] prints an error with its causes in one line, the
+//!   same way everywhere.
+//!
+//! Imports point one way: no module imports one that imports it back (checked by
+//! `tests/it/layout.rs`).
 //!
 //! Deciding code (`domain`, `xml`, the hash) imports neither tokio nor sqlx and is tested
 //! without a runtime or database.
@@ -36,11 +48,11 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
-pub mod demo;
 pub mod domain;
+pub mod error;
 pub mod import;
 pub mod metrics;
-pub mod run;
+pub mod schedule;
 pub mod simulate;
 pub mod source;
 pub mod store;

@@ -30,17 +30,6 @@ fn main() -> ExitCode {
 }
 
 fn fail(failure: &cli::Failure) -> ExitCode {
-    // Print the cause chain, skipping causes whose text the message above already contains
-    // (sqlx and others repeat their source in their own message).
-    let error = failure.error();
-    let mut message = error.to_string();
-    for cause in error.chain().skip(1) {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-    }
-    eprintln!("error: {message}");
+    eprintln!("error: {failure}");
     ExitCode::from(failure.exit_code() as u8)
 }

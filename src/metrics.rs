@@ -21,7 +21,6 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::source::RetryReason;
 use crate::store::RunKind;
 
 /// Every metric family the daemon exports, process metrics included (on Linux). The process
@@ -261,8 +260,9 @@ impl Metrics {
     }
 
     /// The handles of one source. Every per-source family gets its series at once (at zero), so
-    /// dashboards and `rate()` see a source before its first event.
-    pub fn source(&self, name: &str) -> SourceMetrics {
+    /// dashboards and `rate()` see a source before its first event; `retry_reasons` are the
+    /// values the `reason` label of retries can take.
+    pub fn source(&self, name: &str, retry_reasons: &[&str]) -> SourceMetrics {
         let f = &self.inner;
         for kind in [RunKind::Sync, RunKind::Backfill] {
             for outcome in ["ok", "failed"] {
@@ -272,8 +272,8 @@ impl Metrics {
         for class in ["2xx", "3xx", "4xx", "5xx", "error"] {
             f.http_requests.with_label_values(&[name, class]);
         }
-        for reason in RetryReason::ALL {
-            f.http_retries.with_label_values(&[name, reason.as_str()]);
+        for reason in retry_reasons {
+            f.http_retries.with_label_values(&[name, reason]);
         }
         for outcome in ["changed", "unchanged", "cleared"] {
             f.provomraden.with_label_values(&[name, outcome]);
@@ -373,10 +373,10 @@ pub struct WindowOutcome<'a> {
 
 impl SourceMetrics {
     /// Handles on a registry of their own, never exported: for one-shot commands.
-    pub fn detached(name: &str) -> SourceMetrics {
+    pub fn detached(name: &str, retry_reasons: &[&str]) -> SourceMetrics {
         SourceMetrics {
             loud: false,
-            ..Metrics::new().source(name)
+            ..Metrics::new().source(name, retry_reasons)
         }
     }
 
@@ -404,10 +404,10 @@ impl SourceMetrics {
         }
     }
 
-    pub fn retry(&self, reason: RetryReason) {
+    pub fn retry(&self, reason: &str) {
         self.families
             .http_retries
-            .with_label_values(&[self.name.as_str(), reason.as_str()])
+            .with_label_values(&[self.name.as_str(), reason])
             .inc();
     }
 
@@ -499,10 +499,13 @@ impl SourceMetrics {
 mod tests {
     use super::*;
 
+    /// The label values the HTTP client reports, as the daemon passes them.
+    const REASONS: [&str; 2] = ["rate_limited", "timeout"];
+
     #[test]
     fn every_listed_family_is_exported_and_nothing_else() {
         let m = Metrics::new();
-        let s = m.source("default");
+        let s = m.source("default", &REASONS);
         // Histograms and labelled families appear once they have a series.
         s.http_attempt(Some(200), Duration::from_millis(5));
         s.watermark(Utc::now());
@@ -534,7 +537,7 @@ mod tests {
     #[test]
     fn lag_is_now_minus_the_watermark_at_scrape_time() {
         let m = Metrics::new();
-        let s = m.source("solna");
+        let s = m.source("solna", &REASONS);
         let wm = DateTime::from_timestamp(1_800_000_000, 0).expect("valid");
         s.watermark(wm);
         let text = m.render(wm + chrono::Duration::seconds(754));
@@ -547,7 +550,7 @@ mod tests {
     #[test]
     fn the_watermark_gauge_never_moves_back() {
         let m = Metrics::new();
-        let s = m.source("default");
+        let s = m.source("default", &REASONS);
         let later = DateTime::from_timestamp(1_800_000_600, 0).expect("valid");
         s.watermark(later);
         s.watermark(later - chrono::Duration::minutes(20));
@@ -561,7 +564,7 @@ mod tests {
     #[test]
     fn a_429_counts_as_a_4xx_request_and_a_rate_limit() {
         let m = Metrics::new();
-        let s = m.source("default");
+        let s = m.source("default", &REASONS);
         s.http_attempt(Some(429), Duration::from_millis(1));
         s.http_attempt(None, Duration::from_millis(1));
         let text = m.render(Utc::now());

@@ -20,8 +20,8 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 use tokio_util::sync::CancellationToken;
 
 use crate::import::{apply_document, ImportError};
-use crate::metrics::WindowOutcome;
-use crate::source::{Client, SourceError};
+use crate::metrics::{SourceMetrics, WindowOutcome};
+use crate::source::{Client, Event, RetryReason, SourceError};
 use crate::store::{ApplyContext, ApplySummary, RunKind, Store, StoreError, SyncRun};
 use crate::window::{Pacer, Plan, Window};
 use crate::xml::counter::LimitExceeded;
@@ -42,11 +42,27 @@ pub struct SyncSource {
     /// Windows requested at once during a catch-up: 1, or 2 (the next one is fetched while the
     /// last is applied).
     pub max_in_flight: u32,
+    /// Where this source's requests and windows are counted: detached (never exported, see
+    /// [`SyncSource::detached_metrics`]) unless the daemon hands in its registry's handles.
+    pub metrics: SourceMetrics,
 }
 
 impl SyncSource {
     pub fn name(&self) -> &str {
         self.client.name()
+    }
+
+    /// Metric handles on a registry of their own, for one-shot commands and tests.
+    pub fn detached_metrics(name: &str) -> SourceMetrics {
+        SourceMetrics::detached(name, &RetryReason::LABELS)
+    }
+
+    /// Counts what the HTTP client reports, as it happens.
+    fn count(&self, event: Event) {
+        match event {
+            Event::Attempt { status, elapsed } => self.metrics.http_attempt(status, elapsed),
+            Event::Retry { reason, .. } => self.metrics.retry(reason.as_str()),
+        }
     }
 
     /// A fresh pacer for a catch-up or backfill of this source.
@@ -205,9 +221,8 @@ async fn attempt_window(
         {
             Err(e) if e.body_broke() && attempt < source.body_attempts => {
                 source
-                    .client
-                    .metrics()
-                    .retry(crate::source::RetryReason::Body);
+                    .metrics
+                    .retry(crate::source::RetryReason::Body.as_str());
                 tracing::warn!(source = source.name(), window = %window.label(), attempt, error = %e, "body broke; trying the window again");
             }
             other => break other,
@@ -249,7 +264,7 @@ fn observe_window(
     result: &Result<WindowReport, SyncError>,
     elapsed: std::time::Duration,
 ) {
-    let metrics = source.client.metrics();
+    let metrics = &source.metrics;
     match result {
         Ok(r) => {
             let s = &r.summary;
@@ -326,7 +341,7 @@ async fn try_once(
     (started_at, clock): (DateTime<Utc>, Instant),
     http_status: &mut Option<u16>,
 ) -> Result<WindowReport, SyncError> {
-    let fetched = source.client.fetch(window, |_, _| {}).await?;
+    let fetched = source.client.fetch(window, |e| source.count(e)).await?;
     *http_status = Some(fetched.status);
     let received = Received {
         status: fetched.status,
@@ -401,7 +416,7 @@ async fn apply_and_commit<R: std::io::Read + Send + 'static>(
                 message: format!(
                     "the response stalled at {location} (read_timeout between bytes, \
                      request_timeout in all): {}",
-                    crate::source::error_chain(&e)
+                    crate::error::chain(&e)
                 ),
                 timed_out: true,
             }
@@ -492,7 +507,7 @@ pub async fn catch_up_until(
     while !stop.is_cancelled() {
         let watermark = store.watermark(source.name()).await?.map(|w| w.utc);
         if let Some(w) = watermark {
-            source.client.metrics().watermark(w);
+            source.metrics.watermark(w);
         }
         let Some(planned) = source
             .plan
@@ -600,7 +615,11 @@ async fn spool(source: &SyncSource, window: Window) -> Option<Spooled> {
     use std::io::Write;
     let started_at = Utc::now();
     let clock = Instant::now();
-    let fetched = source.client.fetch(&window, |_, _| {}).await.ok()?;
+    let fetched = source
+        .client
+        .fetch(&window, |e| source.count(e))
+        .await
+        .ok()?;
     let limit = source.limits.max_document_bytes.unwrap_or(u64::MAX);
     let mut head = Vec::new();
     let mut rest: Option<std::fs::File> = None;

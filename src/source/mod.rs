@@ -28,7 +28,6 @@ use secrecy::{ExposeSecret, SecretBox, SecretString};
 
 pub use policy::{RetryReason, Verdict};
 
-use crate::metrics::SourceMetrics;
 use crate::window::Window;
 
 /// The path the client appends to a source's base URL.
@@ -188,14 +187,27 @@ pub struct Fetched {
     pub attempts: u32,
 }
 
+/// What a request did, as [`Client::fetch`] reports it to whoever keeps count (the sync engine
+/// hands these to the source's metrics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// One HTTP attempt: its status (`None` when no response came) and the time to headers.
+    Attempt {
+        status: Option<u16>,
+        elapsed: Duration,
+    },
+    /// A failed attempt about to be retried, and why.
+    Retry {
+        reason: RetryReason,
+        status: Option<u16>,
+    },
+}
+
 pub struct Client {
     http: reqwest::Client,
     endpoint: reqwest::Url,
     limiter: Arc<DefaultDirectRateLimiter>,
     settings: SourceSettings,
-    /// Where attempts and retries are counted; detached (never exported) unless the daemon
-    /// hands in its own with [`Client::with_metrics`].
-    metrics: SourceMetrics,
 }
 
 impl Client {
@@ -256,7 +268,7 @@ impl Client {
                     "client_key_file",
                     format!(
                         "client certificate and key (PEM, key in PKCS#8, RSA or SEC1 form): {}",
-                        error_chain(&e)
+                        crate::error::chain(&e)
                     ),
                 )
             })?;
@@ -270,7 +282,7 @@ impl Client {
             } else {
                 "url"
             };
-            config(setting, format!("HTTP client: {}", error_chain(&e)))
+            config(setting, format!("HTTP client: {}", crate::error::chain(&e)))
         })?;
         // Spacing of 1/rate plus 5 %: arrivals jitter on the way, and a server counting them per
         // second must still never see more than the rate.
@@ -288,19 +300,8 @@ impl Client {
             http,
             endpoint,
             limiter: Arc::new(RateLimiter::direct(quota)),
-            metrics: SourceMetrics::detached(&settings.name),
             settings,
         })
-    }
-
-    /// Counts this client's requests (and the sync engine's windows of this source) in `metrics`.
-    pub fn set_metrics(&mut self, metrics: SourceMetrics) {
-        self.metrics = metrics;
-    }
-
-    /// The source's metric handles.
-    pub fn metrics(&self) -> &SourceMetrics {
-        &self.metrics
     }
 
     pub fn name(&self) -> &str {
@@ -327,8 +328,8 @@ impl Client {
     }
 
     /// Requests a window until a 2xx arrives, retrying what the policy says may be retried and
-    /// following the redirects the source allows. `on_retry` hears about every retry (for
-    /// metrics and logs).
+    /// following the redirects the source allows. `on_event` hears of every attempt and every
+    /// retry, as they happen: the client keeps no counts of its own.
     ///
     /// # Errors
     /// A refusal that retrying cannot fix, a 413, a wait longer than `max_retry_wait`, a redirect
@@ -336,7 +337,7 @@ impl Client {
     pub async fn fetch(
         &self,
         window: &Window,
-        mut on_retry: impl FnMut(RetryReason, Option<u16>),
+        mut on_event: impl FnMut(Event),
     ) -> Result<Fetched, SourceError> {
         let mut url = self.url(window);
         let label = window.label();
@@ -354,10 +355,10 @@ impl Client {
             }
             let sent = std::time::Instant::now();
             let result = request.send().await;
-            self.metrics.http_attempt(
-                result.as_ref().ok().map(|r| r.status().as_u16()),
-                sent.elapsed(),
-            );
+            on_event(Event::Attempt {
+                status: result.as_ref().ok().map(|r| r.status().as_u16()),
+                elapsed: sent.elapsed(),
+            });
             let (reason, delay, status) = match result {
                 Ok(response) => {
                     let status = response.status();
@@ -438,7 +439,7 @@ impl Client {
                                 "connection failed"
                             },
                             attempts: attempt,
-                            message: error_chain(&e),
+                            message: crate::error::chain(&e),
                             timed_out,
                         });
                     }
@@ -450,8 +451,7 @@ impl Client {
                     (reason, None, None)
                 }
             };
-            self.metrics.retry(reason);
-            on_retry(reason, status);
+            on_event(Event::Retry { reason, status });
             let wait = delay.unwrap_or_else(|| {
                 policy::backoff(
                     attempt - 1,
@@ -573,21 +573,4 @@ fn humanize(d: Duration) -> String {
         return "forever".into();
     }
     humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
-}
-
-/// An error's message followed by those of its causes: reqwest says "error sending request",
-/// the reason (a refused client certificate, a connection reset) is further down the chain.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        // hyper repeats its inner error in its own message; say each thing once.
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        cause = c.source();
-    }
-    message
 }

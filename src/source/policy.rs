@@ -83,15 +83,19 @@ impl RetryReason {
         RetryReason::Body,
     ];
 
+    /// The `reason` label of each, in the order of [`RetryReason::ALL`]: metrics start every
+    /// series at zero from this list.
+    pub const LABELS: [&'static str; 6] = [
+        "rate_limited",
+        "unavailable",
+        "server_error",
+        "transport",
+        "timeout",
+        "body",
+    ];
+
     pub fn as_str(self) -> &'static str {
-        match self {
-            RetryReason::RateLimited => "rate_limited",
-            RetryReason::Unavailable => "unavailable",
-            RetryReason::ServerError => "server_error",
-            RetryReason::Transport => "transport",
-            RetryReason::Timeout => "timeout",
-            RetryReason::Body => "body",
-        }
+        Self::LABELS[self as usize]
     }
 }
 

@@ -156,6 +156,7 @@ fn source_timed(
         // Fixed windows unless a test paces them.
         target_response_bytes: 0,
         max_in_flight: 1,
+        metrics: SyncSource::detached_metrics("default"),
     }
 }
 
@@ -1351,7 +1352,7 @@ async fn the_simulate_command_serves_mutual_tls_from_pem_files() {
         },
     );
     let fetched = with_certificate
-        .fetch(&window, |_, _| {})
+        .fetch(&window, |_| {})
         .await
         .expect("answered over mutual TLS");
     assert_eq!(fetched.status, 200);
@@ -1363,7 +1364,7 @@ async fn the_simulate_command_serves_mutual_tls_from_pem_files() {
         },
     );
     let refused = without
-        .fetch(&window, |_, _| {})
+        .fetch(&window, |_| {})
         .await
         .err()
         .expect("refused without a client certificate");

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Europe::Stockholm;
-use nprov_sync::source::{Auth, Client, RetryReason, SourceError, SourceSettings, USER_AGENT};
+use nprov_sync::source::{
+    Auth, Client, Event, RetryReason, SourceError, SourceSettings, USER_AGENT,
+};
 use nprov_sync::window::{covering, Window};
 use secrecy::SecretString;
 use wiremock::matchers::{method, path};
@@ -59,10 +61,15 @@ async fn a_429_is_retried_after_the_time_the_server_names() {
         .mount(&server)
         .await;
     let client = Client::new(settings(&server.uri(), 5)).expect("client");
-    let mut retries = Vec::new();
+    let mut events = Vec::new();
     let started = Instant::now();
     let fetched = client
-        .fetch(&window(), |reason, status| retries.push((reason, status)))
+        .fetch(&window(), |e| {
+            events.push(match e {
+                Event::Attempt { status, .. } => ("attempt", None, status),
+                Event::Retry { reason, status } => ("retry", Some(reason), status),
+            })
+        })
         .await
         .expect("second attempt succeeds");
     assert!(
@@ -70,7 +77,15 @@ async fn a_429_is_retried_after_the_time_the_server_names() {
         "Retry-After was not honoured"
     );
     assert_eq!((fetched.status, fetched.attempts), (200, 2));
-    assert_eq!(retries, vec![(RetryReason::RateLimited, Some(429))]);
+    // Every attempt and the retry between them, in the order they happened.
+    assert_eq!(
+        events,
+        vec![
+            ("attempt", None, Some(429)),
+            ("retry", Some(RetryReason::RateLimited), Some(429)),
+            ("attempt", None, Some(200)),
+        ]
+    );
 }
 
 #[tokio::test]
@@ -83,7 +98,7 @@ async fn a_401_fails_at_once_and_says_what_to_check() {
         .await;
     let client = Client::new(settings(&server.uri(), 5)).expect("client");
     let err = client
-        .fetch(&window(), |_, _| {})
+        .fetch(&window(), |_| {})
         .await
         .err()
         .expect("refused");
@@ -101,7 +116,7 @@ async fn server_errors_are_retried_a_bounded_number_of_times() {
         .await;
     let client = Client::new(settings(&server.uri(), 50)).expect("client");
     let err = client
-        .fetch(&window(), |_, _| {})
+        .fetch(&window(), |_| {})
         .await
         .err()
         .expect("gave up");
@@ -128,7 +143,7 @@ async fn a_413_asks_for_a_smaller_window() {
         .await;
     let client = Client::new(settings(&server.uri(), 50)).expect("client");
     let err = client
-        .fetch(&window(), |_, _| {})
+        .fetch(&window(), |_| {})
         .await
         .err()
         .expect("too large");
@@ -146,7 +161,7 @@ async fn requests_carry_the_window_our_name_and_credentials_but_the_url_carries_
     let mut s = settings(&format!("{}/", server.uri()), 50);
     s.auth.basic = Some(("kommun".into(), SecretString::from("hemligt")));
     let client = Client::new(s).expect("client");
-    client.fetch(&window(), |_, _| {}).await.expect("ok");
+    client.fetch(&window(), |_| {}).await.expect("ok");
     let received = server.received_requests().await.expect("recorded");
     let r = &received[0];
     assert_eq!(
@@ -194,7 +209,7 @@ async fn no_one_second_interval_sees_more_requests_than_the_rate_limit() {
     for _ in 0..12 {
         let c = client.clone();
         tasks.push(tokio::spawn(async move {
-            c.fetch(&window(), |_, _| {}).await.map(|_| ())
+            c.fetch(&window(), |_| {}).await.map(|_| ())
         }));
     }
     for t in tasks {
@@ -226,7 +241,7 @@ async fn an_absurd_wait_asked_by_the_server_fails_the_window_at_once_and_says_wh
             .mount(&server)
             .await;
         let client = Client::new(settings(&server.uri(), 50)).expect("client");
-        let err = tokio::time::timeout(Duration::from_secs(10), client.fetch(&window(), |_, _| {}))
+        let err = tokio::time::timeout(Duration::from_secs(10), client.fetch(&window(), |_| {}))
             .await
             .expect("no wait at all")
             .err()
@@ -257,7 +272,7 @@ async fn a_redirect_is_not_followed_by_default_and_its_location_is_named() {
         .await;
     let client = Client::new(settings(&server.uri(), 50)).expect("client");
     let err = client
-        .fetch(&window(), |_, _| {})
+        .fetch(&window(), |_| {})
         .await
         .err()
         .expect("not followed");
@@ -319,7 +334,7 @@ async fn with_same_origin_allowed_a_moved_endpoint_is_followed_and_nothing_else_
         Client::new(s).expect("client")
     };
     let fetched = client("/v1")
-        .fetch(&window(), |_, _| {})
+        .fetch(&window(), |_| {})
         .await
         .expect("followed within the origin");
     assert_eq!(fetched.attempts, 1, "a hop is not a failed attempt");
@@ -328,7 +343,7 @@ async fn with_same_origin_allowed_a_moved_endpoint_is_followed_and_nothing_else_
     assert_eq!(got[1].url.query(), got[0].url.query());
 
     let err = client("/loop")
-        .fetch(&window(), |_, _| {})
+        .fetch(&window(), |_| {})
         .await
         .err()
         .expect("a loop ends");
@@ -343,7 +358,7 @@ async fn with_same_origin_allowed_a_moved_endpoint_is_followed_and_nothing_else_
     assert_eq!(looped as u32, nprov_sync::source::MAX_REDIRECTS + 1);
 
     let err = client("/away")
-        .fetch(&window(), |_, _| {})
+        .fetch(&window(), |_| {})
         .await
         .err()
         .expect("another origin is never followed");

@@ -1,5 +1,5 @@
-//! The bodies of `sync --once`, `backfill` and `status`: the engine driven from the command line,
-//! with one line per committed window.
+//! `sync --once` and `backfill`: the engine driven from the command line, with one line per
+//! committed window and progress (a bar on a terminal, a log line otherwise).
 
 use std::io::Write;
 
@@ -8,15 +8,10 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use crate::cli::Failure;
-use crate::config::Settings;
+use super::failure::{io_failure, Failure};
 use crate::store::Store;
 use crate::sync::{SyncError, SyncSource, WindowReport};
 use crate::window::{earliest_instant, latest_instant, parse_local};
-
-fn io_failure(e: std::io::Error) -> Failure {
-    Failure::Runtime(anyhow::Error::new(e).context("writing output"))
-}
 
 fn sync_failure(source: &str, e: SyncError) -> Failure {
     let classify = |e: SyncError| match e {
@@ -252,88 +247,4 @@ pub async fn backfill(
     printer.finish()?;
     let reports = result.map_err(|e| sync_failure(src.name(), e))?;
     writeln!(out, "{}: backfilled {} windows", src.name(), reports.len()).map_err(io_failure)
-}
-
-/// `status`: per source watermark, lag and latest windows, and the tables' sizes.
-pub async fn status(
-    store: &dyn Store,
-    settings: &Settings,
-    json: bool,
-    out: &mut dyn Write,
-) -> Result<(), Failure> {
-    let runtime = |e: crate::store::StoreError| Failure::Runtime(e.into());
-    let mut names: Vec<String> = settings.source.iter().map(|s| s.name.clone()).collect();
-    for known in store.known_sources().await.map_err(runtime)? {
-        if !names.contains(&known) {
-            names.push(known);
-        }
-    }
-    let now = Utc::now();
-    let mut sources = Vec::new();
-    for name in &names {
-        let wm = store.watermark(name).await.map_err(runtime)?;
-        let runs = store.recent_runs(name, 5).await.map_err(runtime)?;
-        let leader = store.leader(name).await.map_err(runtime)?;
-        sources.push(serde_json::json!({
-            "source": name,
-            // null: a single-instance database (SQLite); otherwise which instance leads, if any.
-            "leader": leader.map(|l| l.holder.unwrap_or_else(|| "none: no instance leads it".into())),
-            "watermark_local": wm.as_ref().map(|w| w.local.format("%Y-%m-%dT%H:%M").to_string()),
-            "watermark_utc": wm.as_ref().map(|w| w.utc.to_rfc3339()),
-            "lag_seconds": wm.as_ref().map(|w| (now - w.utc).num_seconds()),
-            "recent_windows": runs,
-        }));
-    }
-    let counts = store.table_counts().await.map_err(runtime)?;
-    if json {
-        let doc =
-            serde_json::json!({ "sources": sources, "tables": counts, "at": now.to_rfc3339() });
-        return writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&doc).expect("JSON values serialize")
-        )
-        .map_err(io_failure);
-    }
-    for s in &sources {
-        let lag = s["lag_seconds"]
-            .as_i64()
-            .map(|l| format!("{}h{:02}m", l / 3600, (l % 3600) / 60));
-        writeln!(
-            out,
-            "source {}: watermark {} (lag {})",
-            s["source"].as_str().unwrap_or_default(),
-            s["watermark_local"].as_str().unwrap_or("not set"),
-            lag.as_deref().unwrap_or("-")
-        )
-        .map_err(io_failure)?;
-        if let Some(leader) = s["leader"].as_str() {
-            writeln!(out, "  leader: {leader}").map_err(io_failure)?;
-        }
-        for r in s["recent_windows"].as_array().into_iter().flatten() {
-            writeln!(
-                out,
-                "  {} {} {}..{} {} records {} changed {}{}",
-                r["finished_at"].as_str().unwrap_or_default(),
-                r["kind"].as_str().unwrap_or_default(),
-                r["from_local"].as_str().unwrap_or_default(),
-                r["tom_local"].as_str().unwrap_or_default(),
-                r["outcome"].as_str().unwrap_or_default(),
-                r["records"],
-                r["changed"],
-                r["error"]
-                    .as_str()
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default()
-            )
-            .map_err(io_failure)?;
-        }
-    }
-    writeln!(
-        out,
-        "tables: provomrade {}, provtillfalle {}, delprovsresultat {}, change_log {}, quarantine {}",
-        counts.provomrade, counts.provtillfalle, counts.delprovsresultat, counts.change_log, counts.quarantine
-    )
-    .map_err(io_failure)?;
-    Ok(())
 }

@@ -6,13 +6,14 @@
 //! platform's current state, and runs a few of the queries a warehouse would.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use clap::Args;
 use sqlx::{Column, Row};
 
-use crate::cli::Failure;
+use super::failure::Failure;
 use crate::simulate::server::{serve, Faults, Simulator, Stats, VirtualClock};
 use crate::simulate::{Platform, Population};
 use crate::source::{Client, SourceSettings};
@@ -20,6 +21,16 @@ use crate::store::{SqliteStore, Store, DEFAULT_SOURCE};
 use crate::sync::SyncSource;
 use crate::xml::version::newest;
 use crate::xml::Limits;
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Students in the generated population.
+    #[arg(long, default_value_t = 20_000)]
+    pub students: u64,
+    /// The demo's own database file; it is recreated on every run.
+    #[arg(long, default_value = "nprov-demo.db", value_name = "PATH")]
+    pub file: PathBuf,
+}
 
 const SEED: u64 = 2026;
 
@@ -48,7 +59,7 @@ pub const EXAMPLE_QUERIES: &[(&str, &str)] = &[
     ),
 ];
 
-pub async fn run(file: &Path, students: u64, out: &mut dyn Write) -> Result<(), Failure> {
+pub(crate) async fn run(file: &Path, students: u64, out: &mut dyn Write) -> Result<(), Failure> {
     let runtime = |e: anyhow::Error| Failure::Runtime(e);
     for suffix in ["", "-wal", "-shm"] {
         let mut p = file.as_os_str().to_owned();
@@ -151,6 +162,7 @@ pub async fn run(file: &Path, students: u64, out: &mut dyn Write) -> Result<(), 
         body_attempts: 3,
         target_response_bytes: crate::window::DEFAULT_TARGET_RESPONSE_BYTES,
         max_in_flight: crate::sync::DEFAULT_MAX_IN_FLIGHT,
+        metrics: SyncSource::detached_metrics(DEFAULT_SOURCE),
     };
 
     // 1. The first sync: the whole year, in windows sized by what the platform answers.
@@ -159,7 +171,7 @@ pub async fn run(file: &Path, students: u64, out: &mut dyn Write) -> Result<(), 
     let mut windows = 0usize;
     let mut last_print = Instant::now();
     let from = crate::window::earliest_instant(tz, source.start);
-    let bar = crate::run::progress_bar("first sync", (now - from).num_minutes().max(1) as u64);
+    let bar = super::sync::progress_bar("first sync", (now - from).num_minutes().max(1) as u64);
     let result = crate::sync::catch_up(&store, &source, now, |r| {
         windows += 1;
         total.add(&r.summary);

@@ -1,0 +1,51 @@
+//! `migrate` and `config example|check`.
+
+use std::io::Write;
+use std::path::Path;
+
+use super::failure::{io_failure, Failure};
+use super::setup::{build_sources, connect_store};
+use crate::config::{Settings, EXAMPLE};
+use crate::store;
+
+pub(crate) async fn migrate(settings: &Settings, out: &mut dyn Write) -> Result<(), Failure> {
+    let store = connect_store(settings).await?;
+    store
+        .migrate()
+        .await
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    writeln!(
+        out,
+        "migrated {}",
+        store::redact_url(&settings.database.url)
+    )
+    .map_err(io_failure)?;
+    store.close().await;
+    Ok(())
+}
+
+pub(crate) fn config_example(out: &mut dyn Write) -> Result<(), Failure> {
+    out.write_all(EXAMPLE.as_bytes()).map_err(io_failure)
+}
+
+pub(crate) fn config_check(
+    config: Option<&Path>,
+    settings: &Settings,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
+    // Building the sources reads their credential files: a check that passes means syncing can
+    // start.
+    let sources = build_sources(&config.map(Path::to_path_buf), settings, None)?;
+    for s in &sources {
+        writeln!(out, "source {}: {}", s.name(), s.client.url_base()).map_err(io_failure)?;
+    }
+    writeln!(
+        out,
+        "configuration OK ({}): database {}",
+        config
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "defaults and environment".into()),
+        store::redact_url(&settings.database.url)
+    )
+    .map_err(io_failure)
+}

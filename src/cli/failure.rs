@@ -1,0 +1,52 @@
+//! Why a command failed, and the exit code that says so: 1 bad input data, 2 bad configuration
+//! or usage, 3 database or system failure.
+
+use crate::import::ImportError;
+
+/// Why a command failed, which decides the exit code.
+#[derive(Debug)]
+pub enum Failure {
+    /// The input data is bad (a document or record error): exit 1.
+    Data(anyhow::Error),
+    /// The configuration or the command line is wrong: exit 2.
+    Config(anyhow::Error),
+    /// The database or the system failed: exit 3.
+    Runtime(anyhow::Error),
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Failure::Data(_) => 1,
+            Failure::Config(_) => 2,
+            Failure::Runtime(_) => 3,
+        }
+    }
+
+    pub fn error(&self) -> &anyhow::Error {
+        match self {
+            Failure::Data(e) | Failure::Config(e) | Failure::Runtime(e) => e,
+        }
+    }
+}
+
+impl From<ImportError> for Failure {
+    fn from(e: ImportError) -> Self {
+        match e {
+            ImportError::Document(_) => Failure::Data(e.into()),
+            _ => Failure::Runtime(e.into()),
+        }
+    }
+}
+
+/// The one line printed for a failure: the message and its causes, each said once.
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::error::chain(self.error().as_ref()))
+    }
+}
+
+/// Output that could not be written (a closed pipe, a full disk).
+pub(crate) fn io_failure(e: std::io::Error) -> Failure {
+    Failure::Runtime(anyhow::Error::new(e).context("writing output"))
+}

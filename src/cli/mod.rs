@@ -1,0 +1,184 @@
+//! The command line: parse arguments, load settings, run a command, and classify failures into
+//! exit codes. One file per group of commands:
+//!
+//! * [`files`]: `validate` and `import` (documents from files);
+//! * [`sync`]: `sync --once` and `backfill`, with per-window lines and progress;
+//! * [`status`]: `status`, as text or JSON;
+//! * [`daemon`]: `run`, the service;
+//! * [`simulate`] and [`demo`]: the simulated platform, alone or driven end to end;
+//! * [`admin`]: `migrate` and `config example|check`;
+//! * [`setup`]: settings, sources and the database, as every command opens them;
+//! * [`failure`]: [`Failure`] and its exit codes.
+//!
+//! Nothing outside this module imports it but `main.rs`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Settings;
+use crate::store::DEFAULT_SOURCE;
+
+mod admin;
+mod daemon;
+mod demo;
+mod failure;
+mod files;
+mod setup;
+mod simulate;
+mod status;
+mod sync;
+
+pub use demo::DemoArgs;
+pub use failure::Failure;
+pub use simulate::SimulateArgs;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nprov-sync",
+    version,
+    about = "Mirrors national-test results (nationella prov) from the school platform into a database"
+)]
+pub struct Cli {
+    /// Configuration file (TOML). Without it, defaults and NPROV_… variables apply; the working
+    /// directory is never searched.
+    #[arg(long, global = true, env = "NPROV_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Database URL, overriding `[database] url` (e.g. sqlite://nprov.db or
+    /// postgres://nprov@db.example/warehouse).
+    #[arg(long, global = true, value_name = "URL")]
+    pub database: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Parse documents and report their version, counts and every error with its location.
+    /// Exits non-zero if any document or record has an error.
+    Validate {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Apply saved API responses to the database, in the order given; each file is one
+    /// transaction. `-` reads standard input. Stops at the first document that cannot be applied.
+    Import {
+        /// The source name written to the `source` column.
+        #[arg(long, default_value = DEFAULT_SOURCE)]
+        source: String,
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Run as a service: sync every configured source on its schedule, serve /metrics, /healthz
+    /// and /readyz, stop cleanly on SIGTERM/SIGINT, reload the configuration on SIGHUP.
+    Run,
+    /// Apply pending database migrations.
+    Migrate,
+    /// Sync every configured source from its watermark: catch up to now (or --until) and exit.
+    /// Exits non-zero with a clear message if a window cannot be synced.
+    Sync {
+        /// Catch up and exit (`nprov-sync run` is the long-running service).
+        #[arg(long, required = true)]
+        once: bool,
+        /// Stop at this local time (yyyy-MM-ddTHH:mm) instead of now.
+        #[arg(long, value_name = "LOCAL_TIME")]
+        until: Option<String>,
+        /// Only this source.
+        #[arg(long, value_name = "NAME")]
+        source: Option<String>,
+    },
+    /// Re-read a historic range of one source without moving its watermark.
+    Backfill {
+        #[arg(long, value_name = "NAME")]
+        source: Option<String>,
+        /// Local time (yyyy-MM-ddTHH:mm) of the first minute.
+        #[arg(long, value_name = "LOCAL_TIME")]
+        from: String,
+        /// Local time of the last minute.
+        #[arg(long, value_name = "LOCAL_TIME")]
+        to: String,
+    },
+    /// Per source: watermark, lag, last windows; and the tables' row counts.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the whole pipeline on generated data: import a population into a fresh SQLite file
+    /// (nprov-demo.db), apply a later document with changes and clears, re-read it, and query.
+    Demo(DemoArgs),
+    /// Serve a simulated platform (generated students, a school year of changes) on a local port,
+    /// for trying a configuration or the client's behaviour under faults. Stops on Ctrl-C.
+    Simulate(Box<SimulateArgs>),
+    /// Inspect configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the example configuration: every setting, commented, with its default.
+    Example,
+    /// Check a configuration (the --config file plus NPROV_… variables) without doing anything.
+    Check,
+}
+
+/// Loads settings for a command: file, environment, then `--database`.
+pub fn load_settings(cli: &Cli) -> Result<Settings, Failure> {
+    setup::settings_from(cli.config.as_deref(), cli.database.as_deref())
+}
+
+/// Runs a parsed command line with loaded settings; output goes to `out`.
+pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> Result<(), Failure> {
+    match cli.command {
+        Command::Validate { files } => files::validate(&files, settings.limits(), out),
+        Command::Import { source, files } => {
+            let store = setup::open_store(&settings).await?;
+            let result =
+                files::import_files(store.as_ref(), &source, &files, settings.limits(), out).await;
+            store.close().await;
+            result
+        }
+        Command::Migrate => admin::migrate(&settings, out).await,
+        Command::Run => daemon::run_daemon(&cli.config, cli.database.clone(), settings).await,
+        Command::Demo(args) => demo::run(&args.file, args.students, out).await,
+        Command::Simulate(args) => simulate::simulate(*args, out).await,
+        Command::Sync { until, source, .. } => {
+            let sources = setup::build_sources(&cli.config, &settings, source.as_deref())?;
+            let store = setup::open_store(&settings).await?;
+            let result = sync::sync_once(store.as_ref(), &sources, until.as_deref(), out).await;
+            store.close().await;
+            result
+        }
+        Command::Backfill { source, from, to } => {
+            let sources = setup::build_sources(&cli.config, &settings, source.as_deref())?;
+            let [src] = sources.as_slice() else {
+                return Err(Failure::Config(anyhow::anyhow!(
+                    "backfill reads one source: name it with --source (configured: {})",
+                    sources
+                        .iter()
+                        .map(|s| s.name().to_owned())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            };
+            let store = setup::open_store(&settings).await?;
+            let result = sync::backfill(store.as_ref(), src, &from, &to, out).await;
+            store.close().await;
+            result
+        }
+        Command::Status { json } => {
+            let store = setup::open_store(&settings).await?;
+            let result = status::status(store.as_ref(), &settings, json, out).await;
+            store.close().await;
+            result
+        }
+        Command::Config(ConfigCommand::Example) => admin::config_example(out),
+        Command::Config(ConfigCommand::Check) => {
+            admin::config_check(cli.config.as_deref(), &settings, out)
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! What every command needs before it runs: settings (file, environment, `--database`), the
+//! configured sources, and the database.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::failure::Failure;
+use crate::config::Settings;
+use crate::store::{self, Store};
+
+/// The file, the environment, then `--database`: at start-up, and again on SIGHUP.
+pub(crate) fn settings_from(
+    config: Option<&Path>,
+    database: Option<&str>,
+) -> Result<Settings, Failure> {
+    let mut settings =
+        Settings::load(config, std::env::vars()).map_err(|e| Failure::Config(e.into()))?;
+    if let Some(url) = database {
+        settings.database.url = url.to_owned();
+    }
+    Ok(settings)
+}
+
+/// Builds the configured sources (all, or the one named).
+pub(crate) fn build_sources(
+    config: &Option<PathBuf>,
+    settings: &Settings,
+    only: Option<&str>,
+) -> Result<Vec<crate::sync::SyncSource>, Failure> {
+    let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    for warning in settings.credential_warnings(config.as_deref(), credentials.as_deref()) {
+        tracing::warn!("{warning}");
+    }
+    let mut sources = settings
+        .sources(config.as_deref(), credentials.as_deref())
+        .map_err(|e| Failure::Config(e.into()))?;
+    if let Some(name) = only {
+        sources.retain(|s| s.name() == name);
+        if sources.is_empty() {
+            return Err(Failure::Config(anyhow::anyhow!(
+                "no [[source]] named {name:?} in the configuration"
+            )));
+        }
+    }
+    Ok(sources)
+}
+
+/// Opens the configured database, migrating it unless told not to.
+pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, Failure> {
+    let store = connect_store(settings).await?;
+    if settings.database.migrate_on_start {
+        store
+            .migrate()
+            .await
+            .map_err(|e| Failure::Runtime(e.into()))?;
+    }
+    Ok(store)
+}
+
+/// Connects to the configured database, without migrating.
+pub(crate) async fn connect_store(settings: &Settings) -> Result<Arc<dyn Store>, Failure> {
+    let mode = settings
+        .database
+        .file_mode()
+        .map_err(|e| Failure::Config(e.into()))?;
+    store::connect(&settings.database.url, &settings.database.schema, mode)
+        .await
+        .map_err(|e| Failure::Runtime(e.into()))
+}

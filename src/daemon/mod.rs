@@ -1,0 +1,308 @@
+//! `nprov-sync run`: the long-running service.
+//!
+//! One scheduled job per configured source (tokio-cron-scheduler, evaluated in the source's own
+//! time zone), plus a run of every source at start-up. Per source:
+//!
+//! * **No overlap.** The scheduler starts a job at every tick whether or not the previous one is
+//!   still going (its issues #50 and #83), so each source has a guard: a tick that finds a run in
+//!   progress is skipped and logged.
+//! * **Back-off.** A failed run makes the source wait (one minute, doubling, up to
+//!   `daemon.failure_backoff_max`) before its next attempt; sources are independent, so one
+//!   failing platform never holds the others back.
+//! * **Leadership.** A run starts only while this instance leads the source
+//!   ([`Store::try_lead`]; a PostgreSQL advisory lock), so of several instances sharing a database
+//!   exactly one syncs each source and the others stand by, asking again at every tick. The
+//!   watermark fence in the store keeps even a mistaken second leader from committing a window
+//!   twice.
+//!
+//! Shutdown (SIGTERM/SIGINT, or the injected token): stop scheduling, stop planning windows, give
+//! the window in flight `daemon.shutdown_grace` to commit, then drop it (its transaction rolls
+//! back; the watermark has not moved), release leadership and return. SIGHUP re-reads the
+//! configuration; an invalid one is logged and the running one kept. What cannot change without a
+//! restart (the database, the metrics listener) is logged as such.
+//!
+//! systemd: `READY=1` once the database answered, `STATUS=` with a one-line summary after every
+//! run, `WATCHDOG=1` while the scheduler's own heartbeat job keeps ticking, `STOPPING=1` when
+//! shutdown begins.
+//!
+//! The rooms: [`state`] holds each source's state and the decisions made from it as pure
+//! functions (back-off, readiness, the status line, leadership transitions); `shared` what a tick
+//! does; `jobs` the scheduler's jobs and offset following; `http` the endpoints; `notify` and
+//! `signals` the supervisor's side. This file is the service loop: start, reload, shut down.
+//!
+//! Known limitation of the scheduler, handled here: it fixes a job's UTC offset when the job is
+//! created, so a daily `0 0 6 * * *` would run at 05:00 or 07:00 local time after a DST change.
+//! The daemon re-creates a source's job whenever its zone's offset has changed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex, RwLock};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{ConfigError, Settings};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+use crate::sync::SyncSource;
+
+mod http;
+mod jobs;
+mod notify;
+mod shared;
+mod signals;
+mod state;
+
+pub use notify::{Notifier, SystemdNotifier};
+pub use signals::spawn_signal_handlers;
+
+use shared::Shared;
+
+/// How often the scheduler's heartbeat job ticks; the watchdog is fed only while it does.
+const HEARTBEAT_SCHEDULE: &str = "*/5 * * * * *";
+/// After the grace period, how long dropped windows get to finish rolling back.
+const ROLLBACK_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("the database is not usable: {0}")]
+    Store(#[from] StoreError),
+    #[error("the scheduler failed: {0}")]
+    Scheduler(String),
+    #[error("no [[source]] is configured: see `nprov-sync config example`")]
+    NoSources,
+}
+
+impl From<JobSchedulerError> for DaemonError {
+    fn from(e: JobSchedulerError) -> Self {
+        DaemonError::Scheduler(e.to_string())
+    }
+}
+
+/// A configuration as the daemon runs it.
+pub struct Loaded {
+    pub settings: Settings,
+    /// Built from `settings.source`, in the same order.
+    pub sources: Vec<SyncSource>,
+}
+
+/// Reads the configuration again (for SIGHUP): file, environment, credentials.
+pub type Loader = Box<dyn Fn() -> Result<Loaded, String> + Send + Sync>;
+
+/// Everything from outside the daemon, injected so tests run the real thing.
+pub struct World {
+    /// The metrics/health listener, already bound (port 0 in tests).
+    pub listener: Option<tokio::net::TcpListener>,
+    pub shutdown: CancellationToken,
+    /// One message per SIGHUP.
+    pub reload: mpsc::Receiver<()>,
+    pub loader: Loader,
+    pub notifier: Arc<dyn Notifier>,
+    pub metrics: Metrics,
+    /// systemd's watchdog interval (`$WATCHDOG_USEC`), if it asks for one.
+    pub watchdog: Option<Duration>,
+}
+
+/// Runs the daemon until `world.shutdown` is cancelled; returns once windows in flight have
+/// committed or been rolled back and leadership is released.
+///
+/// # Errors
+/// A configuration that cannot be used, a database that does not answer at start-up, or a
+/// scheduler that cannot start. Failures of individual syncs are not errors of the daemon: they
+/// are logged, counted and retried.
+pub async fn run(store: Arc<dyn Store>, loaded: Loaded, world: World) -> Result<(), DaemonError> {
+    let World {
+        listener,
+        shutdown,
+        mut reload,
+        loader,
+        notifier,
+        metrics,
+        watchdog,
+    } = world;
+    if loaded.sources.is_empty() {
+        return Err(DaemonError::NoSources);
+    }
+    let config = loaded.settings.daemon()?;
+    // The first health check: READY=1 only once the (migrated) database answers.
+    store.ping().await?;
+    let shared = Arc::new(Shared {
+        store: store.clone(),
+        metrics,
+        config: RwLock::new(config.clone()),
+        database_url: loaded.settings.database.url.clone(),
+        metrics_listen: loaded.settings.metrics.listen.clone(),
+        sources: RwLock::new(BTreeMap::new()),
+        states: StdMutex::new(HashMap::new()),
+        tracker: TaskTracker::new(),
+        shutdown: shutdown.clone(),
+        abort: CancellationToken::new(),
+        heartbeat: AtomicI64::new(Utc::now().timestamp_millis()),
+        started_at: Utc::now(),
+        notifier: notifier.clone(),
+    });
+
+    let mut scheduler = JobScheduler::new().await?;
+    let names = jobs::install_sources(&shared, &scheduler, loaded).await?;
+    // Freshness survives a restart: the watermark row says when the last window committed.
+    for name in &names {
+        let state = shared.state(name);
+        if let Some(wm) = store.watermark(name).await? {
+            state.metrics.watermark(wm.utc);
+            state.metrics.restore_last_success(wm.updated_at);
+        }
+    }
+    {
+        let shared = shared.clone();
+        scheduler
+            .add(Job::new_async(HEARTBEAT_SCHEDULE, move |_, _| {
+                shared
+                    .heartbeat
+                    .store(Utc::now().timestamp_millis(), Ordering::SeqCst);
+                Box::pin(async {})
+            })?)
+            .await?;
+    }
+    scheduler.start().await?;
+
+    let server_stop = CancellationToken::new();
+    let server = listener.map(|listener| {
+        let app = http::router(shared.clone());
+        let stop = server_stop.clone();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+            {
+                tracing::error!(error = %e, "the metrics listener failed");
+            }
+        })
+    });
+
+    tracing::info!(
+        sources = %names.join(", "),
+        version = env!("CARGO_PKG_VERSION"),
+        "nprov-sync is running"
+    );
+    notifier.notify(&[sd_notify::NotifyState::Ready]);
+    shared.publish_status();
+
+    let maintenance = {
+        let shared = shared.clone();
+        let scheduler = scheduler.clone();
+        let stop = server_stop.clone();
+        tokio::spawn(async move {
+            let period = watchdog.map(|w| w / 2).unwrap_or(Duration::from_secs(30));
+            let mut every = tokio::time::interval(period.min(Duration::from_secs(30)));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {}
+                    () = stop.cancelled() => return,
+                }
+                if let Some(limit) = watchdog {
+                    let age =
+                        Utc::now().timestamp_millis() - shared.heartbeat.load(Ordering::SeqCst);
+                    if age >= 0 && (age as u128) < limit.as_millis() {
+                        shared.notifier.notify(&[sd_notify::NotifyState::Watchdog]);
+                    } else {
+                        tracing::error!(
+                            heartbeat_age_ms = age,
+                            "the scheduler has stopped ticking; withholding the watchdog ping"
+                        );
+                    }
+                }
+                jobs::follow_offsets(&shared, &scheduler).await;
+            }
+        })
+    };
+
+    // A first run of every source now, rather than at its first tick minutes away.
+    for name in &names {
+        shared.tick(name);
+    }
+
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            Some(()) = reload.recv() => {
+                match loader() {
+                    Err(e) => tracing::error!(error = %e, "the configuration was not reloaded; the running one stays"),
+                    Ok(next) => {
+                        if next.settings.database.url != shared.database_url {
+                            tracing::warn!("database.url changed: takes effect at the next restart");
+                        }
+                        if next.settings.metrics.listen != shared.metrics_listen {
+                            tracing::warn!("metrics.listen changed: takes effect at the next restart");
+                        }
+                        match jobs::install_sources(&shared, &scheduler, next).await {
+                            Ok(names) => {
+                                tracing::info!(sources = %names.join(", "), "configuration reloaded");
+                                for name in &names {
+                                    shared.tick(name);
+                                }
+                                shared.publish_status();
+                            }
+                            Err(e) => tracing::error!(error = %e, "reloading the configuration failed"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    notifier.notify(&[
+        sd_notify::NotifyState::Stopping,
+        sd_notify::NotifyState::Status("stopping: letting windows in flight finish"),
+    ]);
+    let grace = shared.config.read().expect("config lock").shutdown_grace;
+    tracing::info!(
+        grace = %humantime::format_duration(grace),
+        "stopping: no new windows; waiting for windows in flight"
+    );
+    if let Err(e) = scheduler.shutdown().await {
+        tracing::warn!(error = %e, "the scheduler did not stop cleanly");
+    }
+    shared.tracker.close();
+    if tokio::time::timeout(grace, shared.tracker.wait())
+        .await
+        .is_err()
+    {
+        shared.abort.cancel();
+        if tokio::time::timeout(ROLLBACK_WAIT, shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!("a window did not finish rolling back in time");
+        }
+    }
+    let states: Vec<(String, Arc<state::SourceState>)> = shared
+        .states
+        .lock()
+        .expect("states lock")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (name, state) in states {
+        if let Ok(mut slot) = state.slot.clone().try_lock_owned() {
+            if state.release(&mut slot).await {
+                tracing::info!(source = %name, "released the lead");
+            }
+        } else {
+            state.stand_by_without_slot();
+        }
+    }
+    server_stop.cancel();
+    maintenance.await.ok();
+    if let Some(server) = server {
+        server.await.ok();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
