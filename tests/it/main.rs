@@ -5,6 +5,7 @@ mod corpus;
 mod daemon;
 mod ha;
 mod helpers;
+mod layout;
 mod monitoring;
 mod postgres;
 mod roundtrip;
