@@ -1,24 +1,25 @@
 //! Settings: named defaults < the file given with `--config` < `NPROV_…` environment variables <
 //! command-line options.
 //!
-//! The embedded `config.example.toml` is the documentation *and* the list of settings: the
-//! environment variables that may override a setting are derived from its keys, so a documented
-//! key always has an override and an undocumented one never does. Unknown keys and unknown
-//! `NPROV_…` variables are errors, so a typo cannot silently fall back to a default. Errors name
-//! the key (or variable) and what is wrong with it.
+//! The settings types are the list of settings: the environment variables that may override one
+//! are derived from them ([`env`]), and the embedded `config.example.toml`, which documents every
+//! setting with its default, is held equal to them by a test. Unknown keys and unknown `NPROV_…`
+//! variables are errors, so a typo cannot silently fall back to a default. Errors name the key (or
+//! variable) and what is wrong with it.
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+mod env;
+
+use env::overlay_env;
 
 use crate::store::DEFAULT_DATABASE_URL;
 use crate::xml::parser::DEFAULT_MAX_RECORD_BYTES;
 
 /// The example configuration, with every setting and its default.
-pub const EXAMPLE: &str = include_str!("../config.example.toml");
-
-/// Environment variables with the `NPROV_` prefix that are not settings.
-const NON_SETTING_VARIABLES: &[&str] = &["NPROV_CONFIG"];
+pub const EXAMPLE: &str = include_str!("../../config.example.toml");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -39,7 +40,7 @@ fn invalid(origin: impl Into<String>, message: impl Into<String>) -> ConfigError
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseSettings {
     pub url: String,
@@ -87,7 +88,7 @@ impl Default for DatabaseSettings {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ParserSettings {
     pub max_record_bytes: u64,
@@ -101,14 +102,14 @@ impl Default for ParserSettings {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Pretty,
     Json,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSettings {
     pub format: LogFormat,
@@ -124,7 +125,7 @@ impl Default for LogSettings {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsSettings {
     /// `host:port` of the metrics/health listener; empty turns it off.
@@ -141,7 +142,7 @@ impl Default for MetricsSettings {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DaemonSettings {
     pub shutdown_grace: String,
@@ -166,7 +167,7 @@ pub struct DaemonConfig {
     pub failure_backoff_max: std::time::Duration,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub database: DatabaseSettings,
@@ -236,7 +237,7 @@ fn default_body_attempts() -> u32 {
 /// One `[[source]]`: a platform, its credentials and how to poll it. Secrets are never in the
 /// file itself: the `*_file` settings name files (relative names are looked up in systemd's
 /// `$CREDENTIALS_DIRECTORY` when it is set, else beside the config file).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     #[serde(default = "default_source_name")]
@@ -635,213 +636,6 @@ impl Settings {
     }
 }
 
-/// A documented setting: its table, key and the TOML type of its default.
-struct Setting {
-    table: String,
-    key: String,
-    example: toml::Value,
-}
-
-impl Setting {
-    fn env_name(&self) -> String {
-        format!("NPROV_{}_{}", self.table, self.key).to_uppercase()
-    }
-}
-
-fn documented_settings() -> Vec<Setting> {
-    let example: toml::Table = EXAMPLE.parse().expect("the embedded example is valid TOML");
-    let mut out = Vec::new();
-    for (table, value) in example {
-        if let toml::Value::Table(t) = value {
-            for (key, v) in t {
-                out.push(Setting {
-                    table: table.clone(),
-                    key,
-                    example: v,
-                });
-            }
-        }
-    }
-    out
-}
-
-/// The `[[source]]` settings documented (commented out) in the example, with their example
-/// values: the keys `NPROV_SOURCE_<NAME>_<KEY>` may set.
-fn documented_source_keys() -> Vec<(String, toml::Value)> {
-    let mut out = Vec::new();
-    let mut in_block = false;
-    for line in EXAMPLE.lines() {
-        if line == "# [[source]]" {
-            in_block = true;
-            continue;
-        }
-        if !in_block {
-            continue;
-        }
-        // "# key = value", or "# # key = value" for the optional ones shown commented.
-        let Some(rest) = line.strip_prefix("# ") else {
-            continue;
-        };
-        let rest = rest.strip_prefix("# ").unwrap_or(rest);
-        let Some((key, value)) = rest.split_once(" = ") else {
-            continue;
-        };
-        if key.is_empty() || !key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
-            continue;
-        }
-        if let Ok(t) = format!("v = {value}").parse::<toml::Table>() {
-            if let Some(v) = t.get("v") {
-                out.push((key.to_owned(), v.clone()));
-            }
-        }
-    }
-    out
-}
-
-/// A source name as it appears in a variable name: upper case, anything else than A–Z and 0–9
-/// as `_`.
-fn env_source_name(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-/// The text of a variable as the TOML type of the setting's example value.
-fn typed(name: &str, raw: String, example: &toml::Value) -> Result<toml::Value, ConfigError> {
-    Ok(match example {
-        toml::Value::Integer(_) => toml::Value::Integer(
-            raw.trim()
-                .parse()
-                .map_err(|_| invalid(name, format!("{raw:?} is not an integer")))?,
-        ),
-        toml::Value::Boolean(_) => toml::Value::Boolean(match raw.trim() {
-            "true" | "1" | "yes" => true,
-            "false" | "0" | "no" => false,
-            _ => return Err(invalid(name, format!("{raw:?} is not true or false"))),
-        }),
-        _ => toml::Value::String(raw),
-    })
-}
-
-/// `NPROV_SOURCE_<NAME>_<KEY>`: sets `KEY` of the `[[source]]` named `NAME` (as
-/// [`env_source_name`] spells it); a name no source in the file has adds a source of that name,
-/// in lower case, which then needs at least `URL` and `START`.
-fn overlay_source_env(table: &mut toml::Table, name: &str, raw: String) -> Result<(), ConfigError> {
-    let rest = &name["NPROV_SOURCE_".len()..];
-    let keys = documented_source_keys();
-    // The longest documented key the variable ends with: keys contain underscores too.
-    let Some((key, example)) = keys
-        .iter()
-        .filter(|(k, _)| k != "name")
-        .filter(|(k, _)| {
-            let k = format!("_{}", k.to_ascii_uppercase());
-            rest.ends_with(&k) && rest.len() > k.len()
-        })
-        .max_by_key(|(k, _)| k.len())
-    else {
-        let known: Vec<String> = keys
-            .iter()
-            .filter(|(k, _)| k != "name")
-            .map(|(k, _)| k.to_ascii_uppercase())
-            .collect();
-        return Err(invalid(
-            name,
-            format!(
-                "not a source setting: use NPROV_SOURCE_<NAME>_<KEY> with KEY one of {}",
-                known.join(", ")
-            ),
-        ));
-    };
-    let source_name = &rest[..rest.len() - key.len() - 1];
-    let value = typed(name, raw, example)?;
-    let sources = table
-        .entry("source")
-        .or_insert_with(|| toml::Value::Array(Vec::new()));
-    let toml::Value::Array(sources) = sources else {
-        return Err(invalid(
-            name,
-            "source in the file is not an array of tables",
-        ));
-    };
-    let matching = sources.iter_mut().find(|s| {
-        let n = s
-            .get("name")
-            .and_then(toml::Value::as_str)
-            .unwrap_or(crate::store::DEFAULT_SOURCE);
-        env_source_name(n) == source_name
-    });
-    let entry = match matching {
-        Some(entry) => entry,
-        None => {
-            let mut t = toml::Table::new();
-            t.insert(
-                "name".into(),
-                toml::Value::String(source_name.to_ascii_lowercase()),
-            );
-            sources.push(toml::Value::Table(t));
-            sources.last_mut().expect("just pushed")
-        }
-    };
-    match entry {
-        toml::Value::Table(t) => {
-            t.insert(key.clone(), value);
-            Ok(())
-        }
-        _ => Err(invalid(name, "a [[source]] in the file is not a table")),
-    }
-}
-
-fn overlay_env(
-    table: &mut toml::Table,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
-    let settings = documented_settings();
-    // Sorted, so sources created from variables come in a stable order.
-    let mut env: Vec<(String, String)> = env.into_iter().collect();
-    env.sort();
-    for (name, raw) in env {
-        if !name.starts_with("NPROV_") || NON_SETTING_VARIABLES.contains(&name.as_str()) {
-            continue;
-        }
-        if name.starts_with("NPROV_SOURCE_") {
-            overlay_source_env(table, &name, raw)?;
-            continue;
-        }
-        let Some(s) = settings.iter().find(|s| s.env_name() == name) else {
-            let known: Vec<String> = settings.iter().map(Setting::env_name).collect();
-            return Err(invalid(
-                name,
-                format!(
-                    "not a setting; the known ones are {} and NPROV_SOURCE_<NAME>_<KEY>",
-                    known.join(", ")
-                ),
-            ));
-        };
-        let value = typed(&name, raw, &s.example)?;
-        let section = table
-            .entry(s.table.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        match section {
-            toml::Value::Table(t) => {
-                t.insert(s.key.clone(), value);
-            }
-            _ => {
-                return Err(invalid(
-                    &name,
-                    format!("[{}] in the file is not a table", s.table),
-                ))
-            }
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1102,10 +896,7 @@ mod tests {
 
     #[test]
     fn every_documented_source_key_can_be_set_from_the_environment() {
-        let keys: Vec<String> = documented_source_keys()
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
+        let keys: Vec<&str> = env::source_keys().into_iter().map(|(k, _)| k).collect();
         for k in [
             "url",
             "start",
@@ -1116,7 +907,7 @@ mod tests {
             "token_file",
             "body_attempts",
         ] {
-            assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
+            assert!(keys.contains(&k), "{k} missing from {keys:?}");
         }
     }
 
