@@ -19,6 +19,7 @@ use futures_util::TryStreamExt;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{ConfigError, Settings, SourceSpec};
 use crate::import::{apply_document, ImportError};
 use crate::metrics::{SourceMetrics, WindowOutcome};
 use crate::source::{Client, Event, RetryReason, SourceError};
@@ -50,6 +51,35 @@ pub struct SyncSource {
 impl SyncSource {
     pub fn name(&self) -> &str {
         self.client.name()
+    }
+
+    /// A source ready to sync, from its checked settings: the HTTP client is built here.
+    ///
+    /// # Errors
+    /// What the client refuses (a URL it cannot use, credentials over plain HTTP, a key it
+    /// cannot read), named by the setting as `source.<name>.<key>`.
+    pub fn from_spec(spec: SourceSpec) -> Result<SyncSource, ConfigError> {
+        let name = spec.client.name.clone();
+        let invalid = |setting: &str, message: String| ConfigError::Invalid {
+            origin: format!("source.{name}.{setting}"),
+            message,
+        };
+        let client = Client::new(spec.client).map_err(|e| match e {
+            SourceError::Config {
+                setting, message, ..
+            } => invalid(setting, message),
+            other => invalid("url", other.to_string()),
+        })?;
+        Ok(SyncSource {
+            client,
+            plan: spec.plan,
+            start: spec.start,
+            limits: spec.limits,
+            body_attempts: spec.body_attempts,
+            target_response_bytes: spec.target_response_bytes,
+            max_in_flight: spec.max_in_flight,
+            metrics: SyncSource::detached_metrics(&name),
+        })
     }
 
     /// Metric handles on a registry of their own, for one-shot commands and tests.
@@ -551,12 +581,21 @@ pub async fn catch_up_until(
     Ok(all)
 }
 
-/// Windows a catch-up requests at once unless a source says otherwise: one. Fetching the next
-/// window while the last is written (2) took a 200 000-student year on a realistic platform
-/// from about 54 s to 46-48 s, but its peak memory varied between 43 and 64 MiB over three runs
-/// (about 40 MiB with one; not yet explained: the spool itself holds 1 MiB) and it was slower on
-/// a platform that answers at once (29.3 s against 26.3 s): an opt-in until that is understood.
-pub const DEFAULT_MAX_IN_FLIGHT: u32 = 1;
+/// Builds every configured source, reading its credentials, in the configuration's order.
+///
+/// # Errors
+/// The first source that cannot be built, named with its key.
+pub fn sources(
+    settings: &Settings,
+    config_path: Option<&std::path::Path>,
+    credentials_dir: Option<&std::path::Path>,
+) -> Result<Vec<SyncSource>, ConfigError> {
+    settings
+        .source
+        .iter()
+        .map(|s| SyncSource::from_spec(s.spec(&settings.parser, config_path, credentials_dir)?))
+        .collect()
+}
 
 /// Bytes of a body fetched ahead kept in memory; the rest waits in an anonymous temporary file
 /// (gone when closed, or when the process dies), so a response waiting for its turn costs at

@@ -31,8 +31,7 @@ pub(crate) fn build_sources(
     for warning in settings.credential_warnings(config.as_deref(), credentials.as_deref()) {
         tracing::warn!("{warning}");
     }
-    let mut sources = settings
-        .sources(config.as_deref(), credentials.as_deref())
+    let mut sources = crate::sync::sources(settings, config.as_deref(), credentials.as_deref())
         .map_err(|e| Failure::Config(e.into()))?;
     if let Some(name) = only {
         sources.retain(|s| s.name() == name);

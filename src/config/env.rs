@@ -268,7 +268,10 @@ mod tests {
 
     /// The settings the example documents: its tables' keys, and the keys of the `[[source]]`
     /// block it shows commented out, each with the TOML type of its example value.
-    fn documented() -> (Vec<(String, String, Kind)>, Vec<(String, Kind)>) {
+    /// Section settings as (table, key, kind), source keys as (key, kind).
+    type Documented = (Vec<(String, String, Kind)>, Vec<(String, Kind)>);
+
+    fn documented() -> Documented {
         let example: toml::Table = super::super::EXAMPLE
             .parse()
             .expect("the embedded example is valid TOML");

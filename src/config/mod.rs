@@ -11,9 +11,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod credentials;
 mod env;
+mod source;
 
 use env::overlay_env;
+pub use source::{SourceConfig, SourceSpec, DEFAULT_MAX_IN_FLIGHT, DEFAULT_SCHEDULE};
 
 use crate::store::DEFAULT_DATABASE_URL;
 use crate::xml::parser::DEFAULT_MAX_RECORD_BYTES;
@@ -179,330 +182,7 @@ pub struct Settings {
     pub source: Vec<SourceConfig>,
 }
 
-fn default_source_name() -> String {
-    crate::store::DEFAULT_SOURCE.into()
-}
-fn default_timezone() -> String {
-    "Europe/Stockholm".into()
-}
-/// When `run` syncs a source unless its `schedule` says otherwise: every five minutes.
-pub const DEFAULT_SCHEDULE: &str = "0 */5 * * * *";
-
-fn default_schedule() -> String {
-    DEFAULT_SCHEDULE.into()
-}
-fn default_overlap() -> String {
-    "30m".into()
-}
-fn default_safety_lag() -> String {
-    "2m".into()
-}
-fn default_max_window() -> String {
-    "31d".into()
-}
-fn default_max_in_flight() -> u32 {
-    crate::sync::DEFAULT_MAX_IN_FLIGHT
-}
-fn default_target_response_bytes() -> u64 {
-    crate::window::DEFAULT_TARGET_RESPONSE_BYTES
-}
-fn default_max_response_bytes() -> u64 {
-    256 * 1024 * 1024
-}
-fn default_rate_limit() -> u32 {
-    5
-}
-fn default_connect_timeout() -> String {
-    "10s".into()
-}
-fn default_request_timeout() -> String {
-    "5m".into()
-}
-fn default_read_timeout() -> String {
-    "60s".into()
-}
-fn default_max_retry_wait() -> String {
-    "5m".into()
-}
-fn default_follow_redirects() -> String {
-    "never".into()
-}
-fn default_max_attempts() -> u32 {
-    6
-}
-fn default_body_attempts() -> u32 {
-    3
-}
-
-/// One `[[source]]`: a platform, its credentials and how to poll it. Secrets are never in the
-/// file itself: the `*_file` settings name files (relative names are looked up in systemd's
-/// `$CREDENTIALS_DIRECTORY` when it is set, else beside the config file).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceConfig {
-    #[serde(default = "default_source_name")]
-    pub name: String,
-    pub url: String,
-    pub start: String,
-    #[serde(default = "default_timezone")]
-    pub timezone: String,
-    /// Cron expression with seconds, in `timezone`.
-    #[serde(default = "default_schedule")]
-    pub schedule: String,
-    #[serde(default = "default_overlap")]
-    pub overlap: String,
-    #[serde(default = "default_safety_lag")]
-    pub safety_lag: String,
-    #[serde(default = "default_max_window")]
-    pub max_window: String,
-    #[serde(default = "default_max_response_bytes")]
-    pub max_response_bytes: u64,
-    #[serde(default = "default_target_response_bytes")]
-    pub target_response_bytes: u64,
-    #[serde(default = "default_max_in_flight")]
-    pub max_in_flight: u32,
-    #[serde(default = "default_rate_limit")]
-    pub rate_limit_per_second: u32,
-    #[serde(default = "default_connect_timeout")]
-    pub connect_timeout: String,
-    #[serde(default = "default_request_timeout")]
-    pub request_timeout: String,
-    #[serde(default = "default_read_timeout")]
-    pub read_timeout: String,
-    #[serde(default = "default_max_retry_wait")]
-    pub max_retry_wait: String,
-    /// `never` or `same-origin`.
-    #[serde(default = "default_follow_redirects")]
-    pub follow_redirects: String,
-    #[serde(default = "default_max_attempts")]
-    pub max_attempts: u32,
-    #[serde(default = "default_body_attempts")]
-    pub body_attempts: u32,
-    #[serde(default)]
-    pub client_certificate_file: Option<PathBuf>,
-    #[serde(default)]
-    pub client_key_file: Option<PathBuf>,
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    #[serde(default)]
-    pub basic_user: Option<String>,
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-    #[serde(default)]
-    pub token_file: Option<PathBuf>,
-}
-
-impl SourceConfig {
-    /// Turns the text settings into a ready source: durations, zone and start parsed, secret
-    /// files read, the HTTP client built.
-    ///
-    /// # Errors
-    /// A message naming `source.<name>.<key>` and what is wrong with it.
-    pub fn build(
-        &self,
-        parser: &ParserSettings,
-        config_dir: Option<&Path>,
-        credentials_dir: Option<&Path>,
-    ) -> Result<crate::sync::SyncSource, ConfigError> {
-        use crate::source::{Auth, Client, SourceSettings};
-        let key = |k: &str| format!("source.{}.{k}", self.name);
-        let duration = |k: &str, v: &str| -> Result<chrono::Duration, ConfigError> {
-            let d = humantime::parse_duration(v).map_err(|e| {
-                invalid(
-                    key(k),
-                    format!("{v:?} is not a duration like \"30m\" or \"1d\": {e}"),
-                )
-            })?;
-            chrono::Duration::from_std(d).map_err(|e| invalid(key(k), e.to_string()))
-        };
-        let std_duration = |k: &str, v: &str| -> Result<std::time::Duration, ConfigError> {
-            humantime::parse_duration(v)
-                .map_err(|e| invalid(key(k), format!("{v:?} is not a duration like \"10s\": {e}")))
-        };
-        let tz: chrono_tz::Tz = self
-            .timezone
-            .parse()
-            .map_err(|e| invalid(key("timezone"), format!("{:?}: {e}", self.timezone)))?;
-        crate::schedule::check(&self.schedule, tz).map_err(|e| invalid(key("schedule"), e))?;
-        let start =
-            crate::window::parse_local(&self.start).map_err(|e| invalid(key("start"), e))?;
-        let plan = crate::window::Plan {
-            tz,
-            overlap: duration("overlap", &self.overlap)?,
-            safety_lag: duration("safety_lag", &self.safety_lag)?,
-            max_window: duration("max_window", &self.max_window)?,
-        };
-        plan.validate().map_err(|e| invalid(key("max_window"), e))?;
-        let rate = std::num::NonZeroU32::new(self.rate_limit_per_second)
-            .ok_or_else(|| invalid(key("rate_limit_per_second"), "must be at least 1"))?;
-        if !(1..=2).contains(&self.max_in_flight) {
-            return Err(invalid(
-                key("max_in_flight"),
-                "must be 1 (one window at a time) or 2 (the next fetched while the last is written)",
-            ));
-        }
-        if self.max_attempts == 0 || self.body_attempts == 0 {
-            return Err(invalid(key("max_attempts"), "attempts must be at least 1"));
-        }
-        let read = |k: &str, p: &Path| -> Result<Vec<u8>, ConfigError> {
-            let path = credential_path(p, config_dir, credentials_dir);
-            // The message names the file, never its content.
-            let bytes = std::fs::read(&path)
-                .map_err(|e| invalid(key(k), format!("cannot read {}: {e}", path.display())))?;
-            // An empty file is a credential that was never filled in (or systemd's placeholder
-            // for one that is not used): say so instead of failing later at the platform.
-            if bytes.iter().all(u8::is_ascii_whitespace) {
-                return Err(invalid(key(k), format!("{} is empty", path.display())));
-            }
-            Ok(bytes)
-        };
-        let secret_text = |k: &str, p: &Path| -> Result<secrecy::SecretString, ConfigError> {
-            let bytes = read(k, p)?;
-            let text =
-                String::from_utf8(bytes).map_err(|_| invalid(key(k), "is not UTF-8 text"))?;
-            Ok(secrecy::SecretString::from(
-                text.trim_end_matches(['\r', '\n']).to_owned(),
-            ))
-        };
-        let mut auth = Auth::default();
-        match (&self.client_certificate_file, &self.client_key_file) {
-            (Some(cert), Some(k)) => {
-                let mut pem = read("client_certificate_file", cert)?;
-                pem.push(b'\n');
-                pem.extend(read("client_key_file", k)?);
-                auth.identity_pem = Some(secrecy::SecretBox::new(Box::new(pem)));
-            }
-            (None, None) => {}
-            _ => {
-                return Err(invalid(
-                    key("client_certificate_file"),
-                    "mutual TLS needs both client_certificate_file and client_key_file",
-                ))
-            }
-        }
-        if let Some(ca) = &self.ca_file {
-            auth.extra_roots_pem.push(read("ca_file", ca)?);
-        }
-        match (&self.basic_user, &self.password_file) {
-            (Some(user), Some(p)) => {
-                auth.basic = Some((user.clone(), secret_text("password_file", p)?))
-            }
-            (None, None) => {}
-            _ => {
-                return Err(invalid(
-                    key("basic_user"),
-                    "HTTP basic authentication needs both basic_user and password_file",
-                ))
-            }
-        }
-        if let Some(t) = &self.token_file {
-            auth.bearer = Some(secret_text("token_file", t)?);
-        }
-        let redirects = match self.follow_redirects.as_str() {
-            "never" => crate::source::Redirects::Never,
-            "same-origin" => crate::source::Redirects::SameOrigin,
-            other => {
-                return Err(invalid(
-                    key("follow_redirects"),
-                    format!("{other:?}: use \"never\" or \"same-origin\""),
-                ))
-            }
-        };
-        let client = Client::new(SourceSettings {
-            name: self.name.clone(),
-            base_url: self.url.clone(),
-            rate_limit_per_second: rate,
-            connect_timeout: std_duration("connect_timeout", &self.connect_timeout)?,
-            request_timeout: std_duration("request_timeout", &self.request_timeout)?,
-            read_timeout: std_duration("read_timeout", &self.read_timeout)?,
-            max_retry_wait: std_duration("max_retry_wait", &self.max_retry_wait)?,
-            redirects,
-            max_attempts: self.max_attempts,
-            backoff_base: std::time::Duration::from_millis(500),
-            backoff_cap: std::time::Duration::from_secs(60),
-            auth,
-        })
-        .map_err(|e| match e {
-            crate::source::SourceError::Config {
-                setting, message, ..
-            } => invalid(key(setting), message),
-            other => invalid(key("url"), other.to_string()),
-        })?;
-        Ok(crate::sync::SyncSource {
-            client,
-            plan,
-            start,
-            limits: crate::xml::Limits {
-                max_record_bytes: parser.max_record_bytes,
-                max_document_bytes: Some(self.max_response_bytes),
-            },
-            body_attempts: self.body_attempts,
-            target_response_bytes: self.target_response_bytes,
-            max_in_flight: self.max_in_flight,
-            metrics: crate::sync::SyncSource::detached_metrics(&self.name),
-        })
-    }
-}
-
-impl SourceConfig {
-    /// The secret files this source reads, by setting (the client certificate is public).
-    fn secret_files(&self) -> impl Iterator<Item = (&'static str, &Path)> {
-        [
-            ("client_key_file", &self.client_key_file),
-            ("password_file", &self.password_file),
-            ("token_file", &self.token_file),
-        ]
-        .into_iter()
-        .filter_map(|(k, p)| Some((k, p.as_deref()?)))
-    }
-}
-
-/// Where a credential file is: absolute as given; relative in systemd's credentials directory
-/// when there is one, else beside the config file.
-fn credential_path(p: &Path, config_dir: Option<&Path>, credentials_dir: Option<&Path>) -> PathBuf {
-    if p.is_absolute() {
-        p.to_owned()
-    } else if let Some(dir) = credentials_dir {
-        dir.join(p)
-    } else {
-        config_dir.unwrap_or(Path::new(".")).join(p)
-    }
-}
-
 impl Settings {
-    /// Credential and key files that users other than the owner may read (group or others),
-    /// one message each, naming the setting and the mode. A warning, not an error: a shared
-    /// group may be deliberate, but it should never be an accident. The client certificate is
-    /// public and not checked.
-    pub fn credential_warnings(
-        &self,
-        config_path: Option<&Path>,
-        credentials_dir: Option<&Path>,
-    ) -> Vec<String> {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = config_path.and_then(Path::parent);
-        let mut out = Vec::new();
-        for s in &self.source {
-            for (k, p) in s.secret_files() {
-                let path = credential_path(p, dir, credentials_dir);
-                let Ok(meta) = std::fs::metadata(&path) else {
-                    continue; // unreadable files are the build's error, named there
-                };
-                let mode = meta.permissions().mode() & 0o777;
-                if mode & 0o077 != 0 {
-                    out.push(format!(
-                        "source.{}.{k}: {} is open to users other than its owner (mode \
-                         {mode:04o}): make it 0600 (chmod 600), or hand it over with systemd's \
-                         LoadCredential=",
-                        s.name,
-                        path.display(),
-                    ));
-                }
-            }
-        }
-        out
-    }
-
     /// Loads settings from an optional file and the environment.
     ///
     /// `env` is injected (pass `std::env::vars()`) so tests need not touch the process
@@ -580,22 +260,6 @@ impl Settings {
             }
         }
         Ok(())
-    }
-
-    /// Builds every configured source (reading its credentials).
-    ///
-    /// # Errors
-    /// The first source that cannot be built, named with its key.
-    pub fn sources(
-        &self,
-        config_path: Option<&Path>,
-        credentials_dir: Option<&Path>,
-    ) -> Result<Vec<crate::sync::SyncSource>, ConfigError> {
-        let dir = config_path.and_then(Path::parent);
-        self.source
-            .iter()
-            .map(|s| s.build(&self.parser, dir, credentials_dir))
-            .collect()
     }
 
     /// The daemon's settings, parsed.
@@ -740,7 +404,7 @@ mod tests {
         let src = &s.source[0];
         assert_eq!(src.url, "https://skolplattform.example.se");
         assert_eq!(src.overlap, "30m");
-        let built = s.sources(Some(f.path()), None).expect("builds");
+        let built = crate::sync::sources(&s, Some(f.path()), None).expect("builds");
         assert_eq!(built[0].plan.max_window, chrono::Duration::days(31));
         assert_eq!(built[0].target_response_bytes, 8 << 20);
         assert_eq!(built[0].limits.max_document_bytes, Some(256 * 1024 * 1024));
@@ -752,8 +416,7 @@ mod tests {
             "[[source]]\nname = \"solna\"\nurl = \"https://x.example\"\nstart = \"2026-08-01T00:00\"\noverlap = \"half an hour\"\n",
         );
         let s = Settings::load(Some(f.path()), env(&[])).expect("loads");
-        let e = s
-            .sources(Some(f.path()), None)
+        let e = crate::sync::sources(&s, Some(f.path()), None)
             .err()
             .expect("bad duration")
             .to_string();
@@ -762,8 +425,7 @@ mod tests {
             "[[source]]\nurl = \"https://x.example\"\nstart = \"2026-08-01T00:00\"\npassword_file = \"pw\"\n",
         );
         let s = Settings::load(Some(f.path()), env(&[])).expect("loads");
-        let e = s
-            .sources(Some(f.path()), None)
+        let e = crate::sync::sources(&s, Some(f.path()), None)
             .err()
             .expect("half of basic auth")
             .to_string();
@@ -778,10 +440,9 @@ mod tests {
             "[[source]]\nurl = \"https://x.example\"\nstart = \"2026-08-01T00:00\"\nbasic_user = \"kommun\"\npassword_file = \"pw\"\n",
         );
         let s = Settings::load(Some(f.path()), env(&[])).expect("loads");
-        s.sources(Some(f.path()), Some(dir.path()))
+        crate::sync::sources(&s, Some(f.path()), Some(dir.path()))
             .expect("builds with the credential");
-        let missing = s
-            .sources(Some(f.path()), None)
+        let missing = crate::sync::sources(&s, Some(f.path()), None)
             .err()
             .expect("not beside the config")
             .to_string();
@@ -920,8 +581,7 @@ mod tests {
             "[[source]]\nurl = \"https://x.example\"\nstart = \"2026-08-01T00:00\"\ntoken_file = \"token\"\n",
         );
         let s = Settings::load(Some(f.path()), env(&[])).expect("loads");
-        let e = s
-            .sources(Some(f.path()), Some(dir.path()))
+        let e = crate::sync::sources(&s, Some(f.path()), Some(dir.path()))
             .err()
             .expect("an empty token")
             .to_string();
@@ -972,8 +632,7 @@ mod tests {
             "[[source]]\nname = \"solna\"\nurl = \"https://x.example\"\nstart = \"2026-08-01T00:00\"\nclient_certificate_file = \"client.crt\"\nclient_key_file = \"client.key\"\n",
         );
         let s = Settings::load(Some(f.path()), env(&[])).expect("loads");
-        let err = s
-            .sources(Some(f.path()), Some(dir.path()))
+        let err = crate::sync::sources(&s, Some(f.path()), Some(dir.path()))
             .err()
             .expect("refused")
             .to_string();
@@ -993,9 +652,8 @@ mod tests {
             ))
         };
         let build_error = |f: &tempfile::NamedTempFile| {
-            Settings::load(Some(f.path()), env(&[]))
-                .expect("loads")
-                .sources(Some(f.path()), Some(dir.path()))
+            let s = Settings::load(Some(f.path()), env(&[])).expect("loads");
+            crate::sync::sources(&s, Some(f.path()), Some(dir.path()))
                 .err()
                 .expect("refused")
                 .to_string()
@@ -1015,10 +673,8 @@ mod tests {
         let f = source(
             "follow_redirects = \"same-origin\"\nmax_retry_wait = \"1m\"\nread_timeout = \"5s\"",
         );
-        Settings::load(Some(f.path()), env(&[]))
-            .expect("loads")
-            .sources(Some(f.path()), Some(dir.path()))
-            .expect("builds");
+        let s = Settings::load(Some(f.path()), env(&[])).expect("loads");
+        crate::sync::sources(&s, Some(f.path()), Some(dir.path())).expect("builds");
 
         for bad in ["\"0644x\"", "\"1777\"", "\"0400\""] {
             let f = write(&format!("[database]\nfile_mode = {bad}\n"));

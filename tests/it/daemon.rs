@@ -85,9 +85,8 @@ impl Running {
 
 fn load(config: &std::path::Path) -> Result<Loaded, String> {
     let settings = Settings::load(Some(config), Vec::new()).map_err(|e| e.to_string())?;
-    let sources = settings
-        .sources(Some(config), None)
-        .map_err(|e| e.to_string())?;
+    let sources =
+        nprov_sync::sync::sources(&settings, Some(config), None).map_err(|e| e.to_string())?;
     Ok(Loaded { settings, sources })
 }
 

@@ -1269,9 +1269,14 @@ async fn the_configured_certificate_files_reach_the_platform_over_mutual_tls() {
         sim.url
     ))
     .expect("source config");
-    let src = config
-        .build(&Default::default(), Some(dir.path()), None)
-        .expect("source builds");
+    let spec = config
+        .spec(
+            &Default::default(),
+            Some(&dir.path().join("nprov.toml")),
+            None,
+        )
+        .expect("source settings and credentials");
+    let src = SyncSource::from_spec(spec).expect("source builds");
     let db = fresh_sqlite().await;
     catch_up(&db.store, &src, now, |_| {})
         .await

@@ -1,0 +1,137 @@
+//! A source's credential files: where they are looked for, how they are read (never shown in a
+//! message), and which are open to other users.
+
+use std::path::{Path, PathBuf};
+
+use super::{invalid, ConfigError, Settings, SourceConfig};
+use crate::source::Auth;
+
+impl SourceConfig {
+    /// Reads the credential files this source names.
+    ///
+    /// # Errors
+    /// A file that cannot be read, is empty or is not text where text is needed, or half of a
+    /// pair (certificate and key, user and password); named by its setting.
+    pub(super) fn auth(
+        &self,
+        config_dir: Option<&Path>,
+        credentials_dir: Option<&Path>,
+    ) -> Result<Auth, ConfigError> {
+        let key = |k: &str| format!("source.{}.{k}", self.name);
+        let read = |k: &str, p: &Path| -> Result<Vec<u8>, ConfigError> {
+            let path = credential_path(p, config_dir, credentials_dir);
+            // The message names the file, never its content.
+            let bytes = std::fs::read(&path)
+                .map_err(|e| invalid(key(k), format!("cannot read {}: {e}", path.display())))?;
+            // An empty file is a credential that was never filled in (or systemd's placeholder
+            // for one that is not used): say so instead of failing later at the platform.
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                return Err(invalid(key(k), format!("{} is empty", path.display())));
+            }
+            Ok(bytes)
+        };
+        let secret_text = |k: &str, p: &Path| -> Result<secrecy::SecretString, ConfigError> {
+            let bytes = read(k, p)?;
+            let text =
+                String::from_utf8(bytes).map_err(|_| invalid(key(k), "is not UTF-8 text"))?;
+            Ok(secrecy::SecretString::from(
+                text.trim_end_matches(['\r', '\n']).to_owned(),
+            ))
+        };
+        let mut auth = Auth::default();
+        match (&self.client_certificate_file, &self.client_key_file) {
+            (Some(cert), Some(k)) => {
+                let mut pem = read("client_certificate_file", cert)?;
+                pem.push(b'\n');
+                pem.extend(read("client_key_file", k)?);
+                auth.identity_pem = Some(secrecy::SecretBox::new(Box::new(pem)));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(invalid(
+                    key("client_certificate_file"),
+                    "mutual TLS needs both client_certificate_file and client_key_file",
+                ))
+            }
+        }
+        if let Some(ca) = &self.ca_file {
+            auth.extra_roots_pem.push(read("ca_file", ca)?);
+        }
+        match (&self.basic_user, &self.password_file) {
+            (Some(user), Some(p)) => {
+                auth.basic = Some((user.clone(), secret_text("password_file", p)?))
+            }
+            (None, None) => {}
+            _ => {
+                return Err(invalid(
+                    key("basic_user"),
+                    "HTTP basic authentication needs both basic_user and password_file",
+                ))
+            }
+        }
+        if let Some(t) = &self.token_file {
+            auth.bearer = Some(secret_text("token_file", t)?);
+        }
+        Ok(auth)
+    }
+}
+
+impl SourceConfig {
+    /// The secret files this source reads, by setting (the client certificate is public).
+    fn secret_files(&self) -> impl Iterator<Item = (&'static str, &Path)> {
+        [
+            ("client_key_file", &self.client_key_file),
+            ("password_file", &self.password_file),
+            ("token_file", &self.token_file),
+        ]
+        .into_iter()
+        .filter_map(|(k, p)| Some((k, p.as_deref()?)))
+    }
+}
+
+/// Where a credential file is: absolute as given; relative in systemd's credentials directory
+/// when there is one, else beside the config file.
+fn credential_path(p: &Path, config_dir: Option<&Path>, credentials_dir: Option<&Path>) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else if let Some(dir) = credentials_dir {
+        dir.join(p)
+    } else {
+        config_dir.unwrap_or(Path::new(".")).join(p)
+    }
+}
+
+impl Settings {
+    /// Credential and key files that users other than the owner may read (group or others),
+    /// one message each, naming the setting and the mode. A warning, not an error: a shared
+    /// group may be deliberate, but it should never be an accident. The client certificate is
+    /// public and not checked.
+    pub fn credential_warnings(
+        &self,
+        config_path: Option<&Path>,
+        credentials_dir: Option<&Path>,
+    ) -> Vec<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = config_path.and_then(Path::parent);
+        let mut out = Vec::new();
+        for s in &self.source {
+            for (k, p) in s.secret_files() {
+                let path = credential_path(p, dir, credentials_dir);
+                let Ok(meta) = std::fs::metadata(&path) else {
+                    continue; // unreadable files are the build's error, named there
+                };
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    out.push(format!(
+                        "source.{}.{k}: {} is open to users other than its owner (mode \
+                         {mode:04o}): make it 0600 (chmod 600), or hand it over with systemd's \
+                         LoadCredential=",
+                        s.name,
+                        path.display(),
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
