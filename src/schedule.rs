@@ -3,14 +3,29 @@
 //! it through the scheduler's own parser, so a schedule that loads is one the daemon can run.
 
 use chrono_tz::Tz;
-use tokio_cron_scheduler::Job;
+use tokio_cron_scheduler::{Job, JobSchedulerError};
+
+/// The scheduler job that calls `tick` at every time `schedule` names, in `tz`.
+///
+/// # Errors
+/// A schedule the scheduler cannot read.
+pub fn job(
+    schedule: &str,
+    tz: Tz,
+    tick: impl Fn() + Send + Sync + 'static,
+) -> Result<Job, JobSchedulerError> {
+    Job::new_async_tz(schedule, tz, move |_, _| {
+        tick();
+        Box::pin(async {})
+    })
+}
 
 /// Checks a source's schedule the way the daemon will read it.
 ///
 /// # Errors
 /// A message that shows the expected form.
 pub fn check(schedule: &str, tz: Tz) -> Result<(), String> {
-    Job::new_async_tz(schedule, tz, |_, _| Box::pin(async {}))
+    job(schedule, tz, || {})
         .map(|_| ())
         .map_err(|_| {
             format!(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Offset, TimeZone, Utc};
 use chrono_tz::Tz;
-use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
+use tokio_cron_scheduler::{JobScheduler, JobSchedulerError};
 use uuid::Uuid;
 
 use super::shared::Shared;
@@ -39,10 +39,7 @@ async fn add_job(
 ) -> Result<Uuid, JobSchedulerError> {
     let shared = shared.clone();
     let name = name.to_owned();
-    let job = Job::new_async_tz(schedule, tz, move |_, _| {
-        shared.tick(&name);
-        Box::pin(async {})
-    })?;
+    let job = crate::schedule::job(schedule, tz, move || shared.tick(&name))?;
     scheduler.add(job).await
 }
 
