@@ -29,7 +29,9 @@
 //!   platform over HTTP, for the demo, the benches and the tests.
 //! * [`metrics`] keeps the Prometheus families; it takes plain labels and imports nothing of the
 //!   HTTP client, which reports attempts and retries as [`source::Event`]s to the sync engine.
-//! * [`config`] reads settings (file, then `NPROV_…` variables) and checks them; a source's
+//! * [`config`] reads settings (file, then `NPROV_…` variables derived from the settings types)
+//!   and checks them; a `[[source]]` becomes a typed [`config::SourceSpec`] with its credentials
+//!   read, from which [`sync::SyncSource::from_spec`] builds the HTTP client. A source's
 //!   [`schedule`] is read by one parser for both configuration and the daemon.
 //! * [`daemon`] is the service: one scheduled job per source, leadership, back-off, readiness,
 //!   the health and metrics endpoints, reload and shutdown.

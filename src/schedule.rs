@@ -25,14 +25,12 @@ pub fn job(
 /// # Errors
 /// A message that shows the expected form.
 pub fn check(schedule: &str, tz: Tz) -> Result<(), String> {
-    job(schedule, tz, || {})
-        .map(|_| ())
-        .map_err(|_| {
-            format!(
-                "{schedule:?} is not a cron expression with seconds \
+    job(schedule, tz, || {}).map(|_| ()).map_err(|_| {
+        format!(
+            "{schedule:?} is not a cron expression with seconds \
                  (sec min hour day-of-month month day-of-week), e.g. \"0 */5 * * * *\""
-            )
-        })
+        )
+    })
 }
 
 #[cfg(test)]

@@ -1,14 +1,14 @@
 //! The command line: parse arguments, load settings, run a command, and classify failures into
 //! exit codes. One file per group of commands:
 //!
-//! * [`files`]: `validate` and `import` (documents from files);
-//! * [`sync`]: `sync --once` and `backfill`, with per-window lines and progress;
-//! * [`status`]: `status`, as text or JSON;
-//! * [`daemon`]: `run`, the service;
-//! * [`simulate`] and [`demo`]: the simulated platform, alone or driven end to end;
-//! * [`admin`]: `migrate` and `config example|check`;
-//! * [`setup`]: settings, sources and the database, as every command opens them;
-//! * [`failure`]: [`Failure`] and its exit codes.
+//! * `files`: `validate` and `import` (documents from files);
+//! * `sync`: `sync --once` and `backfill`, with per-window lines and progress;
+//! * `status`: `status`, as text or JSON;
+//! * `daemon`: `run`, the service;
+//! * `simulate` and `demo`: the simulated platform, alone or driven end to end;
+//! * `admin`: `migrate` and `config example|check`;
+//! * `setup`: settings, sources and the database, as every command opens them;
+//! * `failure`: [`Failure`] and its exit codes.
 //!
 //! Nothing outside this module imports it but `main.rs`.
 

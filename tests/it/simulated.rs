@@ -405,12 +405,10 @@ async fn a_wrong_password_is_refused_and_the_right_one_syncs() {
     assert_eq!(dump(&db.store).await, reference(&sim.platform, now).await);
 }
 
-/// kill -9 at moments nobody chose: during start-up and migration, mid-fetch, mid-write, between
-/// windows, with the next window fetched ahead. Every restart resumes from what was committed and
-/// the last run, left to finish, ends with the mirror equal to the platform.
-#[tokio::test]
-async fn a_pipelined_sync_killed_at_random_points_ends_equal_after_a_clean_finish() {
-    use rand::{Rng, SeedableRng};
+/// A pipelined catch-up of four days for a test to run as the real binary and kill: about 50
+/// two-hour windows at 8 requests a second, the next fetched ahead, into SQLite in a fresh
+/// directory. The simulator, the directory, the command line and the platform's "now".
+async fn killable_sync() -> (Running, tempfile::TempDir, Vec<String>, DateTime<Utc>) {
     let platform = platform(600, 15, "2026-01-05T00:00:00Z", "2026-01-09T00:00:00Z", 3);
     let now = t("2026-01-09T06:00:00Z");
     let sim = simulator(platform, now, Faults::default(), None).await;
@@ -425,14 +423,21 @@ async fn a_pipelined_sync_killed_at_random_points_ends_equal_after_a_clean_finis
         ),
     )
     .expect("config");
-    let args = [
-        "sync",
-        "--once",
-        "--until",
-        "2026-01-09T07:00",
-        "--config",
-        cfg.to_str().expect("path"),
-    ];
+    let args = ["sync", "--once", "--until", "2026-01-09T07:00", "--config"]
+        .into_iter()
+        .map(String::from)
+        .chain([cfg.display().to_string()])
+        .collect();
+    (sim, dir, args, now)
+}
+
+/// kill -9 at moments nobody chose: during start-up and migration, mid-fetch, mid-write, between
+/// windows, with the next window fetched ahead. Every restart resumes from what was committed and
+/// the last run, left to finish, ends with the mirror equal to the platform.
+#[tokio::test]
+async fn a_pipelined_sync_killed_at_random_points_ends_equal_after_a_clean_finish() {
+    use rand::{Rng, SeedableRng};
+    let (sim, dir, args, now) = killable_sync().await;
     // About 50 windows at 8 requests a second take six seconds or more: each kill lands
     // somewhere in the first four. The seed is printed so a failure can be replayed.
     let seed: u64 = std::env::var("TEST_KILL_SEED")
@@ -443,7 +448,7 @@ async fn a_pipelined_sync_killed_at_random_points_ends_equal_after_a_clean_finis
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     for _ in 0..4 {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nprov-sync"))
-            .args(args)
+            .args(&args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -456,7 +461,7 @@ async fn a_pipelined_sync_killed_at_random_points_ends_equal_after_a_clean_finis
         child.kill().await.expect("kill -9");
     }
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_nprov-sync"))
-        .args(args)
+        .args(&args)
         .output()
         .await
         .expect("run to the end");
@@ -480,31 +485,10 @@ async fn a_pipelined_sync_killed_at_random_points_ends_equal_after_a_clean_finis
 
 #[tokio::test]
 async fn a_sync_killed_mid_run_resumes_from_its_watermark_and_ends_equal() {
-    let platform = platform(600, 15, "2026-01-05T00:00:00Z", "2026-01-09T00:00:00Z", 3);
-    let now = t("2026-01-09T06:00:00Z");
-    let sim = simulator(platform, now, Faults::default(), None).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let cfg = dir.path().join("nprov.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[database]\nurl = \"sqlite://{}/db.sqlite\"\n\n[[source]]\nurl = \"{}\"\nstart = \"2026-01-05T00:00\"\nmax_window = \"2h\"\nrate_limit_per_second = 8\nmax_in_flight = 2\n",
-            dir.path().display(),
-            sim.url
-        ),
-    )
-    .expect("config");
-    let args = [
-        "sync",
-        "--once",
-        "--until",
-        "2026-01-09T07:00",
-        "--config",
-        cfg.to_str().expect("path"),
-    ];
+    let (sim, dir, args, now) = killable_sync().await;
     // About 50 windows at 8 requests a second: kill it part-way, at no particular moment.
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nprov-sync"))
-        .args(args)
+        .args(&args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -547,7 +531,7 @@ async fn a_sync_killed_mid_run_resumes_from_its_watermark_and_ends_equal() {
     );
 
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_nprov-sync"))
-        .args(args)
+        .args(&args)
         .output()
         .await
         .expect("run again");
