@@ -123,6 +123,16 @@ impl Metrics {
     /// A fresh registry with every family registered, `nprov_build_info` set, and (on Linux)
     /// the process collector.
     pub fn new() -> Metrics {
+        Metrics::with_process(true)
+    }
+
+    /// The same without the process collector: for a node_exporter textfile, where `process_…`
+    /// series would collide with node_exporter's own and describe a process that has exited.
+    pub fn for_textfile() -> Metrics {
+        Metrics::with_process(false)
+    }
+
+    fn with_process(process: bool) -> Metrics {
         let f = Families {
             registry: Registry::new(),
             leader: int_gauge(
@@ -242,20 +252,29 @@ impl Metrics {
             r.register(c).expect("each family is registered once");
         }
         let build_info = IntGaugeVec::new(
-            Opts::new("nprov_build_info", "Always 1; the version is a label"),
-            &["version"],
+            Opts::new(
+                "nprov_build_info",
+                "Always 1; the version, the commit and the compiler are labels",
+            ),
+            &["version", "revision", "rustc"],
         )
         .expect("valid metric definition");
         build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                env!("BUILD_GIT_REVISION"),
+                env!("BUILD_RUSTC_VERSION"),
+            ])
             .set(1);
         r.register(Box::new(build_info))
             .expect("each family is registered once");
         #[cfg(target_os = "linux")]
-        r.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))
-        .expect("the process collector is registered once");
+        if process {
+            r.register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("the process collector is registered once");
+        }
         Metrics { inner: Arc::new(f) }
     }
 
@@ -377,6 +396,15 @@ impl SourceMetrics {
         SourceMetrics {
             loud: false,
             ..Metrics::new().source(name, retry_reasons)
+        }
+    }
+
+    /// The same handles, with window events logged at debug: for a command that prints its own
+    /// line per window.
+    pub fn quiet(self) -> SourceMetrics {
+        SourceMetrics {
+            loud: false,
+            ..self
         }
     }
 

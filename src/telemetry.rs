@@ -40,10 +40,32 @@ where
     }
 }
 
-/// Installs the global subscriber on stderr; colours only when stderr is a terminal, so journald
-/// gets plain lines.
+/// Whether log lines are coloured: only on a terminal (journald gets plain lines), and never when
+/// `NO_COLOR` is set to anything but the empty string (<https://no-color.org>).
+pub fn colours(is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    is_terminal && !no_color.is_some_and(|v| !v.is_empty())
+}
+
+/// Installs the global subscriber on stderr, coloured as [`colours`] says.
 pub fn init(settings: &LogSettings) {
-    let ansi = std::io::stderr().is_terminal();
+    let ansi = colours(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     // A second init (tests) keeps the first subscriber.
     let _ = tracing::subscriber::set_global_default(subscriber(settings, std::io::stderr, ansi));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colours;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        assert!(colours(true, None));
+        assert!(colours(true, Some(OsStr::new(""))));
+        assert!(!colours(true, Some(OsStr::new("1"))));
+        assert!(!colours(false, None));
+    }
 }

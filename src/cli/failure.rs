@@ -12,6 +12,8 @@ pub enum Failure {
     Config(anyhow::Error),
     /// The database or the system failed: exit 3.
     Runtime(anyhow::Error),
+    /// `status`: a configured source is not ready (the rule of `/readyz`): exit 4.
+    NotReady(anyhow::Error),
 }
 
 impl Failure {
@@ -20,12 +22,13 @@ impl Failure {
             Failure::Data(_) => 1,
             Failure::Config(_) => 2,
             Failure::Runtime(_) => 3,
+            Failure::NotReady(_) => 4,
         }
     }
 
     pub fn error(&self) -> &anyhow::Error {
         match self {
-            Failure::Data(e) | Failure::Config(e) | Failure::Runtime(e) => e,
+            Failure::Data(e) | Failure::Config(e) | Failure::Runtime(e) | Failure::NotReady(e) => e,
         }
     }
 }

@@ -89,6 +89,11 @@ pub enum Command {
         /// Only this source.
         #[arg(long, value_name = "NAME")]
         source: Option<String>,
+        /// Also write the run's metrics to this file, in the text format node_exporter's
+        /// textfile collector reads (written beside it, then renamed into place), so a run
+        /// from a timer is monitored like the daemon.
+        #[arg(long, value_name = "PATH")]
+        textfile: Option<PathBuf>,
     },
     /// Re-read a historic range of one source without moving its watermark.
     Backfill {
@@ -146,10 +151,27 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> Result<()
         Command::Run => daemon::run_daemon(&cli.config, cli.database.clone(), settings).await,
         Command::Demo(args) => demo::run(&args.file, args.students, out).await,
         Command::Simulate(args) => simulate::simulate(*args, out).await,
-        Command::Sync { until, source, .. } => {
+        Command::Sync {
+            until,
+            source,
+            textfile,
+            ..
+        } => {
             let sources = setup::build_sources(&cli.config, &settings, source.as_deref())?;
             let store = setup::open_store(&settings).await?;
-            let result = sync::sync_once(store.as_ref(), &sources, until.as_deref(), out).await;
+            let result = match textfile {
+                None => sync::sync_once(store.as_ref(), &sources, until.as_deref(), out).await,
+                Some(path) => {
+                    sync::sync_once_to_textfile(
+                        store.as_ref(),
+                        sources,
+                        until.as_deref(),
+                        &path,
+                        out,
+                    )
+                    .await
+                }
+            };
             store.close().await;
             result
         }
@@ -171,7 +193,8 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> Result<()
             result
         }
         Command::Status { json } => {
-            let store = setup::open_store(&settings).await?;
+            // Reading needs no right to migrate: a read-only role or user can run it.
+            let store = setup::connect_store(&settings).await?;
             let result = status::status(store.as_ref(), &settings, json, out).await;
             store.close().await;
             result

@@ -1,5 +1,7 @@
 //! `status`: per source watermark, lag, leader and latest windows, and the tables' sizes; as text
-//! for people or as JSON for scripts, both printed from the same typed snapshot.
+//! for people or as JSON for scripts, both printed from the same typed snapshot. It reads without
+//! migrating, and exits 4 when a configured source is not ready by `/readyz`'s rule (see
+//! [`crate::daemon::readiness`]), so a script or a check can act on it.
 
 use std::io::Write;
 
@@ -7,11 +9,14 @@ use chrono::{DateTime, Utc};
 
 use super::failure::{io_failure, Failure};
 use crate::config::Settings;
+use crate::daemon::{readiness, Role, SourceSnapshot};
 use crate::store::{RunRow, Store, TableCounts};
 
 /// What `status` reports. Serialized as `status --json` prints it; the field order is the JSON's.
 #[derive(serde::Serialize)]
 struct Status {
+    /// Every configured source is ready.
+    ready: bool,
     sources: Vec<SourceStatus>,
     tables: TableCounts,
     #[serde(serialize_with = "rfc3339")]
@@ -26,6 +31,11 @@ struct SourceStatus {
     watermark_local: Option<String>,
     watermark_utc: Option<String>,
     lag_seconds: Option<i64>,
+    /// By `/readyz`'s rule; `None` for a source the database knows but the configuration does
+    /// not name (nothing is expected of it).
+    ready: Option<bool>,
+    /// Why not, when not.
+    not_ready: Option<String>,
     recent_windows: Vec<RunRow>,
 }
 
@@ -43,12 +53,24 @@ async fn snapshot(store: &dyn Store, settings: &Settings) -> Result<Status, Fail
         }
     }
     let now = Utc::now();
+    let max_age = settings
+        .daemon()
+        .map_err(|e| Failure::Config(e.into()))?
+        .ready_max_age;
     let mut sources = Vec::new();
     for name in names {
         let wm = store.watermark(&name).await.map_err(runtime)?;
         let recent_windows = store.recent_runs(&name, 5).await.map_err(runtime)?;
         let leader = store.leader(&name).await.map_err(runtime)?;
+        let (ready, not_ready) = if settings.source.iter().any(|s| s.name == name) {
+            let verdict = source_ready(&name, &wm, &leader, &recent_windows, now, max_age);
+            (Some(verdict.is_none()), verdict)
+        } else {
+            (None, None)
+        };
         sources.push(SourceStatus {
+            ready,
+            not_ready,
             leader: leader.map(|l| {
                 l.holder
                     .unwrap_or_else(|| "none: no instance leads it".into())
@@ -64,10 +86,47 @@ async fn snapshot(store: &dyn Store, settings: &Settings) -> Result<Status, Fail
     }
     let tables = store.table_counts().await.map_err(runtime)?;
     Ok(Status {
+        ready: sources.iter().all(|s| s.ready != Some(false)),
         sources,
         tables,
         at: now,
     })
+}
+
+/// Why a configured source is not ready, or `None` when it is: some instance leads it (always so
+/// on SQLite, where one instance syncs) and it committed a window within `max_age`. The daemon's
+/// rule, applied to what the database shows: its last commit is the watermark's `updated_at`.
+fn source_ready(
+    name: &str,
+    wm: &Option<crate::store::Watermark>,
+    leader: &Option<crate::store::LeaderInfo>,
+    recent: &[RunRow],
+    now: DateTime<Utc>,
+    max_age: std::time::Duration,
+) -> Option<String> {
+    if leader.as_ref().is_some_and(|l| l.holder.is_none()) {
+        return Some("no instance leads it".into());
+    }
+    let snapshot = SourceSnapshot {
+        name: name.to_owned(),
+        role: Role {
+            leader: true,
+            since: None,
+        },
+        last_success: wm.as_ref().map(|w| w.updated_at),
+        consecutive_failures: recent.iter().take_while(|r| r.outcome != "ok").count() as i64,
+    };
+    // No start-up grace: a source that never committed is not ready.
+    let verdict = readiness(&Ok(()), &[snapshot], now, DateTime::<Utc>::MIN_UTC, max_age);
+    if verdict.ready {
+        return None;
+    }
+    Some(
+        verdict.body["sources"][0]["reason"]
+            .as_str()
+            .unwrap_or("not ready")
+            .to_owned(),
+    )
 }
 
 pub(crate) async fn status(
@@ -80,12 +139,13 @@ pub(crate) async fn status(
     if json {
         // Through a `Value`, so keys come out as they always have (serde_json's map order).
         let doc = serde_json::to_value(&status).expect("status serializes");
-        return writeln!(
+        writeln!(
             out,
             "{}",
             serde_json::to_string_pretty(&doc).expect("JSON values serialize")
         )
-        .map_err(io_failure);
+        .map_err(io_failure)?;
+        return not_ready(&status);
     }
     for s in &status.sources {
         let lag = s
@@ -101,6 +161,9 @@ pub(crate) async fn status(
         .map_err(io_failure)?;
         if let Some(leader) = &s.leader {
             writeln!(out, "  leader: {leader}").map_err(io_failure)?;
+        }
+        if let Some(why) = &s.not_ready {
+            writeln!(out, "  not ready: {why}").map_err(io_failure)?;
         }
         for r in &s.recent_windows {
             writeln!(
@@ -128,5 +191,21 @@ pub(crate) async fn status(
         c.provomrade, c.provtillfalle, c.delprovsresultat, c.change_log, c.quarantine
     )
     .map_err(io_failure)?;
-    Ok(())
+    not_ready(&status)
+}
+
+/// Exit 4 when a configured source is not ready, naming each.
+fn not_ready(status: &Status) -> Result<(), Failure> {
+    if status.ready {
+        return Ok(());
+    }
+    let why: Vec<String> = status
+        .sources
+        .iter()
+        .filter_map(|s| Some(format!("source {}: {}", s.source, s.not_ready.as_ref()?)))
+        .collect();
+    Err(Failure::NotReady(anyhow::anyhow!(
+        "not ready: {}",
+        why.join("; ")
+    )))
 }

@@ -224,6 +224,76 @@ pub async fn sync_once(
     Ok(())
 }
 
+/// `sync --once --textfile PATH`: as [`sync_once`], source by source into one registry, whose
+/// families are then written to `path` for node_exporter, also when a source failed (that is
+/// what the file is for). Each source the run syncs shows as led by this run.
+pub async fn sync_once_to_textfile(
+    store: &dyn Store,
+    mut sources: Vec<SyncSource>,
+    until: Option<&str>,
+    path: &std::path::Path,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
+    let metrics = crate::metrics::Metrics::for_textfile();
+    for src in &mut sources {
+        src.metrics = metrics
+            .source(src.name(), &crate::source::RetryReason::LABELS)
+            .quiet();
+        // Freshness survives between runs: the watermark row says when the last window
+        // committed.
+        if let Some(wm) = store
+            .watermark(src.name())
+            .await
+            .map_err(|e| Failure::Runtime(e.into()))?
+        {
+            src.metrics.watermark(wm.utc);
+            src.metrics.restore_last_success(wm.updated_at);
+        }
+    }
+    let mut result = if sources.is_empty() {
+        sync_once(store, &sources, until, out).await
+    } else {
+        Ok(())
+    };
+    for src in &sources {
+        result = sync_once(store, std::slice::from_ref(src), until, out).await;
+        src.metrics.set_leader(true);
+        src.metrics.run_finished(result.is_err());
+        if result.is_err() {
+            break;
+        }
+    }
+    let written = write_textfile(path, &metrics.render(Utc::now()));
+    // The run's own failure comes first; a file that could not be written is the failure
+    // otherwise.
+    result.and(written)
+}
+
+/// Writes `text` to `path` whole or not at all: into a temporary file in the same directory,
+/// flushed, readable by others (node_exporter runs as its own user), then renamed over `path`.
+fn write_textfile(path: &std::path::Path, text: &str) -> Result<(), Failure> {
+    use std::os::unix::fs::PermissionsExt;
+    let failed = |e: std::io::Error| {
+        Failure::Runtime(anyhow::Error::new(e).context(format!("--textfile {}", path.display())))
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".nprov-sync-")
+        .suffix(".prom.tmp")
+        .tempfile_in(dir)
+        .map_err(failed)?;
+    tmp.write_all(text.as_bytes()).map_err(failed)?;
+    tmp.as_file().sync_all().map_err(failed)?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .map_err(failed)?;
+    tmp.persist(path).map_err(|e| failed(e.error))?;
+    Ok(())
+}
+
 /// `backfill`: a historic range re-read; the watermark does not move.
 pub async fn backfill(
     store: &dyn Store,

@@ -59,6 +59,7 @@ mod state;
 
 pub use notify::{Notifier, SystemdNotifier};
 pub use signals::spawn_signal_handlers;
+pub use state::{readiness, Readiness, Role, SourceSnapshot};
 
 use shared::Shared;
 

@@ -28,7 +28,7 @@ pub(super) fn backoff(consecutive_failures: u32, max: Duration) -> Duration {
 
 /// Whether this instance leads a source, and since when it has.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(super) struct Role {
+pub struct Role {
     pub leader: bool,
     /// When this instance last took the lead (readiness counts from there).
     pub since: Option<DateTime<Utc>>,
@@ -132,7 +132,7 @@ impl SourceState {
 
 /// One source as readiness and the status line see it.
 #[derive(Clone, Debug, PartialEq)]
-pub(super) struct SourceSnapshot {
+pub struct SourceSnapshot {
     pub name: String,
     pub role: Role,
     pub last_success: Option<DateTime<Utc>>,
@@ -141,15 +141,16 @@ pub(super) struct SourceSnapshot {
 
 /// `/readyz`'s verdict and body.
 #[derive(Debug)]
-pub(super) struct Readiness {
+pub struct Readiness {
     pub ready: bool,
     pub body: serde_json::Value,
 }
 
 /// Ready when the database answered and every source this instance leads committed a window
 /// within `max_age`, counted from the latest of its last success, taking the lead and start-up
-/// (a fresh leader has had no chance yet). Standby sources are always ready.
-pub(super) fn readiness(
+/// (a fresh leader has had no chance yet). Standby sources are always ready. `status` applies the
+/// same rule to the database's view of every configured source.
+pub fn readiness(
     database: &Result<(), String>,
     sources: &[SourceSnapshot],
     now: DateTime<Utc>,

@@ -176,6 +176,51 @@ mod sync_commands {
     use super::*;
     use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
+    /// What `sync --once --textfile` wrote: the run's series for node_exporter, readable by it,
+    /// no process series, and (where promtool is installed, always under CI) a valid exposition.
+    fn check_textfile(path: &std::path::Path) {
+        use std::os::unix::fs::PermissionsExt;
+        let body = std::fs::read_to_string(path).expect("the textfile is written");
+        let mode = std::fs::metadata(path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644, "node_exporter must be able to read it");
+        let line = |prefix: &str| -> f64 {
+            body.lines()
+                .find(|l| l.starts_with(prefix))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {prefix} in\n{body}"))
+        };
+        assert!(
+            line(r#"nprov_sync_windows_total{kind="sync",outcome="ok",source="stockholm"}"#) >= 4.0
+        );
+        assert_eq!(line(r#"nprov_leader{source="stockholm"}"#), 1.0);
+        assert_eq!(
+            line(r#"nprov_sync_consecutive_failures{source="stockholm"}"#),
+            0.0
+        );
+        assert!(line(r#"nprov_sync_watermark_timestamp_seconds{source="stockholm"}"#) > 0.0);
+        assert!(!body.contains("process_"), "{body}");
+        // Only the finished file: no temporary one left beside it.
+        let dir = path.parent().expect("dir");
+        let leftovers: Vec<_> = std::fs::read_dir(dir)
+            .expect("dir")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        match Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::fs::File::open(path).expect("open"))
+            .output()
+        {
+            Ok(o) => assert!(o.status.success(), "promtool: {}", text(&o)),
+            Err(_) => crate::helpers::skip(
+                "check_textfile",
+                "promtool is not installed (monitoring/check.sh installs it)",
+            ),
+        }
+    }
+
     fn config(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
         let cfg = dir.join("nprov.toml");
         std::fs::write(
@@ -209,6 +254,7 @@ mod sync_commands {
         let dir = tempfile::tempdir().expect("dir");
         let cfg = config(dir.path(), &server.uri());
         let cfg = cfg.to_str().expect("path");
+        let textfile = dir.path().join("nprov-sync.prom");
         let o = nprov(
             &[
                 "sync",
@@ -217,6 +263,8 @@ mod sync_commands {
                 "2026-01-11T00:00",
                 "--config",
                 cfg,
+                "--textfile",
+                textfile.to_str().expect("path"),
             ],
             dir.path(),
         );
@@ -230,12 +278,35 @@ mod sync_commands {
             out.contains("windows synced; watermark 2026-01-11T00:00"),
             "{out}"
         );
+        check_textfile(&textfile);
 
         let o = nprov(&["status", "--json", "--config", cfg], dir.path());
         assert!(o.status.success(), "{}", text(&o));
         let status: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
         assert_eq!(status["sources"][0]["watermark_local"], "2026-01-11T00:00");
         assert_eq!(status["sources"][0]["recent_windows"][0]["outcome"], "ok");
+        assert_eq!(status["ready"], true);
+
+        // The same rule as /readyz: a source whose last commit is older than
+        // metrics.ready_max_age is not ready, and status exits 4 naming it.
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        let o = Command::new(env!("CARGO_BIN_EXE_nprov-sync"))
+            .args(["status", "--json", "--config", cfg])
+            .current_dir(dir.path())
+            .env_remove("NPROV_DATABASE_URL")
+            .env("NPROV_METRICS_READY_MAX_AGE", "1s")
+            .output()
+            .expect("status");
+        assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+        let status: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+        assert_eq!(status["ready"], false);
+        assert_eq!(status["sources"][0]["ready"], false);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            stderr.contains("not ready: source stockholm: no window committed for ")
+                && stderr.contains("(bound 1s)"),
+            "{stderr}"
+        );
 
         let o = nprov(&["config", "check", "--config", cfg], dir.path());
         assert!(o.status.success(), "{}", text(&o));

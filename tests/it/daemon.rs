@@ -290,7 +290,17 @@ async fn a_running_daemon_exports_what_happens_a_429_a_failed_window_and_a_quara
         ) > 0.0
     );
     assert_eq!(value(&text, r#"nprov_leader{source="sim"}"#), 1.0);
-    assert_eq!(value(&text, r#"nprov_build_info{version="0.1.0"}"#), 1.0);
+    let build_info = text
+        .lines()
+        .find(|l| l.starts_with("nprov_build_info{"))
+        .unwrap_or_else(|| panic!("no nprov_build_info in\n{text}"));
+    assert!(
+        build_info.contains(r#"version="0.1.0""#)
+            && build_info.contains("revision=\"")
+            && !build_info.contains(r#"rustc="unknown""#)
+            && build_info.ends_with(" 1"),
+        "{build_info}"
+    );
     assert!(text.contains("process_resident_memory_bytes"));
 
     let ready = reqwest::get(format!("{}/readyz", daemon.metrics_url))
