@@ -279,9 +279,9 @@ impl Metrics {
     }
 
     /// The handles of one source. Every per-source family gets its series at once (at zero), so
-    /// dashboards and `rate()` see a source before its first event; `retry_reasons` are the
-    /// values the `reason` label of retries can take.
-    pub fn source(&self, name: &str, retry_reasons: &[&str]) -> SourceMetrics {
+    /// dashboards and `rate()` see a source before its first event, with every label value
+    /// `known` in advance.
+    pub fn source(&self, name: &str, known: &KnownLabels) -> SourceMetrics {
         let f = &self.inner;
         for kind in [RunKind::Sync, RunKind::Backfill] {
             for outcome in ["ok", "failed"] {
@@ -291,8 +291,11 @@ impl Metrics {
         for class in ["2xx", "3xx", "4xx", "5xx", "error"] {
             f.http_requests.with_label_values(&[name, class]);
         }
-        for reason in retry_reasons {
+        for reason in known.retry_reasons {
             f.http_retries.with_label_values(&[name, reason]);
+        }
+        for field in known.enum_fields {
+            f.unknown_values.with_label_values(&[name, field]);
         }
         for outcome in ["changed", "unchanged", "cleared"] {
             f.provomraden.with_label_values(&[name, outcome]);
@@ -341,6 +344,33 @@ impl Metrics {
         String::from_utf8(out).expect("the text format is UTF-8")
     }
 
+    /// Removes every series of `source`, in every family that has a `source` label: for a source
+    /// that left the configuration, whose frozen series would otherwise keep alerts firing (a
+    /// leader gauge at 0, a watermark that no longer moves) until the next restart. Handles of
+    /// the source taken before are detached from the registry; take new ones with
+    /// [`Metrics::source`] if it comes back.
+    pub fn remove_source(&self, source: &str) {
+        let f = &self.inner;
+        remove_source_from(&f.leader, source);
+        remove_source_from(&f.windows, source);
+        remove_source_from(&f.window_duration, source);
+        remove_source_from(&f.last_success, source);
+        remove_source_from(&f.last_attempt, source);
+        remove_source_from(&f.watermark, source);
+        remove_source_from(&f.lag, source);
+        remove_source_from(&f.consecutive_failures, source);
+        remove_source_from(&f.http_requests, source);
+        remove_source_from(&f.http_duration, source);
+        remove_source_from(&f.http_bytes, source);
+        remove_source_from(&f.http_retries, source);
+        remove_source_from(&f.http_rate_limited, source);
+        remove_source_from(&f.records_received, source);
+        remove_source_from(&f.provomraden, source);
+        remove_source_from(&f.quarantined, source);
+        remove_source_from(&f.unknown_values, source);
+        remove_source_from(&f.commit_duration, source);
+    }
+
     /// The registry, for tests that inspect it.
     pub fn registry(&self) -> &Registry {
         &self.inner.registry
@@ -348,6 +378,37 @@ impl Metrics {
 }
 
 use prometheus::core::Collector;
+
+/// Removes the series of one source from a family, whatever its other labels are.
+fn remove_source_from<T: prometheus::core::MetricVecBuilder>(
+    family: &prometheus::core::MetricVec<T>,
+    source: &str,
+) {
+    for mf in family.collect() {
+        for m in mf.get_metric() {
+            let labels: std::collections::HashMap<&str, &str> = m
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            if labels.get("source") == Some(&source) {
+                // Gone already (a concurrent removal) is as good.
+                let _ = family.remove(&labels);
+            }
+        }
+    }
+}
+
+/// Label values known before any event, so their counters start at zero: a rule's `increase()`
+/// then sees the first event, and a rule that names the family sees it from the start. Plain
+/// text: the caller knows what they stand for.
+#[derive(Clone, Copy, Debug)]
+pub struct KnownLabels {
+    /// `reason` of `nprov_sync_http_retries_total`.
+    pub retry_reasons: &'static [&'static str],
+    /// `field` of `nprov_sync_unknown_values_total`.
+    pub enum_fields: &'static [&'static str],
+}
 
 /// One source's metric handles; cheap to clone.
 #[derive(Clone)]
@@ -392,10 +453,10 @@ pub struct WindowOutcome<'a> {
 
 impl SourceMetrics {
     /// Handles on a registry of their own, never exported: for one-shot commands.
-    pub fn detached(name: &str, retry_reasons: &[&str]) -> SourceMetrics {
+    pub fn detached(name: &str, known: &KnownLabels) -> SourceMetrics {
         SourceMetrics {
             loud: false,
-            ..Metrics::new().source(name, retry_reasons)
+            ..Metrics::new().source(name, known)
         }
     }
 
@@ -527,8 +588,51 @@ impl SourceMetrics {
 mod tests {
     use super::*;
 
-    /// The label values the HTTP client reports, as the daemon passes them.
-    const REASONS: [&str; 2] = ["rate_limited", "timeout"];
+    /// Label values as the daemon passes them.
+    const REASONS: KnownLabels = KnownLabels {
+        retry_reasons: &["rate_limited", "timeout"],
+        enum_fields: &["betyg"],
+    };
+
+    #[test]
+    fn labelled_counters_start_at_zero_for_every_known_label_value() {
+        let m = Metrics::new();
+        m.source("a", &REASONS);
+        let text = m.render(Utc::now());
+        for series in [
+            r#"nprov_sync_unknown_values_total{field="betyg",source="a"} 0"#,
+            r#"nprov_sync_http_retries_total{reason="timeout",source="a"} 0"#,
+            r#"nprov_sync_http_retries_total{reason="rate_limited",source="a"} 0"#,
+            r#"nprov_sync_windows_total{kind="backfill",outcome="failed",source="a"} 0"#,
+            r#"nprov_sync_http_requests_total{class="5xx",source="a"} 0"#,
+            r#"nprov_sync_provomraden_total{outcome="cleared",source="a"} 0"#,
+        ] {
+            assert!(text.contains(series), "{series} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_removed_source_leaves_no_series_and_the_others_keep_theirs() {
+        let m = Metrics::new();
+        for name in ["a", "b"] {
+            let s = m.source(name, &REASONS);
+            s.http_attempt(Some(200), Duration::from_millis(5));
+            s.watermark(Utc::now());
+            s.set_leader(true);
+        }
+        let before = m.render(Utc::now());
+        assert!(before.contains(r#"source="a""#) && before.contains(r#"source="b""#));
+        m.remove_source("a");
+        let after = m.render(Utc::now());
+        assert!(!after.contains(r#"source="a""#), "{after}");
+        assert!(after.contains(r#"nprov_leader{source="b"} 1"#), "{after}");
+        assert!(after.contains(r#"nprov_sync_http_requests_total{class="2xx",source="b"} 1"#));
+        // Back again: fresh series at zero.
+        m.source("a", &REASONS);
+        assert!(m
+            .render(Utc::now())
+            .contains(r#"nprov_leader{source="a"} 0"#));
+    }
 
     #[test]
     fn every_listed_family_is_exported_and_nothing_else() {

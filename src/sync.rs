@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Settings, SourceSpec};
 use crate::import::{apply_document, ImportError};
-use crate::metrics::{SourceMetrics, WindowOutcome};
+use crate::metrics::{KnownLabels, SourceMetrics, WindowOutcome};
 use crate::source::{Client, Event, RetryReason, SourceError};
 use crate::store::{ApplyContext, ApplySummary, RunKind, Store, StoreError, SyncRun};
 use crate::window::{Pacer, Plan, Window};
@@ -84,7 +84,7 @@ impl SyncSource {
 
     /// Metric handles on a registry of their own, for one-shot commands and tests.
     pub fn detached_metrics(name: &str) -> SourceMetrics {
-        SourceMetrics::detached(name, &RetryReason::LABELS)
+        SourceMetrics::detached(name, &KNOWN_LABELS)
     }
 
     /// Counts what the HTTP client reports, as it happens.
@@ -580,6 +580,13 @@ pub async fn catch_up_until(
     }
     Ok(all)
 }
+
+/// The label values a source's metrics know before any event: the client's retry reasons and
+/// the fields whose unknown values the parser counts.
+pub const KNOWN_LABELS: KnownLabels = KnownLabels {
+    retry_reasons: &RetryReason::LABELS,
+    enum_fields: &crate::xml::version::EnumField::LABELS,
+};
 
 /// Builds every configured source, reading its credentials, in the configuration's order.
 ///

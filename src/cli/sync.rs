@@ -237,7 +237,7 @@ pub async fn sync_once_to_textfile(
     let metrics = crate::metrics::Metrics::for_textfile();
     for src in &mut sources {
         src.metrics = metrics
-            .source(src.name(), &crate::source::RetryReason::LABELS)
+            .source(src.name(), &crate::sync::KNOWN_LABELS)
             .quiet();
         // Freshness survives between runs: the watermark row says when the last window
         // committed.

@@ -102,6 +102,8 @@ pub(super) async fn install_sources(
                 let mut slot = state.slot.lock().await;
                 let changed = state.release(&mut slot).await;
                 shared.announce(&name, &state, changed);
+                drop(slot);
+                shared.forget_source(&name);
             });
         }
     }

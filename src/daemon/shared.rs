@@ -50,11 +50,22 @@ impl Shared {
             .entry(name.to_owned())
             .or_insert_with(|| {
                 Arc::new(SourceState::new(
-                    self.metrics
-                        .source(name, &crate::source::RetryReason::LABELS),
+                    self.metrics.source(name, &crate::sync::KNOWN_LABELS),
                 ))
             })
             .clone()
+    }
+
+    /// Forgets a source that left the configuration once its last run is over: its series leave
+    /// the metrics, and its state goes, so that if it comes back it starts afresh with handles
+    /// in the registry. Nothing is forgotten if a later reload has configured it again.
+    pub(super) fn forget_source(&self, name: &str) {
+        if self.configured(name).is_some() {
+            return;
+        }
+        self.states.lock().expect("states lock").remove(name);
+        self.metrics.remove_source(name);
+        tracing::info!(source = name, "its metrics are removed");
     }
 
     fn configured(&self, name: &str) -> Option<Arc<Configured>> {

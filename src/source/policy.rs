@@ -248,6 +248,14 @@ pub fn backoff(attempt: u32, base: Duration, cap: Duration, rng: &mut impl Rng) 
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn each_retry_reason_has_its_own_label() {
+        let labels: Vec<&str> = RetryReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(labels, RetryReason::LABELS);
+        assert_eq!(RetryReason::RateLimited.as_str(), "rate_limited");
+        assert_eq!(RetryReason::Body.as_str(), "body");
+    }
     use super::*;
     use rand::SeedableRng;
     use reqwest::header::HeaderValue;

@@ -148,13 +148,12 @@ pub enum EnumField {
 }
 
 impl EnumField {
+    /// The `field` label of each, in declaration order: metrics start every series at zero from
+    /// this list.
+    pub const LABELS: [&'static str; 4] = ["skolform", "typ", "betyg", "sammanvagt_provbetyg"];
+
     pub fn as_str(self) -> &'static str {
-        match self {
-            EnumField::Skolform => "skolform",
-            EnumField::Typ => "typ",
-            EnumField::Betyg => "betyg",
-            EnumField::SammanvagtProvbetyg => "sammanvagt_provbetyg",
-        }
+        Self::LABELS[self as usize]
     }
 }
 
@@ -180,6 +179,15 @@ impl VersionRules {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn each_enum_field_has_its_own_label() {
+        use super::EnumField::*;
+        let all = [Skolform, Typ, Betyg, SammanvagtProvbetyg];
+        let labels: Vec<&str> = all.iter().map(|f| f.as_str()).collect();
+        assert_eq!(labels, super::EnumField::LABELS);
+        assert_eq!(SammanvagtProvbetyg.as_str(), "sammanvagt_provbetyg");
+    }
     use super::*;
 
     #[test]

@@ -482,12 +482,18 @@ async fn a_reload_adds_a_source_and_a_broken_configuration_keeps_the_running_one
     );
     write_config(dir.path(), &db, &only_b);
     daemon.reload.send(()).await.expect("reload");
-    daemon
+    // Before: "a" has series in every per-source family. After: none at all, so no alert can
+    // fire on a source that is gone (a leader gauge at 0, a watermark that stopped moving).
+    assert!(text.contains(r#"nprov_sync_watermark_timestamp_seconds{source="a"}"#));
+    let after = daemon
         .scrape_until(Duration::from_secs(20), |t| {
-            value(t, r#"nprov_leader{source="a"}"#) == 0.0
-                && value(t, r#"nprov_leader{source="b"}"#) == 1.0
+            !t.contains(r#"source="a""#) && value(t, r#"nprov_leader{source="b"}"#) == 1.0
         })
         .await;
+    assert!(
+        after.contains(r#"nprov_sync_watermark_timestamp_seconds{source="b"}"#),
+        "{after}"
+    );
     daemon.stop().await;
     for source in ["a", "b"] {
         assert!(store.watermark(source).await.expect("read").is_some());
