@@ -46,6 +46,8 @@ pub const FAMILIES: &[&str] = &[
     "nprov_sync_records_quarantined_total",
     "nprov_sync_unknown_values_total",
     "nprov_sync_db_commit_duration_seconds",
+    "nprov_config_last_reload_successful",
+    "nprov_config_last_reload_success_timestamp_seconds",
     "process_cpu_seconds_total",
     "process_open_fds",
     "process_max_fds",
@@ -91,6 +93,10 @@ struct Families {
     quarantined: IntCounterVec,
     unknown_values: IntCounterVec,
     commit_duration: HistogramVec,
+    /// Without labels, as vectors so that only the daemon, which reloads, has a series: a
+    /// one-shot run's textfile must not report a failed reload.
+    reload_successful: IntGaugeVec,
+    reload_success: GaugeVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -226,6 +232,16 @@ impl Metrics {
                 COMMIT_BUCKETS,
             ),
             // Registered below.
+            reload_successful: int_gauge(
+                "nprov_config_last_reload_successful",
+                "1 when the last configuration (re)load of the daemon was used, 0 when it was refused and the previous one kept",
+                &[],
+            ),
+            reload_success: gauge(
+                "nprov_config_last_reload_success_timestamp_seconds",
+                "When the daemon last loaded a configuration it uses (its start, or a reload)",
+                &[],
+            ),
         };
         let r = &f.registry;
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -247,6 +263,8 @@ impl Metrics {
             Box::new(f.quarantined.clone()),
             Box::new(f.unknown_values.clone()),
             Box::new(f.commit_duration.clone()),
+            Box::new(f.reload_successful.clone()),
+            Box::new(f.reload_success.clone()),
         ];
         for c in collectors {
             r.register(c).expect("each family is registered once");
@@ -342,6 +360,20 @@ impl Metrics {
             .encode(&f.registry.gather(), &mut out)
             .expect("the text encoder writes to memory");
         String::from_utf8(out).expect("the text format is UTF-8")
+    }
+
+    /// A configuration was loaded (at start, or on SIGHUP) and is used (`ok`), or was refused and
+    /// the previous one kept.
+    pub fn config_loaded(&self, ok: bool, at: DateTime<Utc>) {
+        let f = &self.inner;
+        f.reload_successful
+            .with_label_values(&[] as &[&str])
+            .set(i64::from(ok));
+        if ok {
+            f.reload_success
+                .with_label_values(&[] as &[&str])
+                .set(at.timestamp_millis() as f64 / 1000.0);
+        }
     }
 
     /// Removes every series of `source`, in every family that has a `source` label: for a source

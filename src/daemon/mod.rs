@@ -191,6 +191,7 @@ pub async fn run(store: Arc<dyn Store>, loaded: Loaded, world: World) -> Result<
         version = env!("CARGO_PKG_VERSION"),
         "nprov-sync is running"
     );
+    shared.metrics.config_loaded(true, Utc::now());
     notifier.notify(&[sd_notify::NotifyState::Ready]);
     shared.publish_status();
 
@@ -233,27 +234,18 @@ pub async fn run(store: Arc<dyn Store>, loaded: Loaded, world: World) -> Result<
         tokio::select! {
             () = shutdown.cancelled() => break,
             Some(()) = reload.recv() => {
-                match loader() {
-                    Err(e) => tracing::error!(error = %e, "the configuration was not reloaded; the running one stays"),
-                    Ok(next) => {
-                        if next.settings.database.url != shared.database_url {
-                            tracing::warn!("database.url changed: takes effect at the next restart");
-                        }
-                        if next.settings.metrics.listen != shared.metrics_listen {
-                            tracing::warn!("metrics.listen changed: takes effect at the next restart");
-                        }
-                        match jobs::install_sources(&shared, &scheduler, next).await {
-                            Ok(names) => {
-                                tracing::info!(sources = %names.join(", "), "configuration reloaded");
-                                for name in &names {
-                                    shared.tick(name);
-                                }
-                                shared.publish_status();
-                            }
-                            Err(e) => tracing::error!(error = %e, "reloading the configuration failed"),
-                        }
-                    }
+                // systemd (Type=notify-reload, 253+) waits for READY=1 after RELOADING=1; the
+                // monotonic timestamp tells it which reload this is. On 252 and older, and
+                // outside systemd, these are harmless.
+                match sd_notify::NotifyState::monotonic_usec_now() {
+                    Ok(now) => notifier.notify(&[sd_notify::NotifyState::Reloading, now]),
+                    Err(e) => tracing::warn!(error = %e, "no monotonic clock for RELOADING=1"),
                 }
+                let used = reload_configuration(&shared, &scheduler, &loader).await;
+                shared.metrics.config_loaded(used, Utc::now());
+                // In force: the new configuration, or the old one kept.
+                notifier.notify(&[sd_notify::NotifyState::Ready]);
+                shared.publish_status();
             }
         }
     }
@@ -306,4 +298,39 @@ pub async fn run(store: Arc<dyn Store>, loaded: Loaded, world: World) -> Result<
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reads the configuration again and puts it in force; whether it is used (an unreadable or
+/// invalid one is logged and the running one stays).
+async fn reload_configuration(
+    shared: &Arc<Shared>,
+    scheduler: &JobScheduler,
+    loader: &Loader,
+) -> bool {
+    let next = match loader() {
+        Ok(next) => next,
+        Err(e) => {
+            tracing::error!(error = %e, "the configuration was not reloaded; the running one stays");
+            return false;
+        }
+    };
+    if next.settings.database.url != shared.database_url {
+        tracing::warn!("database.url changed: takes effect at the next restart");
+    }
+    if next.settings.metrics.listen != shared.metrics_listen {
+        tracing::warn!("metrics.listen changed: takes effect at the next restart");
+    }
+    match jobs::install_sources(shared, scheduler, next).await {
+        Ok(names) => {
+            tracing::info!(sources = %names.join(", "), "configuration reloaded");
+            for name in &names {
+                shared.tick(name);
+            }
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reloading the configuration failed");
+            false
+        }
+    }
 }

@@ -453,9 +453,39 @@ async fn a_reload_adds_a_source_and_a_broken_configuration_keeps_the_running_one
         })
         .await;
 
-    // A configuration that does not load: logged, and the running one stays.
+    assert_eq!(
+        value(
+            &daemon.scrape().await,
+            "nprov_config_last_reload_successful"
+        ),
+        1.0
+    );
+    // A configuration that does not load: logged, and the running one stays. systemd hears
+    // RELOADING=1 with the monotonic clock, then READY=1 once the (old) configuration is in
+    // force; the metric says the reload was refused.
     std::fs::write(&config, "[database\n").expect("write");
+    let notes_before = daemon.notifier.seen().len();
     daemon.reload.send(()).await.expect("reload");
+    daemon
+        .scrape_until(Duration::from_secs(20), |t| {
+            value(t, "nprov_config_last_reload_successful") == 0.0
+                && t.contains("nprov_config_last_reload_successful 0")
+        })
+        .await;
+    let notes = daemon.notifier.seen()[notes_before..].to_vec();
+    let at = |prefix: &str| {
+        notes
+            .iter()
+            .position(|n| n.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in {notes:?}"))
+    };
+    assert!(
+        at("RELOADING=1") < at("MONOTONIC_USEC=") && at("MONOTONIC_USEC=") < at("READY=1"),
+        "{notes:?}"
+    );
+    assert!(notes[at("MONOTONIC_USEC=")]["MONOTONIC_USEC=".len()..]
+        .parse::<u64>()
+        .is_ok_and(|usec| usec > 0));
     // A good one with a second source: it is scheduled and synced at once.
     let two = format!(
         "{one}[[source]]\nname = \"b\"\nurl = \"{}\"\nstart = \"{}\"\n",
@@ -474,6 +504,7 @@ async fn a_reload_adds_a_source_and_a_broken_configuration_keeps_the_running_one
         .await;
     assert!(second_count.load(Ordering::SeqCst) >= 1);
     assert_eq!(value(&text, r#"nprov_leader{source="a"}"#), 1.0);
+    assert_eq!(value(&text, "nprov_config_last_reload_successful"), 1.0);
     // And a source taken out of the configuration gives its lead up.
     let only_b = format!(
         "[[source]]\nname = \"b\"\nurl = \"{}\"\nstart = \"{}\"\n",
