@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::failure::Failure;
-use super::setup::{build_sources, open_store, settings_from};
+use super::setup::{build_sources, connect_store, settings_from};
 use crate::config::Settings;
 
 pub(crate) async fn run_daemon(
@@ -20,7 +20,6 @@ pub(crate) async fn run_daemon(
             "no [[source]] is configured: see `nprov-sync config example`"
         )));
     }
-    let store = open_store(&settings).await?;
     let listener = match daemon_config.metrics_listen {
         Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
             Failure::Runtime(anyhow::Error::new(e).context(format!("metrics.listen {addr}")))
@@ -32,6 +31,39 @@ pub(crate) async fn run_daemon(
     daemon::spawn_signal_handlers(shutdown.clone(), reload_tx).map_err(|e| {
         Failure::Runtime(anyhow::Error::new(e).context("installing signal handlers"))
     })?;
+    // While the database does not answer, a second handle on the metrics socket serves the
+    // "starting" answers; the daemon serves on the first one afterwards.
+    let (listener, waiting) = match listener {
+        Some(l) => {
+            let (a, b) = share_listener(l).map_err(|e| {
+                Failure::Runtime(anyhow::Error::new(e).context("sharing the metrics listener"))
+            })?;
+            (Some(a), Some(b))
+        }
+        None => (None, None),
+    };
+    let store = daemon::wait_for_database(
+        || async {
+            let store = connect_store(&settings).await?;
+            match store.ping().await {
+                Ok(()) => Ok(store),
+                Err(e) => {
+                    store.close().await;
+                    Err(Failure::Runtime(e.into()))
+                }
+            }
+        },
+        waiting,
+        daemon_config.startup_database_wait,
+        &shutdown,
+    )
+    .await?;
+    if settings.database.migrate_on_start {
+        if let Err(e) = store.migrate().await {
+            store.close().await;
+            return Err(Failure::Runtime(e.into()));
+        }
+    }
     let config_path = config.clone();
     let loader: daemon::Loader = Box::new(move || {
         let settings = settings_from(config_path.as_deref(), database.as_deref())
@@ -57,4 +89,16 @@ pub(crate) async fn run_daemon(
         }
         other => Failure::Runtime(other.into()),
     })
+}
+
+/// Two handles on one listening socket: connections go to whichever is accepting.
+fn share_listener(
+    listener: tokio::net::TcpListener,
+) -> std::io::Result<(tokio::net::TcpListener, tokio::net::TcpListener)> {
+    let std = listener.into_std()?;
+    let second = std.try_clone()?;
+    Ok((
+        tokio::net::TcpListener::from_std(std)?,
+        tokio::net::TcpListener::from_std(second)?,
+    ))
 }

@@ -150,6 +150,7 @@ impl Default for MetricsSettings {
 pub struct DaemonSettings {
     pub shutdown_grace: String,
     pub failure_backoff_max: String,
+    pub startup_database_wait: String,
 }
 
 impl Default for DaemonSettings {
@@ -157,6 +158,7 @@ impl Default for DaemonSettings {
         DaemonSettings {
             shutdown_grace: "30s".into(),
             failure_backoff_max: "30m".into(),
+            startup_database_wait: "4m".into(),
         }
     }
 }
@@ -168,6 +170,7 @@ pub struct DaemonConfig {
     pub ready_max_age: std::time::Duration,
     pub shutdown_grace: std::time::Duration,
     pub failure_backoff_max: std::time::Duration,
+    pub startup_database_wait: std::time::Duration,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -288,6 +291,10 @@ impl Settings {
             failure_backoff_max: duration(
                 "daemon.failure_backoff_max",
                 &self.daemon.failure_backoff_max,
+            )?,
+            startup_database_wait: duration(
+                "daemon.startup_database_wait",
+                &self.daemon.startup_database_wait,
             )?,
         })
     }

@@ -55,10 +55,12 @@ mod jobs;
 mod notify;
 mod shared;
 mod signals;
+mod startup;
 mod state;
 
 pub use notify::{Notifier, SystemdNotifier};
 pub use signals::spawn_signal_handlers;
+pub use startup::wait_for_database;
 pub use state::{readiness, Readiness, Role, SourceSnapshot};
 
 use shared::Shared;

@@ -427,3 +427,112 @@ async fn an_unreachable_server_is_a_transient_error_without_the_password() {
         .expect("not an identifier");
     assert!(matches!(e, StoreError::InvalidSchema { .. }), "{e}");
 }
+
+/// A database that refuses connections when the service starts (stopped, restarting, not yet
+/// reachable): `run` waits with back-off, /readyz says 503 and why, and once the server answers
+/// the service becomes ready, without having exited. The "server" here is a port that refuses
+/// until a proxy to the real one starts listening on it.
+#[tokio::test]
+async fn the_service_waits_for_a_database_that_comes_up_after_it_starts() {
+    let test = "postgres::the_service_waits_for_a_database_that_comes_up_after_it_starts";
+    let Some(db) = postgres(test).await else {
+        return;
+    };
+    let real: reqwest::Url = postgres_url().parse().expect("url");
+    let upstream = format!(
+        "{}:{}",
+        real.host_str().expect("host"),
+        real.port().unwrap_or(5432)
+    );
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port()
+    };
+    let (db_port, metrics_port) = (free_port(), free_port());
+    let mut via_proxy = real.clone();
+    via_proxy.set_host(Some("127.0.0.1")).expect("host");
+    via_proxy.set_port(Some(db_port)).expect("port");
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = dir.path().join("nprov.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[database]\nurl = \"{via_proxy}\"\nschema = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n[[source]]\nurl = \"http://127.0.0.1:9\"\nstart = \"2026-01-05T00:00\"\n",
+            db.schema()
+        ),
+    )
+    .expect("config");
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nprov-sync"))
+        .args(["run", "--config", cfg.to_str().expect("path")])
+        .env_remove("NPROV_DATABASE_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let readyz = || async {
+        let r = reqwest::get(format!("http://127.0.0.1:{metrics_port}/readyz"))
+            .await
+            .ok()?;
+        let status = r.status().as_u16();
+        Some((status, r.text().await.unwrap_or_default()))
+    };
+    // Waiting: 503, naming the database.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some((503, body)) = readyz().await {
+            assert!(body.contains("waiting for the database"), "{body}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no 503 while waiting");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The database comes up.
+    let proxy = tokio::net::TcpListener::bind(("127.0.0.1", db_port))
+        .await
+        .expect("proxy port");
+    let proxy_task = tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = proxy.accept().await else {
+                return;
+            };
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some((200, _)) = readyz().await {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready after the database came up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let pid = child.id().expect("pid").to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("it stops")
+        .expect("output");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}\n{log}", out.status);
+    assert!(
+        log.contains("the database does not answer yet; waiting"),
+        "{log}"
+    );
+    proxy_task.abort();
+}
