@@ -46,6 +46,8 @@ pub const FAMILIES: &[&str] = &[
     "nprov_sync_records_quarantined_total",
     "nprov_sync_unknown_values_total",
     "nprov_sync_db_commit_duration_seconds",
+    "nprov_sync_client_certificate_expiry_timestamp_seconds",
+    "nprov_sync_ca_certificate_expiry_timestamp_seconds",
     "nprov_config_last_reload_successful",
     "nprov_config_last_reload_success_timestamp_seconds",
     "process_cpu_seconds_total",
@@ -93,6 +95,8 @@ struct Families {
     quarantined: IntCounterVec,
     unknown_values: IntCounterVec,
     commit_duration: HistogramVec,
+    client_certificate_expiry: GaugeVec,
+    ca_certificate_expiry: GaugeVec,
     /// Without labels, as vectors so that only the daemon, which reloads, has a series: a
     /// one-shot run's textfile must not report a failed reload.
     reload_successful: IntGaugeVec,
@@ -231,6 +235,16 @@ impl Metrics {
                 "Time to commit a window's transaction",
                 COMMIT_BUCKETS,
             ),
+            client_certificate_expiry: gauge(
+                "nprov_sync_client_certificate_expiry_timestamp_seconds",
+                "When the source's client certificate expires (its notAfter), read at start and on every reload; absent without one",
+                &["source"],
+            ),
+            ca_certificate_expiry: gauge(
+                "nprov_sync_ca_certificate_expiry_timestamp_seconds",
+                "When the earliest certificate of the source's ca_file expires, read at start and on every reload; absent without one",
+                &["source"],
+            ),
             // Registered below.
             reload_successful: int_gauge(
                 "nprov_config_last_reload_successful",
@@ -263,6 +277,8 @@ impl Metrics {
             Box::new(f.quarantined.clone()),
             Box::new(f.unknown_values.clone()),
             Box::new(f.commit_duration.clone()),
+            Box::new(f.client_certificate_expiry.clone()),
+            Box::new(f.ca_certificate_expiry.clone()),
             Box::new(f.reload_successful.clone()),
             Box::new(f.reload_success.clone()),
         ];
@@ -401,6 +417,8 @@ impl Metrics {
         remove_source_from(&f.quarantined, source);
         remove_source_from(&f.unknown_values, source);
         remove_source_from(&f.commit_duration, source);
+        remove_source_from(&f.client_certificate_expiry, source);
+        remove_source_from(&f.ca_certificate_expiry, source);
     }
 
     /// The registry, for tests that inspect it.
@@ -609,6 +627,25 @@ impl SourceMetrics {
     /// Unix time of the last committed window, 0 before the first.
     pub fn last_success(&self) -> f64 {
         self.last_success.get()
+    }
+
+    /// When the source's client certificate and CA expire; a series only for each one known.
+    pub fn certificate_expiry(&self, client: Option<DateTime<Utc>>, ca: Option<DateTime<Utc>>) {
+        let f = &self.families;
+        for (family, at) in [
+            (&f.client_certificate_expiry, client),
+            (&f.ca_certificate_expiry, ca),
+        ] {
+            match at {
+                Some(at) => family
+                    .with_label_values(&[self.name.as_str()])
+                    .set(at.timestamp() as f64),
+                // Gone (or never there) is as good.
+                None => {
+                    let _ = family.remove_label_values(&[self.name.as_str()]);
+                }
+            }
+        }
     }
 
     pub fn set_leader(&self, leader: bool) {

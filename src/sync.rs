@@ -19,7 +19,7 @@ use futures_util::TryStreamExt;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConfigError, Settings, SourceSpec};
+use crate::config::{CertificateDates, ConfigError, Settings, SourceSpec};
 use crate::import::{apply_document, ImportError};
 use crate::metrics::{KnownLabels, SourceMetrics, WindowOutcome};
 use crate::source::{Client, Event, RetryReason, SourceError};
@@ -43,6 +43,8 @@ pub struct SyncSource {
     /// Windows requested at once during a catch-up: 1, or 2 (the next one is fetched while the
     /// last is applied).
     pub max_in_flight: u32,
+    /// When the client certificate and the CA expire (for metrics and `config check`).
+    pub certificates: CertificateDates,
     /// Where this source's requests and windows are counted: detached (never exported, see
     /// [`SyncSource::detached_metrics`]) unless the daemon hands in its registry's handles.
     pub metrics: SourceMetrics,
@@ -78,6 +80,7 @@ impl SyncSource {
             body_attempts: spec.body_attempts,
             target_response_bytes: spec.target_response_bytes,
             max_in_flight: spec.max_in_flight,
+            certificates: spec.certificates,
             metrics: SyncSource::detached_metrics(&name),
         })
     }

@@ -36,8 +36,28 @@ pub(crate) fn config_check(
     // Building the sources reads their credential files: a check that passes means syncing can
     // start.
     let sources = build_sources(&config.map(Path::to_path_buf), settings, None)?;
+    let now = chrono::Utc::now();
     for s in &sources {
         writeln!(out, "source {}: {}", s.name(), s.client.url_base()).map_err(io_failure)?;
+        for (what, at) in [
+            ("client certificate", s.certificates.client),
+            ("CA (ca_file)", s.certificates.ca),
+        ] {
+            if let Some(at) = at {
+                let days = (at - now).num_days();
+                let when = if at < now {
+                    format!("EXPIRED {} days ago", -days)
+                } else {
+                    format!("in {days} days")
+                };
+                writeln!(
+                    out,
+                    "  {what} expires {} ({when})",
+                    at.format("%Y-%m-%d %H:%M UTC")
+                )
+                .map_err(io_failure)?;
+            }
+        }
     }
     writeln!(
         out,

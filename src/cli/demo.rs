@@ -162,6 +162,7 @@ pub(crate) async fn run(file: &Path, students: u64, out: &mut dyn Write) -> Resu
         body_attempts: 3,
         target_response_bytes: crate::window::DEFAULT_TARGET_RESPONSE_BYTES,
         max_in_flight: crate::config::DEFAULT_MAX_IN_FLIGHT,
+        certificates: Default::default(),
         metrics: SyncSource::detached_metrics(DEFAULT_SOURCE),
     };
 

@@ -239,6 +239,8 @@ pub async fn sync_once_to_textfile(
         src.metrics = metrics
             .source(src.name(), &crate::sync::KNOWN_LABELS)
             .quiet();
+        src.metrics
+            .certificate_expiry(src.certificates.client, src.certificates.ca);
         // Freshness survives between runs: the watermark row says when the last window
         // committed.
         if let Some(wm) = store

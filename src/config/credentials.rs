@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use chrono::{DateTime, Utc};
+
 use super::{invalid, ConfigError, Settings, SourceConfig};
 use crate::source::Auth;
 
@@ -16,8 +18,9 @@ impl SourceConfig {
         &self,
         config_dir: Option<&Path>,
         credentials_dir: Option<&Path>,
-    ) -> Result<Auth, ConfigError> {
+    ) -> Result<(Auth, CertificateDates), ConfigError> {
         let key = |k: &str| format!("source.{}.{k}", self.name);
+        let mut dates = CertificateDates::default();
         let read = |k: &str, p: &Path| -> Result<Vec<u8>, ConfigError> {
             let path = credential_path(p, config_dir, credentials_dir);
             // The message names the file, never its content.
@@ -42,6 +45,7 @@ impl SourceConfig {
         match (&self.client_certificate_file, &self.client_key_file) {
             (Some(cert), Some(k)) => {
                 let mut pem = read("client_certificate_file", cert)?;
+                dates.client = earliest_expiry(&pem);
                 pem.push(b'\n');
                 pem.extend(read("client_key_file", k)?);
                 auth.identity_pem = Some(secrecy::SecretBox::new(Box::new(pem)));
@@ -55,7 +59,9 @@ impl SourceConfig {
             }
         }
         if let Some(ca) = &self.ca_file {
-            auth.extra_roots_pem.push(read("ca_file", ca)?);
+            let pem = read("ca_file", ca)?;
+            dates.ca = earliest_expiry(&pem);
+            auth.extra_roots_pem.push(pem);
         }
         match (&self.basic_user, &self.password_file) {
             (Some(user), Some(p)) => {
@@ -72,8 +78,31 @@ impl SourceConfig {
         if let Some(t) = &self.token_file {
             auth.bearer = Some(secret_text("token_file", t)?);
         }
-        Ok(auth)
+        Ok((auth, dates))
     }
+}
+
+/// When a source's certificates stop being valid (their `notAfter`), as far as they could be
+/// read: a file that holds no certificate this parser reads gives `None`, and the TLS stack
+/// says what is wrong with it when the client is built.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CertificateDates {
+    /// The client certificate (`client_certificate_file`; the earliest, if it holds a chain).
+    pub client: Option<DateTime<Utc>>,
+    /// The private CA (`ca_file`; the earliest of the certificates it holds).
+    pub ca: Option<DateTime<Utc>>,
+}
+
+/// The earliest `notAfter` of the certificates in a PEM file.
+pub fn earliest_expiry(pem: &[u8]) -> Option<DateTime<Utc>> {
+    x509_parser::pem::Pem::iter_from_buffer(pem)
+        .filter_map(Result::ok)
+        .filter(|p| p.label == "CERTIFICATE")
+        .filter_map(|p| {
+            let cert = p.parse_x509().ok()?;
+            DateTime::from_timestamp(cert.validity().not_after.timestamp(), 0)
+        })
+        .min()
 }
 
 impl SourceConfig {
@@ -133,5 +162,30 @@ impl Settings {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::earliest_expiry;
+
+    fn certificate(year: i32) -> String {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(vec!["x.example".into()]).expect("params");
+        params.not_after = rcgen::date_time_ymd(year, 5, 17);
+        params.self_signed(&key).expect("certificate").pem()
+    }
+
+    #[test]
+    fn the_earliest_not_after_of_a_bundle_is_its_expiry() {
+        let bundle = format!("{}{}", certificate(2033), certificate(2031));
+        let at = earliest_expiry(bundle.as_bytes()).expect("a certificate");
+        assert_eq!(at.to_rfc3339(), "2031-05-17T00:00:00+00:00");
+        // A key, garbage or nothing: no date (the TLS stack reports what is wrong).
+        assert_eq!(
+            earliest_expiry(b"-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n"),
+            None
+        );
+        assert_eq!(earliest_expiry(b"not a certificate"), None);
     }
 }

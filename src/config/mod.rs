@@ -15,6 +15,7 @@ mod credentials;
 mod env;
 mod source;
 
+pub use credentials::{earliest_expiry, CertificateDates};
 use env::overlay_env;
 pub use source::{SourceConfig, SourceSpec, DEFAULT_MAX_IN_FLIGHT, DEFAULT_SCHEDULE};
 

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use chrono::NaiveDateTime;
 use serde::{Deserialize, Serialize};
 
+use super::credentials::CertificateDates;
 use super::{invalid, ConfigError, ParserSettings};
 use crate::source::{Redirects, SourceSettings};
 use crate::window::Plan;
@@ -147,6 +148,8 @@ pub struct SourceSpec {
     pub body_attempts: u32,
     pub target_response_bytes: u64,
     pub max_in_flight: u32,
+    /// When the client certificate and the CA expire, if configured and readable.
+    pub certificates: CertificateDates,
 }
 
 impl SourceConfig {
@@ -200,7 +203,8 @@ impl SourceConfig {
         if self.max_attempts == 0 || self.body_attempts == 0 {
             return Err(invalid(key("max_attempts"), "attempts must be at least 1"));
         }
-        let auth = self.auth(config_path.and_then(Path::parent), credentials_dir)?;
+        let (auth, certificates) =
+            self.auth(config_path.and_then(Path::parent), credentials_dir)?;
         let redirects = match self.follow_redirects.as_str() {
             "never" => Redirects::Never,
             "same-origin" => Redirects::SameOrigin,
@@ -236,6 +240,7 @@ impl SourceConfig {
             body_attempts: self.body_attempts,
             target_response_bytes: self.target_response_bytes,
             max_in_flight: self.max_in_flight,
+            certificates,
         })
     }
 }

@@ -61,6 +61,10 @@ pub(super) async fn install_sources(
             .unwrap_or_else(|| crate::config::DEFAULT_SCHEDULE.into());
         let state = shared.state(&name);
         source.metrics = state.metrics.clone();
+        // Read at start and on every reload: a renewed certificate shows once it is in force.
+        state
+            .metrics
+            .certificate_expiry(source.certificates.client, source.certificates.ca);
         let tz = source.plan.tz;
         next.insert(
             name.clone(),

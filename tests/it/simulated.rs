@@ -156,6 +156,7 @@ fn source_timed(
         // Fixed windows unless a test paces them.
         target_response_bytes: 0,
         max_in_flight: 1,
+        certificates: Default::default(),
         metrics: SyncSource::detached_metrics("default"),
     }
 }
@@ -1075,6 +1076,8 @@ fn pki(ca_name: &str) -> Pki {
             .push(DnType::CommonName, "nprov-sync test");
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![usage];
+        // A known end of validity, which the expiry metric must report.
+        params.not_after = rcgen::date_time_ymd(2031, 5, 17);
         let cert = params.signed_by(&key, &issuer).expect("certificate");
         (cert.pem(), key.serialize_pem())
     };
@@ -1261,6 +1264,10 @@ async fn the_configured_certificate_files_reach_the_platform_over_mutual_tls() {
         )
         .expect("source settings and credentials");
     let src = SyncSource::from_spec(spec).expect("source builds");
+    // Their expiry dates, as the metrics and `config check` report them: the client
+    // certificate's notAfter, and the CA's (rcgen's default, 4096-01-01).
+    assert_eq!(src.certificates.client, Some(t("2031-05-17T00:00:00Z")));
+    assert_eq!(src.certificates.ca, Some(t("4096-01-01T00:00:00Z")));
     let db = fresh_sqlite().await;
     catch_up(&db.store, &src, now, |_| {})
         .await

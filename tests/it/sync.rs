@@ -69,6 +69,7 @@ fn source_with(url: &str, max_window_hours: i64, read_timeout: Duration) -> Sync
         // Fixed windows: these tests count them.
         target_response_bytes: 0,
         max_in_flight: 1,
+        certificates: Default::default(),
         metrics: SyncSource::detached_metrics("default"),
     }
 }
