@@ -719,6 +719,9 @@ mod tests {
             unknown_values: &[("betyg", 1)],
             commit: Some(Duration::from_millis(3)),
         });
+        // The daemon's own, and the certificate dates of a source with mutual TLS and a CA.
+        m.config_loaded(true, Utc::now());
+        s.certificate_expiry(Some(Utc::now()), Some(Utc::now()));
         let text = m.render(Utc::now());
         let mut exported: Vec<&str> = text
             .lines()
