@@ -193,7 +193,9 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> Result<()
             result
         }
         Command::Status { json } => {
-            // Reading needs no right to migrate: a read-only role or user can run it.
+            // Reading needs no right to migrate: a read-only role or user can run it. Nor does it
+            // create anything: a SQLite file that is not there yet is said so, not made empty.
+            status::require_existing_sqlite(&settings.database.url)?;
             let store = setup::connect_store(&settings).await?;
             let result = status::status(store.as_ref(), &settings, json, out).await;
             store.close().await;

@@ -43,6 +43,25 @@ fn rfc3339<S: serde::Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::E
     s.serialize_str(&at.to_rfc3339())
 }
 
+/// For a SQLite URL, that its file exists: connecting would create it empty.
+pub(crate) fn require_existing_sqlite(url: &str) -> Result<(), Failure> {
+    use std::str::FromStr;
+    if crate::store::Backend::of_url(url) != Some(crate::store::Backend::Sqlite) {
+        return Ok(());
+    }
+    let Ok(options) = sqlx::sqlite::SqliteConnectOptions::from_str(url) else {
+        return Ok(()); // connecting reports the bad URL
+    };
+    let path = options.get_filename();
+    if path.as_os_str() == ":memory:" || path.exists() {
+        return Ok(());
+    }
+    Err(Failure::Runtime(anyhow::anyhow!(
+        "no database at {} yet: `nprov-sync run`, `sync` or `migrate` creates it",
+        path.display()
+    )))
+}
+
 /// Every configured source, then any other the database knows.
 async fn snapshot(store: &dyn Store, settings: &Settings) -> Result<Status, Failure> {
     let runtime = |e: crate::store::StoreError| Failure::Runtime(e.into());

@@ -280,6 +280,23 @@ mod sync_commands {
         );
         check_textfile(&textfile);
 
+        // Before anything created the database, status says so, exits 3 and creates nothing.
+        let elsewhere = tempfile::tempdir().expect("dir");
+        let missing = elsewhere.path().join("none.db");
+        let o = nprov(
+            &[
+                "status",
+                "--config",
+                cfg,
+                "--database",
+                &format!("sqlite://{}", missing.display()),
+            ],
+            dir.path(),
+        );
+        assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+        assert!(text(&o).contains("no database at"), "{}", text(&o));
+        assert!(!missing.exists());
+
         let o = nprov(&["status", "--json", "--config", cfg], dir.path());
         assert!(o.status.success(), "{}", text(&o));
         let status: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
