@@ -618,6 +618,14 @@ impl SourceMetrics {
     }
 
     /// The last committed window's time as stored (at start-up, so freshness survives a restart).
+    /// What the stored watermark says at start-up: where the source is, and (unless this
+    /// process has seen one already) when its last window committed, so freshness survives a
+    /// restart or the gap between two timer runs.
+    pub fn restore(&self, wm: &crate::store::Watermark) {
+        self.watermark(wm.utc);
+        self.restore_last_success(wm.updated_at);
+    }
+
     pub fn restore_last_success(&self, at: DateTime<Utc>) {
         if self.last_success.get() == 0.0 {
             self.last_success.set(at.timestamp_millis() as f64 / 1000.0);

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 
 use super::failure::{io_failure, Failure};
 use crate::config::Settings;
-use crate::daemon::{readiness, Role, SourceSnapshot};
+use crate::daemon::{not_ready, Role, SourceSnapshot};
 use crate::store::{RunRow, Store, TableCounts};
 
 /// What `status` reports. Serialized as `status --json` prints it; the field order is the JSON's.
@@ -82,7 +82,7 @@ async fn snapshot(store: &dyn Store, settings: &Settings) -> Result<Status, Fail
         let recent_windows = store.recent_runs(&name, 5).await.map_err(runtime)?;
         let leader = store.leader(&name).await.map_err(runtime)?;
         let (ready, not_ready) = if settings.source.iter().any(|s| s.name == name) {
-            let verdict = source_ready(&name, &wm, &leader, &recent_windows, now, max_age);
+            let verdict = source_ready(&name, &wm, &leader, now, max_age);
             (Some(verdict.is_none()), verdict)
         } else {
             (None, None)
@@ -119,7 +119,6 @@ fn source_ready(
     name: &str,
     wm: &Option<crate::store::Watermark>,
     leader: &Option<crate::store::LeaderInfo>,
-    recent: &[RunRow],
     now: DateTime<Utc>,
     max_age: std::time::Duration,
 ) -> Option<String> {
@@ -133,19 +132,11 @@ fn source_ready(
             since: None,
         },
         last_success: wm.as_ref().map(|w| w.updated_at),
-        consecutive_failures: recent.iter().take_while(|r| r.outcome != "ok").count() as i64,
+        // Not part of the rule.
+        consecutive_failures: 0,
     };
     // No start-up grace: a source that never committed is not ready.
-    let verdict = readiness(&Ok(()), &[snapshot], now, DateTime::<Utc>::MIN_UTC, max_age);
-    if verdict.ready {
-        return None;
-    }
-    Some(
-        verdict.body["sources"][0]["reason"]
-            .as_str()
-            .unwrap_or("not ready")
-            .to_owned(),
-    )
+    not_ready(&snapshot, now, DateTime::<Utc>::MIN_UTC, max_age)
 }
 
 pub(crate) async fn status(
@@ -164,7 +155,7 @@ pub(crate) async fn status(
             serde_json::to_string_pretty(&doc).expect("JSON values serialize")
         )
         .map_err(io_failure)?;
-        return not_ready(&status);
+        return fail_unless_ready(&status);
     }
     for s in &status.sources {
         let lag = s
@@ -210,11 +201,11 @@ pub(crate) async fn status(
         c.provomrade, c.provtillfalle, c.delprovsresultat, c.change_log, c.quarantine
     )
     .map_err(io_failure)?;
-    not_ready(&status)
+    fail_unless_ready(&status)
 }
 
 /// Exit 4 when a configured source is not ready, naming each.
-fn not_ready(status: &Status) -> Result<(), Failure> {
+fn fail_unless_ready(status: &Status) -> Result<(), Failure> {
     if status.ready {
         return Ok(());
     }

@@ -248,15 +248,14 @@ pub async fn sync_once_to_textfile(
             .await
             .map_err(|e| Failure::Runtime(e.into()))?
         {
-            src.metrics.watermark(wm.utc);
-            src.metrics.restore_last_success(wm.updated_at);
+            src.metrics.restore(&wm);
         }
     }
-    let mut result = if sources.is_empty() {
-        sync_once(store, &sources, until, out).await
-    } else {
-        Ok(())
-    };
+    if sources.is_empty() {
+        // Its error: nothing is configured, and there is nothing to write.
+        return sync_once(store, &sources, until, out).await;
+    }
+    let mut result = Ok(());
     for src in &sources {
         result = sync_once(store, std::slice::from_ref(src), until, out).await;
         src.metrics.set_leader(true);

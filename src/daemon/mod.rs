@@ -61,7 +61,7 @@ mod state;
 pub use notify::{Notifier, SystemdNotifier};
 pub use signals::spawn_signal_handlers;
 pub use startup::wait_for_database;
-pub use state::{readiness, Readiness, Role, SourceSnapshot};
+pub use state::{not_ready, readiness, Readiness, Role, SourceSnapshot};
 
 use shared::Shared;
 
@@ -157,8 +157,7 @@ pub async fn run(store: Arc<dyn Store>, loaded: Loaded, world: World) -> Result<
     for name in &names {
         let state = shared.state(name);
         if let Some(wm) = store.watermark(name).await? {
-            state.metrics.watermark(wm.utc);
-            state.metrics.restore_last_success(wm.updated_at);
+            state.metrics.restore(&wm);
         }
     }
     {

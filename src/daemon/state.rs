@@ -160,25 +160,15 @@ pub fn readiness(
     let mut ready = database.is_ok();
     let mut out = Vec::new();
     for s in sources {
-        let reference = [s.last_success, s.role.since, Some(started_at)]
-            .into_iter()
-            .flatten()
-            .max()
-            .unwrap_or(started_at);
-        let age = (now - reference).to_std().unwrap_or_default();
-        let ok = !s.role.leader || age <= max_age;
-        ready &= ok;
+        let reason = not_ready(s, now, started_at, max_age);
+        ready &= reason.is_none();
         out.push(serde_json::json!({
             "source": s.name,
             "role": if s.role.leader { "leader" } else { "standby" },
             "last_success": s.last_success.map(|t| t.to_rfc3339()),
             "consecutive_failures": s.consecutive_failures,
-            "ready": ok,
-            "reason": (!ok).then(|| format!(
-                "no window committed for {} (bound {})",
-                humantime::format_duration(Duration::from_secs(age.as_secs())),
-                humantime::format_duration(max_age)
-            )),
+            "ready": reason.is_none(),
+            "reason": reason,
         }));
     }
     let body = serde_json::json!({
@@ -187,6 +177,28 @@ pub fn readiness(
         "sources": out,
     });
     Readiness { ready, body }
+}
+
+/// Why one source is not ready by [`readiness`]'s rule, or `None` when it is.
+pub fn not_ready(
+    s: &SourceSnapshot,
+    now: DateTime<Utc>,
+    started_at: DateTime<Utc>,
+    max_age: Duration,
+) -> Option<String> {
+    let reference = [s.last_success, s.role.since, Some(started_at)]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(started_at);
+    let age = (now - reference).to_std().unwrap_or_default();
+    (s.role.leader && age > max_age).then(|| {
+        format!(
+            "no window committed for {} (bound {})",
+            humantime::format_duration(Duration::from_secs(age.as_secs())),
+            humantime::format_duration(max_age)
+        )
+    })
 }
 
 /// One line for `systemctl status`.
