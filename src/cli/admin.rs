@@ -59,6 +59,17 @@ pub(crate) fn config_check(
             }
         }
     }
+    let roots = crate::source::trust::system_roots();
+    writeln!(
+        out,
+        "trust: {} CA certificates from {}, for the platform and PostgreSQL \
+         (a source's ca_file and the database's sslrootcert add to them)",
+        roots.certificates, roots.origin
+    )
+    .map_err(io_failure)?;
+    for error in &roots.errors {
+        writeln!(out, "  not read: {error}").map_err(io_failure)?;
+    }
     writeln!(
         out,
         "configuration OK ({}): database {}",

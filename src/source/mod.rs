@@ -1,9 +1,10 @@
 //! The upstream client: one per configured source.
 //!
-//! reqwest with rustls; `User-Agent: nprov-sync/<version>`; gzip accepted; connect and total
-//! timeouts. Politeness is the default: a GCRA limiter (governor) with burst 1 spaces *every*
-//! request, retries included, so a server counting arrivals never sees more than
-//! `rate_limit_per_second` in any one-second interval. What to do with a status is decided in
+//! reqwest with rustls, trusting the operating system's store ([`trust`]) and a source's
+//! `ca_file`; `User-Agent: nprov-sync/<version>`; gzip accepted; connect and total timeouts.
+//! Politeness is the default: a GCRA limiter (governor) with burst 1 spaces *every* request,
+//! retries included, so a server counting arrivals never sees more than `rate_limit_per_second`
+//! in any one-second interval. What to do with a status is decided in
 //! [`policy`]; this module only applies it. Credentials are [`secrecy`] types: they reach reqwest
 //! and nothing else (no `Debug`, no log line, no error text carries them).
 //!
@@ -18,6 +19,7 @@
 //! cannot succeed (a TLS handshake that either side refused fails at once).
 
 pub mod policy;
+pub mod trust;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -234,6 +236,28 @@ impl Client {
         check_scheme(&endpoint, &settings.auth).map_err(|m| config("url", m))?;
         let path = format!("{}{ENDPOINT_PATH}", endpoint.path().trim_end_matches('/'));
         endpoint.set_path(&path);
+        if endpoint.scheme() == "https" && settings.auth.extra_roots_pem.is_empty() {
+            // An empty store would fail every handshake with "unknown issuer"; say why once.
+            let roots = trust::system_roots();
+            if roots.certificates == 0 {
+                return Err(config(
+                    "ca_file",
+                    format!(
+                        "no certificate authority to trust: {} holds no certificates{} and the \
+                         source sets no ca_file; install the ca-certificates package (and the \
+                         platform's CA with update-ca-certificates), or set ca_file",
+                        roots.origin,
+                        if roots.errors.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", roots.errors.join("; "))
+                        }
+                    ),
+                ));
+            }
+        }
+        // Trusted: the operating system's store (reqwest's native roots, see [`trust`]) and the
+        // source's ca_file.
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             .user_agent(USER_AGENT)
@@ -547,16 +571,15 @@ fn is_tls_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
         if c.downcast_ref::<rustls::Error>().is_some() {
             return true;
         }
-        // io::Error's `source()` skips the error it wraps: look inside it.
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
-            {
-                return true;
-            }
-        }
-        cause = c.source();
+        // io::Error's `source()` skips the error it wraps, and wrappers nest (a server
+        // certificate we do not trust arrives as io(Other, io(InvalidData, rustls))): look inside.
+        cause = match c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => c.source(),
+        };
     }
     false
 }

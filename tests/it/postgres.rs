@@ -536,3 +536,130 @@ async fn the_service_waits_for_a_database_that_comes_up_after_it_starts() {
     );
     proxy_task.abort();
 }
+
+/// PostgreSQL behind TLS with a certificate from a CA that only the operating system's store
+/// holds: `sslmode=verify-full` without `sslrootcert` connects, because sqlx reads that store
+/// (chosen here with `SSL_CERT_FILE`, for the child process alone); a store without the CA is
+/// refused. The "server" is a proxy that answers PostgreSQL's SSLRequest, terminates TLS with
+/// the test CA's certificate and passes the session on to the real server in plain text.
+#[tokio::test]
+async fn a_database_ca_in_the_operating_system_store_is_trusted_without_sslrootcert() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let test =
+        "postgres::a_database_ca_in_the_operating_system_store_is_trusted_without_sslrootcert";
+    let Some(db) = postgres(test).await else {
+        return;
+    };
+    let pki = pki("kommunens databas-CA");
+    let certs = CertificateDer::pem_slice_iter(pki.server_cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("server certificate");
+    let key = PrivateKeyDer::from_pem_slice(pki.server_key.as_bytes()).expect("server key");
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("server TLS");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let real: reqwest::Url = postgres_url().parse().expect("test URL");
+    let upstream = format!(
+        "{}:{}",
+        real.host_str().expect("host"),
+        real.port().unwrap_or(5432)
+    );
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let counted = handshakes.clone();
+    let proxy = tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
+            inbound.set_nodelay(true).ok();
+            let (acceptor, upstream, counted) =
+                (acceptor.clone(), upstream.clone(), counted.clone());
+            tokio::spawn(async move {
+                // SSLRequest: length 8, code 80877103; anything else is not for this proxy.
+                let mut request = [0u8; 8];
+                if inbound.read_exact(&mut request).await.is_err()
+                    || request != [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]
+                {
+                    return;
+                }
+                if inbound.write_all(b"S").await.is_err() {
+                    return;
+                }
+                let Ok(mut tls) = acceptor.accept(inbound).await else {
+                    return;
+                };
+                counted.fetch_add(1, Ordering::SeqCst);
+                let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                server.set_nodelay(true).ok();
+                tokio::io::copy_bidirectional(&mut tls, &mut server)
+                    .await
+                    .ok();
+            });
+        }
+    });
+
+    let dir = tempfile::tempdir().expect("dir");
+    let system_store = dir.path().join("system-ca.pem");
+    std::fs::write(&system_store, &pki.ca).expect("write");
+    let other_store = dir.path().join("other-ca.pem");
+    std::fs::write(&other_store, pki_other_ca()).expect("write");
+    let mut via_tls = real.clone();
+    via_tls.set_host(Some("127.0.0.1")).expect("host");
+    via_tls.set_port(Some(port)).expect("port");
+    via_tls.set_query(Some("sslmode=verify-full"));
+    // tokio's Command: the proxy runs on this test's runtime while the child connects.
+    let migrate = |store: &std::path::Path| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_nprov-sync"));
+        command
+            .arg("migrate")
+            .env_remove("NPROV_CONFIG")
+            .env_remove("RUST_LOG")
+            .env_remove("SSL_CERT_DIR")
+            .env("SSL_CERT_FILE", store)
+            .env("NPROV_DATABASE_URL", via_tls.as_str())
+            .env("NPROV_DATABASE_SCHEMA", db.schema());
+        async move {
+            let out = command.output().await.expect("the binary runs");
+            (
+                out.status.code(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            )
+        }
+    };
+
+    let (code, text) = migrate(&other_store).await;
+    assert_eq!(code, Some(3), "{text}");
+    assert!(text.contains("UnknownIssuer"), "{text}");
+    assert_eq!(handshakes.load(Ordering::SeqCst), 0);
+
+    let (code, text) = migrate(&system_store).await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("migrated postgres://"), "{text}");
+    assert!(handshakes.load(Ordering::SeqCst) >= 1);
+    proxy.abort();
+}
+
+/// A CA certificate that signed nothing the tests serve.
+fn pki_other_ca() -> String {
+    pki("a public CA").ca
+}

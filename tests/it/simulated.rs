@@ -1046,58 +1046,6 @@ async fn edge_case(transition: DateTime<Utc>, case: &EdgeCase, seed: u64) -> Res
     Ok(())
 }
 
-/// A private CA, a server certificate for the loopback address it signed, and a client
-/// certificate it signed: what a municipality gets from the platform, made up for the test.
-struct Pki {
-    ca: String,
-    server_cert: String,
-    server_key: String,
-    client_cert: String,
-    client_key: String,
-}
-
-fn pki(ca_name: &str) -> Pki {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
-    };
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, ca_name);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
-    let issuer = Issuer::new(ca, ca_key);
-    let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(names).expect("params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "nprov-sync test");
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![usage];
-        // A known end of validity, which the expiry metric must report.
-        params.not_after = rcgen::date_time_ymd(2031, 5, 17);
-        let cert = params.signed_by(&key, &issuer).expect("certificate");
-        (cert.pem(), key.serialize_pem())
-    };
-    let (server_cert, server_key) = leaf(
-        vec!["localhost".into(), "127.0.0.1".into()],
-        ExtendedKeyUsagePurpose::ServerAuth,
-    );
-    let (client_cert, client_key) = leaf(
-        vec!["kommun.example".into()],
-        ExtendedKeyUsagePurpose::ClientAuth,
-    );
-    Pki {
-        ca: ca_cert.pem(),
-        server_cert,
-        server_key,
-        client_cert,
-        client_key,
-    }
-}
-
 /// The simulator behind mutual TLS; `url` is `https://127.0.0.1:PORT`.
 async fn tls_simulator(platform: Platform, now: DateTime<Utc>, pki: &Pki) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -1450,4 +1398,113 @@ async fn a_platform_that_refuses_large_windows_costs_a_few_413s_per_busy_period_
 /// 600 students whose results change over three weeks, the same each time it is made.
 fn busy_platform() -> Platform {
     platform(600, 32, "2026-01-05T00:00:00Z", "2026-01-25T00:00:00Z", 3)
+}
+
+/// A municipality's platform whose certificate comes from a CA that only the operating system's
+/// store holds (no `ca_file`): trusted, because the client reads that store. The store here is
+/// the one OpenSSL would read, chosen with `SSL_CERT_FILE` for the child process alone.
+#[tokio::test]
+async fn a_ca_in_the_operating_system_store_is_trusted_without_ca_file() {
+    let pki = pki("kommunens interna CA");
+    let platform = platform(80, 22, "2026-01-05T00:00:00Z", "2026-01-06T00:00:00Z", 2);
+    let now = t("2026-01-07T06:00:00Z");
+    let sim = tls_simulator(platform, now, &pki).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path
+    };
+    write("client.crt", &pki.client_cert);
+    write("client.key", &pki.client_key);
+    let system_store = write("system-ca.pem", &pki.ca);
+    let other_store = write("other-ca.pem", &self::pki("a public CA").ca);
+    let empty_store = write("empty.pem", "");
+    let config = write(
+        "nprov.toml",
+        &format!(
+            "[database]\nurl = \"sqlite://{}\"\n[[source]]\nurl = \"{}\"\nstart = \"2026-01-05T00:00\"\nclient_certificate_file = \"client.crt\"\nclient_key_file = \"client.key\"\n",
+            dir.path().join("mirror.db").display(),
+            sim.url
+        ),
+    );
+    // tokio's Command: the simulator answers on this test's runtime while the child runs.
+    let command_for = |args: &[&str], store: &std::path::Path| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_nprov-sync"));
+        command
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .env_remove("NPROV_CONFIG")
+            .env_remove("NPROV_DATABASE_URL")
+            .env_remove("SSL_CERT_DIR")
+            .env("SSL_CERT_FILE", store);
+        command
+    };
+    let run = |args: &[&str], store: &std::path::Path| {
+        let mut command = command_for(args, store);
+        async move {
+            let out = command.output().await.expect("the binary runs");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (out.status.code(), text)
+        }
+    };
+    let backfill = [
+        "backfill",
+        "--from",
+        "2026-01-05T00:00",
+        "--to",
+        "2026-01-07T00:00",
+    ];
+
+    // The store as `config check` reports it.
+    let (code, text) = run(&["config", "check"], &system_store).await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains(&format!(
+            "trust: 1 CA certificates from SSL_CERT_FILE={}",
+            system_store.display()
+        )),
+        "{text}"
+    );
+
+    // A store without the platform's CA: the handshake fails on the server's certificate, and
+    // nothing was asked of the platform.
+    let (code, text) = run(&backfill, &other_store).await;
+    assert_eq!(code, Some(3), "{text}");
+    // Not retried: a certificate not trusted now is not trusted a second later either.
+    assert!(
+        text.contains("TLS handshake refused after 1 attempt:") && text.contains("UnknownIssuer"),
+        "{text}"
+    );
+    assert_eq!(sim.stats.requests.load(Ordering::Relaxed), 0);
+
+    // An empty store and no ca_file: refused before any connection, saying what to install.
+    let (code, text) = run(&["config", "check"], &empty_store).await;
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("no certificate authority to trust")
+            && text.contains("ca-certificates")
+            && text.contains("ca_file"),
+        "{text}"
+    );
+
+    // The store with the CA: the day is synced, equal to the platform.
+    let (code, text) = run(&backfill, &system_store).await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(sim.stats.ok.load(Ordering::Relaxed) > 0, "{text}");
+    let store = nprov_sync::store::sqlite::SqliteStore::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("mirror.db").display()
+    ))
+    .await
+    .expect("open the mirror");
+    // Every change lies inside the backfilled span, so the mirror holds the platform's state.
+    let expected = reference(&sim.platform, now).await;
+    assert!(!expected.is_empty());
+    assert_eq!(dump(&store).await, expected);
 }
