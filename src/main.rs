@@ -9,6 +9,12 @@ use nprov_sync::cli::{self, Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(result) = cli::run_without_settings(&cli, &mut std::io::stdout().lock()) {
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(failure) => fail(&failure),
+        };
+    }
     let settings = match cli::load_settings(&cli) {
         Ok(s) => s,
         Err(failure) => return fail(&failure),

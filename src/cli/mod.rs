@@ -7,6 +7,7 @@
 //! * `daemon`: `run`, the service;
 //! * `simulate` and `demo`: the simulated platform, alone or driven end to end;
 //! * `admin`: `migrate` and `config example|check`;
+//! * `generate`: `completions` and `manpages`, which need no settings;
 //! * `setup`: settings, sources and the database, as every command opens them;
 //! * `failure`: [`Failure`] and its exit codes.
 //!
@@ -25,6 +26,7 @@ mod daemon;
 mod demo;
 mod failure;
 mod files;
+mod generate;
 mod setup;
 mod simulate;
 mod status;
@@ -121,6 +123,18 @@ pub enum Command {
     /// Inspect configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print shell completions to standard output (e.g. `nprov-sync completions bash >
+    /// /etc/bash_completion.d/nprov-sync`); the Debian package installs them.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (nprov-sync.1 and one per command) into a directory; for packaging.
+    #[command(hide = true)]
+    Manpages {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,6 +143,17 @@ pub enum ConfigCommand {
     Example,
     /// Check a configuration (the --config file plus NPROV_… variables) without doing anything.
     Check,
+}
+
+/// Runs a command that needs no settings (completions, man pages), so that neither a missing
+/// configuration nor a stray `NPROV_…` variable on a packaging machine stops it; `None` for
+/// every other command.
+pub fn run_without_settings(cli: &Cli, out: &mut dyn Write) -> Option<Result<(), Failure>> {
+    match &cli.command {
+        Command::Completions { shell } => Some(generate::completions(*shell, out)),
+        Command::Manpages { dir } => Some(generate::manpages(dir, out)),
+        _ => None,
+    }
 }
 
 /// Loads settings for a command: file, environment, then `--database`.
@@ -205,5 +230,8 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> Result<()
         Command::Config(ConfigCommand::Check) => {
             admin::config_check(cli.config.as_deref(), &settings, out)
         }
+        // main.rs runs these before loading settings; here for callers of `run` alone.
+        Command::Completions { shell } => generate::completions(shell, out),
+        Command::Manpages { dir } => generate::manpages(&dir, out),
     }
 }

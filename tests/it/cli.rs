@@ -544,3 +544,123 @@ async fn sqlite_gives_its_wal_and_shm_files_the_mode_of_the_database_file() {
     }
     store.close().await;
 }
+
+/// What the Debian package installs beside the binary: a man page per command and completions
+/// for bash, zsh and fish, generated from the clap definition. Checked as far as this machine's
+/// tools allow: groff renders every page without a warning, bash parses its completion.
+#[test]
+fn man_pages_and_completions_generate_from_the_command_line_definition() {
+    let dir = tempfile::tempdir().expect("dir");
+    let man = dir.path().join("man");
+    // A stray NPROV_ variable (an error for every other command) does not stop a packager.
+    let o = Command::new(env!("CARGO_BIN_EXE_nprov-sync"))
+        .arg("manpages")
+        .arg(&man)
+        .env("NPROV_NOT_A_SETTING", "1")
+        .output()
+        .expect("runs");
+    assert!(o.status.success(), "{}", text(&o));
+    let mut pages: Vec<String> = std::fs::read_dir(&man)
+        .expect("man dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    pages.sort();
+    for expected in [
+        "nprov-sync.1",
+        "nprov-sync-run.1",
+        "nprov-sync-sync.1",
+        "nprov-sync-backfill.1",
+        "nprov-sync-status.1",
+        "nprov-sync-config.1",
+        "nprov-sync-config-check.1",
+        "nprov-sync-completions.1",
+    ] {
+        assert!(
+            pages.iter().any(|p| p == expected),
+            "{expected} in {pages:?}"
+        );
+    }
+    // Packaging tools are not pages of their own.
+    assert!(
+        !pages
+            .iter()
+            .any(|p| p.contains("manpages") || p.contains("help")),
+        "{pages:?}"
+    );
+    let main = std::fs::read_to_string(man.join("nprov-sync.1")).expect("main page");
+    assert!(
+        main.starts_with(".ie") || main.contains(".TH nprov-sync 1"),
+        "{main}"
+    );
+    for section in [
+        "EXIT STATUS",
+        "ENVIRONMENT",
+        "FILES",
+        "SSL_CERT_FILE",
+        "/etc/nprov-sync/nprov.toml",
+    ] {
+        assert!(
+            main.contains(section),
+            "{section} missing from the main page"
+        );
+    }
+    let check = std::fs::read_to_string(man.join("nprov-sync-config-check.1")).expect("page");
+    assert!(
+        check.contains("nprov\\-sync\\-config\\-check")
+            || check.contains("nprov-sync-config-check")
+    );
+    if let Ok(groff) = which("groff") {
+        for page in &pages {
+            let o = Command::new(&groff)
+                // -k: UTF-8 input through preconv, as man-db reads pages.
+                .args(["-k", "-man", "-Tutf8", "-ww", "-z"])
+                .arg(man.join(page))
+                .output()
+                .expect("groff runs");
+            assert!(
+                o.status.success() && o.stderr.is_empty(),
+                "{page}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+    } else {
+        crate::helpers::skip("man page rendering", "groff is not installed");
+    }
+
+    for (shell, needle) in [
+        ("bash", "complete -F _nprov__sync"),
+        ("zsh", "#compdef nprov-sync"),
+        ("fish", "complete -c nprov-sync"),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_nprov-sync"))
+            .args(["completions", shell])
+            .output()
+            .expect("runs");
+        assert!(o.status.success(), "{}", text(&o));
+        let script = String::from_utf8(o.stdout).expect("utf-8");
+        assert!(script.contains(needle), "{shell}: {script}");
+        assert!(
+            script.contains("backfill") && script.contains("--config"),
+            "{shell}"
+        );
+        if shell == "bash" {
+            let file = dir.path().join("nprov-sync.bash");
+            std::fs::write(&file, &script).expect("write");
+            let o = Command::new("bash")
+                .arg("-n")
+                .arg(&file)
+                .output()
+                .expect("bash");
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+    }
+}
+
+fn which(program: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .ok_or(())
+}
