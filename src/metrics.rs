@@ -50,6 +50,8 @@ pub const FAMILIES: &[&str] = &[
     "nprov_sync_ca_certificate_expiry_timestamp_seconds",
     "nprov_config_last_reload_successful",
     "nprov_config_last_reload_success_timestamp_seconds",
+    "nprov_retention_pruned_rows_total",
+    "nprov_retention_last_success_timestamp_seconds",
     "process_cpu_seconds_total",
     "process_open_fds",
     "process_max_fds",
@@ -101,6 +103,9 @@ struct Families {
     /// one-shot run's textfile must not report a failed reload.
     reload_successful: IntGaugeVec,
     reload_success: GaugeVec,
+    /// Daemon only, like the reload pair: a one-shot run does not prune.
+    pruned_rows: IntCounterVec,
+    retention_success: GaugeVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -256,6 +261,16 @@ impl Metrics {
                 "When the daemon last loaded a configuration it uses (its start, or a reload)",
                 &[],
             ),
+            pruned_rows: counter(
+                "nprov_retention_pruned_rows_total",
+                "Rows removed by the daily prune past the [retention] horizons, by table (quarantine_raw_xml: raw XML cleared)",
+                &["table"],
+            ),
+            retention_success: gauge(
+                "nprov_retention_last_success_timestamp_seconds",
+                "When the daemon's daily prune last completed",
+                &[],
+            ),
         };
         let r = &f.registry;
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -281,6 +296,8 @@ impl Metrics {
             Box::new(f.ca_certificate_expiry.clone()),
             Box::new(f.reload_successful.clone()),
             Box::new(f.reload_success.clone()),
+            Box::new(f.pruned_rows.clone()),
+            Box::new(f.retention_success.clone()),
         ];
         for c in collectors {
             r.register(c).expect("each family is registered once");
@@ -390,6 +407,28 @@ impl Metrics {
                 .with_label_values(&[] as &[&str])
                 .set(at.timestamp_millis() as f64 / 1000.0);
         }
+    }
+
+    /// The daemon prunes: its counters start at 0 for every table, so the first prune is an
+    /// increase like any other.
+    pub fn pruning(&self) {
+        for table in crate::store::governance::Pruned::default().by_table() {
+            self.inner
+                .pruned_rows
+                .with_label_values(&[table.0])
+                .inc_by(0);
+        }
+    }
+
+    /// A prune completed at `at`, removing `pruned`.
+    pub fn pruned(&self, pruned: &crate::store::governance::Pruned, at: DateTime<Utc>) {
+        for (table, n) in pruned.by_table() {
+            self.inner.pruned_rows.with_label_values(&[table]).inc_by(n);
+        }
+        self.inner
+            .retention_success
+            .with_label_values(&[] as &[&str])
+            .set(at.timestamp_millis() as f64 / 1000.0);
     }
 
     /// Removes every series of `source`, in every family that has a `source` label: for a source
@@ -730,6 +769,8 @@ mod tests {
         // The daemon's own, and the certificate dates of a source with mutual TLS and a CA.
         m.config_loaded(true, Utc::now());
         s.certificate_expiry(Some(Utc::now()), Some(Utc::now()));
+        m.pruning();
+        m.pruned(&Default::default(), Utc::now());
         let text = m.render(Utc::now());
         let mut exported: Vec<&str> = text
             .lines()
@@ -744,6 +785,27 @@ mod tests {
         }
         listed.sort_unstable();
         assert_eq!(exported, listed);
+    }
+
+    #[test]
+    fn the_prune_counters_start_at_zero_for_every_table_and_count_up() {
+        let m = Metrics::new();
+        assert!(!m.render(Utc::now()).contains("nprov_retention_pruned_rows_total{"));
+        m.pruning();
+        let text = m.render(Utc::now());
+        for table in ["sync_run", "quarantine_raw_xml", "quarantine", "change_log"] {
+            let series = format!("nprov_retention_pruned_rows_total{{table=\"{table}\"}} 0");
+            assert!(text.contains(&series), "{series} in {text}");
+        }
+        let pruned = crate::store::governance::Pruned {
+            change_log: 7,
+            ..Default::default()
+        };
+        m.pruned(&pruned, Utc::now());
+        m.pruned(&pruned, Utc::now());
+        assert!(m
+            .render(Utc::now())
+            .contains("nprov_retention_pruned_rows_total{table=\"change_log\"} 14"));
     }
 
     #[test]

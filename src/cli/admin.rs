@@ -10,10 +10,10 @@ use crate::store;
 
 pub(crate) async fn migrate(settings: &Settings, out: &mut dyn Write) -> Result<(), Failure> {
     let store = connect_store(settings).await?;
-    store
-        .migrate()
-        .await
-        .map_err(|e| Failure::Runtime(e.into()))?;
+    if let Err(e) = super::setup::migrate(store.as_ref(), settings).await {
+        store.close().await;
+        return Err(e);
+    }
     writeln!(
         out,
         "migrated {}",

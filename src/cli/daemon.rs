@@ -59,9 +59,9 @@ pub(crate) async fn run_daemon(
     )
     .await?;
     if settings.database.migrate_on_start {
-        if let Err(e) = store.migrate().await {
+        if let Err(e) = super::setup::migrate(store.as_ref(), &settings).await {
             store.close().await;
-            return Err(Failure::Runtime(e.into()));
+            return Err(e);
         }
     }
     let config_path = config.clone();

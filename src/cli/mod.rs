@@ -8,6 +8,7 @@
 //! * `simulate` and `demo`: the simulated platform, alone or driven end to end;
 //! * `admin`: `migrate` and `config example|check`;
 //! * `generate`: `completions` and `manpages`, which need no settings;
+//! * `govern`: `prune`, `forget` and `source list|rewind|drop` (retention, erasure, state);
 //! * `setup`: settings, sources and the database, as every command opens them;
 //! * `failure`: [`Failure`] and its exit codes.
 //!
@@ -27,6 +28,7 @@ mod demo;
 mod failure;
 mod files;
 mod generate;
+mod govern;
 mod setup;
 mod simulate;
 mod status;
@@ -123,6 +125,35 @@ pub enum Command {
     /// Inspect configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Remove rows older than the [retention] horizons (sync_run, quarantined raw XML and rows,
+    /// change_log), as the daemon does once a day; prints what was removed.
+    Prune {
+        /// Count what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Erase one pupil's rows from every table (provområden with their provtillfällen and
+    /// delprov, change_log, quarantine) in one transaction, and record the erasure without the
+    /// id. Without --yes, only counts. A later window in which the platform still sends the
+    /// pupil brings the data back: the platform is the source of truth.
+    Forget {
+        /// The pupil's id on the platform, matched exactly (letter case included); `-` reads it
+        /// from standard input, keeping it out of shell history and the process list.
+        #[arg(long, value_name = "ID")]
+        elev: String,
+        /// Only this source's rows (default: every source).
+        #[arg(long, value_name = "NAME")]
+        source: Option<String>,
+        /// Recorded with the erasure, e.g. the case number of the request.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        /// Erase; without it, only count.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// A source's state in the database: list, rewind the watermark, drop its data.
+    #[command(subcommand)]
+    Source(SourceCommand),
     /// Print shell completions to standard output (e.g. `nprov-sync completions bash >
     /// /etc/bash_completion.d/nprov-sync`); the Debian package installs them.
     Completions {
@@ -134,6 +165,29 @@ pub enum Command {
     Manpages {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SourceCommand {
+    /// Every source configured or in the database: watermark, rows, windows, leader.
+    List,
+    /// Move a source's watermark back, so that its next run re-reads from there (after a
+    /// platform incident, say). The only way the watermark moves back. Refused while another
+    /// instance leads the source.
+    Rewind {
+        name: String,
+        /// Local time (yyyy-MM-ddTHH:mm, in the source's time zone), earlier than the watermark.
+        #[arg(long, value_name = "LOCAL_TIME")]
+        to: String,
+    },
+    /// Remove a source's rows, windows and watermark (change_log gets an erase entry per
+    /// removed provområde). Without --yes, only counts. Refused while another instance leads
+    /// the source.
+    Drop {
+        name: String,
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -229,6 +283,43 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> Result<()
         Command::Config(ConfigCommand::Example) => admin::config_example(out),
         Command::Config(ConfigCommand::Check) => {
             admin::config_check(cli.config.as_deref(), &settings, out)
+        }
+        Command::Prune { dry_run } => {
+            let store = setup::open_store(&settings).await?;
+            let result = govern::prune(store.as_ref(), &settings, dry_run, out).await;
+            store.close().await;
+            result
+        }
+        Command::Forget {
+            elev,
+            source,
+            reason,
+            yes,
+        } => {
+            let store = setup::open_store(&settings).await?;
+            let args = govern::ForgetArgs {
+                elev: &elev,
+                source: source.as_deref(),
+                reason: reason.as_deref(),
+                yes,
+            };
+            let result = govern::forget(store.as_ref(), args, out).await;
+            store.close().await;
+            result
+        }
+        Command::Source(command) => {
+            let store = setup::open_store(&settings).await?;
+            let result = match command {
+                SourceCommand::List => govern::source_list(store.as_ref(), &settings, out).await,
+                SourceCommand::Rewind { name, to } => {
+                    govern::source_rewind(store.as_ref(), &settings, &name, &to, out).await
+                }
+                SourceCommand::Drop { name, yes } => {
+                    govern::source_drop(store.as_ref(), &name, yes, out).await
+                }
+            };
+            store.close().await;
+            result
         }
         // main.rs runs these before loading settings; here for callers of `run` alone.
         Command::Completions { shell } => generate::completions(shell, out),

@@ -48,12 +48,27 @@ pub(crate) fn build_sources(
 pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, Failure> {
     let store = connect_store(settings).await?;
     if settings.database.migrate_on_start {
-        store
-            .migrate()
-            .await
-            .map_err(|e| Failure::Runtime(e.into()))?;
+        if let Err(e) = migrate(store.as_ref(), settings).await {
+            store.close().await;
+            return Err(e);
+        }
     }
     Ok(store)
+}
+
+/// Runs the migrations (which also write the data contract) and grants the reader role, if one
+/// is configured: whenever migrations run, so a table a new version adds is readable at once.
+pub(crate) async fn migrate(store: &dyn Store, settings: &Settings) -> Result<(), Failure> {
+    let failure = |e: store::StoreError| match e {
+        store::StoreError::Refused(_) => Failure::Config(e.into()),
+        other => Failure::Runtime(other.into()),
+    };
+    store.migrate().await.map_err(failure)?;
+    let role = settings.database.reader_role.trim();
+    if !role.is_empty() {
+        store.grant_reader(role).await.map_err(failure)?;
+    }
+    Ok(())
 }
 
 /// Connects to the configured database, without migrating.

@@ -53,6 +53,8 @@ pub struct DatabaseSettings {
     pub migrate_on_start: bool,
     /// SQLite only: the permission bits (octal, e.g. "0640") of a database file created here.
     pub file_mode: String,
+    /// PostgreSQL only: a role granted read access to every table and view; empty for none.
+    pub reader_role: String,
 }
 
 impl DatabaseSettings {
@@ -88,6 +90,7 @@ impl Default for DatabaseSettings {
             schema: String::new(),
             migrate_on_start: true,
             file_mode: format!("{:04o}", crate::store::sqlite::DEFAULT_FILE_MODE),
+            reader_role: String::new(),
         }
     }
 }
@@ -164,6 +167,52 @@ impl Default for DaemonSettings {
     }
 }
 
+/// How long rows are kept (`[retention]`): durations, "0" keeps forever.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSettings {
+    pub sync_run: String,
+    pub quarantine_raw_xml: String,
+    pub quarantine: String,
+    pub change_log: String,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        RetentionSettings {
+            sync_run: "180d".into(),
+            quarantine_raw_xml: "30d".into(),
+            quarantine: "365d".into(),
+            change_log: "365d".into(),
+        }
+    }
+}
+
+/// The retention horizons, parsed: `None` keeps rows forever.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retention {
+    pub sync_run: Option<std::time::Duration>,
+    pub quarantine_raw_xml: Option<std::time::Duration>,
+    pub quarantine: Option<std::time::Duration>,
+    pub change_log: Option<std::time::Duration>,
+}
+
+impl Retention {
+    /// The oldest instants that stay, as of `now`.
+    pub fn cutoffs(&self, now: chrono::DateTime<chrono::Utc>) -> crate::store::governance::Cutoffs {
+        let at = |d: Option<std::time::Duration>| {
+            d.and_then(|d| chrono::Duration::from_std(d).ok())
+                .and_then(|d| now.checked_sub_signed(d))
+        };
+        crate::store::governance::Cutoffs {
+            sync_run: at(self.sync_run),
+            quarantine_raw_xml: at(self.quarantine_raw_xml),
+            quarantine: at(self.quarantine),
+            change_log: at(self.change_log),
+        }
+    }
+}
+
 /// The daemon's settings as typed values.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DaemonConfig {
@@ -172,6 +221,8 @@ pub struct DaemonConfig {
     pub shutdown_grace: std::time::Duration,
     pub failure_backoff_max: std::time::Duration,
     pub startup_database_wait: std::time::Duration,
+    /// What the daily prune removes (`[retention]`).
+    pub retention: Retention,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -182,6 +233,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub metrics: MetricsSettings,
     pub daemon: DaemonSettings,
+    pub retention: RetentionSettings,
     /// The platforms to sync from (`[[source]]` tables).
     pub source: Vec<SourceConfig>,
 }
@@ -254,6 +306,24 @@ impl Settings {
             return Err(invalid(origin, format!("log.filter: {e}")));
         }
         self.daemon().map_err(|e| invalid(origin, e.to_string()))?;
+        self.retention()
+            .map_err(|e| invalid(origin, e.to_string()))?;
+        let role = &self.database.reader_role;
+        if !role.is_empty() {
+            if backend != crate::store::Backend::Postgres {
+                return Err(invalid(
+                    origin,
+                    "database.reader_role is for PostgreSQL; give SQLite readers the file \
+                     (database.file_mode and the state directory's group, see the README)",
+                ));
+            }
+            if role.len() > 63 || role.contains('\0') {
+                return Err(invalid(
+                    origin,
+                    format!("database.reader_role: {role:?} is not a PostgreSQL role name"),
+                ));
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for s in &self.source {
             if !names.insert(s.name.as_str()) {
@@ -297,6 +367,34 @@ impl Settings {
                 "daemon.startup_database_wait",
                 &self.daemon.startup_database_wait,
             )?,
+            retention: self.retention()?,
+        })
+    }
+
+    /// The retention horizons, parsed.
+    ///
+    /// # Errors
+    /// A value that is not a duration, named by its key.
+    pub fn retention(&self) -> Result<Retention, ConfigError> {
+        let horizon = |k: &str, v: &str| {
+            let v = v.trim();
+            if v == "0" {
+                return Ok(None);
+            }
+            let d = humantime::parse_duration(v).map_err(|e| {
+                invalid(
+                    k,
+                    format!("{v:?} is not a duration like \"180d\" (or \"0\" to keep): {e}"),
+                )
+            })?;
+            Ok((!d.is_zero()).then_some(d))
+        };
+        let r = &self.retention;
+        Ok(Retention {
+            sync_run: horizon("retention.sync_run", &r.sync_run)?,
+            quarantine_raw_xml: horizon("retention.quarantine_raw_xml", &r.quarantine_raw_xml)?,
+            quarantine: horizon("retention.quarantine", &r.quarantine)?,
+            change_log: horizon("retention.change_log", &r.change_log)?,
         })
     }
 

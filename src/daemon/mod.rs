@@ -70,6 +70,11 @@ const HEARTBEAT_SCHEDULE: &str = "*/5 * * * * *";
 /// After the grace period, how long dropped windows get to finish rolling back.
 const ROLLBACK_WAIT: Duration = Duration::from_secs(10);
 
+/// How often the daemon prunes past the retention horizons (from start-up), and how soon it
+/// tries again after a failure.
+const PRUNE_EVERY: Duration = Duration::from_secs(24 * 60 * 60);
+const PRUNE_RETRY: Duration = Duration::from_secs(60 * 60);
+
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(transparent)]
@@ -226,6 +231,50 @@ pub async fn run(store: Arc<dyn Store>, loaded: Loaded, world: World) -> Result<
         })
     };
 
+    // Retention: a prune now and once a day, with the horizons in force (a reload changes
+    // them). A prune is one transaction: cancelled by a shutdown, it rolls back.
+    shared.metrics.pruning();
+    let pruning = {
+        let shared = shared.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let retention = shared.config.read().expect("config lock").retention;
+                let cutoffs = retention.cutoffs(Utc::now());
+                let wait = tokio::select! {
+                    result = shared.store.prune(&cutoffs, false) => {
+                        match result {
+                            Ok(pruned) => {
+                                shared.metrics.pruned(&pruned, Utc::now());
+                                let [(_, a), (_, b), (_, c), (_, d)] = pruned.by_table();
+                                tracing::info!(
+                                    sync_run = a,
+                                    quarantine_raw_xml = b,
+                                    quarantine = c,
+                                    change_log = d,
+                                    "pruned rows past retention"
+                                );
+                                PRUNE_EVERY
+                            }
+                            Err(e) => {
+                                tracing::warn!(
+                                    error = %crate::error::chain(&e),
+                                    "pruning past retention failed; trying again in an hour"
+                                );
+                                PRUNE_RETRY
+                            }
+                        }
+                    }
+                    () = stop.cancelled() => return,
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = stop.cancelled() => return,
+                }
+            }
+        })
+    };
+
     // A first run of every source now, rather than at its first tick minutes away.
     for name in &names {
         shared.tick(name);
@@ -294,6 +343,7 @@ pub async fn run(store: Arc<dyn Store>, loaded: Loaded, world: World) -> Result<
     }
     server_stop.cancel();
     maintenance.await.ok();
+    pruning.await.ok();
     if let Some(server) = server {
         server.await.ok();
     }

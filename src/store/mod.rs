@@ -27,6 +27,8 @@
 //! the data or the schema.
 
 pub mod apply;
+pub mod contract;
+pub mod governance;
 pub mod postgres;
 pub mod replace;
 pub mod sqlite;
@@ -74,6 +76,10 @@ pub enum StoreError {
     },
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    /// A state command that would do the wrong thing (a rewind forwards, a role that does not
+    /// exist); nothing was changed.
+    #[error("{0}")]
+    Refused(String),
     /// An element the scanner delimited turned out malformed when it was built: the scanner
     /// only delimits elements below the root (building is what checks them), so this is bad
     /// input, reported like any other document error.
@@ -316,6 +322,50 @@ pub trait Store: Send + Sync {
 
     /// Whether the database answers (for readiness checks).
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Removes (or, in a dry run, counts) the rows older than the cutoffs; one transaction.
+    async fn prune(
+        &self,
+        cutoffs: &governance::Cutoffs,
+        dry_run: bool,
+    ) -> Result<governance::Pruned, StoreError>;
+
+    /// Removes every row of one pupil, appends `erase` entries for the removed provområden and
+    /// records the erasure (not the id) in `erasure`; one transaction. A dry run only counts.
+    async fn forget(
+        &self,
+        erasure: &governance::Erasure<'_>,
+    ) -> Result<governance::Removed, StoreError>;
+
+    /// Removes a source's rows, runs and watermark (or, in a dry run, counts them).
+    async fn drop_source(
+        &self,
+        source: &str,
+        now: DateTime<Utc>,
+        dry_run: bool,
+    ) -> Result<governance::Removed, StoreError>;
+
+    /// Moves a source's watermark back to `to_utc` (refused unless earlier); returns the one it
+    /// replaced.
+    async fn rewind(
+        &self,
+        source: &str,
+        to_utc: DateTime<Utc>,
+        to_local: chrono::NaiveDateTime,
+        now: DateTime<Utc>,
+    ) -> Result<Watermark, StoreError>;
+
+    /// Every source the database has rows of, with counts (watermarks are filled in here).
+    async fn sources(&self) -> Result<Vec<governance::SourceState>, StoreError>;
+
+    /// Lets `role` read every table and view, including ones later migrations add
+    /// (PostgreSQL); refused on SQLite, whose readers are given the file (`file_mode`).
+    async fn grant_reader(&self, role: &str) -> Result<(), StoreError> {
+        Err(StoreError::Refused(format!(
+            "database.reader_role ({role:?}) is for PostgreSQL; give SQLite readers the file \
+             (database.file_mode, see the README)"
+        )))
+    }
 
     /// Who leads `source` among the instances sharing this database, as `status` shows it:
     /// `None` where the backend has no other instances to coordinate with.

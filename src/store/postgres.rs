@@ -61,6 +61,13 @@ use crate::domain::{
 };
 use crate::xml::{DocContext, RawHash};
 
+use super::governance;
+
+/// An identifier in double quotes, any quote in it doubled.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
 /// What connections say they are, unless the URL's `application_name` says otherwise.
@@ -221,7 +228,7 @@ fn instance_name() -> String {
 
 /// A 64-bit advisory-lock key: the first 8 bytes of SHA-256 over length-prefixed parts (purpose,
 /// schema, source), so that no two different part lists give the same text to hash.
-fn lock_key(parts: &[&str]) -> i64 {
+pub(super) fn lock_key(parts: &[&str]) -> i64 {
     let mut h = Sha256::new();
     h.update(b"nprov-sync\0");
     for p in parts {
@@ -243,7 +250,112 @@ impl Store for PostgresStore {
     async fn migrate(&self) -> Result<(), StoreError> {
         self.ensure_schema().await?;
         MIGRATOR.run(&self.pool).await?;
+        // The data contract as comments, every time: a changed description reaches an existing
+        // database on the next start.
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(query_err("writing the data contract"))?;
+        for statement in super::contract::postgres_comments() {
+            sqlx::query(&statement)
+                .persistent(false)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err("writing the data contract"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(query_err("writing the data contract"))?;
         Ok(())
+    }
+
+    async fn grant_reader(&self, role: &str) -> Result<(), StoreError> {
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+                .bind(role)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(query_err("looking up the reader role"))?;
+        if !exists {
+            return Err(StoreError::Refused(format!(
+                "database.reader_role: there is no role {role:?}; create it first \
+                 (CREATE ROLE {} NOLOGIN, then GRANT it to the warehouse's users)",
+                quote_ident(role)
+            )));
+        }
+        let (role, schema) = (quote_ident(role), quote_ident(&self.lock_scope));
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(query_err("granting the reader role"))?;
+        // Default privileges cover what later migrations create (as this role, which runs
+        // them); the explicit grant covers what exists, views included.
+        for statement in [
+            format!("GRANT USAGE ON SCHEMA {schema} TO {role}"),
+            format!("GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}"),
+            format!("ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT SELECT ON TABLES TO {role}"),
+        ] {
+            sqlx::query(&statement)
+                .persistent(false)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err("granting the reader role"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(query_err("granting the reader role"))
+    }
+
+    async fn prune(
+        &self,
+        cutoffs: &governance::Cutoffs,
+        dry_run: bool,
+    ) -> Result<governance::Pruned, StoreError> {
+        governance::postgres::prune(&self.pool, cutoffs, dry_run).await
+    }
+
+    async fn forget(
+        &self,
+        erasure: &governance::Erasure<'_>,
+    ) -> Result<governance::Removed, StoreError> {
+        governance::postgres::forget(&self.pool, &self.lock_scope, lock_key, erasure).await
+    }
+
+    async fn drop_source(
+        &self,
+        source: &str,
+        now: DateTime<Utc>,
+        dry_run: bool,
+    ) -> Result<governance::Removed, StoreError> {
+        governance::postgres::drop_source(
+            &self.pool,
+            &self.lock_scope,
+            lock_key,
+            source,
+            now,
+            dry_run,
+        )
+        .await
+    }
+
+    async fn rewind(
+        &self,
+        source: &str,
+        to_utc: DateTime<Utc>,
+        to_local: NaiveDateTime,
+        now: DateTime<Utc>,
+    ) -> Result<Watermark, StoreError> {
+        governance::postgres::rewind(&self.pool, source, to_utc, to_local, now).await
+    }
+
+    async fn sources(&self) -> Result<Vec<governance::SourceState>, StoreError> {
+        let mut sources = governance::postgres::sources(&self.pool).await?;
+        for s in &mut sources {
+            s.watermark = self.watermark(&s.source).await?;
+        }
+        Ok(sources)
     }
 
     async fn begin(

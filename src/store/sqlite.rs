@@ -27,6 +27,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, SqliteConnection, Transaction};
 
 use super::apply::{Applier, Dialect, DocInfo, Settle, Settled};
+use super::governance;
 use super::replace::{
     self, BatchLimits, BatchPlan, DocState, Fingerprint, Op, QuarantineRow, Stored, Target, Touched,
 };
@@ -149,7 +150,77 @@ impl Store for SqliteStore {
 
     async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.pool).await?;
+        // The data contract, rewritten whole: a changed description reaches an existing file.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(query_err("writing the data contract"))?;
+        sqlx::query("DELETE FROM data_contract")
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err("writing the data contract"))?;
+        for object in super::contract::OBJECTS {
+            let rows = std::iter::once((None, object.about))
+                .chain(object.columns.iter().map(|(c, about)| (Some(*c), *about)));
+            for (column, about) in rows {
+                sqlx::query(
+                    "INSERT INTO data_contract (object, column_name, description) VALUES (?, ?, ?)",
+                )
+                .bind(object.name)
+                .bind(column)
+                .bind(super::contract::squeeze(about))
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err("writing the data contract"))?;
+            }
+        }
+        tx.commit()
+            .await
+            .map_err(query_err("writing the data contract"))?;
         Ok(())
+    }
+
+    async fn prune(
+        &self,
+        cutoffs: &governance::Cutoffs,
+        dry_run: bool,
+    ) -> Result<governance::Pruned, StoreError> {
+        governance::sqlite::prune(&self.pool, cutoffs, dry_run).await
+    }
+
+    async fn forget(
+        &self,
+        erasure: &governance::Erasure<'_>,
+    ) -> Result<governance::Removed, StoreError> {
+        governance::sqlite::forget(&self.pool, erasure).await
+    }
+
+    async fn drop_source(
+        &self,
+        source: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        dry_run: bool,
+    ) -> Result<governance::Removed, StoreError> {
+        governance::sqlite::drop_source(&self.pool, source, now, dry_run).await
+    }
+
+    async fn rewind(
+        &self,
+        source: &str,
+        to_utc: chrono::DateTime<chrono::Utc>,
+        to_local: chrono::NaiveDateTime,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Watermark, StoreError> {
+        governance::sqlite::rewind(&self.pool, source, to_utc, to_local, now).await
+    }
+
+    async fn sources(&self) -> Result<Vec<governance::SourceState>, StoreError> {
+        let mut sources = governance::sqlite::sources(&self.pool).await?;
+        for s in &mut sources {
+            s.watermark = self.watermark(&s.source).await?;
+        }
+        Ok(sources)
     }
 
     async fn begin(
@@ -297,7 +368,7 @@ impl Store for SqliteStore {
     }
 }
 
-fn parse_timestamp(s: &str) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
+pub(crate) fn parse_timestamp(s: &str) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
     chrono::DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&chrono::Utc))
         .map_err(|e| StoreError::Corrupt(format!("stored timestamp {s:?}: {e}")))

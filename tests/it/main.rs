@@ -3,6 +3,7 @@
 mod cli;
 mod corpus;
 mod daemon;
+mod governance;
 mod ha;
 mod helpers;
 mod layout;

@@ -87,6 +87,7 @@ async fn the_tables_live_in_the_configured_schema_in_native_types() {
             "_sqlx_migrations BASE TABLE",
             "change_log BASE TABLE",
             "delprovsresultat BASE TABLE",
+            "erasure BASE TABLE",
             "provomrade BASE TABLE",
             "provtillfalle BASE TABLE",
             "quarantine BASE TABLE",
