@@ -790,7 +790,9 @@ mod tests {
     #[test]
     fn the_prune_counters_start_at_zero_for_every_table_and_count_up() {
         let m = Metrics::new();
-        assert!(!m.render(Utc::now()).contains("nprov_retention_pruned_rows_total{"));
+        assert!(!m
+            .render(Utc::now())
+            .contains("nprov_retention_pruned_rows_total{"));
         m.pruning();
         let text = m.render(Utc::now());
         for table in ["sync_run", "quarantine_raw_xml", "quarantine", "change_log"] {
