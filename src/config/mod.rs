@@ -424,6 +424,45 @@ mod tests {
     }
 
     #[test]
+    fn retention_parses_durations_and_zero_keeps_and_a_reader_role_needs_postgres() {
+        let f = write("[retention]\nsync_run = \"0\"\nchange_log = \"90d\"\n");
+        let s = Settings::load(Some(f.path()), env(&[("NPROV_RETENTION_QUARANTINE", "0s")]))
+            .expect("loads");
+        let r = s.retention().expect("parses");
+        assert_eq!(r.sync_run, None);
+        assert_eq!(r.quarantine, None);
+        assert_eq!(
+            r.change_log,
+            Some(std::time::Duration::from_secs(90 * 86400))
+        );
+        assert_eq!(
+            r.quarantine_raw_xml,
+            Some(std::time::Duration::from_secs(30 * 86400))
+        );
+        let now = chrono::Utc::now();
+        let cutoffs = r.cutoffs(now);
+        assert_eq!(cutoffs.sync_run, None);
+        assert_eq!(cutoffs.change_log, Some(now - chrono::Duration::days(90)));
+
+        let f = write("[retention]\nquarantine = \"a year\"\n");
+        let e = Settings::load(Some(f.path()), env(&[])).expect_err("not a duration");
+        assert!(e.to_string().contains("retention.quarantine"), "{e}");
+
+        let f = write("[database]\nreader_role = \"nprov_reader\"\n");
+        let e = Settings::load(Some(f.path()), env(&[])).expect_err("SQLite has no roles");
+        assert!(
+            e.to_string().contains("reader_role is for PostgreSQL"),
+            "{e}"
+        );
+        let s = Settings::load(
+            Some(f.path()),
+            env(&[("NPROV_DATABASE_URL", "postgres://nprov@db/nprov")]),
+        )
+        .expect("PostgreSQL has");
+        assert_eq!(s.database.reader_role, "nprov_reader");
+    }
+
+    #[test]
     fn the_example_is_exactly_the_defaults() {
         let f = write(EXAMPLE);
         assert_eq!(

@@ -216,6 +216,20 @@ impl Applier {
         self.build_ahead
             .store(2 * built >= elements, Ordering::Relaxed);
         self.dialect.write(&plan, &self.doc).await?;
+        // Pupil ids are personal data: they appear in logs at debug level only, here, where an
+        // operator chasing a broken element needs them (the README's "Logs" says so).
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            for q in &plan.quarantine {
+                tracing::debug!(
+                    document = %self.doc.document,
+                    elev = q.elev.as_deref().unwrap_or("-"),
+                    code = q.error_code,
+                    line = q.location.line,
+                    column = q.location.column,
+                    "quarantined an element"
+                );
+            }
+        }
         let (pt, dp) = plan.child_rows();
         let s = &mut self.state.summary;
         s.provomrade_rows += plan.creates.len() as u64;

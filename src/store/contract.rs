@@ -329,6 +329,30 @@ mod tests {
         }
     }
 
+    /// The README's data-contract tables are [`markdown`]'s output; `BLESS_README=1 cargo test`
+    /// writes them after a change here.
+    #[test]
+    fn the_readme_shows_the_contract_as_generated() {
+        const BEGIN: &str =
+            "<!-- data-contract:begin (generated from src/store/contract.rs; a test keeps this equal) -->\n";
+        const END: &str = "<!-- data-contract:end -->";
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+        let readme = std::fs::read_to_string(&path).expect("README.md");
+        let start = readme.find(BEGIN).expect("the begin marker") + BEGIN.len();
+        let end = readme.find(END).expect("the end marker");
+        let expected = format!("\n{}", markdown());
+        if std::env::var_os("BLESS_README").is_some() {
+            let updated = format!("{}{expected}{}", &readme[..start], &readme[end..]);
+            std::fs::write(&path, updated).expect("write README.md");
+            return;
+        }
+        assert!(
+            readme[start..end] == expected,
+            "README.md's data contract differs from src/store/contract.rs; run \
+             BLESS_README=1 cargo test --lib contract"
+        );
+    }
+
     #[test]
     fn quotes_are_doubled_in_literals() {
         assert_eq!(literal("the pupil's  id"), "'the pupil''s id'");

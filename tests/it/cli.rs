@@ -664,3 +664,126 @@ fn which(program: &str) -> Result<std::path::PathBuf, ()> {
         .find(|p| p.is_file())
         .ok_or(())
 }
+
+/// Pupil ids are personal data: no log line or output at the default level names one (a
+/// quarantined element's id is logged at debug only), and `forget` reports counts, not the id.
+#[test]
+fn pupil_ids_stay_out_of_logs_and_output_and_forget_reports_counts_only() {
+    use crate::helpers::{doc, kurs, pt};
+    let dir = tempfile::tempdir().expect("dir");
+    let id = "hemlig-elev-4711";
+    let xml = doc(&[
+        kurs(id, "MATMAT01a", "GY", vec![pt("2026-02-28", "A", &[])]),
+        kurs(id, "SVESVE01", "GY", vec![pt("2026-01-10", "B", &[])]),
+        kurs(
+            "annan-elev",
+            "MATMAT01a",
+            "GY",
+            vec![pt("2026-01-10", "C", &[])],
+        ),
+    ])
+    .replace("2026-02-28", "2026-02-30");
+    let file = dir.path().join("window.xml");
+    std::fs::write(&file, xml).expect("write");
+    let db = format!("sqlite://{}", dir.path().join("m.db").display());
+    let run = |args: &[&str], rust_log: Option<&str>, stdin: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_nprov-sync"));
+        command
+            .args(args)
+            .args(["--database", &db])
+            .current_dir(dir.path())
+            .env_remove("NPROV_CONFIG")
+            .env_remove("NPROV_DATABASE_URL")
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if let Some(filter) = rust_log {
+            command.env("RUST_LOG", filter);
+        }
+        let mut child = command.spawn().expect("runs");
+        if let Some(text) = stdin {
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(text.as_bytes())
+                .expect("write stdin");
+        } else {
+            drop(child.stdin.take());
+        }
+        child.wait_with_output().expect("output")
+    };
+    let path = file.to_str().expect("utf-8");
+
+    let o = run(&["import", path], None, None);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("1 quarantined"), "{}", text(&o));
+    assert!(!text(&o).contains(id), "{}", text(&o));
+    // At debug, the quarantined element is logged with its id, for whoever chases it.
+    let o = run(&["import", path], Some("nprov_sync=debug"), None);
+    assert!(o.status.success(), "{}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("quarantined an element") && stderr.contains(id),
+        "{stderr}"
+    );
+
+    // Without --yes, forget counts; the output names tables and counts only.
+    let o = run(&["forget", "--elev", id], None, None);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    assert!(
+        out.contains("would remove from every source: 1 provomrade, 1 provtillfalle")
+            && out.contains("1 quarantine")
+            && out.contains("nothing removed"),
+        "{out}"
+    );
+    assert!(!out.contains(id), "{out}");
+    // The id from standard input, out of the process list; with --yes it is erased.
+    let o = run(
+        &[
+            "forget",
+            "--elev",
+            "-",
+            "--yes",
+            "--reason",
+            "ärende 2026-17",
+        ],
+        None,
+        Some(&format!("{id}\n")),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    assert!(
+        out.contains("removed from every source: 1 provomrade"),
+        "{out}"
+    );
+    assert!(out.contains("brings the data back"), "{out}");
+    assert!(!out.contains(id), "{out}");
+    let o = run(&["forget", "--elev", id], None, None);
+    assert!(
+        text(&o).contains("would remove from every source: 0 provomrade"),
+        "{}",
+        text(&o)
+    );
+
+    // Retention, counted and then applied (nothing is old enough here).
+    let o = run(&["prune", "--dry-run"], None, None);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    for table in ["sync_run", "quarantine_raw_xml", "quarantine", "change_log"] {
+        assert!(
+            out.contains(&format!("would prune {table}: 0 (older than ")),
+            "{out}"
+        );
+    }
+    let o = run(&["source", "list"], None, None);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("default: NOT configured (rows only), watermark none, 1 provomrade rows"),
+        "{}",
+        text(&o)
+    );
+}

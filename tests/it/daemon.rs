@@ -530,3 +530,76 @@ async fn a_reload_adds_a_source_and_a_broken_configuration_keeps_the_running_one
         assert!(store.watermark(source).await.expect("read").is_some());
     }
 }
+
+/// The daemon prunes past `[retention]` once at start (and daily): an old failed window is
+/// gone shortly after start, and the metrics say how many rows of which table went.
+#[tokio::test]
+async fn the_daemon_prunes_past_retention_at_start_and_counts_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let url = format!("sqlite://{}", dir.path().join("m.db").display());
+    {
+        let store = nprov_sync::store::sqlite::SqliteStore::connect(&url)
+            .await
+            .expect("open");
+        store.migrate().await.expect("migrate");
+        let mut old = sync_run(
+            nprov_sync::store::RunKind::Sync,
+            window("2020-03-01T00:00:00Z", "2020-03-01T23:59:00Z"),
+            Default::default(),
+            None,
+        );
+        old.started_at = "2020-03-02T00:00:00Z".parse().expect("time");
+        old.finished_at = old.started_at;
+        old.error = Some("HTTP 503".into());
+        store
+            .record_failed_run(&old)
+            .await
+            .expect("an old failed window");
+        store.close().await;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let config = dir.path().join("nprov.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\nurl = \"{url}\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n\
+             [retention]\nsync_run = \"30d\"\n[[source]]\nurl = \"http://127.0.0.1:9\"\n\
+             start = \"2026-01-05T00:00\"\n"
+        ),
+    )
+    .expect("config");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nprov-sync"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .env_remove("NPROV_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start");
+    let series = r#"nprov_retention_pruned_rows_total{table="sync_run"}"#;
+    let started = std::time::Instant::now();
+    let text = loop {
+        let text = match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if value(&text, series) >= 1.0 {
+            break text;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no prune within 30 s:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(value(&text, series), 1.0);
+    assert!(value(&text, "nprov_retention_last_success_timestamp_seconds") > 0.0);
+    assert!(text.contains(r#"nprov_retention_pruned_rows_total{table="change_log"} 0"#));
+    child.kill().await.ok();
+}

@@ -194,3 +194,98 @@ async fn of_two_instances_only_the_leader_syncs_and_the_standby_takes_over_when_
         .expect("reference");
     assert_eq!(db.dump().await, reference.dump().await);
 }
+
+/// `source rewind` and `source drop` change what the leader works from: they refuse, naming the
+/// leader, while another real instance leads the source, and work once it has stopped.
+#[tokio::test]
+async fn rewind_and_drop_refuse_while_another_instance_leads_the_source() {
+    let backend = Backend::Postgres;
+    if !backend
+        .available("ha::rewind_and_drop_refuse_while_another_instance_leads_the_source")
+        .await
+    {
+        return;
+    }
+    let db = backend.fresh().await;
+    let now = Utc::now();
+    let (url, _platform) = simulator(50, 71, None).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("nprov.toml");
+    let start = (now - chrono::Duration::hours(6))
+        .with_timezone(&Stockholm)
+        .format("%Y-%m-%dT%H:%M");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\nurl = \"{}\"\nschema = \"{}\"\n[[source]]\nurl = \"{url}\"\n\
+             start = \"{start}\"\nschedule = \"* * * * * *\"\n",
+            postgres_url(),
+            db.schema()
+        ),
+    )
+    .expect("config");
+    let cli = |args: &[&str]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_nprov-sync"));
+        command
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .env_remove("RUST_LOG");
+        async move {
+            let out = command.output().await.expect("runs");
+            (
+                out.status.code(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            )
+        }
+    };
+
+    let a = Instance::start(&config);
+    a.until(Duration::from_secs(30), |t| {
+        value(t, LEADER) == 1.0 && value(t, OK_WINDOWS) >= 1.0
+    })
+    .await;
+    let to = (now - chrono::Duration::hours(5))
+        .with_timezone(&Stockholm)
+        .format("%Y-%m-%dT%H:%M")
+        .to_string();
+    let pid = format!("pid {}", a.child.id());
+    for args in [
+        vec!["source", "rewind", "default", "--to", to.as_str()],
+        vec!["source", "drop", "default", "--yes"],
+    ] {
+        let (code, text) = cli(&args).await;
+        assert_eq!(code, Some(3), "{args:?}: {text}");
+        assert!(
+            text.contains("source default is being synced by") && text.contains(&pid),
+            "{args:?}: {text}"
+        );
+    }
+    // Nothing changed meanwhile but what the leader itself did: the source is still there.
+    let (code, text) = cli(&["source", "list"]).await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("default: configured") && text.contains(&pid),
+        "{text}"
+    );
+
+    drop(a);
+    let (code, text) = cli(&["source", "rewind", "default", "--to", &to]).await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("moved back from") && text.contains(&to),
+        "{text}"
+    );
+    let (code, text) = cli(&["source", "drop", "default", "--yes"]).await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("removed source default:"), "{text}");
+    assert_eq!(
+        db.texts("SELECT CAST(count(*) AS TEXT) FROM sync_watermark")
+            .await,
+        [["0"]]
+    );
+}

@@ -664,3 +664,106 @@ async fn a_database_ca_in_the_operating_system_store_is_trusted_without_sslrootc
 fn pki_other_ca() -> String {
     pki("a public CA").ca
 }
+
+/// `database.reader_role`: the warehouse's role reads every table and view, also one a later
+/// migration adds (default privileges), and writes nothing.
+#[tokio::test]
+async fn the_reader_role_reads_every_table_and_view_and_writes_nothing() {
+    let test = "postgres::the_reader_role_reads_every_table_and_view_and_writes_nothing";
+    let Some(db) = postgres(test).await else {
+        return;
+    };
+    use sqlx::Connection;
+    let role = format!("nprov_reader_{:08x}", rand::random::<u32>());
+    let missing = db
+        .store
+        .grant_reader(&role)
+        .await
+        .expect_err("no such role yet");
+    assert!(
+        missing.to_string().contains("there is no role") && missing.to_string().contains(&role),
+        "{missing}"
+    );
+    db.execute(&format!("CREATE ROLE {role} LOGIN"))
+        .await
+        .expect("create role");
+    db.store.grant_reader(&role).await.expect("grant");
+    // What a later migration would add, created as the migrating role after the grant.
+    db.execute("CREATE TABLE later_added (id bigint)")
+        .await
+        .expect("a later table");
+    db.execute("CREATE VIEW later_view AS SELECT id FROM later_added")
+        .await
+        .expect("a later view");
+
+    let mut url: reqwest::Url = postgres_url().parse().expect("url");
+    url.set_username(&role).expect("user");
+    url.set_password(None).expect("no password");
+    let mut reader = sqlx::postgres::PgConnection::connect(url.as_str())
+        .await
+        .expect("the reader connects");
+    let objects: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1
+         ORDER BY 1",
+    )
+    .bind(db.schema())
+    .fetch_all(&mut reader)
+    .await
+    .expect("list");
+    for expected in [
+        "provomrade",
+        "provtillfalle",
+        "delprovsresultat",
+        "quarantine",
+        "change_log",
+        "sync_watermark",
+        "sync_run",
+        "erasure",
+        "v_provresultat",
+        "v_delprovsresultat",
+        "later_added",
+        "later_view",
+    ] {
+        assert!(
+            objects.iter().any(|o| o == expected),
+            "{expected} in {objects:?}"
+        );
+    }
+    for object in &objects {
+        sqlx::query(&format!(
+            "SELECT count(*) FROM \"{}\".\"{object}\"",
+            db.schema()
+        ))
+        .fetch_one(&mut reader)
+        .await
+        .unwrap_or_else(|e| panic!("the reader cannot read {object}: {e}"));
+    }
+    for write in [
+        "INSERT INTO sync_watermark (source, watermark_local, watermark_utc, updated_at) \
+         VALUES ('x', now(), now(), now())",
+        "DELETE FROM provomrade",
+        "UPDATE sync_run SET error = 'x'",
+        "CREATE TABLE mine (id int)",
+    ] {
+        let sql = write
+            .replace("INTO ", &format!("INTO \"{}\".", db.schema()))
+            .replace("FROM ", &format!("FROM \"{}\".", db.schema()))
+            .replace("UPDATE ", &format!("UPDATE \"{}\".", db.schema()))
+            .replace("TABLE mine", &format!("TABLE \"{}\".mine", db.schema()));
+        let e = sqlx::query(&sql)
+            .execute(&mut reader)
+            .await
+            .expect_err("the reader writes nothing");
+        let code = e
+            .as_database_error()
+            .and_then(|d| d.code())
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(code, "42501", "{sql}: {e}");
+    }
+    reader.close().await.ok();
+    db.execute("DROP VIEW later_view").await.ok();
+    db.execute("DROP TABLE later_added").await.ok();
+    db.execute(&format!("DROP OWNED BY {role}")).await.ok();
+    db.execute(&format!("DROP ROLE {role}")).await.ok();
+}
