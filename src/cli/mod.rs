@@ -276,7 +276,8 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> Result<()
             // create anything: a SQLite file that is not there yet is said so, not made empty.
             status::require_existing_sqlite(&settings.database.url)?;
             let store = setup::connect_store(&settings).await?;
-            let result = status::status(store.as_ref(), &settings, json, out).await;
+            let result =
+                status::status(store.as_ref(), &settings, cli.config.as_deref(), json, out).await;
             store.close().await;
             result
         }

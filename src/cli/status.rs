@@ -36,7 +36,29 @@ struct SourceStatus {
     ready: Option<bool>,
     /// Why not, when not.
     not_ready: Option<String>,
+    /// When the client certificate and the CA file expire (RFC 3339), or why that is unknown
+    /// here; absent for a file the source does not use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_certificate_expires: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ca_expires: Option<String>,
     recent_windows: Vec<RunRow>,
+}
+
+/// A certificate's expiry for people: the date and the days left, or why it is unknown.
+fn expiry_text(file: &crate::config::CertificateFile, now: DateTime<Utc>) -> String {
+    match file {
+        crate::config::CertificateFile::Expires(at) => {
+            let days = (*at - now).num_days();
+            let when = if *at < now {
+                format!("EXPIRED {} days ago", -days)
+            } else {
+                format!("in {days} days")
+            };
+            format!("{} ({when})", at.to_rfc3339())
+        }
+        crate::config::CertificateFile::Unknown(why) => format!("unknown: {why}"),
+    }
 }
 
 fn rfc3339<S: serde::Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
@@ -63,7 +85,12 @@ pub(crate) fn require_existing_sqlite(url: &str) -> Result<(), Failure> {
 }
 
 /// Every configured source, then any other the database knows.
-async fn snapshot(store: &dyn Store, settings: &Settings) -> Result<Status, Failure> {
+async fn snapshot(
+    store: &dyn Store,
+    settings: &Settings,
+    config: Option<&std::path::Path>,
+) -> Result<Status, Failure> {
+    let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
     let runtime = |e: crate::store::StoreError| Failure::Runtime(e.into());
     let mut names: Vec<String> = settings.source.iter().map(|s| s.name.clone()).collect();
     for known in store.known_sources().await.map_err(runtime)? {
@@ -81,15 +108,21 @@ async fn snapshot(store: &dyn Store, settings: &Settings) -> Result<Status, Fail
         let wm = store.watermark(&name).await.map_err(runtime)?;
         let recent_windows = store.recent_runs(&name, 5).await.map_err(runtime)?;
         let leader = store.leader(&name).await.map_err(runtime)?;
-        let (ready, not_ready) = if settings.source.iter().any(|s| s.name == name) {
+        let configured = settings.source.iter().find(|s| s.name == name);
+        let (ready, not_ready) = if configured.is_some() {
             let verdict = source_ready(&name, &wm, &leader, now, max_age);
             (Some(verdict.is_none()), verdict)
         } else {
             (None, None)
         };
+        let [(_, client), (_, ca)] = configured
+            .map(|c| c.certificate_files(config, credentials.as_deref()))
+            .unwrap_or([("", None), ("", None)]);
         sources.push(SourceStatus {
             ready,
             not_ready,
+            client_certificate_expires: client.map(|f| expiry_text(&f, now)),
+            ca_expires: ca.map(|f| expiry_text(&f, now)),
             leader: leader.map(|l| {
                 l.holder
                     .unwrap_or_else(|| "none: no instance leads it".into())
@@ -142,10 +175,11 @@ fn source_ready(
 pub(crate) async fn status(
     store: &dyn Store,
     settings: &Settings,
+    config: Option<&std::path::Path>,
     json: bool,
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
-    let status = snapshot(store, settings).await?;
+    let status = snapshot(store, settings, config).await?;
     if json {
         // Through a `Value`, so keys come out as they always have (serde_json's map order).
         let doc = serde_json::to_value(&status).expect("status serializes");
@@ -174,6 +208,14 @@ pub(crate) async fn status(
         }
         if let Some(why) = &s.not_ready {
             writeln!(out, "  not ready: {why}").map_err(io_failure)?;
+        }
+        for (what, expiry) in [
+            ("client certificate", &s.client_certificate_expires),
+            ("CA (ca_file)", &s.ca_expires),
+        ] {
+            if let Some(expiry) = expiry {
+                writeln!(out, "  {what} expires {expiry}").map_err(io_failure)?;
+            }
         }
         for r in &s.recent_windows {
             writeln!(

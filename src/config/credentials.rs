@@ -105,7 +105,47 @@ pub fn earliest_expiry(pem: &[u8]) -> Option<DateTime<Utc>> {
         .min()
 }
 
+/// One public certificate file as `status` reports it: when it expires, or why that is unknown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CertificateFile {
+    Expires(DateTime<Utc>),
+    /// Could not be read here (permissions, or a relative name outside systemd's credentials
+    /// directory), or holds no certificate this parser reads; the text says which.
+    Unknown(String),
+}
+
 impl SourceConfig {
+    /// The expiry of the client certificate and the CA file, read from those (public) files
+    /// alone: `status` reports them without reading any secret. `None` for a file not set.
+    pub fn certificate_files(
+        &self,
+        config_path: Option<&Path>,
+        credentials_dir: Option<&Path>,
+    ) -> [(&'static str, Option<CertificateFile>); 2] {
+        let config_dir = config_path.and_then(Path::parent);
+        let one = |p: &Option<PathBuf>| {
+            let p = p.as_deref()?;
+            let path = credential_path(p, config_dir, credentials_dir);
+            Some(match std::fs::read(&path) {
+                Ok(pem) => match earliest_expiry(&pem) {
+                    Some(at) => CertificateFile::Expires(at),
+                    None => {
+                        CertificateFile::Unknown(format!("{} holds no certificate", path.display()))
+                    }
+                },
+                Err(e) => CertificateFile::Unknown(format!(
+                    "{} not readable here: {e} (as the service sees it: \
+                     CREDENTIALS_DIRECTORY=/etc/nprov-sync/credentials)",
+                    path.display()
+                )),
+            })
+        };
+        [
+            ("client certificate", one(&self.client_certificate_file)),
+            ("CA (ca_file)", one(&self.ca_file)),
+        ]
+    }
+
     /// The secret files this source reads, by setting (the client certificate is public).
     fn secret_files(&self) -> impl Iterator<Item = (&'static str, &Path)> {
         [

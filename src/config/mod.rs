@@ -15,7 +15,7 @@ mod credentials;
 mod env;
 mod source;
 
-pub use credentials::{earliest_expiry, CertificateDates};
+pub use credentials::{earliest_expiry, CertificateDates, CertificateFile};
 use env::overlay_env;
 pub use source::{SourceConfig, SourceSpec, DEFAULT_MAX_IN_FLIGHT, DEFAULT_SCHEDULE};
 

@@ -128,7 +128,7 @@ async fn the_tables_live_in_the_configured_schema_in_native_types() {
     let applied = db
         .texts("SELECT CAST(count(*) AS text) FROM _sqlx_migrations")
         .await;
-    assert_eq!(applied, vec![vec!["4"]]);
+    assert_eq!(applied, vec![vec!["5"]]);
 }
 
 #[tokio::test]

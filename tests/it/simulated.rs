@@ -1503,6 +1503,14 @@ async fn a_ca_in_the_operating_system_store_is_trusted_without_ca_file() {
     ))
     .await
     .expect("open the mirror");
+    // status reports the client certificate's expiry, read from the public file alone.
+    let (code, text) = run(&["status"], &system_store).await;
+    assert_eq!(code.map(|c| c == 0 || c == 4), Some(true), "{text}");
+    assert!(
+        text.contains("client certificate expires 2031-05-17T00:00:00+00:00 (in "),
+        "{text}"
+    );
+    assert!(!text.contains("CA (ca_file)"), "{text}");
     // Every change lies inside the backfilled span, so the mirror holds the platform's state.
     let expected = reference(&sim.platform, now).await;
     assert!(!expected.is_empty());
