@@ -47,14 +47,7 @@ pub(crate) async fn prune(
         writeln!(out, "{verb} {table}: {n} ({horizon})").map_err(io_failure)?;
     }
     if !dry_run {
-        let [(_, a), (_, b), (_, c), (_, d)] = pruned.by_table();
-        tracing::info!(
-            sync_run = a,
-            quarantine_raw_xml = b,
-            quarantine = c,
-            change_log = d,
-            "pruned rows past retention"
-        );
+        pruned.log();
     }
     Ok(())
 }

@@ -246,14 +246,7 @@ pub async fn run(store: Arc<dyn Store>, loaded: Loaded, world: World) -> Result<
                         match result {
                             Ok(pruned) => {
                                 shared.metrics.pruned(&pruned, Utc::now());
-                                let [(_, a), (_, b), (_, c), (_, d)] = pruned.by_table();
-                                tracing::info!(
-                                    sync_run = a,
-                                    quarantine_raw_xml = b,
-                                    quarantine = c,
-                                    change_log = d,
-                                    "pruned rows past retention"
-                                );
+                                pruned.log();
                                 PRUNE_EVERY
                             }
                             Err(e) => {

@@ -14,12 +14,66 @@ pub struct Object {
     pub view: bool,
     /// What one row is, and what the object is for.
     pub about: &'static str,
-    /// Every column, in table order, with its meaning.
-    pub columns: &'static [(&'static str, &'static str)],
+    /// Every column, in table order, with its meaning (in parts, so the views can share).
+    pub columns: &'static [&'static [(&'static str, &'static str)]],
+}
+
+impl Object {
+    /// Every column with its meaning, in order.
+    pub fn columns(&self) -> impl Iterator<Item = &'static (&'static str, &'static str)> {
+        self.columns.iter().flat_map(|part| part.iter())
+    }
 }
 
 const SOURCE: &str =
     "The configured source (platform) the row came from; `name` of its [[source]].";
+
+/// The columns both views share, in their order.
+const VIEW_COLUMNS: &[(&str, &str)] = &[
+    ("source", SOURCE),
+    ("elev", "The pupil's id on the platform (personal data)."),
+    ("kind", "`amne` or `kurs`."),
+    ("amne", "Subject code, for kind `amne`."),
+    ("arskurs", "Year 3, 6 or 9, for kind `amne`."),
+    ("kurs", "Course code, for kind `kurs`."),
+    ("skolform", "Skolform the test was taken in."),
+    (
+        "uppdaterat",
+        "Date the platform last updated the provtillfälle.",
+    ),
+    ("genomfort", "Date the test was taken; NULL when not given."),
+    ("intedeltagit", "Whether the pupil did not take part."),
+    (
+        "sammanvagt_provbetyg",
+        "The sammanvägt provbetyg; NULL when not given.",
+    ),
+    ("provomrade_id", "The provområde (stable id)."),
+    ("ordinal", "0-based position of the provtillfälle."),
+    (
+        "changed_at",
+        "When the provområde's content last really changed (UTC).",
+    ),
+    (
+        "current_as_of",
+        "The source's watermark: the row is current as of this instant.",
+    ),
+];
+
+/// What v_delprovsresultat adds to [`VIEW_COLUMNS`].
+const DELPROV_VIEW_COLUMNS: &[(&str, &str)] = &[
+    (
+        "delprov_ordinal",
+        "0-based position of the delprov in its provtillfälle.",
+    ),
+    ("typ", "Delprov type code."),
+    ("utfall", "`resultat`, `intedeltagit` or `borttappat`."),
+    ("betyg", "Grade, for utfall `resultat`."),
+    ("poang", "Points, for utfall `resultat`."),
+    (
+        "maluppfyllnad",
+        "Whether the goals were met, where the delprov says.",
+    ),
+];
 
 /// Every table and view the migrations create, in the order the README shows them.
 pub const OBJECTS: &[Object] = &[
@@ -29,7 +83,7 @@ pub const OBJECTS: &[Object] = &[
         about: "One row per source + pupil + provområde (a subject in årskurs 3, 6 or 9, or a \
                 course): the unit the platform replaces. Personal data: keyed by the pupil's \
                 platform id.",
-        columns: &[
+        columns: &[&[
             ("id", "Stable row id; the provtillfällen and change_log refer to it."),
             ("source", SOURCE),
             ("elev", "The pupil's id on the platform (personal data)."),
@@ -41,14 +95,14 @@ pub const OBJECTS: &[Object] = &[
             ("content_sha256", "SHA-256 (hex) of the content, by which a changed content is told from an unchanged one."),
             ("changed_at", "When the content last really changed here (UTC)."),
             ("raw_sha256", "SHA-256 (32 bytes) of the elements' raw bytes as last applied, by which a re-read skips them unbuilt; NULL until first compared."),
-        ],
+        ]],
     },
     Object {
         name: "provtillfalle",
         view: false,
         about: "One row per provtillfälle of a provområde, in the platform's order. Replaced \
                 whole when the provområde changes, so ids are not stable: join on provomrade_id.",
-        columns: &[
+        columns: &[&[
             ("id", "Row id; changes when the provområde is replaced."),
             ("provomrade_id", "The provområde (provomrade.id)."),
             ("ordinal", "0-based position in the document."),
@@ -57,13 +111,13 @@ pub const OBJECTS: &[Object] = &[
             ("genomfort", "Date the test was taken; NULL when not given."),
             ("intedeltagit", "Whether the pupil did not take part."),
             ("sammanvagt_provbetyg", "The sammanvägt provbetyg (combined test grade); NULL when not given."),
-        ],
+        ]],
     },
     Object {
         name: "delprovsresultat",
         view: false,
         about: "One row per delprov (part test) of a provtillfälle, in the platform's order.",
-        columns: &[
+        columns: &[&[
             ("id", "Row id; changes when the provområde is replaced."),
             ("provtillfalle_id", "The provtillfälle (provtillfalle.id)."),
             ("ordinal", "0-based position in the provtillfälle."),
@@ -72,7 +126,7 @@ pub const OBJECTS: &[Object] = &[
             ("betyg", "Grade, for utfall `resultat`; NULL otherwise or when points are given."),
             ("poang", "Points, for utfall `resultat`; NULL otherwise or when a grade is given."),
             ("maluppfyllnad", "Whether the goals were met, where the delprov says; NULL otherwise."),
-        ],
+        ]],
     },
     Object {
         name: "quarantine",
@@ -80,7 +134,7 @@ pub const OBJECTS: &[Object] = &[
         about: "One row per distinct element that was not applied (it broke the schema, or its \
                 key was held back), kept so nothing received is lost; received again, it counts \
                 up. Personal data: raw_xml and elev. Pruned by retention (raw_xml first).",
-        columns: &[
+        columns: &[&[
             ("id", "Row id."),
             ("source", SOURCE),
             ("elev", "The pupil id the element claims, if it could be read (personal data)."),
@@ -101,37 +155,37 @@ pub const OBJECTS: &[Object] = &[
             ("first_seen_at", "When it was first received (UTC)."),
             ("last_seen_at", "When it was last received (UTC); retention counts from here."),
             ("times_seen", "How often it was received."),
-        ],
+        ]],
     },
     Object {
         name: "change_log",
         view: false,
         about: "Append-only feed of real changes, for warehouses that load incrementally: read \
                 the entries above the highest seq you loaded. Pruned by retention.",
-        columns: &[
+        columns: &[&[
             ("seq", "Monotonic, never reused; on PostgreSQL also commit order."),
             ("provomrade_id", "The provområde that changed (provomrade.id)."),
             ("op", "`upsert` (new or changed content) or `clear` (the platform sent no provtillfälle)."),
             ("at", "When the change was applied (UTC)."),
-        ],
+        ]],
     },
     Object {
         name: "sync_watermark",
         view: false,
         about: "One row per source: the end of the last window fully committed. Every row of the \
                 source is current as of it. Moves back only by `nprov-sync source rewind`.",
-        columns: &[
+        columns: &[&[
             ("source", SOURCE),
             ("watermark_local", "The watermark in the platform's local wall-clock time, for people."),
             ("watermark_utc", "The watermark as an instant (authoritative; local time repeats in autumn)."),
             ("updated_at", "When it last moved (UTC)."),
-        ],
+        ]],
     },
     Object {
         name: "sync_run",
         view: false,
         about: "One row per window attempt, committed or failed. Pruned by retention.",
-        columns: &[
+        columns: &[&[
             ("id", "Row id."),
             ("source", SOURCE),
             ("kind", "`sync` (moves the watermark) or `backfill` (a re-read that does not)."),
@@ -150,14 +204,14 @@ pub const OBJECTS: &[Object] = &[
             ("cleared", "Provområden cleared (no provtillfälle left)."),
             ("quarantined", "Elements quarantined."),
             ("error", "Why it failed, for `failed` (no credentials, no pupil ids)."),
-        ],
+        ]],
     },
     Object {
         name: "erasure",
         view: false,
         about: "Audit of `nprov-sync forget`: one row per erasure of a pupil's data, with what \
                 was removed. The pupil's id is not recorded.",
-        columns: &[
+        columns: &[&[
             ("id", "Row id."),
             ("erased_at", "When the erasure committed (UTC)."),
             ("source", "The source it was limited to; NULL for every source."),
@@ -167,68 +221,30 @@ pub const OBJECTS: &[Object] = &[
             ("delprovsresultat", "delprovsresultat rows removed."),
             ("change_log", "change_log entries removed."),
             ("quarantine", "quarantine rows removed."),
-        ],
+        ]],
     },
     Object {
         name: "v_provresultat",
         view: true,
         about: "One row per provtillfälle with its pupil and provområde, for analysts (no joins).",
-        columns: &[
-            ("source", SOURCE),
-            ("elev", "The pupil's id on the platform (personal data)."),
-            ("kind", "`amne` or `kurs`."),
-            ("amne", "Subject code, for kind `amne`."),
-            ("arskurs", "Year 3, 6 or 9, for kind `amne`."),
-            ("kurs", "Course code, for kind `kurs`."),
-            ("skolform", "Skolform the test was taken in."),
-            ("uppdaterat", "Date the platform last updated the provtillfälle."),
-            ("genomfort", "Date the test was taken; NULL when not given."),
-            ("intedeltagit", "Whether the pupil did not take part."),
-            ("sammanvagt_provbetyg", "The sammanvägt provbetyg; NULL when not given."),
-            ("provomrade_id", "The provområde (stable id)."),
-            ("ordinal", "0-based position of the provtillfälle."),
-            ("changed_at", "When the provområde's content last really changed (UTC)."),
-            ("current_as_of", "The source's watermark: the row is current as of this instant."),
-        ],
+        columns: &[VIEW_COLUMNS],
     },
     Object {
         name: "v_delprovsresultat",
         view: true,
         about: "One row per delprov with its provtillfälle, pupil and provområde, for analysts.",
-        columns: &[
-            ("source", SOURCE),
-            ("elev", "The pupil's id on the platform (personal data)."),
-            ("kind", "`amne` or `kurs`."),
-            ("amne", "Subject code, for kind `amne`."),
-            ("arskurs", "Year 3, 6 or 9, for kind `amne`."),
-            ("kurs", "Course code, for kind `kurs`."),
-            ("skolform", "Skolform the test was taken in."),
-            ("uppdaterat", "Date the platform last updated the provtillfälle."),
-            ("genomfort", "Date the test was taken; NULL when not given."),
-            ("intedeltagit", "Whether the pupil did not take part."),
-            ("sammanvagt_provbetyg", "The sammanvägt provbetyg; NULL when not given."),
-            ("provomrade_id", "The provområde (stable id)."),
-            ("ordinal", "0-based position of the provtillfälle."),
-            ("changed_at", "When the provområde's content last really changed (UTC)."),
-            ("current_as_of", "The source's watermark: the row is current as of this instant."),
-            ("delprov_ordinal", "0-based position of the delprov in its provtillfälle."),
-            ("typ", "Delprov type code."),
-            ("utfall", "`resultat`, `intedeltagit` or `borttappat`."),
-            ("betyg", "Grade, for utfall `resultat`."),
-            ("poang", "Points, for utfall `resultat`."),
-            ("maluppfyllnad", "Whether the goals were met, where the delprov says."),
-        ],
+        columns: &[VIEW_COLUMNS, DELPROV_VIEW_COLUMNS],
     },
     Object {
         name: "data_contract",
         view: false,
         about: "SQLite only (PostgreSQL has COMMENT ON): this description of every table, view \
                 and column, rewritten after every migration.",
-        columns: &[
+        columns: &[&[
             ("object", "Table or view name."),
             ("column_name", "Column name; NULL for the row describing the object itself."),
             ("description", "What it means."),
-        ],
+        ]],
     },
 ];
 
@@ -247,7 +263,7 @@ pub fn markdown() -> String {
             squeeze(o.about)
         ));
         out.push_str("| column | meaning |\n|---|---|\n");
-        for (column, about) in o.columns {
+        for (column, about) in o.columns() {
             out.push_str(&format!("| `{column}` | {} |\n", squeeze(about)));
         }
         out.push('\n');
@@ -275,7 +291,7 @@ pub fn postgres_comments() -> Vec<String> {
             o.name,
             literal(o.about)
         ));
-        for (column, about) in o.columns {
+        for (column, about) in o.columns() {
             out.push(format!(
                 "COMMENT ON COLUMN {}.\"{column}\" IS {}",
                 o.name,
@@ -322,7 +338,7 @@ mod tests {
             assert!(names.insert(o.name), "{} twice", o.name);
             assert!(o.about.ends_with('.'), "{}", o.name);
             let mut columns = std::collections::BTreeSet::new();
-            for (c, about) in o.columns {
+            for (c, about) in o.columns() {
                 assert!(columns.insert(c), "{}.{c} twice", o.name);
                 assert!(about.ends_with('.'), "{}.{c}: {about}", o.name);
             }

@@ -36,6 +36,19 @@ pub struct Pruned {
 }
 
 impl Pruned {
+    /// One log line with the count per table (the daemon's daily prune and `nprov-sync prune`).
+    pub fn log(&self) {
+        let [(_, sync_run), (_, quarantine_raw_xml), (_, quarantine), (_, change_log)] =
+            self.by_table();
+        tracing::info!(
+            sync_run,
+            quarantine_raw_xml,
+            quarantine,
+            change_log,
+            "pruned rows past retention"
+        );
+    }
+
     /// (label, count) pairs, as metrics and logs name them.
     pub fn by_table(&self) -> [(&'static str, u64); 4] {
         [

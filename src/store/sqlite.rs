@@ -162,7 +162,7 @@ impl Store for SqliteStore {
             .map_err(query_err("writing the data contract"))?;
         for object in super::contract::OBJECTS {
             let rows = std::iter::once((None, object.about))
-                .chain(object.columns.iter().map(|(c, about)| (Some(*c), *about)));
+                .chain(object.columns().map(|(c, about)| (Some(*c), *about)));
             for (column, about) in rows {
                 sqlx::query(
                     "INSERT INTO data_contract (object, column_name, description) VALUES (?, ?, ?)",
