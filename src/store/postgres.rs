@@ -251,20 +251,12 @@ impl Store for PostgresStore {
         self.ensure_schema().await?;
         MIGRATOR.run(&self.pool).await?;
         // The data contract as comments, every time: a changed description reaches an existing
-        // database on the next start.
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(query_err("writing the data contract"))?;
-        for statement in super::contract::postgres_comments() {
-            sqlx::query(&statement)
-                .persistent(false)
-                .execute(&mut *tx)
-                .await
-                .map_err(query_err("writing the data contract"))?;
-        }
-        tx.commit()
+        // database on the next start. One simple-protocol query: one round trip (every command
+        // that migrates pays it, and the database may be across a network), and PostgreSQL runs
+        // a multi-statement query as one implicit transaction.
+        let comments = super::contract::postgres_comments().join(";\n");
+        sqlx::raw_sql(&comments)
+            .execute(&self.pool)
             .await
             .map_err(query_err("writing the data contract"))?;
         Ok(())
