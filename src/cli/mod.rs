@@ -45,7 +45,7 @@ pub use simulate::SimulateArgs;
     about = "Mirrors national-test results (nationella prov) from the school platform into a database"
 )]
 pub struct Cli {
-    /// Configuration file (TOML). Without it, defaults and NPROV_… variables apply; the working
+    /// Configuration file (TOML). Without it, defaults and NPROV_* variables apply; the working
     /// directory is never searched.
     #[arg(long, global = true, env = "NPROV_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -195,7 +195,7 @@ pub enum SourceCommand {
 pub enum ConfigCommand {
     /// Print the example configuration: every setting, commented, with its default.
     Example,
-    /// Check a configuration (the --config file plus NPROV_… variables) without doing anything.
+    /// Check a configuration (the --config file plus NPROV_* variables) without doing anything.
     Check,
 }
 
