@@ -170,6 +170,41 @@ fn pruned(counts: [u64; 4]) -> Pruned {
     }
 }
 
+/// Counts (dry run) or deletes a source's rows in the tables `source drop` empties besides the
+/// mirror, into `removed`; the same on both backends but for the placeholder.
+macro_rules! drop_source_rows {
+    ($tx:ident, $placeholder:literal, $source:ident, $dry_run:ident, $removed:ident) => {
+        for table in ["quarantine", "sync_run", "sync_watermark"] {
+            let sql = if $dry_run {
+                format!(
+                    "SELECT count(*) FROM {table} WHERE source = {}",
+                    $placeholder
+                )
+            } else {
+                format!("DELETE FROM {table} WHERE source = {}", $placeholder)
+            };
+            let q = sqlx::query(&sql).bind($source);
+            let n = if $dry_run {
+                let row = q
+                    .fetch_one(&mut *$tx)
+                    .await
+                    .map_err(query_err("counting a source's rows"))?;
+                count(row.get(0))
+            } else {
+                q.execute(&mut *$tx)
+                    .await
+                    .map_err(query_err("removing a source's rows"))?
+                    .rows_affected()
+            };
+            match table {
+                "quarantine" => $removed.quarantine = n,
+                "sync_run" => $removed.sync_run = n,
+                _ => $removed.watermark = n,
+            }
+        }
+    };
+}
+
 pub(super) mod sqlite {
     use super::*;
     use sqlx::SqliteConnection;
@@ -360,31 +395,7 @@ pub(super) mod sqlite {
             dry_run,
         )
         .await?;
-        for table in ["quarantine", "sync_run", "sync_watermark"] {
-            let sql = if dry_run {
-                format!("SELECT count(*) FROM {table} WHERE source = ?")
-            } else {
-                format!("DELETE FROM {table} WHERE source = ?")
-            };
-            let q = sqlx::query(&sql).bind(source);
-            let n = if dry_run {
-                let row = q
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(query_err("counting a source's rows"))?;
-                count(row.get(0))
-            } else {
-                q.execute(&mut *tx)
-                    .await
-                    .map_err(query_err("removing a source's rows"))?
-                    .rows_affected()
-            };
-            match table {
-                "quarantine" => removed.quarantine = n,
-                "sync_run" => removed.sync_run = n,
-                _ => removed.watermark = n,
-            }
-        }
+        drop_source_rows!(tx, "?", source, dry_run, removed);
         if !dry_run {
             tx.commit()
                 .await
@@ -686,31 +697,7 @@ pub(super) mod postgres {
                 .await
                 .map_err(query_err("finding the source's provområden"))?;
         let mut removed = remove_provomraden(&mut tx, &ids, now, dry_run).await?;
-        for table in ["quarantine", "sync_run", "sync_watermark"] {
-            let sql = if dry_run {
-                format!("SELECT count(*) FROM {table} WHERE source = $1")
-            } else {
-                format!("DELETE FROM {table} WHERE source = $1")
-            };
-            let q = sqlx::query(&sql).bind(source);
-            let n = if dry_run {
-                let row = q
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(query_err("counting a source's rows"))?;
-                count(row.get(0))
-            } else {
-                q.execute(&mut *tx)
-                    .await
-                    .map_err(query_err("removing a source's rows"))?
-                    .rows_affected()
-            };
-            match table {
-                "quarantine" => removed.quarantine = n,
-                "sync_run" => removed.sync_run = n,
-                _ => removed.watermark = n,
-            }
-        }
+        drop_source_rows!(tx, "$1", source, dry_run, removed);
         if !dry_run {
             tx.commit()
                 .await
