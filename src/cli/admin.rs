@@ -44,16 +44,11 @@ pub(crate) fn config_check(
             ("CA (ca_file)", s.certificates.ca),
         ] {
             if let Some(at) = at {
-                let days = (at - now).num_days();
-                let when = if at < now {
-                    format!("EXPIRED {} days ago", -days)
-                } else {
-                    format!("in {days} days")
-                };
                 writeln!(
                     out,
-                    "  {what} expires {} ({when})",
-                    at.format("%Y-%m-%d %H:%M UTC")
+                    "  {what} expires {} ({})",
+                    at.format("%Y-%m-%d %H:%M UTC"),
+                    days_left(at, now)
                 )
                 .map_err(io_failure)?;
             }
@@ -79,4 +74,17 @@ pub(crate) fn config_check(
         store::redact_url(&settings.database.url)
     )
     .map_err(io_failure)
+}
+
+/// "in 198 days", or "EXPIRED 3 days ago": how `config check` and `status` put an expiry.
+pub(super) fn days_left(
+    at: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> String {
+    let days = (at - now).num_days();
+    if at < now {
+        format!("EXPIRED {} days ago", -days)
+    } else {
+        format!("in {days} days")
+    }
 }

@@ -50,6 +50,17 @@ impl std::fmt::Display for Failure {
 }
 
 /// Output that could not be written (a closed pipe, a full disk).
+/// A refused state change (a rewind forwards, a role that does not exist) is the caller's to
+/// fix; anything else from the database is a runtime failure.
+impl From<crate::store::StoreError> for Failure {
+    fn from(e: crate::store::StoreError) -> Self {
+        match e {
+            crate::store::StoreError::Refused(_) => Failure::Config(e.into()),
+            other => Failure::Runtime(other.into()),
+        }
+    }
+}
+
 pub(crate) fn io_failure(e: std::io::Error) -> Failure {
     Failure::Runtime(anyhow::Error::new(e).context("writing output"))
 }

@@ -9,15 +9,8 @@ use chrono::Utc;
 use super::failure::{io_failure, Failure};
 use crate::config::Settings;
 use crate::store::governance::{Erasure, Removed};
-use crate::store::{Leadership, Store, StoreError};
+use crate::store::{Leadership, Store};
 use crate::window::{earliest_instant, parse_local, API_FORMAT};
-
-fn store_failure(e: StoreError) -> Failure {
-    match e {
-        StoreError::Refused(_) => Failure::Config(e.into()),
-        other => Failure::Runtime(other.into()),
-    }
-}
 
 pub(crate) async fn prune(
     store: &dyn Store,
@@ -32,14 +25,9 @@ pub(crate) async fn prune(
     let pruned = store
         .prune(&cutoffs, dry_run)
         .await
-        .map_err(store_failure)?;
+        .map_err(Failure::from)?;
     let verb = if dry_run { "would prune" } else { "pruned" };
-    for ((table, n), cutoff) in pruned.by_table().into_iter().zip([
-        cutoffs.sync_run,
-        cutoffs.quarantine_raw_xml,
-        cutoffs.quarantine,
-        cutoffs.change_log,
-    ]) {
+    for ((table, n), cutoff) in pruned.by_table().into_iter().zip(cutoffs.in_order()) {
         let horizon = match cutoff {
             Some(at) => format!("older than {}", crate::store::timestamp(at)),
             None => "kept forever (retention 0)".into(),
@@ -108,7 +96,7 @@ pub(crate) async fn forget(
         now: Utc::now(),
         dry_run: !args.yes,
     };
-    let removed = store.forget(&erasure).await.map_err(store_failure)?;
+    let removed = store.forget(&erasure).await.map_err(Failure::from)?;
     let scope = args
         .source
         .map(|s| format!("source {s}"))
@@ -144,7 +132,7 @@ pub(crate) async fn source_list(
     settings: &Settings,
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
-    let mut known = store.sources().await.map_err(store_failure)?;
+    let mut known = store.sources().await.map_err(Failure::from)?;
     for configured in &settings.source {
         if !known.iter().any(|k| k.source == configured.name) {
             known.push(crate::store::governance::SourceState {
@@ -168,7 +156,7 @@ pub(crate) async fn source_list(
             .as_ref()
             .map(|w| w.local.format(API_FORMAT).to_string())
             .unwrap_or_else(|| "none".into());
-        let leader = match store.leader(&s.source).await.map_err(store_failure)? {
+        let leader = match store.leader(&s.source).await.map_err(Failure::from)? {
             Some(info) => format!(", leader {}", info.holder.unwrap_or_else(|| "none".into())),
             None => String::new(),
         };
@@ -193,7 +181,7 @@ async fn exclusive(
     source: &str,
     what: &str,
 ) -> Result<Box<dyn Leadership>, Failure> {
-    match store.try_lead(source).await.map_err(store_failure)? {
+    match store.try_lead(source).await.map_err(Failure::from)? {
         Some(lead) => Ok(lead),
         None => {
             let holder = store
@@ -240,7 +228,7 @@ pub(crate) async fn source_rewind(
     let lead = exclusive(store, source, "rewind").await?;
     let result = store.rewind(source, utc, local, Utc::now()).await;
     lead.release().await;
-    let before = result.map_err(store_failure)?;
+    let before = result.map_err(Failure::from)?;
     writeln!(
         out,
         "source {source}: watermark moved back from {} to {}; the next run re-reads from there",
@@ -266,7 +254,7 @@ pub(crate) async fn source_drop(
     let lead = exclusive(store, source, "drop").await?;
     let result = store.drop_source(source, Utc::now(), !yes).await;
     lead.release().await;
-    let removed = result.map_err(store_failure)?;
+    let removed = result.map_err(Failure::from)?;
     if removed.total() == 0 {
         writeln!(out, "source {source}: nothing in the database").map_err(io_failure)?;
         return Ok(());

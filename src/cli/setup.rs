@@ -59,14 +59,10 @@ pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, Failure> 
 /// Runs the migrations (which also write the data contract) and grants the reader role, if one
 /// is configured: whenever migrations run, so a table a new version adds is readable at once.
 pub(crate) async fn migrate(store: &dyn Store, settings: &Settings) -> Result<(), Failure> {
-    let failure = |e: store::StoreError| match e {
-        store::StoreError::Refused(_) => Failure::Config(e.into()),
-        other => Failure::Runtime(other.into()),
-    };
-    store.migrate().await.map_err(failure)?;
+    store.migrate().await?;
     let role = settings.database.reader_role.trim();
     if !role.is_empty() {
-        store.grant_reader(role).await.map_err(failure)?;
+        store.grant_reader(role).await?;
     }
     Ok(())
 }

@@ -49,13 +49,11 @@ struct SourceStatus {
 fn expiry_text(file: &crate::config::CertificateFile, now: DateTime<Utc>) -> String {
     match file {
         crate::config::CertificateFile::Expires(at) => {
-            let days = (*at - now).num_days();
-            let when = if *at < now {
-                format!("EXPIRED {} days ago", -days)
-            } else {
-                format!("in {days} days")
-            };
-            format!("{} ({when})", at.to_rfc3339())
+            format!(
+                "{} ({})",
+                at.to_rfc3339(),
+                super::admin::days_left(*at, now)
+            )
         }
         crate::config::CertificateFile::Unknown(why) => format!("unknown: {why}"),
     }

@@ -157,8 +157,16 @@ fn prune_sql(rows: &str, clears_raw: bool, dry_run: bool) -> String {
     }
 }
 
-fn cutoffs_in_order(c: &Cutoffs) -> [Option<DateTime<Utc>>; 4] {
-    [c.sync_run, c.quarantine_raw_xml, c.quarantine, c.change_log]
+impl Cutoffs {
+    /// The cutoffs in the order of [`Pruned::by_table`].
+    pub fn in_order(&self) -> [Option<DateTime<Utc>>; 4] {
+        [
+            self.sync_run,
+            self.quarantine_raw_xml,
+            self.quarantine,
+            self.change_log,
+        ]
+    }
 }
 
 fn pruned(counts: [u64; 4]) -> Pruned {
@@ -219,10 +227,8 @@ pub(super) mod sqlite {
             .await
             .map_err(query_err("starting a prune"))?;
         let mut counts = [0u64; 4];
-        for (i, ((rows, clears_raw), cutoff)) in PRUNE_STEPS
-            .iter()
-            .zip(cutoffs_in_order(cutoffs))
-            .enumerate()
+        for (i, ((rows, clears_raw), cutoff)) in
+            PRUNE_STEPS.iter().zip(cutoffs.in_order()).enumerate()
         {
             let Some(cutoff) = cutoff else { continue };
             let sql = prune_sql(rows, *clears_raw, dry_run);
@@ -498,10 +504,8 @@ pub(super) mod postgres {
     ) -> Result<Pruned, StoreError> {
         let mut tx = pool.begin().await.map_err(query_err("starting a prune"))?;
         let mut counts = [0u64; 4];
-        for (i, ((rows, clears_raw), cutoff)) in PRUNE_STEPS
-            .iter()
-            .zip(cutoffs_in_order(cutoffs))
-            .enumerate()
+        for (i, ((rows, clears_raw), cutoff)) in
+            PRUNE_STEPS.iter().zip(cutoffs.in_order()).enumerate()
         {
             let Some(cutoff) = cutoff else { continue };
             let sql = prune_sql(&rows.replace("?1", "$1"), *clears_raw, dry_run);

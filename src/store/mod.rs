@@ -355,8 +355,17 @@ pub trait Store: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Watermark, StoreError>;
 
-    /// Every source the database has rows of, with counts (watermarks are filled in here).
-    async fn sources(&self) -> Result<Vec<governance::SourceState>, StoreError>;
+    /// Every source the database has rows of, with counts; watermarks not filled in.
+    async fn source_rows(&self) -> Result<Vec<governance::SourceState>, StoreError>;
+
+    /// Every source the database has rows of, with counts and watermarks.
+    async fn sources(&self) -> Result<Vec<governance::SourceState>, StoreError> {
+        let mut sources = self.source_rows().await?;
+        for s in &mut sources {
+            s.watermark = self.watermark(&s.source).await?;
+        }
+        Ok(sources)
+    }
 
     /// Lets `role` read every table and view, including ones later migrations add
     /// (PostgreSQL); refused on SQLite, whose readers are given the file (`file_mode`).

@@ -342,12 +342,8 @@ impl Store for PostgresStore {
         governance::postgres::rewind(&self.pool, source, to_utc, to_local, now).await
     }
 
-    async fn sources(&self) -> Result<Vec<governance::SourceState>, StoreError> {
-        let mut sources = governance::postgres::sources(&self.pool).await?;
-        for s in &mut sources {
-            s.watermark = self.watermark(&s.source).await?;
-        }
-        Ok(sources)
+    async fn source_rows(&self) -> Result<Vec<governance::SourceState>, StoreError> {
+        governance::postgres::sources(&self.pool).await
     }
 
     async fn begin(

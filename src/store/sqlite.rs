@@ -215,12 +215,8 @@ impl Store for SqliteStore {
         governance::sqlite::rewind(&self.pool, source, to_utc, to_local, now).await
     }
 
-    async fn sources(&self) -> Result<Vec<governance::SourceState>, StoreError> {
-        let mut sources = governance::sqlite::sources(&self.pool).await?;
-        for s in &mut sources {
-            s.watermark = self.watermark(&s.source).await?;
-        }
-        Ok(sources)
+    async fn source_rows(&self) -> Result<Vec<governance::SourceState>, StoreError> {
+        governance::sqlite::sources(&self.pool).await
     }
 
     async fn begin(
