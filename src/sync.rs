@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{CertificateDates, ConfigError, Settings, SourceSpec};
 use crate::import::{apply_document, ImportError};
 use crate::metrics::{KnownLabels, SourceMetrics, WindowOutcome};
-use crate::source::{Client, Event, RetryReason, SourceError};
+use crate::source::{Client, Event, RetryReason, SourceError, TransportKind};
 use crate::store::{ApplyContext, ApplySummary, RunKind, Store, StoreError, SyncRun};
 use crate::window::{Pacer, Plan, Window};
 use crate::xml::counter::LimitExceeded;
@@ -154,29 +154,132 @@ pub enum SyncError {
     Internal { window: String, message: String },
 }
 
-impl SyncError {
-    /// Whether a smaller window might succeed.
-    fn wants_split(&self) -> bool {
-        match self {
-            SyncError::Source(e) => e.wants_split(),
-            SyncError::Document { error, .. } => matches!(
-                error,
-                DocumentError::Limit {
-                    limit: LimitExceeded::Document(_),
-                    ..
-                }
-            ),
-            _ => false,
-        }
-    }
+// ---- What a failed attempt leads to ---------------------------------------------------------
 
-    /// Whether repeating the whole attempt might succeed (the body broke on the way).
-    fn body_broke(&self) -> bool {
-        match self {
-            SyncError::Document { error, .. } => {
-                error.is_truncation() || matches!(error, DocumentError::Malformed { .. })
+/// What happens after a window attempt failed: the one decision [`next_step`] makes, for every
+/// error the engine can meet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// A smaller window may succeed (413, a timeout, a body over `max_response_bytes`): the
+    /// window is split in halves, down to one minute.
+    Split,
+    /// The body broke on the way (cut short, garbled): the whole attempt (request, parse,
+    /// apply) is repeated, up to `body_attempts` times; then the window fails with the located
+    /// error.
+    RetryBody,
+    /// The window fails, and the same request may well succeed later (a platform or database
+    /// that is busy, restarting or unreachable, retries used up): the daemon backs off and tries
+    /// again; nothing needs fixing.
+    RetryLater,
+    /// The window fails, and repeating it will fail the same way until someone changes
+    /// something (configuration, credentials, the platform's data, the database): the daemon
+    /// still backs off and tries again, but the error says what to look at.
+    Fail,
+}
+
+/// What to do after `e`. Every variant of every error the engine meets is named here, with no
+/// wildcard arm, so a variant added later is a compile error until someone decides it.
+pub fn next_step(e: &SyncError) -> Next {
+    match e {
+        SyncError::Source(e) => after_source(e),
+        SyncError::Document { error, .. } => after_document(error),
+        SyncError::Store(e) => after_store(e),
+        // The parser's thread died: a bug, not the input's fault or the network's.
+        SyncError::Internal { .. } => Next::Fail,
+    }
+}
+
+fn after_source(e: &SourceError) -> Next {
+    match e {
+        SourceError::TooLarge { .. } => Next::Split,
+        SourceError::Transport { kind, .. } => match kind {
+            TransportKind::TimedOut => Next::Split,
+            TransportKind::BodyCut => Next::RetryBody,
+            // The client has retried it `max_attempts` times already.
+            TransportKind::ConnectionFailed => Next::RetryLater,
+            TransportKind::TlsRefused => Next::Fail,
+        },
+        // 5xx/429 until the attempts were used up, or a wait longer than max_retry_wait: the
+        // platform is busy; the daemon's back-off is the better judge of when to ask again.
+        SourceError::GaveUp { .. } | SourceError::WaitTooLong { .. } => Next::RetryLater,
+        // 400/401/403/404, a redirect not followed, a setting the client refused.
+        SourceError::Refused { .. }
+        | SourceError::Redirected { .. }
+        | SourceError::Config { .. } => Next::Fail,
+    }
+}
+
+/// What to do after a document error (from the parser, or from building an element the scanner
+/// had only delimited).
+pub fn after_document(e: &DocumentError) -> Next {
+    match e {
+        // Every failure of well-formedness: bytes cut short (at 0 bytes: empty) or changed on the
+        // way, or an intermediary's page (HTML with a DOCTYPE, another root) where the document
+        // should be. The platform only sends well-formed documents, so the next attempt may well
+        // bring one.
+        DocumentError::Empty
+        | DocumentError::Malformed { .. }
+        | DocumentError::Truncated { .. }
+        | DocumentError::Doctype { .. }
+        | DocumentError::Entity { .. }
+        | DocumentError::WrongRoot { .. }
+        | DocumentError::TrailingContent { .. }
+        | DocumentError::Character { .. } => Next::RetryBody,
+        DocumentError::Io { source, .. } => match source.kind() {
+            // The body stalled (read_timeout) or took too long (request_timeout).
+            std::io::ErrorKind::TimedOut => Next::Split,
+            // The connection broke while the body streamed in.
+            _ => Next::RetryBody,
+        },
+        DocumentError::Limit { limit, .. } => match limit {
+            LimitExceeded::Document(_) => Next::Split,
+            // One element larger than parser.max_record_bytes: a smaller window holds the same
+            // element, and the same bytes come again.
+            LimitExceeded::Record(_) => Next::Fail,
+        },
+        // Decided by the content, not by the transfer: a declared encoding other than UTF-8,
+        // nesting or attributes past the limits are sent the same way every time (and are what
+        // a hostile platform sends), so repeating the request only costs the platform.
+        DocumentError::Encoding { .. }
+        | DocumentError::TooDeep { .. }
+        | DocumentError::TooManyAttributes { .. } => Next::Fail,
+    }
+}
+
+fn after_store(e: &StoreError) -> Next {
+    match e {
+        StoreError::Document(d) => after_document(d),
+        StoreError::Connect { .. } | StoreError::Query { .. } => {
+            if e.is_transient() {
+                // Busy or locked (SQLite), a connection lost, a server restarting.
+                Next::RetryLater
+            } else {
+                // A full disk, a constraint, a missing table: look at the database.
+                Next::Fail
             }
-            _ => false,
+        }
+        // The runtime is shutting down: the next start reads the window again.
+        StoreError::Cancelled => Next::RetryLater,
+        // Another instance synced the source meanwhile: plan again from the stored watermark.
+        StoreError::WatermarkMoved { .. } => Next::RetryLater,
+        StoreError::UnsupportedUrl(_)
+        | StoreError::InvalidSchema { .. }
+        | StoreError::Migrate(_)
+        | StoreError::NewerSchema { .. }
+        | StoreError::Corrupt(_)
+        | StoreError::Refused(_) => Next::Fail,
+    }
+}
+
+impl SyncError {
+    /// The HTTP status a failed window is recorded with: the error's own, else that of the
+    /// response whose body or commit failed.
+    fn http_status(&self, last_response: Option<u16>) -> Option<u16> {
+        match self {
+            SyncError::Source(s) => s.status().or(last_response),
+            SyncError::Document { .. } | SyncError::Store(_) | SyncError::Internal { .. } => {
+                last_response
+            }
         }
     }
 }
@@ -210,15 +313,19 @@ pub async fn sync_window(
                 }
                 done.push(report)
             }
-            Err(e) if e.wants_split() => match w.split(source.plan.tz) {
-                Some((first, second)) => {
-                    tracing::info!(source = source.name(), window = %w.label(), error = %e, "splitting the window");
-                    pending.push(second);
-                    pending.push(first);
-                }
-                None => return Err(e),
+            Err(e) => match next_step(&e) {
+                Next::Split => match w.split(source.plan.tz) {
+                    Some((first, second)) => {
+                        tracing::info!(source = source.name(), window = %w.label(), error = %e, "splitting the window");
+                        pending.push(second);
+                        pending.push(first);
+                    }
+                    None => return Err(e),
+                },
+                // A body that still broke after its retries (attempt_window), or a failure
+                // that a smaller window would not change.
+                Next::RetryBody | Next::RetryLater | Next::Fail => return Err(e),
             },
-            Err(e) => return Err(e),
         }
     }
     Ok(done)
@@ -252,7 +359,7 @@ async fn attempt_window(
         )
         .await
         {
-            Err(e) if e.body_broke() && attempt < source.body_attempts => {
+            Err(e) if next_step(&e) == Next::RetryBody && attempt < source.body_attempts => {
                 source
                     .metrics
                     .retry(crate::source::RetryReason::Body.as_str());
@@ -270,10 +377,7 @@ async fn attempt_window(
             tz: source.plan.tz,
             started_at,
             finished_at: Utc::now(),
-            http_status: match e {
-                SyncError::Source(s) => s.status().or(http_status),
-                _ => http_status,
-            },
+            http_status: e.http_status(http_status),
             bytes: 0,
             summary: ApplySummary::default(),
             error: Some(e.to_string()),
@@ -382,8 +486,11 @@ async fn try_once(
         started_at,
         clock,
     };
-    let reader = body_reader(fetched.response);
-    apply_and_commit(
+    let watch = BodyWatch::default();
+    let declared = fetched.response.content_length();
+    let attempts = fetched.attempts;
+    let reader = body_reader(fetched.response, watch.clone());
+    let result = apply_and_commit(
         store,
         source,
         window,
@@ -392,21 +499,90 @@ async fn try_once(
         reader,
         received,
     )
-    .await
+    .await;
+    match result {
+        Err(e) if next_step(&e) == Next::RetryBody => {
+            Err(watch.explain(e, window, declared, attempts))
+        }
+        other => other,
+    }
+}
+
+/// What the transport said of a body while the parser read it: how many bytes came, and the
+/// error that ended it early, if one did. The parser only sees bytes stop; this tells a body
+/// that the connection cut (whatever the parser tripped on at the cut) from one that arrived
+/// whole and is wrong.
+#[derive(Clone, Default)]
+struct BodyWatch(std::sync::Arc<std::sync::Mutex<BodyState>>);
+
+#[derive(Default)]
+struct BodyState {
+    bytes: u64,
+    /// The transport's error (hyper's "end of file before message length reached", a chunked
+    /// or gzip stream cut), with its causes.
+    broke: Option<String>,
+}
+
+impl BodyWatch {
+    fn state(&self) -> std::sync::MutexGuard<'_, BodyState> {
+        // A panic while holding this lock can only come from a bug in the two lines that take
+        // it; the counts are still meaningful.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `e` as the window's error: when the transport cut the body, it says so (with what the
+    /// parser saw at the cut); otherwise `e` as it was.
+    fn explain(
+        &self,
+        e: SyncError,
+        window: &Window,
+        declared: Option<u64>,
+        attempts: u32,
+    ) -> SyncError {
+        let state = self.state();
+        let Some(broke) = &state.broke else {
+            return e;
+        };
+        let of = declared
+            .map(|n| format!(" of the {n} declared"))
+            .unwrap_or_default();
+        SourceError::Transport {
+            window: window.label(),
+            kind: TransportKind::BodyCut,
+            attempts,
+            message: format!(
+                "the body ended after {} bytes{of} ({broke}); the parser had stopped at: {}",
+                state.bytes,
+                match &e {
+                    SyncError::Document { error, .. } => error.to_string(),
+                    other => other.to_string(),
+                }
+            ),
+        }
+        .into()
+    }
 }
 
 /// A response's body as a blocking reader, for the parser's thread (the bridge lets it read the
 /// async body there). A timeout while the body streams in (`read_timeout` between bytes, or
 /// `request_timeout` in all) keeps its kind through the parser, so it is reported as a timeout
-/// and splits the window, instead of passing for a body cut short.
-fn body_reader(response: reqwest::Response) -> impl io::Read + Send + 'static {
-    SyncIoBridge::new(StreamReader::new(response.bytes_stream().map_err(|e| {
-        if e.is_timeout() {
-            io::Error::new(io::ErrorKind::TimedOut, e)
-        } else {
-            io::Error::other(e)
-        }
-    })))
+/// and splits the window, instead of passing for a body cut short. `watch` hears of every chunk
+/// and of the error that ends the body early.
+fn body_reader(response: reqwest::Response, watch: BodyWatch) -> impl io::Read + Send + 'static {
+    let on_chunk = watch.clone();
+    SyncIoBridge::new(StreamReader::new(
+        response
+            .bytes_stream()
+            .inspect_ok(move |chunk| on_chunk.state().bytes += chunk.len() as u64)
+            .map_err(move |e| {
+                if e.is_timeout() {
+                    io::Error::new(io::ErrorKind::TimedOut, e)
+                } else {
+                    watch.state().broke = Some(crate::error::chain(&e));
+                    io::Error::other(e)
+                }
+            }),
+    ))
 }
 
 /// What is known of a response whose body is about to be applied.
@@ -444,14 +620,13 @@ async fn apply_and_commit<R: std::io::Read + Send + 'static>(
         })) if e.kind() == io::ErrorKind::TimedOut => {
             return Err(SourceError::Transport {
                 window: window.label(),
-                kind: "timed out",
+                kind: TransportKind::TimedOut,
                 attempts: fetched.attempts,
                 message: format!(
                     "the response stalled at {location} (read_timeout between bytes, \
                      request_timeout in all): {}",
                     crate::error::chain(&e)
                 ),
-                timed_out: true,
             }
             .into())
         }
@@ -775,4 +950,297 @@ pub async fn backfill(
         }
     }
     Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xml::chars::BadChar;
+    use crate::xml::Location;
+
+    fn at() -> Location {
+        Location {
+            line: 3,
+            column: 7,
+            offset: 40,
+        }
+    }
+
+    /// Every document error, once (the compiler keeps [`after_document`] complete; this keeps
+    /// each decision what it was meant to be).
+    fn document_errors() -> Vec<(DocumentError, Next)> {
+        let location = at();
+        vec![
+            (DocumentError::Empty, Next::RetryBody),
+            (
+                DocumentError::Malformed {
+                    location,
+                    message: "mismatched end tag".into(),
+                },
+                Next::RetryBody,
+            ),
+            (
+                DocumentError::Truncated {
+                    location,
+                    open: "provresultat".into(),
+                },
+                Next::RetryBody,
+            ),
+            (DocumentError::Doctype { location }, Next::RetryBody),
+            (
+                DocumentError::Entity {
+                    location,
+                    name: "nbsp".into(),
+                },
+                Next::RetryBody,
+            ),
+            (
+                DocumentError::WrongRoot {
+                    location,
+                    found: "<html>".into(),
+                },
+                Next::RetryBody,
+            ),
+            (
+                DocumentError::TrailingContent {
+                    location,
+                    what: "text".into(),
+                },
+                Next::RetryBody,
+            ),
+            (
+                DocumentError::Character {
+                    location,
+                    bad: BadChar::NotUtf8,
+                },
+                Next::RetryBody,
+            ),
+            (
+                DocumentError::Character {
+                    location,
+                    bad: BadChar::CutUtf8,
+                },
+                Next::RetryBody,
+            ),
+            (
+                DocumentError::Character {
+                    location,
+                    bad: BadChar::Forbidden(0),
+                },
+                Next::RetryBody,
+            ),
+            (
+                DocumentError::Io {
+                    location,
+                    source: io::Error::other("connection reset"),
+                },
+                Next::RetryBody,
+            ),
+            (
+                DocumentError::Io {
+                    location,
+                    source: io::Error::new(io::ErrorKind::TimedOut, "read_timeout"),
+                },
+                Next::Split,
+            ),
+            (
+                DocumentError::Limit {
+                    location,
+                    limit: LimitExceeded::Document(1 << 20),
+                },
+                Next::Split,
+            ),
+            (
+                DocumentError::Limit {
+                    location,
+                    limit: LimitExceeded::Record(4 << 20),
+                },
+                Next::Fail,
+            ),
+            (
+                DocumentError::Encoding {
+                    location,
+                    encoding: "ISO-8859-1".into(),
+                },
+                Next::Fail,
+            ),
+            (DocumentError::TooDeep { location, max: 64 }, Next::Fail),
+            (
+                DocumentError::TooManyAttributes { location, max: 64 },
+                Next::Fail,
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_error_leads_to_its_decided_next_step() {
+        let window = || "2026-01-10T00:00..2026-01-10T06:00".to_owned();
+        let mut cases: Vec<(SyncError, Next)> = Vec::new();
+        for (error, next) in document_errors() {
+            cases.push((
+                SyncError::Document {
+                    window: window(),
+                    error,
+                },
+                next,
+            ));
+        }
+        // The same errors found while an element is built by the writer decide the same way.
+        for (error, next) in document_errors() {
+            cases.push((StoreError::Document(error).into(), next));
+        }
+        let transport = |kind| SourceError::Transport {
+            window: window(),
+            kind,
+            attempts: 3,
+            message: "…".into(),
+        };
+        cases.extend([
+            (transport(TransportKind::TimedOut).into(), Next::Split),
+            (transport(TransportKind::BodyCut).into(), Next::RetryBody),
+            (
+                transport(TransportKind::ConnectionFailed).into(),
+                Next::RetryLater,
+            ),
+            (transport(TransportKind::TlsRefused).into(), Next::Fail),
+            (
+                SourceError::TooLarge { window: window() }.into(),
+                Next::Split,
+            ),
+            (
+                SourceError::GaveUp {
+                    window: window(),
+                    status: 503,
+                    attempts: 6,
+                }
+                .into(),
+                Next::RetryLater,
+            ),
+            (
+                SourceError::WaitTooLong {
+                    window: window(),
+                    status: 429,
+                    asked: std::time::Duration::from_secs(1 << 30),
+                    max: std::time::Duration::from_secs(300),
+                    header: "Retry-After".into(),
+                }
+                .into(),
+                Next::RetryLater,
+            ),
+            (
+                SourceError::Refused {
+                    window: window(),
+                    status: 401,
+                    hint: "check the credentials",
+                }
+                .into(),
+                Next::Fail,
+            ),
+            (
+                SourceError::Redirected {
+                    window: window(),
+                    status: 302,
+                    location: None,
+                    why: "not followed",
+                }
+                .into(),
+                Next::Fail,
+            ),
+            (
+                SourceError::Config {
+                    source_name: "default".into(),
+                    setting: "url",
+                    message: "…".into(),
+                }
+                .into(),
+                Next::Fail,
+            ),
+            (
+                StoreError::Query {
+                    context: "writing",
+                    source: sqlx::Error::Io(io::Error::other("connection reset")),
+                }
+                .into(),
+                Next::RetryLater,
+            ),
+            (
+                StoreError::Connect {
+                    url: "postgres://db/wh".into(),
+                    source: sqlx::Error::PoolTimedOut,
+                }
+                .into(),
+                Next::RetryLater,
+            ),
+            (
+                StoreError::Query {
+                    context: "reading",
+                    source: sqlx::Error::RowNotFound,
+                }
+                .into(),
+                Next::Fail,
+            ),
+            (StoreError::Cancelled.into(), Next::RetryLater),
+            (
+                StoreError::WatermarkMoved {
+                    source_name: "default".into(),
+                    expected: "a".into(),
+                    found: "b".into(),
+                }
+                .into(),
+                Next::RetryLater,
+            ),
+            (
+                StoreError::NewerSchema {
+                    found: 20991231000001,
+                    known: 20261202000001,
+                }
+                .into(),
+                Next::Fail,
+            ),
+            (StoreError::Corrupt("…".into()).into(), Next::Fail),
+            (StoreError::Refused("…".into()).into(), Next::Fail),
+            (
+                StoreError::UnsupportedUrl("mysql://x".into()).into(),
+                Next::Fail,
+            ),
+            (
+                StoreError::InvalidSchema {
+                    schema: "X".into(),
+                    reason: "…",
+                }
+                .into(),
+                Next::Fail,
+            ),
+            (
+                StoreError::Migrate(sqlx::migrate::MigrateError::VersionMissing(1)).into(),
+                Next::Fail,
+            ),
+            (
+                SyncError::Internal {
+                    window: window(),
+                    message: "the parser thread panicked".into(),
+                },
+                Next::Fail,
+            ),
+        ]);
+        for (error, next) in &cases {
+            assert_eq!(next_step(error), *next, "{error}");
+        }
+    }
+
+    #[test]
+    fn a_body_that_ends_inside_a_character_or_an_element_is_a_truncation() {
+        for (error, _) in document_errors() {
+            let expected = matches!(
+                error,
+                DocumentError::Truncated { .. }
+                    | DocumentError::Io { .. }
+                    | DocumentError::Character {
+                        bad: BadChar::CutUtf8,
+                        ..
+                    }
+            );
+            assert_eq!(error.is_truncation(), expected, "{error}");
+        }
+    }
 }

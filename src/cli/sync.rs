@@ -16,14 +16,18 @@ use crate::window::{earliest_instant, latest_instant, parse_local};
 fn sync_failure(source: &str, e: SyncError) -> Failure {
     let classify = |e: SyncError| match e {
         SyncError::Document { .. } => Failure::Data(e.into()),
-        other => Failure::Runtime(other.into()),
+        // A database newer than this build is the operator's to sort out (exit 2), like any
+        // refusal of the store's.
+        SyncError::Store(e) => Failure::from(e),
+        SyncError::Source(_) | SyncError::Internal { .. } => Failure::Runtime(e.into()),
     };
     match classify(e) {
         Failure::Data(e) => Failure::Data(e.context(format!("source {source}"))),
         Failure::Runtime(e) => Failure::Runtime(e.context(format!(
             "source {source}: the window was not synced; the watermark stays where it was"
         ))),
-        other => other,
+        Failure::Config(e) => Failure::Config(e.context(format!("source {source}"))),
+        Failure::NotReady(e) => Failure::NotReady(e),
     }
 }
 

@@ -18,7 +18,7 @@ use super::state::{self, Readiness, Slot, SourceSnapshot, SourceState};
 use crate::config::DaemonConfig;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
-use crate::sync::{catch_up_until, SyncError};
+use crate::sync::{catch_up_until, next_step, Next, SyncError};
 
 /// A database that does not answer a readiness ping in this time is not ready.
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
@@ -170,13 +170,29 @@ impl Shared {
                 let max = self.config.read().expect("config lock").failure_backoff_max;
                 let wait = state::backoff(failures as u32, max);
                 slot.backoff_until = Some(Instant::now() + wait);
-                tracing::error!(
-                    source = name,
-                    error = %crate::error::chain(&e),
-                    consecutive_failures = failures,
-                    retry_in = %humantime::format_duration(wait),
-                    "sync failed; the watermark stays where it was"
-                );
+                let error = crate::error::chain(&e);
+                let retry_in = humantime::format_duration(wait);
+                match next_step(&e) {
+                    // Trying again will not help until someone fixes something: said loudly.
+                    Next::Fail => tracing::error!(
+                        source = name,
+                        error = %error,
+                        consecutive_failures = failures,
+                        %retry_in,
+                        "sync failed; the watermark stays where it was (this needs a fix: \
+                         configuration, credentials, the platform's data or the database)"
+                    ),
+                    // Busy, restarting, unreachable, or a body that kept breaking: the back-off
+                    // is the remedy.
+                    Next::RetryLater | Next::RetryBody | Next::Split => tracing::warn!(
+                        source = name,
+                        error = %error,
+                        consecutive_failures = failures,
+                        %retry_in,
+                        "sync failed; the watermark stays where it was (tried again after the \
+                         back-off)"
+                    ),
+                }
                 if matches!(e, SyncError::Store(StoreError::WatermarkMoved { .. })) {
                     // Another instance synced this source: whatever we believed, we do not
                     // lead it. Give the lead up; the next tick asks again.

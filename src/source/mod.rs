@@ -145,29 +145,42 @@ pub enum SourceError {
     #[error("window {window}: {kind} after {}: {message}", counted(*attempts))]
     Transport {
         window: String,
-        kind: &'static str,
+        kind: TransportKind,
         attempts: u32,
         /// reqwest's message and its causes (a refused handshake says why only there); it names
         /// the URL, which carries no credentials (they are refused in URLs and sent in headers
         /// or the TLS handshake).
         message: String,
-        timed_out: bool,
     },
 }
 
-impl SourceError {
-    /// Whether a smaller window might succeed (413, or a response that timed out).
-    pub fn wants_split(&self) -> bool {
-        matches!(
-            self,
-            SourceError::TooLarge { .. }
-                | SourceError::Transport {
-                    timed_out: true,
-                    ..
-                }
-        )
-    }
+/// How a request or its body failed below HTTP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportKind {
+    /// No response in time, or a body that stalled (`read_timeout`) or took longer than
+    /// `request_timeout`: a smaller window may succeed.
+    TimedOut,
+    /// A TLS handshake that either side refused: it will be refused again.
+    TlsRefused,
+    /// No connection, or one that broke before the headers: retried here up to `max_attempts`.
+    ConnectionFailed,
+    /// The body ended before the transport's framing said it would (a `Content-Length` not
+    /// reached, a chunked or gzip stream cut): whatever the parser tripped on at the cut.
+    BodyCut,
+}
 
+impl std::fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TransportKind::TimedOut => "timed out",
+            TransportKind::TlsRefused => "TLS handshake refused",
+            TransportKind::ConnectionFailed => "connection failed",
+            TransportKind::BodyCut => "body truncated",
+        })
+    }
+}
+
+impl SourceError {
     /// The HTTP status, when there was one.
     pub fn status(&self) -> Option<u16> {
         match self {
@@ -176,7 +189,7 @@ impl SourceError {
             | SourceError::WaitTooLong { status, .. }
             | SourceError::Redirected { status, .. } => Some(*status),
             SourceError::TooLarge { .. } => Some(413),
-            _ => None,
+            SourceError::Config { .. } | SourceError::Transport { .. } => None,
         }
     }
 }
@@ -450,27 +463,32 @@ impl Client {
                     }
                 }
                 Err(e) => {
-                    let timed_out = e.is_timeout();
-                    let refused_tls = is_tls_refusal(&e);
-                    if attempt >= self.settings.max_attempts || refused_tls {
+                    let kind = if e.is_timeout() {
+                        TransportKind::TimedOut
+                    } else if is_tls_refusal(&e) {
+                        TransportKind::TlsRefused
+                    } else {
+                        TransportKind::ConnectionFailed
+                    };
+                    let give_up = match kind {
+                        TransportKind::TlsRefused => true,
+                        TransportKind::TimedOut
+                        | TransportKind::ConnectionFailed
+                        | TransportKind::BodyCut => attempt >= self.settings.max_attempts,
+                    };
+                    if give_up {
                         return Err(SourceError::Transport {
                             window: label,
-                            kind: if timed_out {
-                                "timed out"
-                            } else if refused_tls {
-                                "TLS handshake refused"
-                            } else {
-                                "connection failed"
-                            },
+                            kind,
                             attempts: attempt,
                             message: crate::error::chain(&e),
-                            timed_out,
                         });
                     }
-                    let reason = if timed_out {
-                        RetryReason::Timeout
-                    } else {
-                        RetryReason::Transport
+                    let reason = match kind {
+                        TransportKind::TimedOut => RetryReason::Timeout,
+                        TransportKind::TlsRefused
+                        | TransportKind::ConnectionFailed
+                        | TransportKind::BodyCut => RetryReason::Transport,
                     };
                     (reason, None, None)
                 }

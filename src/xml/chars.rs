@@ -12,6 +12,9 @@
 pub enum BadChar {
     /// The bytes are not UTF-8.
     NotUtf8,
+    /// The input ended inside a UTF-8 sequence: the bytes before it were good, the rest never
+    /// came (a body cut short), as opposed to bytes that are wrong.
+    CutUtf8,
     /// A character XML forbids everywhere, by code point.
     Forbidden(u32),
 }
@@ -22,6 +25,10 @@ impl std::fmt::Display for BadChar {
             BadChar::NotUtf8 => write!(
                 f,
                 "the bytes are not UTF-8 (the API delivers UTF-8 only; an undeclared Latin-1 document looks like this)"
+            ),
+            BadChar::CutUtf8 => write!(
+                f,
+                "the document ends inside a UTF-8 character: it is truncated"
             ),
             BadChar::Forbidden(c) => write!(
                 f,

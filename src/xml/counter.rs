@@ -295,8 +295,8 @@ impl<R: Read> CountingReader<R> {
             }
         }
         if self.eof && self.bad.is_none() && self.checked < self.buf.len() {
-            // The input ended inside a UTF-8 sequence.
-            self.bad = Some((self.checked, BadChar::NotUtf8));
+            // The input ended inside a UTF-8 sequence: cut short, not wrong.
+            self.bad = Some((self.checked, BadChar::CutUtf8));
         }
     }
 
@@ -507,10 +507,10 @@ mod tests {
             let (got, err) = read_all(b"<a>m\xE5</a>", chunk);
             assert_eq!(got, b"<a>m");
             assert_eq!(err.map(|e| (e.offset, e.bad)), Some((4, BadChar::NotUtf8)));
-            // A document that ends inside a sequence.
-            let (got, err) = read_all(b"<a/>\xC3", chunk);
+            // A document that ends inside a sequence was cut short, which is not bad bytes.
+            let (got, err) = read_all("<a/>å".as_bytes()[..5].as_ref(), chunk);
             assert_eq!(got, b"<a/>");
-            assert_eq!(err.map(|e| e.offset), Some(4));
+            assert_eq!(err.map(|e| (e.offset, e.bad)), Some((4, BadChar::CutUtf8)));
         }
     }
 

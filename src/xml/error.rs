@@ -71,13 +71,27 @@ impl DocumentError {
         }
     }
 
-    /// Whether the bytes stopped early (a cut connection) rather than being wrong: the sync
-    /// engine retries the former.
+    /// Whether the bytes stopped early (a cut connection, a body that ends inside an element or
+    /// a character) rather than being wrong. Both are retried by the sync engine; this only
+    /// decides how the error is worded and counted.
     pub fn is_truncation(&self) -> bool {
-        matches!(
-            self,
-            DocumentError::Truncated { .. } | DocumentError::Io { .. }
-        )
+        match self {
+            DocumentError::Truncated { .. } | DocumentError::Io { .. } => true,
+            DocumentError::Character { bad, .. } => match bad {
+                BadChar::CutUtf8 => true,
+                BadChar::NotUtf8 | BadChar::Forbidden(_) => false,
+            },
+            DocumentError::Empty
+            | DocumentError::Malformed { .. }
+            | DocumentError::Doctype { .. }
+            | DocumentError::Entity { .. }
+            | DocumentError::WrongRoot { .. }
+            | DocumentError::Encoding { .. }
+            | DocumentError::TrailingContent { .. }
+            | DocumentError::TooDeep { .. }
+            | DocumentError::TooManyAttributes { .. }
+            | DocumentError::Limit { .. } => false,
+        }
     }
 
     /// A short, stable name for metrics labels and tests.

@@ -9,10 +9,16 @@ use chrono_tz::Europe::Stockholm;
 use nprov_sync::source::{
     Auth, Client, Event, RetryReason, SourceError, SourceSettings, USER_AGENT,
 };
+use nprov_sync::sync::{next_step, Next, SyncError};
 use nprov_sync::window::{covering, Window};
 use secrecy::SecretString;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+/// What the sync engine does after a client error.
+fn next(e: SourceError) -> Next {
+    next_step(&SyncError::Source(e))
+}
 
 fn settings(url: &str, rate: u32) -> SourceSettings {
     SourceSettings {
@@ -131,7 +137,7 @@ async fn server_errors_are_retried_a_bounded_number_of_times() {
         ),
         "{err}"
     );
-    assert!(!err.wants_split());
+    assert_eq!(next(err), Next::RetryLater);
 }
 
 #[tokio::test]
@@ -147,7 +153,7 @@ async fn a_413_asks_for_a_smaller_window() {
         .await
         .err()
         .expect("too large");
-    assert!(err.wants_split());
+    assert_eq!(next(err), Next::Split);
 }
 
 #[tokio::test]
@@ -256,7 +262,7 @@ async fn an_absurd_wait_asked_by_the_server_fails_the_window_at_once_and_says_wh
             "{text}"
         );
         assert_eq!(err.status(), Some(status));
-        assert!(!err.wants_split());
+        assert_eq!(next(err), Next::RetryLater);
     }
 }
 

@@ -28,7 +28,7 @@ fn answer(req: &Request) -> String {
     )])
 }
 
-fn source(url: &str, max_window_hours: i64) -> SyncSource {
+pub(crate) fn source(url: &str, max_window_hours: i64) -> SyncSource {
     source_with(
         url,
         max_window_hours,
