@@ -12,7 +12,7 @@ pub(crate) async fn migrate(settings: &Settings, out: &mut dyn Write) -> Result<
     let store = connect_store(settings).await?;
     if let Err(e) = super::setup::migrate(store.as_ref(), settings).await {
         store.close().await;
-        return Err(e);
+        return Err(e.into());
     }
     writeln!(
         out,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::failure::Failure;
-use super::setup::{build_sources, connect_store, settings_from};
+use super::setup::{build_sources, settings_from};
 use crate::config::Settings;
 
 pub(crate) async fn run_daemon(
@@ -42,28 +42,38 @@ pub(crate) async fn run_daemon(
         }
         None => (None, None),
     };
+    let options = settings
+        .database
+        .connect_options()
+        .map_err(|e| Failure::Config(e.into()))?;
+    // Ready means migrated too: migrations (and the data contract written with them) need the
+    // write lock, so a SQLite file another process has locked is waited for like a server that
+    // does not answer yet.
     let store = daemon::wait_for_database(
         || async {
-            let store = connect_store(&settings).await?;
-            match store.ping().await {
+            let store = crate::store::connect(&settings.database.url, options).await?;
+            let ready = async {
+                store.ping().await?;
+                if settings.database.migrate_on_start {
+                    super::setup::migrate(store.as_ref(), &settings).await?;
+                }
+                Ok(())
+            };
+            match ready.await {
                 Ok(()) => Ok(store),
                 Err(e) => {
                     store.close().await;
-                    Err(Failure::Runtime(e.into()))
+                    Err(e)
                 }
             }
         },
+        daemon::Startup::of,
         waiting,
         daemon_config.startup_database_wait,
         &shutdown,
     )
-    .await?;
-    if settings.database.migrate_on_start {
-        if let Err(e) = super::setup::migrate(store.as_ref(), &settings).await {
-            store.close().await;
-            return Err(e);
-        }
-    }
+    .await
+    .map_err(Failure::from)?;
     let config_path = config.clone();
     let loader: daemon::Loader = Box::new(move || {
         let settings = settings_from(config_path.as_deref(), database.as_deref())

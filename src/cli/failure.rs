@@ -1,7 +1,9 @@
 //! Why a command failed, and the exit code that says so: 1 bad input data, 2 bad configuration
-//! or usage, 3 database or system failure.
+//! or usage (a database newer than this build included), 3 database or system failure, 4 a
+//! source not ready (`status`).
 
 use crate::import::ImportError;
+use crate::store::StoreError;
 
 /// Why a command failed, which decides the exit code.
 #[derive(Debug)]
@@ -37,7 +39,8 @@ impl From<ImportError> for Failure {
     fn from(e: ImportError) -> Self {
         match e {
             ImportError::Document(_) => Failure::Data(e.into()),
-            _ => Failure::Runtime(e.into()),
+            ImportError::Store(e) => Failure::from(e),
+            ImportError::Parser(_) => Failure::Runtime(e.into()),
         }
     }
 }
@@ -49,18 +52,28 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// Output that could not be written (a closed pipe, a full disk).
-/// A refused state change (a rewind forwards, a role that does not exist) is the caller's to
-/// fix; anything else from the database is a runtime failure.
-impl From<crate::store::StoreError> for Failure {
-    fn from(e: crate::store::StoreError) -> Self {
+/// A refused state change (a rewind forwards, a role that does not exist) and a database newer
+/// than this build are the operator's to fix (exit 2); a document error found while writing is
+/// bad input (exit 1); anything else from the database is a runtime failure (exit 3).
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
         match e {
-            crate::store::StoreError::Refused(_) => Failure::Config(e.into()),
-            other => Failure::Runtime(other.into()),
+            StoreError::Refused(_)
+            | StoreError::NewerSchema { .. }
+            | StoreError::UnsupportedUrl(_)
+            | StoreError::InvalidSchema { .. } => Failure::Config(e.into()),
+            StoreError::Document(_) => Failure::Data(e.into()),
+            StoreError::Connect { .. }
+            | StoreError::Migrate(_)
+            | StoreError::Query { .. }
+            | StoreError::Corrupt(_)
+            | StoreError::Cancelled
+            | StoreError::WatermarkMoved { .. } => Failure::Runtime(e.into()),
         }
     }
 }
 
+/// Output that could not be written (a closed pipe, a full disk).
 pub(crate) fn io_failure(e: std::io::Error) -> Failure {
     Failure::Runtime(anyhow::Error::new(e).context("writing output"))
 }

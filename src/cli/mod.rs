@@ -309,7 +309,14 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> Result<()
             result
         }
         Command::Source(command) => {
-            let store = setup::open_store(&settings).await?;
+            // Listing only reads (no write lock, no data contract written); the two that change
+            // a source's state migrate first, as every writing command does.
+            let store = match command {
+                SourceCommand::List => setup::open_for_reading(&settings).await?,
+                SourceCommand::Rewind { .. } | SourceCommand::Drop { .. } => {
+                    setup::open_store(&settings).await?
+                }
+            };
             let result = match command {
                 SourceCommand::List => govern::source_list(store.as_ref(), &settings, out).await,
                 SourceCommand::Rewind { name, to } => {

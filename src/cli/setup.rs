@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::failure::Failure;
 use crate::config::Settings;
-use crate::store::{self, Store};
+use crate::store::{self, Store, StoreError};
 
 /// The file, the environment, then `--database`: at start-up, and again on SIGHUP.
 pub(crate) fn settings_from(
@@ -50,15 +50,37 @@ pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, Failure> 
     if settings.database.migrate_on_start {
         if let Err(e) = migrate(store.as_ref(), settings).await {
             store.close().await;
-            return Err(e);
+            return Err(e.into());
         }
     }
     Ok(store)
 }
 
+/// Opens the configured database for a command that only reads: nothing is migrated or written
+/// (no write lock is needed, a read-only user will do), but a database newer than this build is
+/// refused, as every command refuses it.
+pub async fn open_for_reading(settings: &Settings) -> Result<Arc<dyn Store>, Failure> {
+    let store = connect_store(settings).await?;
+    let refusal = match store.schema_state().await {
+        Ok(schema) if schema.newer() => Some(Failure::from(StoreError::NewerSchema {
+            found: schema.applied.unwrap_or_default(),
+            known: schema.known,
+        })),
+        Ok(_) => None,
+        Err(e) => Some(e.into()),
+    };
+    match refusal {
+        Some(f) => {
+            store.close().await;
+            Err(f)
+        }
+        None => Ok(store),
+    }
+}
+
 /// Runs the migrations (which also write the data contract) and grants the reader role, if one
 /// is configured: whenever migrations run, so a table a new version adds is readable at once.
-pub(crate) async fn migrate(store: &dyn Store, settings: &Settings) -> Result<(), Failure> {
+pub(crate) async fn migrate(store: &dyn Store, settings: &Settings) -> Result<(), StoreError> {
     store.migrate().await?;
     let role = settings.database.reader_role.trim();
     if !role.is_empty() {
@@ -69,11 +91,11 @@ pub(crate) async fn migrate(store: &dyn Store, settings: &Settings) -> Result<()
 
 /// Connects to the configured database, without migrating.
 pub(crate) async fn connect_store(settings: &Settings) -> Result<Arc<dyn Store>, Failure> {
-    let mode = settings
+    let options = settings
         .database
-        .file_mode()
+        .connect_options()
         .map_err(|e| Failure::Config(e.into()))?;
-    store::connect(&settings.database.url, &settings.database.schema, mode)
+    store::connect(&settings.database.url, options)
         .await
         .map_err(|e| Failure::Runtime(e.into()))
 }

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use super::failure::{io_failure, Failure};
 use crate::config::Settings;
 use crate::daemon::{not_ready, Role, SourceSnapshot};
-use crate::store::{RunRow, Store, TableCounts};
+use crate::store::{RunRow, SchemaState, Store, StoreError, TableCounts};
 
 /// What `status` reports. Serialized as `status --json` prints it; the field order is the JSON's.
 #[derive(serde::Serialize)]
@@ -19,6 +19,8 @@ struct Status {
     ready: bool,
     sources: Vec<SourceStatus>,
     tables: TableCounts,
+    /// The database's schema against this build's migrations.
+    schema: SchemaState,
     #[serde(serialize_with = "rfc3339")]
     at: DateTime<Utc>,
 }
@@ -90,6 +92,15 @@ async fn snapshot(
 ) -> Result<Status, Failure> {
     let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
     let runtime = |e: crate::store::StoreError| Failure::Runtime(e.into());
+    let schema = store.schema_state().await.map_err(runtime)?;
+    if schema.newer() {
+        // Its tables may not mean what this build reads them as: refused like everywhere else.
+        return Err(StoreError::NewerSchema {
+            found: schema.applied.unwrap_or_default(),
+            known: schema.known,
+        }
+        .into());
+    }
     let mut names: Vec<String> = settings.source.iter().map(|s| s.name.clone()).collect();
     for known in store.known_sources().await.map_err(runtime)? {
         if !names.contains(&known) {
@@ -139,6 +150,7 @@ async fn snapshot(
         ready: sources.iter().all(|s| s.ready != Some(false)),
         sources,
         tables,
+        schema,
         at: now,
     })
 }
@@ -239,6 +251,20 @@ pub(crate) async fn status(
         out,
         "tables: provomrade {}, provtillfalle {}, delprovsresultat {}, change_log {}, quarantine {}",
         c.provomrade, c.provtillfalle, c.delprovsresultat, c.change_log, c.quarantine
+    )
+    .map_err(io_failure)?;
+    let schema = &status.schema;
+    writeln!(
+        out,
+        "schema: migration {} of this build's {}{}",
+        schema
+            .applied
+            .map_or_else(|| "none".to_owned(), |v| v.to_string()),
+        schema.known,
+        match schema.pending {
+            0 => String::new(),
+            n => format!(" ({n} pending: the next `run`, `sync` or `migrate` applies them)"),
+        }
     )
     .map_err(io_failure)?;
     fail_unless_ready(&status)

@@ -55,6 +55,8 @@ pub struct DatabaseSettings {
     pub file_mode: String,
     /// PostgreSQL only: a role granted read access to every table and view; empty for none.
     pub reader_role: String,
+    /// SQLite only: how long a write waits for another process's lock before it fails.
+    pub busy_timeout: String,
 }
 
 impl DatabaseSettings {
@@ -81,6 +83,39 @@ impl DatabaseSettings {
         }
         Ok(mode)
     }
+
+    /// `busy_timeout` as a duration.
+    ///
+    /// # Errors
+    /// Not a duration, or one over an hour (SQLite counts milliseconds in an int; past an hour
+    /// a window should fail and be retried rather than hang).
+    pub fn busy_timeout(&self) -> Result<std::time::Duration, ConfigError> {
+        let d = humantime::parse_duration(&self.busy_timeout).map_err(|e| {
+            invalid(
+                "database.busy_timeout",
+                format!("{:?}: {e}", self.busy_timeout),
+            )
+        })?;
+        if d > std::time::Duration::from_secs(3600) {
+            return Err(invalid(
+                "database.busy_timeout",
+                format!("{:?}: at most 1h", self.busy_timeout),
+            ));
+        }
+        Ok(d)
+    }
+
+    /// How to open the database: everything but the URL.
+    ///
+    /// # Errors
+    /// A `file_mode` or `busy_timeout` that does not parse.
+    pub fn connect_options(&self) -> Result<crate::store::ConnectOptions<'_>, ConfigError> {
+        Ok(crate::store::ConnectOptions {
+            schema: &self.schema,
+            file_mode: self.file_mode()?,
+            busy_timeout: self.busy_timeout()?,
+        })
+    }
 }
 
 impl Default for DatabaseSettings {
@@ -91,6 +126,7 @@ impl Default for DatabaseSettings {
             migrate_on_start: true,
             file_mode: format!("{:04o}", crate::store::sqlite::DEFAULT_FILE_MODE),
             reader_role: String::new(),
+            busy_timeout: "30s".into(),
         }
     }
 }
@@ -295,6 +331,9 @@ impl Settings {
         }
         self.database
             .file_mode()
+            .map_err(|e| invalid(origin, e.to_string()))?;
+        self.database
+            .busy_timeout()
             .map_err(|e| invalid(origin, e.to_string()))?;
         if self.parser.max_record_bytes < 1024 {
             return Err(invalid(

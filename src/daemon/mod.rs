@@ -60,7 +60,7 @@ mod state;
 
 pub use notify::{Notifier, SystemdNotifier};
 pub use signals::spawn_signal_handlers;
-pub use startup::wait_for_database;
+pub use startup::{wait_for_database, Startup};
 pub use state::{not_ready, readiness, Readiness, Role, SourceSnapshot};
 
 use shared::Shared;

@@ -1,9 +1,12 @@
-//! Start-up before the database answers. A database that refuses connections for a minute (a
-//! server still starting after a reboot, a restart, a network not up yet) must not make the
-//! service exit at once: five quick exits use up systemd's start limit and the unit stays failed.
-//! So `run` tries again with back-off for `daemon.startup_database_wait`, logging each refusal;
-//! meanwhile the metrics listener answers `/readyz` with 503 and why, `/healthz` with 200
-//! ("starting"), and systemd hears no `READY=1`.
+//! Start-up before the database is ready. A database that refuses connections for a minute (a
+//! server still starting after a reboot, a restart, a network not up yet), or a SQLite file whose
+//! write lock another process holds (a backup, `VACUUM INTO`, an analyst's open write
+//! transaction) must not make the service exit: five quick exits use up systemd's start limit
+//! and the unit stays failed. So `run` tries again with back-off for
+//! `daemon.startup_database_wait`, logging what it waits for; meanwhile the metrics listener
+//! answers `/readyz` with 503 and why, `/healthz` with 200 ("starting"), and systemd hears no
+//! `READY=1`. What waiting cannot mend (a wrong password, a database newer than this build) ends
+//! the start at once.
 
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
@@ -25,11 +28,37 @@ pub(super) fn startup_backoff(attempt: u32) -> Duration {
         .min(MAX_STARTUP_BACKOFF)
 }
 
-/// Calls `connect` until it succeeds, `wait` is used up or shutdown is asked for; the last
-/// error otherwise. While it waits, `listener` (a second handle on the metrics socket, when
-/// there is one) serves the "starting" answers; it is closed before this returns.
+/// What a failed start-up attempt means: wait for the database, or give up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Startup {
+    /// The server does not answer or is restarting: waited for, logged at warn.
+    Unreachable,
+    /// Another process holds the write lock: waited for, logged at info (backups do this).
+    Locked,
+    /// Waiting will not help: the start fails with this error.
+    GiveUp,
+}
+
+impl Startup {
+    /// What a store error at start-up means.
+    pub fn of(e: &crate::store::StoreError) -> Startup {
+        if !e.is_transient() {
+            Startup::GiveUp
+        } else if e.is_locked() {
+            Startup::Locked
+        } else {
+            Startup::Unreachable
+        }
+    }
+}
+
+/// Calls `connect` until it succeeds, `wait` is used up, shutdown is asked for or `judge` says
+/// an error is not worth waiting out; the last error otherwise. While it waits, `listener` (a
+/// second handle on the metrics socket, when there is one) serves the "starting" answers; it is
+/// closed before this returns.
 pub async fn wait_for_database<T, E, F, Fut>(
     mut connect: F,
+    judge: impl Fn(&E) -> Startup,
     listener: Option<tokio::net::TcpListener>,
     wait: Duration,
     shutdown: &CancellationToken,
@@ -59,16 +88,31 @@ where
         };
         let delay = startup_backoff(attempt);
         attempt += 1;
+        let verdict = judge(&e);
         if shutdown.is_cancelled() || started.elapsed() + delay > wait {
             break Err(e);
         }
+        let retry_in = humantime::format_duration(delay);
+        let waited = humantime::format_duration(Duration::from_secs(started.elapsed().as_secs()));
+        match verdict {
+            Startup::GiveUp => break Err(e),
+            Startup::Locked => tracing::info!(
+                error = %e,
+                attempt,
+                %waited,
+                %retry_in,
+                "the database is locked by another process (a backup, VACUUM, an open write \
+                 transaction); waiting for it (no READY=1 until it is free)"
+            ),
+            Startup::Unreachable => tracing::warn!(
+                error = %e,
+                attempt,
+                %waited,
+                %retry_in,
+                "the database does not answer yet; waiting (no READY=1 until it does)"
+            ),
+        }
         *why.lock().expect("reason lock") = format!("waiting for the database: {e}");
-        tracing::warn!(
-            error = %e,
-            attempt,
-            retry_in = %humantime::format_duration(delay),
-            "the database does not answer yet; waiting (no READY=1 until it does)"
-        );
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = shutdown.cancelled() => break Err(e),
@@ -132,6 +176,7 @@ mod tests {
                     }
                 }
             },
+            |_: &String| Startup::Unreachable,
             None,
             Duration::from_secs(10),
             &shutdown,
@@ -141,6 +186,7 @@ mod tests {
         // A wait shorter than the first back-off: one attempt, its error.
         let got: Result<u32, String> = wait_for_database(
             || async { Err("refused".to_owned()) },
+            |_: &String| Startup::Unreachable,
             None,
             Duration::from_millis(500),
             &shutdown,
@@ -152,11 +198,33 @@ mod tests {
         let t = Instant::now();
         let got: Result<u32, String> = wait_for_database(
             || async { Err("refused".to_owned()) },
+            |_: &String| Startup::Unreachable,
             None,
             Duration::from_secs(60),
             &shutdown,
         )
         .await;
         assert!(got.is_err() && t.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn what_waiting_cannot_mend_ends_the_start_at_once() {
+        let shutdown = CancellationToken::new();
+        let mut calls = 0;
+        let t = Instant::now();
+        let got: Result<u32, String> = wait_for_database(
+            || {
+                calls += 1;
+                async { Err("password authentication failed".to_owned()) }
+            },
+            |_: &String| Startup::GiveUp,
+            None,
+            Duration::from_secs(60),
+            &shutdown,
+        )
+        .await;
+        assert_eq!(got, Err("password authentication failed".into()));
+        assert_eq!(calls, 1);
+        assert!(t.elapsed() < Duration::from_secs(1));
     }
 }

@@ -68,6 +68,15 @@ pub enum StoreError {
     },
     #[error("migrating the database failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database holds migrations this build does not have: a newer nprov-sync wrote it.
+    /// Nothing was written: running this build's migrations (or its queries) over a schema it
+    /// does not know could damage it.
+    #[error(
+        "the database was written by a newer nprov-sync: its schema is at migration {found}, \
+         this build knows up to {known}. Run the newer version, or restore a backup of the \
+         database made before it was upgraded"
+    )]
+    NewerSchema { found: i64, known: i64 },
     #[error("database error while {context}: {source}")]
     Query {
         context: &'static str,
@@ -100,25 +109,124 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether trying again later may help (a lost connection, a busy database, a server that is
-    /// restarting), as opposed to a fault in the data or the schema.
+    /// Whether trying again later may help (a lost connection, a busy or locked database, a
+    /// server that is restarting), as opposed to a fault in the data, the schema or the
+    /// configuration.
     pub fn is_transient(&self) -> bool {
-        let e = match self {
+        match self {
+            StoreError::Connect { source, .. } | StoreError::Query { source, .. } => {
+                is_transient_sqlx(source)
+            }
+            // Migrations take the database's write lock (SQLite) or their advisory lock
+            // (PostgreSQL), and a lost connection can interrupt them like any query.
+            StoreError::Migrate(m) => match m {
+                sqlx::migrate::MigrateError::Execute(e)
+                | sqlx::migrate::MigrateError::ExecuteMigration(e, _) => is_transient_sqlx(e),
+                _ => false,
+            },
+            StoreError::UnsupportedUrl(_)
+            | StoreError::InvalidSchema { .. }
+            | StoreError::NewerSchema { .. }
+            | StoreError::Corrupt(_)
+            | StoreError::Refused(_)
+            | StoreError::Document(_)
+            | StoreError::Cancelled
+            | StoreError::WatermarkMoved { .. } => false,
+        }
+    }
+}
+
+impl StoreError {
+    /// Whether another process holds the lock this one needs (SQLite's `SQLITE_BUSY` and
+    /// `SQLITE_LOCKED`, after the busy timeout): transient, and what a backup or an open write
+    /// transaction causes.
+    pub fn is_locked(&self) -> bool {
+        let source = match self {
             StoreError::Connect { source, .. } | StoreError::Query { source, .. } => source,
-            _ => return false,
+            StoreError::Migrate(
+                sqlx::migrate::MigrateError::Execute(source)
+                | sqlx::migrate::MigrateError::ExecuteMigration(source, _),
+            ) => source,
+            StoreError::UnsupportedUrl(_)
+            | StoreError::InvalidSchema { .. }
+            | StoreError::Migrate(_)
+            | StoreError::NewerSchema { .. }
+            | StoreError::Corrupt(_)
+            | StoreError::Refused(_)
+            | StoreError::Document(_)
+            | StoreError::Cancelled
+            | StoreError::WatermarkMoved { .. } => return false,
         };
-        match e {
-            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
-            sqlx::Error::Database(db) => is_transient_code(&db.code().unwrap_or_default()),
+        match source {
+            sqlx::Error::Database(db) => db
+                .code()
+                .is_some_and(|c| SQLITE_LOCK_CODES.contains(&c.as_ref())),
             _ => false,
         }
     }
 }
 
+/// Whether a driver error is one that goes away by itself. sqlx's enum is not ours (and is
+/// `non_exhaustive`): what is not named here is not transient.
+fn is_transient_sqlx(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Database(db) => is_transient_code(&db.code().unwrap_or_default()),
+        _ => false,
+    }
+}
+
+/// Refuses a database whose applied migrations go past the newest this build knows, before
+/// anything is written to it. `applied`: the versions in `_sqlx_migrations` (none for a new
+/// database).
+pub(crate) fn refuse_newer(
+    applied: &[i64],
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<(), StoreError> {
+    let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+    match applied.iter().copied().max() {
+        Some(found) if found > known => Err(StoreError::NewerSchema { found, known }),
+        Some(_) | None => Ok(()),
+    }
+}
+
+/// How a database's schema stands against this build, as `status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SchemaState {
+    /// The newest migration applied (`None`: none yet).
+    pub applied: Option<i64>,
+    /// The newest migration this build has.
+    pub known: i64,
+    /// This build's migrations not applied yet.
+    pub pending: usize,
+}
+
+impl SchemaState {
+    pub(crate) fn of(applied: &[i64], migrator: &sqlx::migrate::Migrator) -> SchemaState {
+        SchemaState {
+            applied: applied.iter().copied().max(),
+            known: migrator.iter().map(|m| m.version).max().unwrap_or(0),
+            pending: migrator
+                .iter()
+                .filter(|m| !applied.contains(&m.version))
+                .count(),
+        }
+    }
+
+    /// Whether a newer build wrote the database.
+    pub fn newer(&self) -> bool {
+        self.applied.is_some_and(|a| a > self.known)
+    }
+}
+
+/// SQLite's "another connection holds the lock": SQLITE_BUSY (5) and SQLITE_LOCKED (6), and
+/// their extended codes (BUSY_RECOVERY 261, LOCKED_SHAREDCACHE 262, BUSY_SNAPSHOT 517,
+/// BUSY_TIMEOUT 773).
+const SQLITE_LOCK_CODES: &[&str] = &["5", "6", "261", "262", "517", "773"];
+
 /// Database error codes worth another attempt.
 fn is_transient_code(code: &str) -> bool {
-    // SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6), with or without extended codes.
-    matches!(code, "5" | "6" | "517" | "262")
+    SQLITE_LOCK_CODES.contains(&code)
         // PostgreSQL: class 08 (connection exception); admin shutdown, crash shutdown, cannot
         // connect now (57P01-03: a restart or pg_terminate_backend); serialization failure and
         // deadlock (40001, 40P01: the transaction was rolled back and may simply be repeated);
@@ -290,8 +398,13 @@ pub trait Store: Send + Sync {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
 
-    /// Applies the pending migrations.
+    /// Applies the pending migrations, after refusing ([`StoreError::NewerSchema`]) a database
+    /// that a newer build migrated further, before anything is written.
     async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// How the database's schema stands against this build; reads only (a database not made
+    /// yet has applied nothing).
+    async fn schema_state(&self) -> Result<SchemaState, StoreError>;
 
     /// Opens the transaction one document is applied in; `doc` says what its elements mean.
     async fn begin(
@@ -509,21 +622,39 @@ pub fn check_schema(backend: Backend, schema: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Opens the database a URL names; `schema` places PostgreSQL's tables in a named schema (empty:
-/// the connection's default, normally `public`); `file_mode` is the permission bits of a SQLite
-/// file created here. Migrations are not run.
-pub async fn connect(
-    url: &str,
-    schema: &str,
-    file_mode: u32,
-) -> Result<Arc<dyn Store>, StoreError> {
+/// How to open a database, beside its URL.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectOptions<'a> {
+    /// PostgreSQL: the schema the tables live in (empty: the connection's default, normally
+    /// `public`).
+    pub schema: &'a str,
+    /// SQLite: the permission bits of a file created here.
+    pub file_mode: u32,
+    /// SQLite: how long a statement waits for another process's lock before it fails.
+    pub busy_timeout: std::time::Duration,
+}
+
+impl Default for ConnectOptions<'_> {
+    fn default() -> Self {
+        ConnectOptions {
+            schema: "",
+            file_mode: sqlite::DEFAULT_FILE_MODE,
+            busy_timeout: sqlite::DEFAULT_BUSY_TIMEOUT,
+        }
+    }
+}
+
+/// Opens the database a URL names. Migrations are not run.
+pub async fn connect(url: &str, options: ConnectOptions<'_>) -> Result<Arc<dyn Store>, StoreError> {
     let Some(backend) = Backend::of_url(url) else {
         return Err(StoreError::UnsupportedUrl(redact_url(url)));
     };
-    check_schema(backend, schema)?;
+    check_schema(backend, options.schema)?;
     Ok(match backend {
-        Backend::Sqlite => Arc::new(SqliteStore::connect_with_mode(url, file_mode).await?),
-        Backend::Postgres => Arc::new(PostgresStore::connect(url, schema).await?),
+        Backend::Sqlite => {
+            Arc::new(SqliteStore::connect_with(url, options.file_mode, options.busy_timeout).await?)
+        }
+        Backend::Postgres => Arc::new(PostgresStore::connect(url, options.schema).await?),
     })
 }
 

@@ -77,6 +77,16 @@ impl SqliteStore {
     /// (SQLite gives its `-wal` and `-shm` files the database file's mode). An existing file
     /// keeps the mode it has.
     pub async fn connect_with_mode(url: &str, file_mode: u32) -> Result<Self, StoreError> {
+        Self::connect_with(url, file_mode, DEFAULT_BUSY_TIMEOUT).await
+    }
+
+    /// As [`SqliteStore::connect_with_mode`], with how long a statement waits for another
+    /// process's lock before it fails with `SQLITE_BUSY`.
+    pub async fn connect_with(
+        url: &str,
+        file_mode: u32,
+        busy_timeout: Duration,
+    ) -> Result<Self, StoreError> {
         let connect_err = |source| StoreError::Connect {
             url: redact_url(url),
             source,
@@ -89,7 +99,7 @@ impl SqliteStore {
             // a lost commit is re-read from the unchanged watermark.
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(30))
+            .busy_timeout(busy_timeout)
             // Checkpoint every 64 MiB of WAL rather than 4 MiB: a day's window marks a few
             // thousand rows all over provomrade as synced, and the default checkpointed every
             // few windows, writing the same pages back again and again (measured: 10 % off a
@@ -101,6 +111,16 @@ impl SqliteStore {
         })?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // A connection whose transaction is still open when it comes back is closed, not
+            // reused. A COMMIT that fails with SQLITE_FULL makes SQLite roll the transaction
+            // back by itself; sqlx's ROLLBACK on drop then fails and its count of open
+            // transactions stays at one, so every later `begin` on that connection would fail
+            // ("non-zero transaction depth") and a daemon on a disk that was full would never
+            // write again, whatever room it got. (A rollback on drop still in flight also closes
+            // the connection: a reconnect is cheap, and such drops are failed windows.)
+            .after_release(|conn, _| {
+                Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
+            })
             .connect_with(options)
             .await
             .map_err(connect_err)?;
@@ -110,11 +130,35 @@ impl SqliteStore {
         })
     }
 
+    /// The migrations applied to the file (none when it is new); reads only, so it needs no
+    /// write lock.
+    async fn applied_migrations(&self) -> Result<Vec<i64>, StoreError> {
+        let context = "reading the applied migrations";
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(query_err(context))?;
+        if !exists {
+            return Ok(Vec::new());
+        }
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err(context))
+    }
+
     /// The pool, for read-only queries in tests and reports.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 }
+
+/// How long a statement waits for another process's lock unless `database.busy_timeout` says
+/// otherwise: longer than any of our own transactions holds it, short enough that a window
+/// meeting a long backup fails and is retried after the daemon's back-off.
+pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Who may read a database file nprov-sync creates, unless `database.file_mode` says otherwise:
 /// it holds pupils' results, so its owner only.
@@ -149,6 +193,8 @@ impl Store for SqliteStore {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
+        // Before anything is written: a file a newer build migrated is left as it is.
+        super::refuse_newer(&self.applied_migrations().await?, &MIGRATOR)?;
         MIGRATOR.run(&self.pool).await?;
         // The data contract, rewritten whole: a changed description reaches an existing file.
         let mut tx = self
@@ -179,6 +225,13 @@ impl Store for SqliteStore {
             .await
             .map_err(query_err("writing the data contract"))?;
         Ok(())
+    }
+
+    async fn schema_state(&self) -> Result<super::SchemaState, StoreError> {
+        Ok(super::SchemaState::of(
+            &self.applied_migrations().await?,
+            &MIGRATOR,
+        ))
     }
 
     async fn prune(
