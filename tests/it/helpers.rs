@@ -268,6 +268,41 @@ impl Backend {
         }
     }
 
+    /// A fresh database with no migration applied yet (a PostgreSQL schema that exists and is
+    /// empty), for tests of upgrades.
+    pub async fn empty(self) -> Db {
+        match self {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("test.db").display());
+                let store = SqliteStore::connect(&url).await.expect("open sqlite");
+                Db {
+                    pool: Pool::Sqlite(store.pool().clone()),
+                    store: Box::new(store),
+                    _guard: Guard::Dir(dir),
+                }
+            }
+            Backend::Postgres => {
+                let schema = format!("t_{:016x}", rand::random::<u64>());
+                let guard = SchemaGuard {
+                    url: postgres_url(),
+                    app: format!("nprov-test-{schema}"),
+                    schema,
+                };
+                let store = guard.connect("").await;
+                sqlx::query(&format!("CREATE SCHEMA \"{}\"", guard.schema))
+                    .execute(store.pool())
+                    .await
+                    .expect("create schema");
+                Db {
+                    pool: Pool::Postgres(store.pool().clone()),
+                    store: Box::new(store),
+                    _guard: Guard::Schema(guard),
+                }
+            }
+        }
+    }
+
     /// A fresh, migrated database: a SQLite file in a temporary directory, or a PostgreSQL
     /// schema of its own; either is removed when the [`Db`] is dropped.
     pub async fn fresh(self) -> Db {
@@ -350,7 +385,7 @@ pub struct Db {
 }
 
 enum Guard {
-    Dir(#[allow(dead_code)] tempfile::TempDir),
+    Dir(tempfile::TempDir),
     Schema(SchemaGuard),
 }
 
@@ -462,6 +497,38 @@ impl Db {
         match &self._guard {
             Guard::Schema(g) => g,
             Guard::Dir(_) => panic!("a PostgreSQL test got a SQLite database"),
+        }
+    }
+
+    /// Runs a migrator of the test's own (an older build's migrations) on this database.
+    pub async fn run_migrator(&self, migrator: &sqlx::migrate::Migrator) {
+        match &self.pool {
+            Pool::Sqlite(p) => migrator.run(p).await.expect("older migrations"),
+            Pool::Postgres(p) => migrator.run(p).await.expect("older migrations"),
+        }
+    }
+
+    /// Which backend this is.
+    pub fn backend(&self) -> Backend {
+        match self.pool {
+            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// The URL a command line reaches this database at (with `schema_or_empty()`).
+    pub fn url(&self) -> String {
+        match &self._guard {
+            Guard::Dir(dir) => format!("sqlite://{}", dir.path().join("test.db").display()),
+            Guard::Schema(_) => postgres_url(),
+        }
+    }
+
+    /// The PostgreSQL schema, or nothing for SQLite.
+    pub fn schema_or_empty(&self) -> &str {
+        match &self._guard {
+            Guard::Dir(_) => "",
+            Guard::Schema(g) => &g.schema,
         }
     }
 

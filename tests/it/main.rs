@@ -1,5 +1,6 @@
 //! One integration test binary (faster to link than one per file).
 
+mod bodies;
 mod cli;
 mod corpus;
 mod daemon;
@@ -12,6 +13,7 @@ mod postgres;
 mod roundtrip;
 mod simulated;
 mod source;
+mod storage;
 mod store;
 mod sync;
 mod vendor;

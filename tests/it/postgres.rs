@@ -422,10 +422,16 @@ async fn an_unreachable_server_is_a_transient_error_without_the_password() {
         "{text}"
     );
     assert!(e.is_transient(), "{e:?}");
-    let e = nprov_sync::store::connect("postgres://127.0.0.1:1/wh", "Bad-Name", 0o600)
-        .await
-        .err()
-        .expect("not an identifier");
+    let e = nprov_sync::store::connect(
+        "postgres://127.0.0.1:1/wh",
+        nprov_sync::store::ConnectOptions {
+            schema: "Bad-Name",
+            ..Default::default()
+        },
+    )
+    .await
+    .err()
+    .expect("not an identifier");
     assert!(matches!(e, StoreError::InvalidSchema { .. }), "{e}");
 }
 

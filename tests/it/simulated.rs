@@ -163,7 +163,7 @@ fn source_timed(
 
 /// The platform's current state imported as one document into a fresh database: what a correct
 /// sync must equal.
-async fn reference(platform: &Platform, now: DateTime<Utc>) -> Vec<String> {
+pub(crate) async fn reference(platform: &Platform, now: DateTime<Utc>) -> Vec<String> {
     let db = fresh_sqlite().await;
     let xml = render_to_string(
         newest(),
