@@ -228,7 +228,8 @@ pub fn after_document(e: &DocumentError) -> Next {
         DocumentError::Io { source, .. } => match source.kind() {
             // The body stalled (read_timeout) or took too long (request_timeout).
             std::io::ErrorKind::TimedOut => Next::Split,
-            // The connection broke while the body streamed in.
+            // The connection broke while the body streamed in (reqwest's error, wrapped). The
+            // kind is std's `non_exhaustive` enum: only a timeout changes the decision.
             _ => Next::RetryBody,
         },
         DocumentError::Limit { limit, .. } => match limit {

@@ -61,20 +61,12 @@ pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, Failure> 
 /// refused, as every command refuses it.
 pub async fn open_for_reading(settings: &Settings) -> Result<Arc<dyn Store>, Failure> {
     let store = connect_store(settings).await?;
-    let refusal = match store.schema_state().await {
-        Ok(schema) if schema.newer() => Some(Failure::from(StoreError::NewerSchema {
-            found: schema.applied.unwrap_or_default(),
-            known: schema.known,
-        })),
-        Ok(_) => None,
-        Err(e) => Some(e.into()),
-    };
-    match refusal {
-        Some(f) => {
+    match store.schema_state().await.and_then(|s| s.check()) {
+        Ok(()) => Ok(store),
+        Err(e) => {
             store.close().await;
-            Err(f)
+            Err(e.into())
         }
-        None => Ok(store),
     }
 }
 

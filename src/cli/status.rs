@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use super::failure::{io_failure, Failure};
 use crate::config::Settings;
 use crate::daemon::{not_ready, Role, SourceSnapshot};
-use crate::store::{RunRow, SchemaState, Store, StoreError, TableCounts};
+use crate::store::{RunRow, SchemaState, Store, TableCounts};
 
 /// What `status` reports. Serialized as `status --json` prints it; the field order is the JSON's.
 #[derive(serde::Serialize)]
@@ -93,14 +93,8 @@ async fn snapshot(
     let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
     let runtime = |e: crate::store::StoreError| Failure::Runtime(e.into());
     let schema = store.schema_state().await.map_err(runtime)?;
-    if schema.newer() {
-        // Its tables may not mean what this build reads them as: refused like everywhere else.
-        return Err(StoreError::NewerSchema {
-            found: schema.applied.unwrap_or_default(),
-            known: schema.known,
-        }
-        .into());
-    }
+    // Its tables may not mean what this build reads them as: refused like everywhere else.
+    schema.check()?;
     let mut names: Vec<String> = settings.source.iter().map(|s| s.name.clone()).collect();
     for known in store.known_sources().await.map_err(runtime)? {
         if !names.contains(&known) {

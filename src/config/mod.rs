@@ -126,7 +126,8 @@ impl Default for DatabaseSettings {
             migrate_on_start: true,
             file_mode: format!("{:04o}", crate::store::sqlite::DEFAULT_FILE_MODE),
             reader_role: String::new(),
-            busy_timeout: "30s".into(),
+            busy_timeout: humantime::format_duration(crate::store::sqlite::DEFAULT_BUSY_TIMEOUT)
+                .to_string(),
         }
     }
 }

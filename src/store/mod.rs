@@ -109,20 +109,19 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether trying again later may help (a lost connection, a busy or locked database, a
-    /// server that is restarting), as opposed to a fault in the data, the schema or the
-    /// configuration.
-    pub fn is_transient(&self) -> bool {
+    /// The driver's error under this one, when there is one (a connection, a query, or a
+    /// migration's statement).
+    fn driver_error(&self) -> Option<&sqlx::Error> {
         match self {
-            StoreError::Connect { source, .. } | StoreError::Query { source, .. } => {
-                is_transient_sqlx(source)
-            }
+            StoreError::Connect { source, .. } | StoreError::Query { source, .. } => Some(source),
             // Migrations take the database's write lock (SQLite) or their advisory lock
-            // (PostgreSQL), and a lost connection can interrupt them like any query.
+            // (PostgreSQL), and a lost connection can interrupt them like any query. sqlx's
+            // MigrateError is not ours (and is `non_exhaustive`): its other variants are about
+            // the migrations themselves, not the database's state.
             StoreError::Migrate(m) => match m {
                 sqlx::migrate::MigrateError::Execute(e)
-                | sqlx::migrate::MigrateError::ExecuteMigration(e, _) => is_transient_sqlx(e),
-                _ => false,
+                | sqlx::migrate::MigrateError::ExecuteMigration(e, _) => Some(e),
+                _ => None,
             },
             StoreError::UnsupportedUrl(_)
             | StoreError::InvalidSchema { .. }
@@ -131,38 +130,25 @@ impl StoreError {
             | StoreError::Refused(_)
             | StoreError::Document(_)
             | StoreError::Cancelled
-            | StoreError::WatermarkMoved { .. } => false,
+            | StoreError::WatermarkMoved { .. } => None,
         }
     }
-}
 
-impl StoreError {
+    /// Whether trying again later may help (a lost connection, a busy or locked database, a
+    /// server that is restarting), as opposed to a fault in the data, the schema or the
+    /// configuration.
+    pub fn is_transient(&self) -> bool {
+        self.driver_error().is_some_and(is_transient_sqlx)
+    }
+
     /// Whether another process holds the lock this one needs (SQLite's `SQLITE_BUSY` and
     /// `SQLITE_LOCKED`, after the busy timeout): transient, and what a backup or an open write
     /// transaction causes.
     pub fn is_locked(&self) -> bool {
-        let source = match self {
-            StoreError::Connect { source, .. } | StoreError::Query { source, .. } => source,
-            StoreError::Migrate(
-                sqlx::migrate::MigrateError::Execute(source)
-                | sqlx::migrate::MigrateError::ExecuteMigration(source, _),
-            ) => source,
-            StoreError::UnsupportedUrl(_)
-            | StoreError::InvalidSchema { .. }
-            | StoreError::Migrate(_)
-            | StoreError::NewerSchema { .. }
-            | StoreError::Corrupt(_)
-            | StoreError::Refused(_)
-            | StoreError::Document(_)
-            | StoreError::Cancelled
-            | StoreError::WatermarkMoved { .. } => return false,
-        };
-        match source {
-            sqlx::Error::Database(db) => db
-                .code()
-                .is_some_and(|c| SQLITE_LOCK_CODES.contains(&c.as_ref())),
-            _ => false,
-        }
+        self.driver_error()
+            .and_then(|e| e.as_database_error())
+            .and_then(|db| db.code())
+            .is_some_and(|c| SQLITE_LOCK_CODES.contains(&c.as_ref()))
     }
 }
 
@@ -176,19 +162,9 @@ fn is_transient_sqlx(e: &sqlx::Error) -> bool {
     }
 }
 
-/// Refuses a database whose applied migrations go past the newest this build knows, before
-/// anything is written to it. `applied`: the versions in `_sqlx_migrations` (none for a new
-/// database).
-pub(crate) fn refuse_newer(
-    applied: &[i64],
-    migrator: &sqlx::migrate::Migrator,
-) -> Result<(), StoreError> {
-    let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
-    match applied.iter().copied().max() {
-        Some(found) if found > known => Err(StoreError::NewerSchema { found, known }),
-        Some(_) | None => Ok(()),
-    }
-}
+/// The versions sqlx recorded as applied, oldest first; the same table on both backends.
+pub(crate) const APPLIED_VERSIONS_SQL: &str =
+    "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version";
 
 /// How a database's schema stands against this build, as `status` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -216,6 +192,21 @@ impl SchemaState {
     /// Whether a newer build wrote the database.
     pub fn newer(&self) -> bool {
         self.applied.is_some_and(|a| a > self.known)
+    }
+
+    /// Refuses a database whose applied migrations go past the newest this build knows: every
+    /// command checks this before it writes (migrations) or reads (status, source list).
+    ///
+    /// # Errors
+    /// [`StoreError::NewerSchema`], naming both versions.
+    pub fn check(&self) -> Result<(), StoreError> {
+        match self.applied {
+            Some(found) if found > self.known => Err(StoreError::NewerSchema {
+                found,
+                known: self.known,
+            }),
+            Some(_) | None => Ok(()),
+        }
     }
 }
 
@@ -402,9 +393,20 @@ pub trait Store: Send + Sync {
     /// that a newer build migrated further, before anything is written.
     async fn migrate(&self) -> Result<(), StoreError>;
 
-    /// How the database's schema stands against this build; reads only (a database not made
-    /// yet has applied nothing).
-    async fn schema_state(&self) -> Result<SchemaState, StoreError>;
+    /// The migrations applied to the database (none when it is new); reads only, so it needs
+    /// no write lock and creates nothing.
+    async fn applied_migrations(&self) -> Result<Vec<i64>, StoreError>;
+
+    /// This build's migrations for the backend.
+    fn migrator(&self) -> &'static sqlx::migrate::Migrator;
+
+    /// How the database's schema stands against this build; reads only.
+    async fn schema_state(&self) -> Result<SchemaState, StoreError> {
+        Ok(SchemaState::of(
+            &self.applied_migrations().await?,
+            self.migrator(),
+        ))
+    }
 
     /// Opens the transaction one document is applied in; `doc` says what its elements mean.
     async fn begin(

@@ -174,23 +174,6 @@ impl PostgresStore {
 
     /// Creates the configured schema if it does not exist. Checked first, so that a role that
     /// may not create schemas can still use one prepared for it.
-    /// The migrations applied to the schema (none when it or its `_sqlx_migrations` does not
-    /// exist yet); reads only.
-    async fn applied_migrations(&self) -> Result<Vec<i64>, StoreError> {
-        let context = "reading the applied migrations";
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(query_err(context))?;
-        if !exists {
-            return Ok(Vec::new());
-        }
-        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_err(context))
-    }
-
     async fn ensure_schema(&self) -> Result<(), StoreError> {
         let Some(schema) = &self.schema else {
             return Ok(());
@@ -266,7 +249,7 @@ impl Store for PostgresStore {
 
     async fn migrate(&self) -> Result<(), StoreError> {
         // Before anything is created: a schema a newer build migrated is left as it is.
-        super::refuse_newer(&self.applied_migrations().await?, &MIGRATOR)?;
+        self.schema_state().await?.check()?;
         self.ensure_schema().await?;
         MIGRATOR.run(&self.pool).await?;
         // The data contract as comments, every time: a changed description reaches an existing
@@ -281,11 +264,23 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn schema_state(&self) -> Result<super::SchemaState, StoreError> {
-        Ok(super::SchemaState::of(
-            &self.applied_migrations().await?,
-            &MIGRATOR,
-        ))
+    async fn applied_migrations(&self) -> Result<Vec<i64>, StoreError> {
+        let context = "reading the applied migrations";
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(query_err(context))?;
+        if !exists {
+            return Ok(Vec::new());
+        }
+        sqlx::query_scalar(super::APPLIED_VERSIONS_SQL)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err(context))
+    }
+
+    fn migrator(&self) -> &'static Migrator {
+        &MIGRATOR
     }
 
     async fn grant_reader(&self, role: &str) -> Result<(), StoreError> {

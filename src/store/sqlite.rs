@@ -130,25 +130,6 @@ impl SqliteStore {
         })
     }
 
-    /// The migrations applied to the file (none when it is new); reads only, so it needs no
-    /// write lock.
-    async fn applied_migrations(&self) -> Result<Vec<i64>, StoreError> {
-        let context = "reading the applied migrations";
-        let exists: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .map_err(query_err(context))?;
-        if !exists {
-            return Ok(Vec::new());
-        }
-        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_err(context))
-    }
-
     /// The pool, for read-only queries in tests and reports.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
@@ -194,7 +175,7 @@ impl Store for SqliteStore {
 
     async fn migrate(&self) -> Result<(), StoreError> {
         // Before anything is written: a file a newer build migrated is left as it is.
-        super::refuse_newer(&self.applied_migrations().await?, &MIGRATOR)?;
+        self.schema_state().await?.check()?;
         MIGRATOR.run(&self.pool).await?;
         // The data contract, rewritten whole: a changed description reaches an existing file.
         let mut tx = self
@@ -227,11 +208,25 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn schema_state(&self) -> Result<super::SchemaState, StoreError> {
-        Ok(super::SchemaState::of(
-            &self.applied_migrations().await?,
-            &MIGRATOR,
-        ))
+    async fn applied_migrations(&self) -> Result<Vec<i64>, StoreError> {
+        let context = "reading the applied migrations";
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(query_err(context))?;
+        if !exists {
+            return Ok(Vec::new());
+        }
+        sqlx::query_scalar(super::APPLIED_VERSIONS_SQL)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err(context))
+    }
+
+    fn migrator(&self) -> &'static Migrator {
+        &MIGRATOR
     }
 
     async fn prune(
