@@ -116,6 +116,33 @@ async fn raw_server(script: impl Fn(usize) -> Reply + Send + Sync + 'static) -> 
     }
 }
 
+/// The window every test here reads.
+fn the_window() -> nprov_sync::window::Window {
+    window("2026-01-10T00:00:00Z", "2026-01-10T06:00:00Z")
+}
+
+/// Syncs [`the_window`] from `server` into a fresh database (as a backfill: no watermark
+/// bookkeeping to set up): the database and what the engine returned.
+async fn sync_from(
+    backend: Backend,
+    server: &RawServer,
+) -> (
+    Db,
+    Result<Vec<nprov_sync::sync::WindowReport>, nprov_sync::sync::SyncError>,
+) {
+    let db = backend.fresh().await;
+    let source = crate::sync::source(&server.url, 6);
+    let result = sync_window(
+        db.store.as_ref(),
+        &source,
+        the_window(),
+        RunKind::Backfill,
+        None,
+    )
+    .await;
+    (db, result)
+}
+
 /// The document of step `k`: one pupil whose id, school form and results hold multi-byte
 /// characters and entity references (`&amp;`, `&lt;`), so that cuts fall inside both.
 fn document(k: usize) -> String {
@@ -170,7 +197,7 @@ async fn every_cut_is_retried(backend: Backend, frame: fn(usize) -> Frame) {
     .await;
     let db = backend.fresh().await;
     let source = crate::sync::source(&server.url, 6);
-    let w = window("2026-01-10T00:00:00Z", "2026-01-10T06:00:00Z");
+    let w = the_window();
     // Offsets past a digit boundary of k shift by a byte; every step stays within its own
     // document, which is at least `len` bytes long.
     for k in 0..len {
@@ -269,12 +296,8 @@ async fn every_kind_of_malformed_body_is_fetched_again(backend: Backend) {
             }
         })
         .await;
-        let db = backend.fresh().await;
-        let source = crate::sync::source(&server.url, 6);
-        let w = window("2026-01-10T00:00:00Z", "2026-01-10T06:00:00Z");
-        sync_window(db.store.as_ref(), &source, w, RunKind::Backfill, None)
-            .await
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (db, result) = sync_from(backend, &server).await;
+        result.unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(calls.load(Ordering::SeqCst), 2, "{name}");
         assert_eq!(db.dump().await, reference(backend, 1).await, "{name}");
     }
@@ -292,12 +315,8 @@ async fn a_body_always_cut_fails_saying_it_was_truncated(backend: Backend) {
         frame: Frame::Declared(full),
     })
     .await;
-    let db = backend.fresh().await;
-    let source = crate::sync::source(&server.url, 6);
-    let w = window("2026-01-10T00:00:00Z", "2026-01-10T06:00:00Z");
-    let e = sync_window(db.store.as_ref(), &source, w, RunKind::Backfill, None)
-        .await
-        .expect_err("always cut");
+    let (db, result) = sync_from(backend, &server).await;
+    let e = result.expect_err("always cut");
     let text = e.to_string();
     assert!(text.contains("body truncated"), "{text}");
     assert!(
@@ -331,12 +350,8 @@ async fn a_body_wrong_by_its_content_is_not_fetched_again(backend: Backend) {
         frame: Frame::Honest,
     })
     .await;
-    let db = backend.fresh().await;
-    let source = crate::sync::source(&server.url, 6);
-    let w = window("2026-01-10T00:00:00Z", "2026-01-10T06:00:00Z");
-    let e = sync_window(db.store.as_ref(), &source, w, RunKind::Backfill, None)
-        .await
-        .expect_err("refused");
+    let (_db, result) = sync_from(backend, &server).await;
+    let e = result.expect_err("refused");
     assert!(e.to_string().contains("unsupported encoding"), "{e}");
     assert_eq!(server.requests.load(Ordering::SeqCst), 1);
 }

@@ -306,34 +306,9 @@ impl Backend {
     /// A fresh, migrated database: a SQLite file in a temporary directory, or a PostgreSQL
     /// schema of its own; either is removed when the [`Db`] is dropped.
     pub async fn fresh(self) -> Db {
-        match self {
-            Backend::Sqlite => {
-                let dir = tempfile::tempdir().expect("temp dir");
-                let url = format!("sqlite://{}", dir.path().join("test.db").display());
-                let store = SqliteStore::connect(&url).await.expect("open sqlite");
-                store.migrate().await.expect("migrate");
-                Db {
-                    pool: Pool::Sqlite(store.pool().clone()),
-                    store: Box::new(store),
-                    _guard: Guard::Dir(dir),
-                }
-            }
-            Backend::Postgres => {
-                let schema = format!("t_{:016x}", rand::random::<u64>());
-                let guard = SchemaGuard {
-                    url: postgres_url(),
-                    app: format!("nprov-test-{schema}"),
-                    schema,
-                };
-                let store = guard.connect("").await;
-                store.migrate().await.expect("migrate postgres");
-                Db {
-                    pool: Pool::Postgres(store.pool().clone()),
-                    store: Box::new(store),
-                    _guard: Guard::Schema(guard),
-                }
-            }
-        }
+        let db = self.empty().await;
+        db.store.migrate().await.expect("migrate");
+        db
     }
 }
 
@@ -780,4 +755,49 @@ pub fn pki(ca_name: &str) -> Pki {
         client_cert,
         client_key,
     }
+}
+
+// ---- A `run` child and its metrics listener ---------------------------------------------------
+
+/// A loopback port nothing listens on (yet).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// `/readyz` of a daemon's listener: status and body, or `None` while nothing answers.
+pub async fn readyz(port: u16) -> Option<(u16, String)> {
+    let r = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+        .await
+        .ok()?;
+    let status = r.status().as_u16();
+    Some((status, r.text().await.unwrap_or_default()))
+}
+
+/// `/metrics` of a daemon's listener (empty while nothing answers).
+pub async fn metrics(port: u16) -> String {
+    match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Stops a `run` child with SIGTERM and returns its log, after checking it exited cleanly.
+pub async fn stop_run(child: tokio::process::Child) -> String {
+    let pid = child.id().expect("pid").to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("it stops")
+        .expect("output");
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{:?}\n{log}", out.status);
+    log
 }

@@ -451,13 +451,6 @@ async fn the_service_waits_for_a_database_that_comes_up_after_it_starts() {
         real.host_str().expect("host"),
         real.port().unwrap_or(5432)
     );
-    let free_port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port()
-    };
     let (db_port, metrics_port) = (free_port(), free_port());
     let mut via_proxy = real.clone();
     via_proxy.set_host(Some("127.0.0.1")).expect("host");
@@ -480,17 +473,10 @@ async fn the_service_waits_for_a_database_that_comes_up_after_it_starts() {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn");
-    let readyz = || async {
-        let r = reqwest::get(format!("http://127.0.0.1:{metrics_port}/readyz"))
-            .await
-            .ok()?;
-        let status = r.status().as_u16();
-        Some((status, r.text().await.unwrap_or_default()))
-    };
     // Waiting: 503, naming the database.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        if let Some((503, body)) = readyz().await {
+        if let Some((503, body)) = readyz(metrics_port).await {
             assert!(body.contains("waiting for the database"), "{body}");
             break;
         }
@@ -516,7 +502,7 @@ async fn the_service_waits_for_a_database_that_comes_up_after_it_starts() {
     });
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        if let Some((200, _)) = readyz().await {
+        if let Some((200, _)) = readyz(metrics_port).await {
             break;
         }
         assert!(
@@ -525,18 +511,7 @@ async fn the_service_waits_for_a_database_that_comes_up_after_it_starts() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    let pid = child.id().expect("pid").to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill")
-        .success());
-    let out = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("it stops")
-        .expect("output");
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{:?}\n{log}", out.status);
+    let log = stop_run(child).await;
     assert!(
         log.contains("the database does not answer yet; waiting"),
         "{log}"

@@ -6,26 +6,17 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+const OK_WINDOWS: &str = r#"nprov_sync_windows_total{kind="sync",outcome="ok",source="default"}"#;
+const FAILED_WINDOWS: &str =
+    r#"nprov_sync_windows_total{kind="sync",outcome="failed",source="default"}"#;
 
-async fn readyz(port: u16) -> Option<(u16, String)> {
-    let r = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
-        .await
-        .ok()?;
-    let status = r.status().as_u16();
-    Some((status, r.text().await.unwrap_or_default()))
-}
-
-async fn metrics(port: u16) -> String {
-    match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
-        Ok(r) => r.text().await.unwrap_or_default(),
-        Err(_) => String::new(),
+/// Waits until the daemon on `port` exports `series` at `at_least` or more; fails the test with
+/// `what` after `limit`.
+async fn wait_for_series(port: u16, series: &str, at_least: f64, limit: Duration, what: &str) {
+    let deadline = Instant::now() + limit;
+    while crate::daemon::value(&metrics(port).await, series) < at_least {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -129,70 +120,39 @@ async fn a_locked_sqlite_at_start_is_waited_for_and_a_lock_during_operation_fail
         "exited while the lock was held"
     );
     drop(lock);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let m = metrics(port).await;
-        if crate::daemon::value(
-            &m,
-            r#"nprov_sync_windows_total{kind="sync",outcome="ok",source="default"}"#,
-        ) >= 1.0
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no window after the lock went");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_series(
+        port,
+        OK_WINDOWS,
+        1.0,
+        Duration::from_secs(60),
+        "no window after the lock went",
+    )
+    .await;
     // During operation: a lock held for a few runs fails those windows, not the process.
     let lock = WriteLock::take(&db);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let m = metrics(port).await;
-        if crate::daemon::value(
-            &m,
-            r#"nprov_sync_windows_total{kind="sync",outcome="failed",source="default"}"#,
-        ) >= 1.0
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no failed window under the lock");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_series(
+        port,
+        FAILED_WINDOWS,
+        1.0,
+        Duration::from_secs(30),
+        "no failed window under the lock",
+    )
+    .await;
     assert!(
         child.try_wait().expect("wait").is_none(),
         "exited under the lock"
     );
     drop(lock);
-    let failed_before = crate::daemon::value(
-        &metrics(port).await,
-        r#"nprov_sync_windows_total{kind="sync",outcome="ok",source="default"}"#,
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ok = crate::daemon::value(
-            &metrics(port).await,
-            r#"nprov_sync_windows_total{kind="sync",outcome="ok",source="default"}"#,
-        );
-        if ok > failed_before {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no window after the second lock went"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let pid = child.id().expect("pid").to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill")
-        .success());
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("it stops")
-        .expect("output");
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{:?}\n{log}", out.status);
+    let ok_before = crate::daemon::value(&metrics(port).await, OK_WINDOWS);
+    wait_for_series(
+        port,
+        OK_WINDOWS,
+        ok_before + 1.0,
+        Duration::from_secs(30),
+        "no window after the second lock went",
+    )
+    .await;
+    let log = stop_run(child).await;
     assert!(
         log.contains("the database is locked by another process"),
         "{log}"
@@ -449,15 +409,14 @@ async fn a_full_disk_fails_a_sync_at_once_and_the_daemon_catches_up_once_there_i
         .kill_on_drop(true)
         .spawn()
         .expect("spawn");
-    let failed = r#"nprov_sync_windows_total{kind="sync",outcome="failed",source="default"}"#;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while crate::daemon::value(&metrics(port).await, failed) < 2.0 {
-        assert!(
-            Instant::now() < deadline,
-            "no failed windows on a full disk"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_series(
+        port,
+        FAILED_WINDOWS,
+        2.0,
+        Duration::from_secs(60),
+        "no failed windows on a full disk",
+    )
+    .await;
     assert!(
         child.try_wait().expect("wait").is_none(),
         "exited on a full disk"
@@ -487,21 +446,7 @@ async fn a_full_disk_fails_a_sync_at_once_and_the_daemon_catches_up_once_there_i
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let pid = child.id().expect("pid").to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill")
-        .success());
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("it stops")
-        .expect("output");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    stop_run(child).await;
 }
 
 /// The first generation's migrations (before the replace engine of 2026-12-01), as a migrator
