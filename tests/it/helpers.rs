@@ -785,6 +785,20 @@ pub async fn metrics(port: u16) -> String {
     }
 }
 
+/// `nprov-sync run --config CFG` as a child: logs at info to a pipe (read by [`stop_run`]),
+/// killed if the test ends first; the database comes from the file alone.
+pub fn spawn_run(cfg: &std::path::Path) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_nprov-sync"))
+        .args(["run", "--config", cfg.to_str().expect("path")])
+        .env_remove("NPROV_DATABASE_URL")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn")
+}
+
 /// Stops a `run` child with SIGTERM and returns its log, after checking it exited cleanly.
 pub async fn stop_run(child: tokio::process::Child) -> String {
     let pid = child.id().expect("pid").to_string();

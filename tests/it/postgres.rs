@@ -465,14 +465,7 @@ async fn the_service_waits_for_a_database_that_comes_up_after_it_starts() {
         ),
     )
     .expect("config");
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nprov-sync"))
-        .args(["run", "--config", cfg.to_str().expect("path")])
-        .env_remove("NPROV_DATABASE_URL")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
+    let child = spawn_run(&cfg);
     // Waiting: 503, naming the database.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {

@@ -93,15 +93,7 @@ async fn a_locked_sqlite_at_start_is_waited_for_and_a_lock_during_operation_fail
     )
     .expect("config");
     let lock = WriteLock::take(&db);
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nprov-sync"))
-        .args(["run", "--config", cfg.to_str().expect("path")])
-        .env_remove("NPROV_DATABASE_URL")
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
+    let mut child = spawn_run(&cfg);
     // Waiting: 503 naming the lock, and still running well past one busy timeout.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -401,14 +393,7 @@ async fn a_full_disk_fails_a_sync_at_once_and_the_daemon_catches_up_once_there_i
         assert_eq!(check, "ok");
     }
     // The daemon on the same full disk.
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nprov-sync"))
-        .args(["run", "--config", cfg.to_str().expect("path")])
-        .env_remove("NPROV_DATABASE_URL")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
+    let mut child = spawn_run(&cfg);
     wait_for_series(
         port,
         FAILED_WINDOWS,
@@ -526,29 +511,17 @@ async fn a_first_generation_database_is_upgraded_with_its_history_kept(backend: 
         vec!["sync 2026-01-05T00:00..2026-01-05T12:00 ok 1".to_string()]
     );
     // And the mirror goes on: a document replaces the old pupil's set and adds a new one.
-    import_at(
-        db.store.as_ref(),
-        "default",
-        &doc(&[
-            kurs("e-old", "MATMAT01a", "GY", vec![pt("2026-01-10", "A", &[])]),
-            kurs("e-new", "MATMAT01a", "GY", vec![pt("2026-01-10", "B", &[])]),
-        ]),
-        at(3),
-    )
-    .await
-    .expect("import after the upgrade");
+    let next = doc(&[
+        kurs("e-old", "MATMAT01a", "GY", vec![pt("2026-01-10", "A", &[])]),
+        kurs("e-new", "MATMAT01a", "GY", vec![pt("2026-01-10", "B", &[])]),
+    ]);
+    import_at(db.store.as_ref(), "default", &next, at(3))
+        .await
+        .expect("import after the upgrade");
     let reference = backend.fresh().await;
-    import_at(
-        reference.store.as_ref(),
-        "default",
-        &doc(&[
-            kurs("e-old", "MATMAT01a", "GY", vec![pt("2026-01-10", "A", &[])]),
-            kurs("e-new", "MATMAT01a", "GY", vec![pt("2026-01-10", "B", &[])]),
-        ]),
-        at(3),
-    )
-    .await
-    .expect("reference");
+    import_at(reference.store.as_ref(), "default", &next, at(3))
+        .await
+        .expect("reference");
     assert_eq!(db.dump().await, reference.dump().await);
     let log = db.change_log().await;
     assert_eq!(log.len(), 3, "{log:?}");
