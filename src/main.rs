@@ -1,6 +1,7 @@
 //! The `nprov-sync` binary: parse the command line, set up logging, run, and turn the class of a
-//! failure into the exit code: 1 bad input data, 2 bad configuration or usage, 3 database or
-//! system failure.
+//! failure into the exit code (see `cli::failure`): 1 bad input data, 2 bad configuration or
+//! usage (a database newer than this build included), 3 database or system failure, 4 a source
+//! not ready (`status`).
 
 use std::process::ExitCode;
 

@@ -21,7 +21,7 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::store::RunKind;
+use crate::store::{RunKind, RunOutcome};
 
 /// Every metric family the daemon exports, process metrics included (on Linux). The process
 /// collector also exports `process_virtual_memory_max_bytes`, but only where a memory limit is
@@ -643,12 +643,12 @@ impl SourceMetrics {
         }
     }
 
-    /// A sync run (a catch-up) ended; `failed` counts towards the back-off.
-    pub fn run_finished(&self, failed: bool) {
-        if failed {
-            self.consecutive_failures.inc();
-        } else {
-            self.consecutive_failures.set(0);
+    /// A sync run (a catch-up) ended; a failed one counts towards the back-off, a good one
+    /// clears the count.
+    pub fn run_finished(&self, outcome: RunOutcome) {
+        match outcome {
+            RunOutcome::Failed => self.consecutive_failures.inc(),
+            RunOutcome::Ok => self.consecutive_failures.set(0),
         }
     }
 

@@ -148,11 +148,8 @@ impl Plan {
         Ok(())
     }
 
-    /// The window starting at `from` (an instant), capped by `max_window` and by now − lag.
-    pub fn window_from(&self, from: DateTime<Utc>, now: DateTime<Utc>) -> Option<Window> {
-        self.window_sized(from, now, self.max_window)
-    }
-
+    /// The window starting at `from` (an instant), `span` long at most (within `max_window`)
+    /// and capped by now − lag.
     fn window_sized(
         &self,
         from: DateTime<Utc>,

@@ -8,7 +8,7 @@ use chrono::Utc;
 
 use super::failure::{io_failure, Failure};
 use crate::config::Settings;
-use crate::store::governance::{Erasure, Removed};
+use crate::store::governance::{Erasure, Mode, Removed};
 use crate::store::{Leadership, Store};
 use crate::window::{earliest_instant, parse_local, API_FORMAT};
 
@@ -23,7 +23,7 @@ pub(crate) async fn prune(
         .map_err(|e| Failure::Config(e.into()))?;
     let cutoffs = retention.cutoffs(Utc::now());
     let pruned = store
-        .prune(&cutoffs, dry_run)
+        .prune(&cutoffs, if dry_run { Mode::DryRun } else { Mode::Apply })
         .await
         .map_err(Failure::from)?;
     let verb = if dry_run { "would prune" } else { "pruned" };
@@ -94,7 +94,7 @@ pub(crate) async fn forget(
         source: args.source,
         reason: args.reason,
         now: Utc::now(),
-        dry_run: !args.yes,
+        mode: Mode::unless_confirmed(args.yes),
     };
     let removed = store.forget(&erasure).await.map_err(Failure::from)?;
     let scope = args
@@ -252,7 +252,9 @@ pub(crate) async fn source_drop(
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
     let lead = exclusive(store, source, "drop").await?;
-    let result = store.drop_source(source, Utc::now(), !yes).await;
+    let result = store
+        .drop_source(source, Utc::now(), Mode::unless_confirmed(yes))
+        .await;
     lead.release().await;
     let removed = result.map_err(Failure::from)?;
     if removed.total() == 0 {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use super::failure::{io_failure, Failure};
-use crate::store::Store;
+use crate::store::{RunOutcome, Store};
 use crate::sync::{SyncError, SyncSource, WindowReport};
 use crate::window::{earliest_instant, latest_instant, parse_local};
 
@@ -263,7 +263,10 @@ pub async fn sync_once_to_textfile(
     for src in &sources {
         result = sync_once(store, std::slice::from_ref(src), until, out).await;
         src.metrics.set_leader(true);
-        src.metrics.run_finished(result.is_err());
+        src.metrics.run_finished(match result {
+            Ok(()) => RunOutcome::Ok,
+            Err(_) => RunOutcome::Failed,
+        });
         if result.is_err() {
             break;
         }

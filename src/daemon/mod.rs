@@ -242,7 +242,7 @@ pub async fn run(store: Arc<dyn Store>, loaded: Loaded, world: World) -> Result<
                 let retention = shared.config.read().expect("config lock").retention;
                 let cutoffs = retention.cutoffs(Utc::now());
                 let wait = tokio::select! {
-                    result = shared.store.prune(&cutoffs, false) => {
+                    result = shared.store.prune(&cutoffs, crate::store::governance::Mode::Apply) => {
                         match result {
                             Ok(pruned) => {
                                 shared.metrics.pruned(&pruned, Utc::now());

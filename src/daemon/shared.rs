@@ -17,7 +17,7 @@ use super::notify::Notifier;
 use super::state::{self, Readiness, Slot, SourceSnapshot, SourceState};
 use crate::config::DaemonConfig;
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreError};
+use crate::store::{RunOutcome, Store, StoreError};
 use crate::sync::{catch_up_until, next_step, Next, SyncError};
 
 /// A database that does not answer a readiness ping in this time is not ready.
@@ -155,14 +155,14 @@ impl Shared {
                  will be read again at the next start"
             ),
             Some(Ok(reports)) => {
-                state.metrics.run_finished(false);
+                state.metrics.run_finished(RunOutcome::Ok);
                 slot.backoff_until = None;
                 if !reports.is_empty() {
                     tracing::info!(source = name, windows = reports.len(), "caught up");
                 }
             }
             Some(Err(e)) => {
-                state.metrics.run_finished(true);
+                state.metrics.run_finished(RunOutcome::Failed);
                 let failures = state
                     .metrics
                     .consecutive_failures()

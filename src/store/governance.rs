@@ -87,6 +87,33 @@ impl Removed {
     }
 }
 
+/// Whether a governance command changes the database or only counts what it would change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Count only: nothing is removed and no audit row is written.
+    DryRun,
+    /// Remove (and audit), in one transaction.
+    Apply,
+}
+
+impl Mode {
+    /// What a command without `--yes` does: count only.
+    pub fn unless_confirmed(yes: bool) -> Mode {
+        if yes {
+            Mode::Apply
+        } else {
+            Mode::DryRun
+        }
+    }
+
+    pub(crate) fn dry_run(self) -> bool {
+        match self {
+            Mode::DryRun => true,
+            Mode::Apply => false,
+        }
+    }
+}
+
 /// Whose rows `forget` removes.
 #[derive(Clone, Copy, Debug)]
 pub struct Erasure<'a> {
@@ -97,8 +124,8 @@ pub struct Erasure<'a> {
     /// Recorded in the audit row (a case number, say); never the id.
     pub reason: Option<&'a str>,
     pub now: DateTime<Utc>,
-    /// Count only; nothing is removed and no audit row written.
-    pub dry_run: bool,
+    /// Count only, or remove.
+    pub mode: Mode,
 }
 
 /// One source as the database knows it.
@@ -182,7 +209,13 @@ fn pruned(counts: [u64; 4]) -> Pruned {
 /// mirror, into `removed`; the same on both backends but for the placeholder.
 macro_rules! drop_source_rows {
     ($tx:ident, $placeholder:literal, $source:ident, $dry_run:ident, $removed:ident) => {
-        for table in ["quarantine", "sync_run", "sync_watermark"] {
+        // Each table with the count it fills: no table name is matched as a string.
+        let tables: [(&str, fn(&mut Removed) -> &mut u64); 3] = [
+            ("quarantine", |r| &mut r.quarantine),
+            ("sync_run", |r| &mut r.sync_run),
+            ("sync_watermark", |r| &mut r.watermark),
+        ];
+        for (table, field) in tables {
             let sql = if $dry_run {
                 format!(
                     "SELECT count(*) FROM {table} WHERE source = {}",
@@ -204,11 +237,7 @@ macro_rules! drop_source_rows {
                     .map_err(query_err("removing a source's rows"))?
                     .rows_affected()
             };
-            match table {
-                "quarantine" => $removed.quarantine = n,
-                "sync_run" => $removed.sync_run = n,
-                _ => $removed.watermark = n,
-            }
+            *field(&mut $removed) = n;
         }
     };
 }
@@ -339,16 +368,16 @@ pub(super) mod sqlite {
             "SELECT id FROM provomrade WHERE elev = ?1 AND (?2 IS NULL OR source = ?2)",
             &binds,
             e.now,
-            e.dry_run,
+            e.mode.dry_run(),
         )
         .await?;
-        let sql = if e.dry_run {
+        let sql = if e.mode.dry_run() {
             format!("SELECT count(*) FROM quarantine WHERE {QUARANTINE_OF_SQLITE}")
         } else {
             format!("DELETE FROM quarantine WHERE {QUARANTINE_OF_SQLITE}")
         };
         let q = sqlx::query(&sql).bind(e.elev).bind(e.source);
-        if e.dry_run {
+        if e.mode.dry_run() {
             let row = q
                 .fetch_one(&mut *tx)
                 .await
@@ -614,7 +643,7 @@ pub(super) mod postgres {
             .begin()
             .await
             .map_err(query_err("starting an erasure"))?;
-        if !e.dry_run {
+        if !e.mode.dry_run() {
             // The sources the pupil has rows in: their writers must not be mid-window meanwhile.
             let find = format!(
                 "SELECT source FROM provomrade WHERE elev = $1 AND ($2::text IS NULL OR source = $2)
@@ -637,8 +666,8 @@ pub(super) mod postgres {
         .fetch_all(&mut *tx)
         .await
         .map_err(query_err("finding the pupil's provområden"))?;
-        let mut removed = remove_provomraden(&mut tx, &ids, e.now, e.dry_run).await?;
-        if e.dry_run {
+        let mut removed = remove_provomraden(&mut tx, &ids, e.now, e.mode.dry_run()).await?;
+        if e.mode.dry_run() {
             let sql = format!("SELECT count(*) FROM quarantine WHERE {QUARANTINE_OF_POSTGRES}");
             let n: i64 = sqlx::query_scalar(&sql)
                 .bind(e.elev)

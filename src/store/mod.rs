@@ -326,8 +326,9 @@ pub struct Watermark {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Why a window was read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Why a window was read; stored as `sync_run.kind`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RunKind {
     /// The normal forward sync; commits move the watermark.
     Sync,
@@ -341,6 +342,61 @@ impl RunKind {
             RunKind::Sync => "sync",
             RunKind::Backfill => "backfill",
         }
+    }
+
+    /// Reads the column back.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] for text no migration allows (the column has a CHECK).
+    pub fn parse(s: &str) -> Result<RunKind, StoreError> {
+        match s {
+            "sync" => Ok(RunKind::Sync),
+            "backfill" => Ok(RunKind::Backfill),
+            other => Err(StoreError::Corrupt(format!("sync_run.kind {other:?}"))),
+        }
+    }
+}
+
+impl std::fmt::Display for RunKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a window attempt ended; stored as `sync_run.outcome`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunOutcome {
+    /// Committed, with its data (and, for a sync, the watermark).
+    Ok,
+    /// Rolled back; the row is recorded in a transaction of its own.
+    Failed,
+}
+
+impl RunOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Ok => "ok",
+            RunOutcome::Failed => "failed",
+        }
+    }
+
+    /// Reads the column back.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] for text no migration allows (the column has a CHECK).
+    pub fn parse(s: &str) -> Result<RunOutcome, StoreError> {
+        match s {
+            "ok" => Ok(RunOutcome::Ok),
+            "failed" => Ok(RunOutcome::Failed),
+            other => Err(StoreError::Corrupt(format!("sync_run.outcome {other:?}"))),
+        }
+    }
+}
+
+impl std::fmt::Display for RunOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -370,10 +426,10 @@ pub struct SyncRun {
 /// A `sync_run` row as `status` shows it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct RunRow {
-    pub kind: String,
+    pub kind: RunKind,
     pub from_local: String,
     pub tom_local: String,
-    pub outcome: String,
+    pub outcome: RunOutcome,
     pub finished_at: String,
     pub http_status: Option<i64>,
     pub records: i64,
@@ -442,7 +498,7 @@ pub trait Store: Send + Sync {
     async fn prune(
         &self,
         cutoffs: &governance::Cutoffs,
-        dry_run: bool,
+        mode: governance::Mode,
     ) -> Result<governance::Pruned, StoreError>;
 
     /// Removes every row of one pupil, appends `erase` entries for the removed provområden and
@@ -457,7 +513,7 @@ pub trait Store: Send + Sync {
         &self,
         source: &str,
         now: DateTime<Utc>,
-        dry_run: bool,
+        mode: governance::Mode,
     ) -> Result<governance::Removed, StoreError>;
 
     /// Moves a source's watermark back to `to_utc` (refused unless earlier); returns the one it

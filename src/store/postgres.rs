@@ -53,7 +53,7 @@ use super::apply::{Applier, Dialect, DocInfo, Settle, Settled};
 use super::replace::{self, BatchLimits, BatchPlan, DocState, Fingerprint, Op, Stored, Target};
 use super::{
     query_err, redact_url, timestamp, ApplyContext, DocumentTx, LeaderInfo, Leadership, RunKind,
-    RunRow, Store, StoreError, SyncRun, TableCounts, Watermark,
+    RunOutcome, RunRow, Store, StoreError, SyncRun, TableCounts, Watermark,
 };
 use crate::domain::{
     Delprovsresultat, Omrade, ProvomradeKey, Provtillfalle, ProvtillfalleResultat,
@@ -324,9 +324,9 @@ impl Store for PostgresStore {
     async fn prune(
         &self,
         cutoffs: &governance::Cutoffs,
-        dry_run: bool,
+        mode: governance::Mode,
     ) -> Result<governance::Pruned, StoreError> {
-        governance::postgres::prune(&self.pool, cutoffs, dry_run).await
+        governance::postgres::prune(&self.pool, cutoffs, mode.dry_run()).await
     }
 
     async fn forget(
@@ -340,7 +340,7 @@ impl Store for PostgresStore {
         &self,
         source: &str,
         now: DateTime<Utc>,
-        dry_run: bool,
+        mode: governance::Mode,
     ) -> Result<governance::Removed, StoreError> {
         governance::postgres::drop_source(
             &self.pool,
@@ -348,7 +348,7 @@ impl Store for PostgresStore {
             lock_key,
             source,
             now,
-            dry_run,
+            mode.dry_run(),
         )
         .await
     }
@@ -435,7 +435,7 @@ impl Store for PostgresStore {
             .acquire()
             .await
             .map_err(query_err("recording a failed window"))?;
-        insert_run(&mut conn, run, "failed").await
+        insert_run(&mut conn, run, RunOutcome::Failed).await
     }
 
     async fn recent_runs(&self, source: &str, limit: u32) -> Result<Vec<RunRow>, StoreError> {
@@ -450,22 +450,23 @@ impl Store for PostgresStore {
         .await
         .map_err(query_err("reading recent windows"))?;
         let local = |t: NaiveDateTime| t.format(crate::window::API_FORMAT).to_string();
-        Ok(rows
-            .iter()
-            .map(|r| RunRow {
-                kind: r.get(0),
-                from_local: local(r.get(1)),
-                tom_local: local(r.get(2)),
-                outcome: r.get(3),
-                finished_at: timestamp(r.get(4)),
-                http_status: r.get::<Option<i32>, _>(5).map(i64::from),
-                records: r.get(6),
-                changed: r.get(7),
-                cleared: r.get(8),
-                quarantined: r.get(9),
-                error: r.get(10),
+        rows.iter()
+            .map(|r| {
+                Ok(RunRow {
+                    kind: RunKind::parse(r.get(0))?,
+                    from_local: local(r.get(1)),
+                    tom_local: local(r.get(2)),
+                    outcome: RunOutcome::parse(r.get(3))?,
+                    finished_at: timestamp(r.get(4)),
+                    http_status: r.get::<Option<i32>, _>(5).map(i64::from),
+                    records: r.get(6),
+                    changed: r.get(7),
+                    cleared: r.get(8),
+                    quarantined: r.get(9),
+                    error: r.get(10),
+                })
             })
-            .collect())
+            .collect()
     }
 
     async fn known_sources(&self) -> Result<Vec<String>, StoreError> {
@@ -591,7 +592,7 @@ impl Leadership for PgLeadership {
 async fn insert_run(
     conn: &mut PgConnection,
     run: &SyncRun,
-    outcome: &str,
+    outcome: RunOutcome,
 ) -> Result<(), StoreError> {
     let s = &run.summary;
     sqlx::query(
@@ -608,7 +609,7 @@ async fn insert_run(
     .bind(run.window.tom_utc)
     .bind(run.started_at)
     .bind(run.finished_at)
-    .bind(outcome)
+    .bind(outcome.as_str())
     .bind(run.http_status.map(i32::from))
     .bind(run.bytes as i64)
     .bind(s.records as i64)
@@ -1531,7 +1532,7 @@ impl Dialect for PgDialect {
     async fn record_window(&mut self, run: &SyncRun, doc: &DocInfo) -> Result<(), StoreError> {
         let now = doc.now;
         let tx = &mut self.tx;
-        insert_run(tx, run, "ok").await?;
+        insert_run(tx, run, RunOutcome::Ok).await?;
         if run.kind != RunKind::Sync {
             return Ok(());
         }

@@ -32,8 +32,8 @@ use super::replace::{
     self, BatchLimits, BatchPlan, DocState, Fingerprint, Op, QuarantineRow, Stored, Target, Touched,
 };
 use super::{
-    query_err, redact_url, timestamp, ApplyContext, DocumentTx, Leadership, RunKind, RunRow,
-    SoleLeadership, Store, StoreError, SyncRun, TableCounts, Watermark,
+    query_err, redact_url, timestamp, ApplyContext, DocumentTx, Leadership, RunKind, RunOutcome,
+    RunRow, SoleLeadership, Store, StoreError, SyncRun, TableCounts, Watermark,
 };
 use crate::domain::{
     ContentHash, Delprovsresultat, Omrade, ProvomradeKey, Provtillfalle, ProvtillfalleResultat,
@@ -232,9 +232,9 @@ impl Store for SqliteStore {
     async fn prune(
         &self,
         cutoffs: &governance::Cutoffs,
-        dry_run: bool,
+        mode: governance::Mode,
     ) -> Result<governance::Pruned, StoreError> {
-        governance::sqlite::prune(&self.pool, cutoffs, dry_run).await
+        governance::sqlite::prune(&self.pool, cutoffs, mode.dry_run()).await
     }
 
     async fn forget(
@@ -248,9 +248,9 @@ impl Store for SqliteStore {
         &self,
         source: &str,
         now: chrono::DateTime<chrono::Utc>,
-        dry_run: bool,
+        mode: governance::Mode,
     ) -> Result<governance::Removed, StoreError> {
-        governance::sqlite::drop_source(&self.pool, source, now, dry_run).await
+        governance::sqlite::drop_source(&self.pool, source, now, mode.dry_run()).await
     }
 
     async fn rewind(
@@ -363,22 +363,23 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(query_err("reading recent windows"))?;
-        Ok(rows
-            .iter()
-            .map(|r| RunRow {
-                kind: r.get(0),
-                from_local: r.get(1),
-                tom_local: r.get(2),
-                outcome: r.get(3),
-                finished_at: r.get(4),
-                http_status: r.get(5),
-                records: r.get(6),
-                changed: r.get(7),
-                cleared: r.get(8),
-                quarantined: r.get(9),
-                error: r.get(10),
+        rows.iter()
+            .map(|r| {
+                Ok(RunRow {
+                    kind: RunKind::parse(r.get(0))?,
+                    from_local: r.get(1),
+                    tom_local: r.get(2),
+                    outcome: RunOutcome::parse(r.get(3))?,
+                    finished_at: r.get(4),
+                    http_status: r.get(5),
+                    records: r.get(6),
+                    changed: r.get(7),
+                    cleared: r.get(8),
+                    quarantined: r.get(9),
+                    error: r.get(10),
+                })
             })
-            .collect())
+            .collect()
     }
 
     async fn known_sources(&self) -> Result<Vec<String>, StoreError> {
@@ -408,7 +409,7 @@ impl Store for SqliteStore {
             .acquire()
             .await
             .map_err(query_err("recording a failed window"))?;
-        insert_run(&mut conn, run, "failed").await
+        insert_run(&mut conn, run, RunOutcome::Failed).await
     }
 }
 
@@ -421,7 +422,7 @@ pub(crate) fn parse_timestamp(s: &str) -> Result<chrono::DateTime<chrono::Utc>, 
 async fn insert_run(
     conn: &mut sqlx::SqliteConnection,
     run: &SyncRun,
-    outcome: &str,
+    outcome: RunOutcome,
 ) -> Result<(), StoreError> {
     let s = &run.summary;
     sqlx::query(
@@ -438,7 +439,7 @@ async fn insert_run(
     .bind(timestamp(run.window.tom_utc))
     .bind(timestamp(run.started_at))
     .bind(timestamp(run.finished_at))
-    .bind(outcome)
+    .bind(outcome.as_str())
     .bind(run.http_status.map(i64::from))
     .bind(run.bytes as i64)
     .bind(s.records as i64)
@@ -1238,7 +1239,7 @@ impl Dialect for SqliteDialect {
     }
 
     async fn record_window(&mut self, run: &SyncRun, _doc: &DocInfo) -> Result<(), StoreError> {
-        insert_run(&mut self.tx, run, "ok").await?;
+        insert_run(&mut self.tx, run, RunOutcome::Ok).await?;
         if run.kind != RunKind::Sync {
             return Ok(());
         }

@@ -3,7 +3,7 @@
 
 use crate::helpers::*;
 use nprov_sync::import::apply_document;
-use nprov_sync::store::governance::{Cutoffs, Erasure};
+use nprov_sync::store::governance::{Cutoffs, Erasure, Mode};
 use nprov_sync::store::{ApplyContext, RunKind, StoreError};
 use nprov_sync::xml::Limits;
 
@@ -100,7 +100,7 @@ async fn prune_removes_exactly_the_rows_past_each_horizon_and_a_dry_run_removes_
         quarantine: None,
         change_log: cut,
     };
-    let dry = db.store.prune(&all, true).await.expect("dry run");
+    let dry = db.store.prune(&all, Mode::DryRun).await.expect("dry run");
     assert_eq!(
         dry.by_table(),
         [
@@ -116,7 +116,7 @@ async fn prune_removes_exactly_the_rows_past_each_horizon_and_a_dry_run_removes_
         "a dry run removes nothing"
     );
 
-    let done = db.store.prune(&all, false).await.expect("prune");
+    let done = db.store.prune(&all, Mode::Apply).await.expect("prune");
     assert_eq!(done, dry, "the dry run counted what the prune removes");
     // The old failed run goes; the old committed one too, since a later one of the source is
     // committed; the old quarantine row loses its XML but stays (its horizon is 0: keep).
@@ -137,14 +137,14 @@ async fn prune_removes_exactly_the_rows_past_each_horizon_and_a_dry_run_removes_
     };
     assert_eq!(
         db.store
-            .prune(&rows, false)
+            .prune(&rows, Mode::Apply)
             .await
             .expect("prune")
             .quarantine,
         1
     );
     assert_eq!(
-        db.store.prune(&all, false).await.expect("prune"),
+        db.store.prune(&all, Mode::Apply).await.expect("prune"),
         Default::default()
     );
     assert_eq!(counts(&db).await, ["1", "1", "1", "1", "1"]);
@@ -156,7 +156,7 @@ async fn prune_removes_exactly_the_rows_past_each_horizon_and_a_dry_run_removes_
     };
     assert_eq!(
         db.store
-            .prune(&everything, false)
+            .prune(&everything, Mode::Apply)
             .await
             .expect("prune")
             .sync_run,
@@ -221,16 +221,16 @@ async fn forget_removes_every_row_of_one_pupil_only_records_the_erasure_and_a_re
     assert!(full.iter().any(|r| r.contains("elev-a")));
 
     // Counted first, nothing removed.
-    let erasure = |dry_run, source| Erasure {
+    let erasure = |mode, source| Erasure {
         elev: "Elev-A",
         source,
         reason: Some("DPO-2026-17"),
         now: at(3),
-        dry_run,
+        mode,
     };
     let counted = db
         .store
-        .forget(&erasure(true, Some("default")))
+        .forget(&erasure(Mode::DryRun, Some("default")))
         .await
         .expect("count");
     assert_eq!(
@@ -252,7 +252,7 @@ async fn forget_removes_every_row_of_one_pupil_only_records_the_erasure_and_a_re
     // One source only: the other source's rows of the same pupil stay.
     let removed = db
         .store
-        .forget(&erasure(false, Some("default")))
+        .forget(&erasure(Mode::Apply, Some("default")))
         .await
         .expect("forget");
     assert_eq!(removed, counted);
@@ -265,7 +265,7 @@ async fn forget_removes_every_row_of_one_pupil_only_records_the_erasure_and_a_re
         .any(|r| r.contains("Elev-A") && r.contains("default")));
     // Every source: the pupil is gone, and nothing else changed (the case-differing id stays).
     db.store
-        .forget(&erasure(false, None))
+        .forget(&erasure(Mode::Apply, None))
         .await
         .expect("forget all");
     let after = db.dump().await;
@@ -413,7 +413,7 @@ async fn rewind_moves_the_watermark_back_only_and_drop_removes_a_source_whole(b:
     assert!(sources[0].watermark.is_some() && sources[0].last_ok.is_some());
     let counted = db
         .store
-        .drop_source("default", at(6), true)
+        .drop_source("default", at(6), Mode::DryRun)
         .await
         .expect("count");
     assert_eq!(
@@ -428,7 +428,7 @@ async fn rewind_moves_the_watermark_back_only_and_drop_removes_a_source_whole(b:
     assert_eq!(db.store.sources().await.expect("sources").len(), 2);
     let removed = db
         .store
-        .drop_source("default", at(6), false)
+        .drop_source("default", at(6), Mode::Apply)
         .await
         .expect("drop");
     assert_eq!(removed, counted);
