@@ -210,6 +210,34 @@ pub fn run_without_settings(cli: &Cli, out: &mut dyn Write) -> Option<Result<(),
     }
 }
 
+/// How a command opens the database.
+#[derive(Clone, Copy)]
+enum Open {
+    /// Migrated first (unless `migrate_on_start` is off), as every command that writes.
+    Migrated,
+    /// Not migrated, nothing written, a newer schema refused: for commands that only read.
+    ForReading,
+    /// Connected only: the command reads the schema's state itself (`status`).
+    Connected,
+}
+
+/// Opens the database as `open` says, runs the command on it and closes it (flushing SQLite's
+/// WAL) whatever the command returned: the one place a command's store is opened and closed.
+async fn with_store(
+    settings: &Settings,
+    open: Open,
+    command: impl AsyncFnOnce(&dyn crate::store::Store) -> Result<(), Failure>,
+) -> Result<(), Failure> {
+    let store = match open {
+        Open::Migrated => setup::open_store(settings).await?,
+        Open::ForReading => setup::open_for_reading(settings).await?,
+        Open::Connected => setup::connect_store(settings).await?,
+    };
+    let result = command(store.as_ref()).await;
+    store.close().await;
+    result
+}
+
 /// Loads settings for a command: file, environment, then `--database`.
 pub fn load_settings(cli: &Cli) -> Result<Settings, Failure> {
     setup::settings_from(cli.config.as_deref(), cli.database.as_deref())
@@ -220,11 +248,10 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> Result<()
     match cli.command {
         Command::Validate { files } => files::validate(&files, settings.limits(), out),
         Command::Import { source, files } => {
-            let store = setup::open_store(&settings).await?;
-            let result =
-                files::import_files(store.as_ref(), &source, &files, settings.limits(), out).await;
-            store.close().await;
-            result
+            with_store(&settings, Open::Migrated, async |store| {
+                files::import_files(store, &source, &files, settings.limits(), out).await
+            })
+            .await
         }
         Command::Migrate => admin::migrate(&settings, out).await,
         Command::Run => daemon::run_daemon(&cli.config, cli.database.clone(), settings).await,
@@ -237,22 +264,13 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> Result<()
             ..
         } => {
             let sources = setup::build_sources(&cli.config, &settings, source.as_deref())?;
-            let store = setup::open_store(&settings).await?;
-            let result = match textfile {
-                None => sync::sync_once(store.as_ref(), &sources, until.as_deref(), out).await,
+            with_store(&settings, Open::Migrated, async |store| match textfile {
+                None => sync::sync_once(store, &sources, until.as_deref(), out).await,
                 Some(path) => {
-                    sync::sync_once_to_textfile(
-                        store.as_ref(),
-                        sources,
-                        until.as_deref(),
-                        &path,
-                        out,
-                    )
-                    .await
+                    sync::sync_once_to_textfile(store, sources, until.as_deref(), &path, out).await
                 }
-            };
-            store.close().await;
-            result
+            })
+            .await
         }
         Command::Backfill { source, from, to } => {
             let sources = setup::build_sources(&cli.config, &settings, source.as_deref())?;
@@ -266,30 +284,29 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> Result<()
                         .join(", ")
                 )));
             };
-            let store = setup::open_store(&settings).await?;
-            let result = sync::backfill(store.as_ref(), src, &from, &to, out).await;
-            store.close().await;
-            result
+            with_store(&settings, Open::Migrated, async |store| {
+                sync::backfill(store, src, &from, &to, out).await
+            })
+            .await
         }
         Command::Status { json } => {
             // Reading needs no right to migrate: a read-only role or user can run it. Nor does it
             // create anything: a SQLite file that is not there yet is said so, not made empty.
             status::require_existing_sqlite(&settings.database.url)?;
-            let store = setup::connect_store(&settings).await?;
-            let result =
-                status::status(store.as_ref(), &settings, cli.config.as_deref(), json, out).await;
-            store.close().await;
-            result
+            with_store(&settings, Open::Connected, async |store| {
+                status::status(store, &settings, cli.config.as_deref(), json, out).await
+            })
+            .await
         }
         Command::Config(ConfigCommand::Example) => admin::config_example(out),
         Command::Config(ConfigCommand::Check) => {
             admin::config_check(cli.config.as_deref(), &settings, out)
         }
         Command::Prune { dry_run } => {
-            let store = setup::open_store(&settings).await?;
-            let result = govern::prune(store.as_ref(), &settings, dry_run, out).await;
-            store.close().await;
-            result
+            with_store(&settings, Open::Migrated, async |store| {
+                govern::prune(store, &settings, dry_run, out).await
+            })
+            .await
         }
         Command::Forget {
             elev,
@@ -297,37 +314,36 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> Result<()
             reason,
             yes,
         } => {
-            let store = setup::open_store(&settings).await?;
             let args = govern::ForgetArgs {
                 elev: &elev,
                 source: source.as_deref(),
                 reason: reason.as_deref(),
                 yes,
             };
-            let result = govern::forget(store.as_ref(), args, out).await;
-            store.close().await;
-            result
+            with_store(&settings, Open::Migrated, async |store| {
+                govern::forget(store, args, out).await
+            })
+            .await
         }
-        Command::Source(command) => {
-            // Listing only reads (no write lock, no data contract written); the two that change
-            // a source's state migrate first, as every writing command does.
-            let store = match command {
-                SourceCommand::List => setup::open_for_reading(&settings).await?,
-                SourceCommand::Rewind { .. } | SourceCommand::Drop { .. } => {
-                    setup::open_store(&settings).await?
-                }
-            };
-            let result = match command {
-                SourceCommand::List => govern::source_list(store.as_ref(), &settings, out).await,
-                SourceCommand::Rewind { name, to } => {
-                    govern::source_rewind(store.as_ref(), &settings, &name, &to, out).await
-                }
-                SourceCommand::Drop { name, yes } => {
-                    govern::source_drop(store.as_ref(), &name, yes, out).await
-                }
-            };
-            store.close().await;
-            result
+        // Listing only reads (no write lock, no data contract written); the two that change a
+        // source's state migrate first, as every writing command does.
+        Command::Source(SourceCommand::List) => {
+            with_store(&settings, Open::ForReading, async |store| {
+                govern::source_list(store, &settings, out).await
+            })
+            .await
+        }
+        Command::Source(SourceCommand::Rewind { name, to }) => {
+            with_store(&settings, Open::Migrated, async |store| {
+                govern::source_rewind(store, &settings, &name, &to, out).await
+            })
+            .await
+        }
+        Command::Source(SourceCommand::Drop { name, yes }) => {
+            with_store(&settings, Open::Migrated, async |store| {
+                govern::source_drop(store, &name, yes, out).await
+            })
+            .await
         }
         // main.rs runs these before loading settings; here for callers of `run` alone.
         Command::Completions { shell } => generate::completions(shell, out),

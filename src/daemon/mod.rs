@@ -28,20 +28,22 @@
 //! The rooms: [`state`] holds each source's state and the decisions made from it as pure
 //! functions (back-off, readiness, the status line, leadership transitions); `shared` what a tick
 //! does; `jobs` the scheduler's jobs and offset following; `http` the endpoints; `notify` and
-//! `signals` the supervisor's side. This file is the service loop: start, reload, shut down.
+//! `signals` the supervisor's side; `tasks` what runs beside the scheduler (the heartbeat job,
+//! the endpoints, the maintenance loop, the daily prune). This file is the service loop: start,
+//! reload, shut down.
 //!
 //! Known limitation of the scheduler, handled here: it fixes a job's UTC offset when the job is
 //! created, so a daily `0 0 6 * * *` would run at 05:00 or 07:00 local time after a DST change.
 //! The daemon re-creates a source's job whenever its zone's offset has changed.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex as StdMutex, RwLock};
 use std::time::Duration;
 
 use chrono::Utc;
 use tokio::sync::mpsc;
-use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
+use tokio_cron_scheduler::{JobScheduler, JobSchedulerError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -57,6 +59,7 @@ mod shared;
 mod signals;
 mod startup;
 mod state;
+mod tasks;
 
 pub use notify::{Notifier, SystemdNotifier};
 pub use signals::spawn_signal_handlers;
@@ -65,15 +68,8 @@ pub use state::{not_ready, readiness, Readiness, Role, SourceSnapshot};
 
 use shared::Shared;
 
-/// How often the scheduler's heartbeat job ticks; the watchdog is fed only while it does.
-const HEARTBEAT_SCHEDULE: &str = "*/5 * * * * *";
 /// After the grace period, how long dropped windows get to finish rolling back.
 const ROLLBACK_WAIT: Duration = Duration::from_secs(10);
-
-/// How often the daemon prunes past the retention horizons (from start-up), and how soon it
-/// tries again after a failure.
-const PRUNE_EVERY: Duration = Duration::from_secs(24 * 60 * 60);
-const PRUNE_RETRY: Duration = Duration::from_secs(60 * 60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -143,7 +139,7 @@ pub async fn run(store: Arc<dyn Store>, loaded: Loaded, world: World) -> Result<
     let shared = Arc::new(Shared {
         store: store.clone(),
         metrics,
-        config: RwLock::new(config.clone()),
+        config: RwLock::new(config),
         database_url: loaded.settings.database.url.clone(),
         metrics_listen: loaded.settings.metrics.listen.clone(),
         sources: RwLock::new(BTreeMap::new()),
@@ -156,7 +152,7 @@ pub async fn run(store: Arc<dyn Store>, loaded: Loaded, world: World) -> Result<
         notifier: notifier.clone(),
     });
 
-    let mut scheduler = JobScheduler::new().await?;
+    let scheduler = JobScheduler::new().await?;
     let names = jobs::install_sources(&shared, &scheduler, loaded).await?;
     // Freshness survives a restart: the watermark row says when the last window committed.
     for name in &names {
@@ -165,33 +161,14 @@ pub async fn run(store: Arc<dyn Store>, loaded: Loaded, world: World) -> Result<
             state.metrics.restore(&wm);
         }
     }
-    {
-        let shared = shared.clone();
-        scheduler
-            .add(Job::new_async(HEARTBEAT_SCHEDULE, move |_, _| {
-                shared
-                    .heartbeat
-                    .store(Utc::now().timestamp_millis(), Ordering::SeqCst);
-                Box::pin(async {})
-            })?)
-            .await?;
-    }
+    tasks::add_heartbeat(&shared, &scheduler).await?;
     scheduler.start().await?;
 
-    let server_stop = CancellationToken::new();
-    let server = listener.map(|listener| {
-        let app = http::router(shared.clone());
-        let stop = server_stop.clone();
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-            {
-                tracing::error!(error = %e, "the metrics listener failed");
-            }
-        })
-    });
-
+    // The tasks beside the scheduler: the endpoints and the maintenance loop stop with
+    // `background`, after the windows in flight; the pruner stops at shutdown (a prune cut
+    // short rolls back).
+    let background = CancellationToken::new();
+    let server = listener.map(|l| tasks::serve_http(&shared, l, background.clone()));
     tracing::info!(
         sources = %names.join(", "),
         version = env!("CARGO_PKG_VERSION"),
@@ -200,100 +177,54 @@ pub async fn run(store: Arc<dyn Store>, loaded: Loaded, world: World) -> Result<
     shared.metrics.config_loaded(true, Utc::now());
     notifier.notify(&[sd_notify::NotifyState::Ready]);
     shared.publish_status();
-
-    let maintenance = {
-        let shared = shared.clone();
-        let scheduler = scheduler.clone();
-        let stop = server_stop.clone();
-        tokio::spawn(async move {
-            let period = watchdog.map(|w| w / 2).unwrap_or(Duration::from_secs(30));
-            let mut every = tokio::time::interval(period.min(Duration::from_secs(30)));
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                tokio::select! {
-                    _ = every.tick() => {}
-                    () = stop.cancelled() => return,
-                }
-                if let Some(limit) = watchdog {
-                    let age =
-                        Utc::now().timestamp_millis() - shared.heartbeat.load(Ordering::SeqCst);
-                    if age >= 0 && (age as u128) < limit.as_millis() {
-                        shared.notifier.notify(&[sd_notify::NotifyState::Watchdog]);
-                    } else {
-                        tracing::error!(
-                            heartbeat_age_ms = age,
-                            "the scheduler has stopped ticking; withholding the watchdog ping"
-                        );
-                    }
-                }
-                jobs::follow_offsets(&shared, &scheduler).await;
-            }
-        })
-    };
-
-    // Retention: a prune now and once a day, with the horizons in force (a reload changes
-    // them). A prune is one transaction: cancelled by a shutdown, it rolls back.
-    shared.metrics.pruning();
-    let pruning = {
-        let shared = shared.clone();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            loop {
-                let retention = shared.config.read().expect("config lock").retention;
-                let cutoffs = retention.cutoffs(Utc::now());
-                let wait = tokio::select! {
-                    result = shared.store.prune(&cutoffs, crate::store::governance::Mode::Apply) => {
-                        match result {
-                            Ok(pruned) => {
-                                shared.metrics.pruned(&pruned, Utc::now());
-                                pruned.log();
-                                PRUNE_EVERY
-                            }
-                            Err(e) => {
-                                tracing::warn!(
-                                    error = %crate::error::chain(&e),
-                                    "pruning past retention failed; trying again in an hour"
-                                );
-                                PRUNE_RETRY
-                            }
-                        }
-                    }
-                    () = stop.cancelled() => return,
-                };
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    () = stop.cancelled() => return,
-                }
-            }
-        })
-    };
+    let maintenance = tasks::maintain(&shared, &scheduler, watchdog, background.clone());
+    let pruner = tasks::prune_daily(&shared, shutdown.clone());
 
     // A first run of every source now, rather than at its first tick minutes away.
     for name in &names {
         shared.tick(name);
     }
-
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
-            Some(()) = reload.recv() => {
-                // systemd (Type=notify-reload, 253+) waits for READY=1 after RELOADING=1; the
-                // monotonic timestamp tells it which reload this is. On 252 and older, and
-                // outside systemd, these are harmless.
-                match sd_notify::NotifyState::monotonic_usec_now() {
-                    Ok(now) => notifier.notify(&[sd_notify::NotifyState::Reloading, now]),
-                    Err(e) => tracing::warn!(error = %e, "no monotonic clock for RELOADING=1"),
-                }
-                let used = reload_configuration(&shared, &scheduler, &loader).await;
-                shared.metrics.config_loaded(used, Utc::now());
-                // In force: the new configuration, or the old one kept.
-                notifier.notify(&[sd_notify::NotifyState::Ready]);
-                shared.publish_status();
-            }
+            Some(()) = reload.recv() => reload_in_force(&shared, &scheduler, &loader).await,
         }
     }
 
-    notifier.notify(&[
+    shut_down(&shared, scheduler).await;
+    background.cancel();
+    maintenance.await.ok();
+    pruner.await.ok();
+    if let Some(server) = server {
+        server.await.ok();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGHUP: tells systemd a reload is under way, puts the new configuration in force (or keeps
+/// the running one) and says which is in force.
+async fn reload_in_force(shared: &Arc<Shared>, scheduler: &JobScheduler, loader: &Loader) {
+    // systemd (Type=notify-reload, 253+) waits for READY=1 after RELOADING=1; the monotonic
+    // timestamp tells it which reload this is. On 252 and older, and outside systemd, these are
+    // harmless.
+    match sd_notify::NotifyState::monotonic_usec_now() {
+        Ok(now) => shared
+            .notifier
+            .notify(&[sd_notify::NotifyState::Reloading, now]),
+        Err(e) => tracing::warn!(error = %e, "no monotonic clock for RELOADING=1"),
+    }
+    let used = reload_configuration(shared, scheduler, loader).await;
+    shared.metrics.config_loaded(used, Utc::now());
+    // In force: the new configuration, or the old one kept.
+    shared.notifier.notify(&[sd_notify::NotifyState::Ready]);
+    shared.publish_status();
+}
+
+/// Stops scheduling, gives the windows in flight `shutdown_grace` to commit (then drops them:
+/// their transactions roll back) and releases every lead held.
+async fn shut_down(shared: &Arc<Shared>, mut scheduler: JobScheduler) {
+    shared.notifier.notify(&[
         sd_notify::NotifyState::Stopping,
         sd_notify::NotifyState::Status("stopping: letting windows in flight finish"),
     ]);
@@ -334,14 +265,6 @@ pub async fn run(store: Arc<dyn Store>, loaded: Loaded, world: World) -> Result<
             state.stand_by_without_slot();
         }
     }
-    server_stop.cancel();
-    maintenance.await.ok();
-    pruning.await.ok();
-    if let Some(server) = server {
-        server.await.ok();
-    }
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// Reads the configuration again and puts it in force; whether it is used (an unreadable or
