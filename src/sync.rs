@@ -285,6 +285,30 @@ impl SyncError {
     }
 }
 
+/// One window to sync, as every step of an attempt needs it.
+#[derive(Clone, Copy)]
+struct WindowJob<'a> {
+    store: &'a dyn Store,
+    source: &'a SyncSource,
+    window: Window,
+    kind: RunKind,
+    /// See [`SyncRun::expected_watermark`].
+    expected_watermark: Option<DateTime<Utc>>,
+}
+
+impl WindowJob<'_> {
+    fn label(&self) -> String {
+        self.window.label()
+    }
+}
+
+/// A failed attempt, with the status of the response it got (a body that broke, or a database
+/// that refused, after an HTTP 200), for the recorded run.
+struct Failed {
+    error: SyncError,
+    http_status: Option<u16>,
+}
+
 /// Syncs one window (splitting it if it must) and returns the committed parts in order.
 ///
 /// `expected_watermark` is the watermark a [`RunKind::Sync`] window was planned from; each part
@@ -305,7 +329,14 @@ pub async fn sync_window(
     let mut done = Vec::new();
     // A stack of windows still to do, earliest last, so halves are synced in time order.
     while let Some(w) = pending.pop() {
-        match attempt_window(store, source, w, kind, expected_watermark).await {
+        let job = WindowJob {
+            store,
+            source,
+            window: w,
+            kind,
+            expected_watermark,
+        };
+        match attempt_window(job).await {
             Ok(report) => {
                 // The watermark never moves backwards: a first half that ends inside the overlap
                 // leaves it where it was.
@@ -334,74 +365,68 @@ pub async fn sync_window(
 
 /// One window, with whole-attempt retries for broken bodies; records a failure before returning
 /// it.
-async fn attempt_window(
-    store: &dyn Store,
-    source: &SyncSource,
-    window: Window,
-    kind: RunKind,
-    expected_watermark: Option<DateTime<Utc>>,
-) -> Result<WindowReport, SyncError> {
+async fn attempt_window(job: WindowJob<'_>) -> Result<WindowReport, SyncError> {
+    let source = job.source;
     let started_at = Utc::now();
     let clock = Instant::now();
     let mut attempt = 0;
-    // The status of the last response, so that a window failing after an HTTP 200 (a body that
-    // breaks, a database that refuses) is recorded with it.
-    let mut http_status = None;
     let result = loop {
         attempt += 1;
-        match try_once(
-            store,
-            source,
-            &window,
-            kind,
-            expected_watermark,
-            (started_at, clock),
-            &mut http_status,
-        )
-        .await
-        {
-            Err(e) if next_step(&e) == Next::RetryBody && attempt < source.body_attempts => {
+        match try_once(job, (started_at, clock)).await {
+            Err(f) if next_step(&f.error) == Next::RetryBody && attempt < source.body_attempts => {
                 source
                     .metrics
                     .retry(crate::source::RetryReason::Body.as_str());
-                tracing::warn!(source = source.name(), window = %window.label(), attempt, error = %e, "body broke; trying the window again");
+                tracing::warn!(source = source.name(), window = %job.label(), attempt, error = %f.error, "body broke; trying the window again");
             }
             other => break other,
         }
     };
-    observe_window(source, kind, &window, &result, clock.elapsed());
-    if let Err(e) = &result {
-        let run = SyncRun {
-            source: source.name().to_owned(),
-            kind,
-            window,
-            tz: source.plan.tz,
-            started_at,
-            finished_at: Utc::now(),
-            http_status: e.http_status(http_status),
-            bytes: 0,
-            summary: ApplySummary::default(),
-            error: Some(e.to_string()),
-            expected_watermark,
-        };
-        // Recording the failure can fail for the same reason the window did (a database that
-        // is locked or gone): the window's own error is the one to report, not this follow-up.
-        if let Err(record_error) = store.record_failed_run(&run).await {
-            tracing::warn!(source = source.name(), window = %window.label(), error = %record_error, "the failed window could not be recorded");
+    let elapsed = clock.elapsed();
+    match result {
+        Ok(report) => {
+            observe_window(&job, Ok(&report), elapsed);
+            Ok(report)
+        }
+        Err(f) => {
+            observe_window(&job, Err(&f.error), elapsed);
+            let run = SyncRun {
+                source: source.name().to_owned(),
+                kind: job.kind,
+                window: job.window,
+                tz: source.plan.tz,
+                started_at,
+                finished_at: Utc::now(),
+                http_status: f.error.http_status(f.http_status),
+                bytes: 0,
+                summary: ApplySummary::default(),
+                error: Some(f.error.to_string()),
+                expected_watermark: job.expected_watermark,
+            };
+            // Recording the failure can fail for the same reason the window did (a database
+            // that is locked or gone): the window's own error is the one to report, not this
+            // follow-up.
+            if let Err(record_error) = job.store.record_failed_run(&run).await {
+                tracing::warn!(source = source.name(), window = %job.label(), error = %record_error, "the failed window could not be recorded");
+            }
+            Err(f.error)
         }
     }
-    result
 }
 
 /// The one place a window's outcome is logged and counted: one structured event per window
 /// attempt, and the metrics from the same values.
 fn observe_window(
-    source: &SyncSource,
-    kind: RunKind,
-    window: &Window,
-    result: &Result<WindowReport, SyncError>,
+    job: &WindowJob<'_>,
+    result: Result<&WindowReport, &SyncError>,
     elapsed: std::time::Duration,
 ) {
+    let WindowJob {
+        source,
+        kind,
+        window,
+        ..
+    } = *job;
     let metrics = &source.metrics;
     match result {
         Ok(r) => {
@@ -471,16 +496,18 @@ fn observe_window(
 }
 
 async fn try_once(
-    store: &dyn Store,
-    source: &SyncSource,
-    window: &Window,
-    kind: RunKind,
-    expected_watermark: Option<DateTime<Utc>>,
+    job: WindowJob<'_>,
     (started_at, clock): (DateTime<Utc>, Instant),
-    http_status: &mut Option<u16>,
-) -> Result<WindowReport, SyncError> {
-    let fetched = source.client.fetch(window, |e| source.count(e)).await?;
-    *http_status = Some(fetched.status);
+) -> Result<WindowReport, Failed> {
+    let source = job.source;
+    let fetched = source
+        .client
+        .fetch(&job.window, |e| source.count(e))
+        .await
+        .map_err(|e| Failed {
+            error: e.into(),
+            http_status: None,
+        })?;
     let received = Received {
         status: fetched.status,
         attempts: fetched.attempts,
@@ -489,24 +516,16 @@ async fn try_once(
     };
     let watch = BodyWatch::default();
     let declared = fetched.response.content_length();
-    let attempts = fetched.attempts;
     let reader = body_reader(fetched.response, watch.clone());
-    let result = apply_and_commit(
-        store,
-        source,
-        window,
-        kind,
-        expected_watermark,
-        reader,
-        received,
-    )
-    .await;
-    match result {
-        Err(e) if next_step(&e) == Next::RetryBody => {
-            Err(watch.explain(e, window, declared, attempts))
-        }
-        other => other,
-    }
+    apply_and_commit(job, reader, received)
+        .await
+        .map_err(|e| Failed {
+            error: match next_step(&e) {
+                Next::RetryBody => watch.explain(e, &job.window, declared, received.attempts),
+                Next::Split | Next::RetryLater | Next::Fail => e,
+            },
+            http_status: Some(received.status),
+        })
 }
 
 /// What the transport said of a body while the parser read it: how many bytes came, and the
@@ -587,6 +606,7 @@ fn body_reader(response: reqwest::Response, watch: BodyWatch) -> impl io::Read +
 }
 
 /// What is known of a response whose body is about to be applied.
+#[derive(Clone, Copy)]
 struct Received {
     status: u16,
     attempts: u32,
@@ -597,14 +617,18 @@ struct Received {
 /// Parses and applies a window's body from `reader`, records the run and commits it with the
 /// watermark.
 async fn apply_and_commit<R: std::io::Read + Send + 'static>(
-    store: &dyn Store,
-    source: &SyncSource,
-    window: &Window,
-    kind: RunKind,
-    expected_watermark: Option<DateTime<Utc>>,
+    job: WindowJob<'_>,
     reader: R,
     fetched: Received,
 ) -> Result<WindowReport, SyncError> {
+    let WindowJob {
+        store,
+        source,
+        window,
+        kind,
+        expected_watermark,
+    } = job;
+    let window = &window;
     let Received {
         started_at, clock, ..
     } = fetched;
@@ -739,8 +763,17 @@ pub async fn catch_up_until(
             .flatten();
         let current = async {
             if let Some(spooled) = spooled {
-                if let Some(report) =
-                    apply_spooled(store, source, &window, watermark, spooled).await
+                if let Some(report) = apply_spooled(
+                    WindowJob {
+                        store,
+                        source,
+                        window,
+                        kind: RunKind::Sync,
+                        expected_watermark: watermark,
+                    },
+                    spooled,
+                )
+                .await
                 {
                     return Ok(vec![report]);
                 }
@@ -882,13 +915,7 @@ async fn spool(source: &SyncSource, window: Window) -> Option<Spooled> {
 
 /// Applies a spooled response and commits it; `None` (logged) when that fails, so the caller
 /// fetches the window again the usual way.
-async fn apply_spooled(
-    store: &dyn Store,
-    source: &SyncSource,
-    window: &Window,
-    expected_watermark: Option<DateTime<Utc>>,
-    spooled: Spooled,
-) -> Option<WindowReport> {
+async fn apply_spooled(job: WindowJob<'_>, spooled: Spooled) -> Option<WindowReport> {
     use std::io::{Read, Seek};
     let rest: Box<dyn Read + Send> = match spooled.rest {
         Some(mut file) => {
@@ -899,29 +926,13 @@ async fn apply_spooled(
     };
     let reader = io::Cursor::new(spooled.head).chain(rest);
     let clock = spooled.received.clock;
-    let result = apply_and_commit(
-        store,
-        source,
-        window,
-        RunKind::Sync,
-        expected_watermark,
-        reader,
-        spooled.received,
-    )
-    .await;
-    match result {
+    match apply_and_commit(job, reader, spooled.received).await {
         Ok(report) => {
-            observe_window(
-                source,
-                RunKind::Sync,
-                window,
-                &Ok(report.clone()),
-                clock.elapsed(),
-            );
+            observe_window(&job, Ok(&report), clock.elapsed());
             Some(report)
         }
         Err(e) => {
-            tracing::warn!(source = source.name(), window = %window.label(), error = %e, "the window fetched ahead could not be applied; fetching it again");
+            tracing::warn!(source = job.source.name(), window = %job.label(), error = %e, "the window fetched ahead could not be applied; fetching it again");
             None
         }
     }
