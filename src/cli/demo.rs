@@ -60,84 +60,130 @@ pub const EXAMPLE_QUERIES: &[(&str, &str)] = &[
 ];
 
 pub(crate) async fn run(file: &Path, students: u64, out: &mut dyn Write) -> Result<(), Failure> {
-    let runtime = |e: anyhow::Error| Failure::Runtime(e);
+    let store = fresh_database(file).await.map_err(Failure::Runtime)?;
+    let result = steps(&store, file, students, out).await;
+    store.close().await;
+    result.map_err(Failure::Runtime)
+}
+
+/// The demo's steps, in order, on its fresh database.
+async fn steps(
+    store: &SqliteStore,
+    file: &Path,
+    students: u64,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let platform = SimulatedPlatform::start(students).await?;
+    writeln!(
+        out,
+        "nprov-sync demo: a simulated platform at {} with {students} students ({} changes over a school year, schema {}); syncing into {}",
+        platform.url,
+        platform.platform.changes_by(platform.now),
+        platform.platform.population.version.name,
+        file.display()
+    )?;
+    let source = demo_source(&platform.url)?;
+    first_sync(store, &source, &platform, out).await?;
+    let after = read_again(store, &source, out).await?;
+    check(&platform, after.provomrade, out)?;
+    platform.stop().await;
+    example_queries(store, file, out).await
+}
+
+/// A new SQLite file at `file` (an old one and its WAL are removed), migrated.
+async fn fresh_database(file: &Path) -> anyhow::Result<SqliteStore> {
     for suffix in ["", "-wal", "-shm"] {
         let mut p = file.as_os_str().to_owned();
         p.push(suffix);
         match std::fs::remove_file(&p) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(runtime(
-                    anyhow::Error::new(e).context("removing the old demo database"),
-                ))
-            }
+            Err(e) => return Err(anyhow::Error::new(e).context("removing the old demo database")),
         }
     }
-    let url = format!("sqlite://{}", file.display());
-    let store = SqliteStore::connect(&url)
-        .await
-        .map_err(|e| runtime(e.into()))?;
-    store.migrate().await.map_err(|e| runtime(e.into()))?;
-    let population = Population {
-        students,
-        seed: SEED,
-        version: newest(),
-        year: 2026,
-    };
-    let w = |out: &mut dyn Write, s: String| writeln!(out, "{s}").map_err(|e| runtime(e.into()));
-    // A school year on the simulated platform: every student's results change one to three
-    // times between August and June; "now" is mid-June.
-    let tz = chrono_tz::Europe::Stockholm;
-    let instant = |s: &str| {
-        crate::window::earliest_instant(tz, crate::window::parse_local(s).expect("demo time"))
-    };
-    let platform = Arc::new(Platform::new(
-        population,
-        tz,
-        instant("2025-08-11T07:00"),
-        instant("2026-06-12T17:00"),
-        3,
-    ));
-    let now = instant("2026-06-15T08:00");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| {
-            runtime(anyhow::Error::new(e).context("binding the simulator to a loopback port"))
-        })?;
-    let url = format!(
-        "http://{}",
-        listener.local_addr().map_err(|e| runtime(e.into()))?
-    );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let stats = Arc::new(Stats::default());
-    let server = tokio::spawn(serve(
-        listener,
-        Simulator {
-            platform: platform.clone(),
-            clock: VirtualClock::new(now),
-            faults: Faults::default(),
-            load: Default::default(),
-            basic: None,
-        },
-        stats.clone(),
-        async {
-            stopped.await.ok();
-        },
-    ));
-    w(
-        out,
-        format!(
-            "nprov-sync demo: a simulated platform at {url} with {students} students ({} changes over a school year, schema {}); syncing into {}",
-            platform.changes_by(now),
-            platform.population.version.name,
-            file.display()
-        ),
-    )?;
-    let source = SyncSource {
+    let store = SqliteStore::connect(&format!("sqlite://{}", file.display())).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// The demo's time zone, where its dates are.
+const TZ: chrono_tz::Tz = chrono_tz::Europe::Stockholm;
+
+fn instant(s: &str) -> chrono::DateTime<chrono::Utc> {
+    crate::window::earliest_instant(TZ, crate::window::parse_local(s).expect("demo time"))
+}
+
+/// A school year on the simulated platform, served on a loopback port: every student's results
+/// change one to three times between August and June; "now" is mid-June.
+struct SimulatedPlatform {
+    platform: Arc<Platform>,
+    now: chrono::DateTime<chrono::Utc>,
+    url: String,
+    stats: Arc<Stats>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl SimulatedPlatform {
+    async fn start(students: u64) -> anyhow::Result<SimulatedPlatform> {
+        let population = Population {
+            students,
+            seed: SEED,
+            version: newest(),
+            year: 2026,
+        };
+        let platform = Arc::new(Platform::new(
+            population,
+            TZ,
+            instant("2025-08-11T07:00"),
+            instant("2026-06-12T17:00"),
+            3,
+        ));
+        let now = instant("2026-06-15T08:00");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| {
+                anyhow::Error::new(e).context("binding the simulator to a loopback port")
+            })?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let stats = Arc::new(Stats::default());
+        let server = tokio::spawn(serve(
+            listener,
+            Simulator {
+                platform: platform.clone(),
+                clock: VirtualClock::new(now),
+                faults: Faults::default(),
+                load: Default::default(),
+                basic: None,
+            },
+            stats.clone(),
+            async {
+                stopped.await.ok();
+            },
+        ));
+        Ok(SimulatedPlatform {
+            platform,
+            now,
+            url,
+            stats,
+            stop,
+            server,
+        })
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.server.await;
+    }
+}
+
+/// The source as a configuration would give it, but for the simulator's address and pace.
+fn demo_source(url: &str) -> anyhow::Result<SyncSource> {
+    Ok(SyncSource {
         client: Client::new(SourceSettings {
             name: DEFAULT_SOURCE.into(),
-            base_url: url.clone(),
+            base_url: url.to_owned(),
             // The simulator is on this machine: a real platform gets the default 5 per second.
             rate_limit_per_second: std::num::NonZeroU32::new(100).expect("non-zero"),
             connect_timeout: std::time::Duration::from_secs(5),
@@ -149,10 +195,9 @@ pub(crate) async fn run(file: &Path, students: u64, out: &mut dyn Write) -> Resu
             backoff_base: std::time::Duration::from_millis(100),
             backoff_cap: std::time::Duration::from_secs(5),
             auth: Default::default(),
-        })
-        .map_err(|e| runtime(e.into()))?,
+        })?,
         plan: crate::window::Plan {
-            tz,
+            tz: TZ,
             overlap: chrono::Duration::minutes(30),
             safety_lag: chrono::Duration::minutes(2),
             max_window: chrono::Duration::days(31),
@@ -164,16 +209,24 @@ pub(crate) async fn run(file: &Path, students: u64, out: &mut dyn Write) -> Resu
         max_in_flight: crate::config::DEFAULT_MAX_IN_FLIGHT,
         certificates: Default::default(),
         metrics: SyncSource::detached_metrics(DEFAULT_SOURCE),
-    };
+    })
+}
 
-    // 1. The first sync: the whole year, in windows sized by what the platform answers.
+/// Step 1, the first sync: the whole year, in windows sized by what the platform answers.
+async fn first_sync(
+    store: &SqliteStore,
+    source: &SyncSource,
+    platform: &SimulatedPlatform,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let now = platform.now;
     let started = Instant::now();
     let mut total = crate::store::ApplySummary::default();
     let mut windows = 0usize;
     let mut last_print = Instant::now();
-    let from = crate::window::earliest_instant(tz, source.start);
+    let from = crate::window::earliest_instant(TZ, source.start);
     let bar = super::sync::progress_bar("first sync", (now - from).num_minutes().max(1) as u64);
-    let result = crate::sync::catch_up(&store, &source, now, |r| {
+    let result = crate::sync::catch_up(store, source, now, |r| {
         windows += 1;
         total.add(&r.summary);
         match &bar {
@@ -196,97 +249,99 @@ pub(crate) async fn run(file: &Path, students: u64, out: &mut dyn Write) -> Resu
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    result.map_err(|e| runtime(e.into()))?;
-    w(
+    result?;
+    writeln!(
         out,
-        format!(
-            "first sync: {windows} windows, {} requests, {} records → {} changed, {} unchanged, {} cleared ({:.1} s)",
-            stats.requests.load(std::sync::atomic::Ordering::Relaxed),
-            total.records,
-            total.changed,
-            total.unchanged,
-            total.cleared,
-            started.elapsed().as_secs_f64()
-        ),
+        "first sync: {windows} windows, {} requests, {} records → {} changed, {} unchanged, {} cleared ({:.1} s)",
+        platform.stats.requests.load(std::sync::atomic::Ordering::Relaxed),
+        total.records,
+        total.changed,
+        total.unchanged,
+        total.cleared,
+        started.elapsed().as_secs_f64()
     )?;
+    Ok(())
+}
 
-    // 2. An overlapping window read again: everything in it is unchanged and nothing is logged.
-    let before = store.table_counts().await.map_err(|e| runtime(e.into()))?;
+/// Step 2, an overlapping window read again: everything in it is unchanged and nothing is
+/// logged. Returns the table counts after it.
+async fn read_again(
+    store: &SqliteStore,
+    source: &SyncSource,
+    out: &mut dyn Write,
+) -> anyhow::Result<crate::store::TableCounts> {
+    let before = store.table_counts().await?;
     let started = Instant::now();
     let again = crate::sync::backfill(
-        &store,
-        &source,
+        store,
+        source,
         crate::window::parse_local("2026-05-20T00:00").expect("demo time"),
         crate::window::parse_local("2026-05-20T23:59").expect("demo time"),
         |_| {},
     )
-    .await
-    .map_err(|e| runtime(e.into()))?;
-    let after = store.table_counts().await.map_err(|e| runtime(e.into()))?;
+    .await?;
+    let after = store.table_counts().await?;
     let s = again.first().map(|r| r.summary.clone()).unwrap_or_default();
-    w(
+    writeln!(
         out,
-        format!(
-            "2026-05-20 read again (backfill): {} records → {} changed, {} unchanged; change_log {} → {} ({:.2} s)",
-            s.records,
-            s.changed,
-            s.unchanged,
-            before.change_log,
-            after.change_log,
-            started.elapsed().as_secs_f64()
-        ),
+        "2026-05-20 read again (backfill): {} records → {} changed, {} unchanged; change_log {} → {} ({:.2} s)",
+        s.records,
+        s.changed,
+        s.unchanged,
+        before.change_log,
+        after.change_log,
+        started.elapsed().as_secs_f64()
     )?;
+    Ok(after)
+}
 
-    // 3. The mirror holds exactly the platform's current state.
+/// Step 3, the check: the mirror holds exactly the platform's current state.
+fn check(platform: &SimulatedPlatform, held: i64, out: &mut dyn Write) -> anyhow::Result<()> {
     let expected: std::collections::HashSet<_> = platform
-        .current_state(now)
+        .platform
+        .current_state(platform.now)
         .into_iter()
         .map(|p| p.key)
         .collect();
-    w(
+    writeln!(
         out,
-        format!(
-            "check: {} provområden in the database, {} on the platform{}",
-            after.provomrade,
-            expected.len(),
-            if after.provomrade as usize == expected.len() {
-                " — equal"
-            } else {
-                " — DIFFERENT"
-            }
-        ),
+        "check: {} provområden in the database, {} on the platform{}",
+        held,
+        expected.len(),
+        if held as usize == expected.len() {
+            " — equal"
+        } else {
+            " — DIFFERENT"
+        }
     )?;
-    let _ = stop.send(());
-    let _ = server.await;
+    Ok(())
+}
 
-    let counts = store.table_counts().await.map_err(|e| runtime(e.into()))?;
-    w(
+/// Step 4: the tables and a few of the queries a warehouse would run.
+async fn example_queries(
+    store: &SqliteStore,
+    file: &Path,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let counts = store.table_counts().await?;
+    writeln!(
         out,
-        format!(
-            "\ntables: provomrade {}, provtillfalle {}, delprovsresultat {}, change_log {}, quarantine {}",
-            counts.provomrade, counts.provtillfalle, counts.delprovsresultat, counts.change_log, counts.quarantine
-        ),
+        "\ntables: provomrade {}, provtillfalle {}, delprovsresultat {}, change_log {}, quarantine {}",
+        counts.provomrade, counts.provtillfalle, counts.delprovsresultat, counts.change_log, counts.quarantine
     )?;
     for (title, sql) in EXAMPLE_QUERIES {
-        w(out, format!("\n-- {title}\n{}", squeeze(sql)))?;
-        let rows = sqlx::query(sql)
-            .fetch_all(store.pool())
-            .await
-            .map_err(|e| runtime(e.into()))?;
+        writeln!(out, "\n-- {title}\n{}", squeeze(sql))?;
+        let rows = sqlx::query(sql).fetch_all(store.pool()).await?;
         if let Some(first) = rows.first() {
             let names: Vec<&str> = first.columns().iter().map(|c| c.name()).collect();
-            w(out, format!("   {}", names.join(" | ")))?;
+            writeln!(out, "   {}", names.join(" | "))?;
         }
         for r in &rows {
             let cells: Vec<String> = (0..r.len()).map(|i| cell(r, i)).collect();
-            w(out, format!("   {}", cells.join(" | ")))?;
+            writeln!(out, "   {}", cells.join(" | "))?;
         }
     }
-    w(
-        out,
-        format!("\nExplore it yourself: sqlite3 {}", file.display()),
-    )?;
-    store.close().await;
+    writeln!(out, "\nExplore it yourself: sqlite3 {}", file.display())?;
     Ok(())
 }
 
