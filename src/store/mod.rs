@@ -748,6 +748,43 @@ pub fn redact_url(url: &str) -> String {
     out
 }
 
+/// An instant as the databases keep it: to the microsecond.
+pub(crate) fn to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
+}
+
+/// The watermark fence, decided: a [`RunKind::Sync`] window commits only if the stored
+/// watermark is still the one it was planned from (`expected`, `None` before the first window),
+/// compared at the stored precision. Each backend reads `stored` under its own lock.
+///
+/// # Errors
+/// [`StoreError::WatermarkMoved`] naming both.
+pub(crate) fn fence(
+    source: &str,
+    expected: Option<DateTime<Utc>>,
+    stored: Option<DateTime<Utc>>,
+) -> Result<(), StoreError> {
+    if stored == expected.map(to_micros) {
+        Ok(())
+    } else {
+        Err(watermark_moved(source, expected, stored))
+    }
+}
+
+/// The error of a window whose planned watermark is no longer the stored one.
+pub(crate) fn watermark_moved(
+    source: &str,
+    expected: Option<DateTime<Utc>>,
+    found: Option<DateTime<Utc>>,
+) -> StoreError {
+    let text = |t: Option<DateTime<Utc>>| t.map(timestamp).unwrap_or_else(|| "none".into());
+    StoreError::WatermarkMoved {
+        source_name: source.to_owned(),
+        expected: text(expected),
+        found: text(found),
+    }
+}
+
 /// The one text form of timestamps in the mirror: RFC 3339, UTC, microseconds, `Z`.
 pub fn timestamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
@@ -810,6 +847,39 @@ mod tests {
         }
         for code in ["23505", "23514", "42P01", "28P01", "08", "2067"] {
             assert!(!is_transient_code(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn the_fence_lets_a_window_commit_only_on_the_watermark_it_was_planned_from() {
+        let t = |s: &str| {
+            DateTime::parse_from_rfc3339(s)
+                .expect("time")
+                .with_timezone(&Utc)
+        };
+        let a = t("2026-01-10T09:59:00Z");
+        let b = t("2026-01-10T11:59:00Z");
+        assert!(fence("s", None, None).is_ok());
+        assert!(fence("s", Some(a), Some(a)).is_ok());
+        // Stored to the microsecond: a planned instant with nanoseconds still matches.
+        let finer = a + chrono::Duration::nanoseconds(300);
+        assert!(fence("s", Some(finer), Some(a)).is_ok());
+        for (expected, stored) in [(None, Some(a)), (Some(a), None), (Some(a), Some(b))] {
+            match fence("s", expected, stored) {
+                Err(StoreError::WatermarkMoved {
+                    source_name,
+                    expected: e,
+                    found,
+                }) => {
+                    assert_eq!(source_name, "s");
+                    assert_eq!(e, expected.map(timestamp).unwrap_or_else(|| "none".into()));
+                    assert_eq!(
+                        found,
+                        stored.map(timestamp).unwrap_or_else(|| "none".into())
+                    );
+                }
+                other => panic!("{expected:?} {stored:?}: {other:?}"),
+            }
         }
     }
 

@@ -624,12 +624,6 @@ async fn insert_run(
     Ok(())
 }
 
-/// PostgreSQL keeps microseconds: an instant read back compares equal to this, not to the
-/// original with its nanoseconds.
-fn to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
-}
-
 /// A value of a `COPY` row.
 #[derive(Clone, Copy)]
 enum Field<'a> {
@@ -1536,14 +1530,6 @@ impl Dialect for PgDialect {
         if run.kind != RunKind::Sync {
             return Ok(());
         }
-        let moved = |found: Option<DateTime<Utc>>| StoreError::WatermarkMoved {
-            source_name: run.source.clone(),
-            expected: run
-                .expected_watermark
-                .map(timestamp)
-                .unwrap_or_else(|| "none".into()),
-            found: found.map(timestamp).unwrap_or_else(|| "none".into()),
-        };
         let tom_local = run.window.tom_utc.with_timezone(&run.tz).naive_local();
         let Some(expected) = run.expected_watermark else {
             // The source's first window: there is no row to lock yet, so the insert is the fence.
@@ -1568,7 +1554,7 @@ impl Dialect for PgDialect {
                     .fetch_optional(&mut **tx)
                     .await
                     .map_err(query_err("reading the watermark"))?;
-            return Err(moved(found));
+            return Err(super::watermark_moved(&run.source, None, found));
         };
         // Locked to the commit: a concurrent window of the same source waits here, then reads the
         // watermark this one leaves.
@@ -1579,9 +1565,7 @@ impl Dialect for PgDialect {
         .fetch_optional(&mut **tx)
         .await
         .map_err(query_err("reading the watermark"))?;
-        if stored != Some(to_micros(expected)) {
-            return Err(moved(stored));
-        }
+        super::fence(&run.source, Some(expected), stored)?;
         sqlx::query(
             "UPDATE sync_watermark SET watermark_local = $2, watermark_utc = $3, updated_at = $4
              WHERE source = $1 AND watermark_utc < $3",

@@ -1251,14 +1251,8 @@ impl Dialect for SqliteDialect {
                 .fetch_optional(&mut *self.tx)
                 .await
                 .map_err(query_err("reading the watermark"))?;
-        let expected = run.expected_watermark.map(timestamp);
-        if stored != expected {
-            return Err(StoreError::WatermarkMoved {
-                source_name: run.source.clone(),
-                expected: expected.unwrap_or_else(|| "none".into()),
-                found: stored.unwrap_or_else(|| "none".into()),
-            });
-        }
+        let stored = stored.as_deref().map(parse_timestamp).transpose()?;
+        super::fence(&run.source, run.expected_watermark, stored)?;
         // Text comparison is time order: the timestamps have a fixed width.
         sqlx::query(
             "INSERT INTO sync_watermark (source, watermark_local, watermark_utc, updated_at)
