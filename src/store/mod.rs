@@ -31,6 +31,7 @@ pub mod contract;
 pub mod governance;
 pub mod postgres;
 pub mod replace;
+mod runs;
 pub mod sqlite;
 
 use std::sync::Arc;

@@ -439,16 +439,12 @@ impl Store for PostgresStore {
     }
 
     async fn recent_runs(&self, source: &str, limit: u32) -> Result<Vec<RunRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT kind, from_local, tom_local, outcome, finished_at, http_status, records,
-                    changed, cleared, quarantined, error
-             FROM sync_run WHERE source = $1 ORDER BY id DESC LIMIT $2",
-        )
-        .bind(source)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query_err("reading recent windows"))?;
+        let rows = sqlx::query(super::runs::RECENT_RUNS_SQL)
+            .bind(source)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err("reading recent windows"))?;
         let local = |t: NaiveDateTime| t.format(crate::window::API_FORMAT).to_string();
         rows.iter()
             .map(|r| {
@@ -594,34 +590,32 @@ async fn insert_run(
     run: &SyncRun,
     outcome: RunOutcome,
 ) -> Result<(), StoreError> {
-    let s = &run.summary;
-    sqlx::query(
-        "INSERT INTO sync_run (source, kind, from_local, tom_local, from_utc, tom_utc, started_at,
-             finished_at, outcome, http_status, bytes, records, changed, unchanged, cleared,
-             quarantined, error)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
-    )
-    .bind(&run.source)
-    .bind(run.kind.as_str())
-    .bind(run.window.from_local)
-    .bind(run.window.tom_local)
-    .bind(run.window.from_utc)
-    .bind(run.window.tom_utc)
-    .bind(run.started_at)
-    .bind(run.finished_at)
-    .bind(outcome.as_str())
-    .bind(run.http_status.map(i32::from))
-    .bind(run.bytes as i64)
-    .bind(s.records as i64)
-    .bind(s.changed as i64)
-    .bind(s.unchanged as i64)
-    .bind(s.cleared as i64)
-    .bind(s.quarantined as i64)
-    .bind(&run.error)
-    .execute(conn)
-    .await
-    .map_err(query_err("recording a window in sync_run"))?;
+    let values = super::runs::run_values(run, outcome);
+    bind_values(sqlx::query(super::runs::INSERT_RUN_SQL), &values)
+        .execute(conn)
+        .await
+        .map_err(query_err("recording a window in sync_run"))?;
     Ok(())
+}
+
+/// Binds the store core's values in this database's own types: `timestamptz` for instants,
+/// `timestamp` for local times.
+fn bind_values<'q>(
+    mut query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    values: &[super::runs::Value<'q>],
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    use super::runs::Value;
+    for value in values {
+        query = match *value {
+            Value::Text(t) => query.bind(t),
+            Value::OptText(t) => query.bind(t),
+            Value::Int(n) => query.bind(n),
+            Value::OptInt32(n) => query.bind(n),
+            Value::Instant(t) => query.bind(t),
+            Value::Local(t) => query.bind(t),
+        };
+    }
+    query
 }
 
 /// A value of a `COPY` row.

@@ -353,16 +353,12 @@ impl Store for SqliteStore {
     }
 
     async fn recent_runs(&self, source: &str, limit: u32) -> Result<Vec<RunRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT kind, from_local, tom_local, outcome, finished_at, http_status, records,
-                    changed, cleared, quarantined, error
-             FROM sync_run WHERE source = ? ORDER BY id DESC LIMIT ?",
-        )
-        .bind(source)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query_err("reading recent windows"))?;
+        let rows = sqlx::query(super::runs::RECENT_RUNS_SQL)
+            .bind(source)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err("reading recent windows"))?;
         rows.iter()
             .map(|r| {
                 Ok(RunRow {
@@ -424,34 +420,32 @@ async fn insert_run(
     run: &SyncRun,
     outcome: RunOutcome,
 ) -> Result<(), StoreError> {
-    let s = &run.summary;
-    sqlx::query(
-        "INSERT INTO sync_run (source, kind, from_local, tom_local, from_utc, tom_utc, started_at,
-             finished_at, outcome, http_status, bytes, records, changed, unchanged, cleared,
-             quarantined, error)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&run.source)
-    .bind(run.kind.as_str())
-    .bind(run.window.from_param())
-    .bind(run.window.tom_param())
-    .bind(timestamp(run.window.from_utc))
-    .bind(timestamp(run.window.tom_utc))
-    .bind(timestamp(run.started_at))
-    .bind(timestamp(run.finished_at))
-    .bind(outcome.as_str())
-    .bind(run.http_status.map(i64::from))
-    .bind(run.bytes as i64)
-    .bind(s.records as i64)
-    .bind(s.changed as i64)
-    .bind(s.unchanged as i64)
-    .bind(s.cleared as i64)
-    .bind(s.quarantined as i64)
-    .bind(&run.error)
-    .execute(conn)
-    .await
-    .map_err(query_err("recording a window in sync_run"))?;
+    let values = super::runs::run_values(run, outcome);
+    bind_values(sqlx::query(super::runs::INSERT_RUN_SQL), &values)
+        .execute(conn)
+        .await
+        .map_err(query_err("recording a window in sync_run"))?;
     Ok(())
+}
+
+/// Binds the store core's values the way this file keeps them: instants as fixed-width
+/// RFC 3339 text (which sorts as time), local times as the API's text.
+fn bind_values<'q>(
+    mut query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    values: &[super::runs::Value<'q>],
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    use super::runs::Value;
+    for value in values {
+        query = match *value {
+            Value::Text(t) => query.bind(t),
+            Value::OptText(t) => query.bind(t),
+            Value::Int(n) => query.bind(n),
+            Value::OptInt32(n) => query.bind(n.map(i64::from)),
+            Value::Instant(t) => query.bind(timestamp(t)),
+            Value::Local(t) => query.bind(t.format(crate::window::API_FORMAT).to_string()),
+        };
+    }
+    query
 }
 
 /// One document's transaction, as the replace engine drives it.
