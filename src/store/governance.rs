@@ -158,20 +158,20 @@ const QUARANTINE_OF_POSTGRES: &str = "(elev = $1 OR (elev IS NULL AND raw_xml IS
      AND (strpos(raw_xml, '\"' || $1 || '\"') > 0 OR strpos(raw_xml, '''' || $1 || '''') > 0))) \
      AND ($2::text IS NULL OR source = $2)";
 
-/// (the rows' predicate with the cutoff as the first parameter, whether pruning clears raw_xml
-/// instead of deleting), in the order of [`Pruned::by_table`]; `?1` is rewritten to `$1` for
-/// PostgreSQL.
+/// (the rows' predicate with the cutoff as `$1`, whether pruning clears raw_xml instead of
+/// deleting), in the order of [`Pruned::by_table`]; `$N` is a numbered parameter on both
+/// backends.
 const PRUNE_STEPS: [(&str, bool); 4] = [
     (
-        "FROM sync_run WHERE started_at < ?1 AND id NOT IN          (SELECT max(id) FROM sync_run WHERE outcome = 'ok' GROUP BY source)",
+        "FROM sync_run WHERE started_at < $1 AND id NOT IN          (SELECT max(id) FROM sync_run WHERE outcome = 'ok' GROUP BY source)",
         false,
     ),
     (
-        "FROM quarantine WHERE raw_xml IS NOT NULL AND last_seen_at < ?1",
+        "FROM quarantine WHERE raw_xml IS NOT NULL AND last_seen_at < $1",
         true,
     ),
-    ("FROM quarantine WHERE last_seen_at < ?1", false),
-    ("FROM change_log WHERE at < ?1", false),
+    ("FROM quarantine WHERE last_seen_at < $1", false),
+    ("FROM change_log WHERE at < $1", false),
 ];
 
 fn prune_sql(rows: &str, clears_raw: bool, dry_run: bool) -> String {
@@ -537,7 +537,7 @@ pub(super) mod postgres {
             PRUNE_STEPS.iter().zip(cutoffs.in_order()).enumerate()
         {
             let Some(cutoff) = cutoff else { continue };
-            let sql = prune_sql(&rows.replace("?1", "$1"), *clears_raw, dry_run);
+            let sql = prune_sql(rows, *clears_raw, dry_run);
             let q = sqlx::query(&sql).bind(cutoff);
             counts[i] = if dry_run {
                 let row = q
