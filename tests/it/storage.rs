@@ -34,6 +34,10 @@ impl WriteLock {
         let path = path.to_owned();
         let thread = std::thread::spawn(move || {
             let conn = rusqlite::Connection::open(&path).expect("open for the lock");
+            // The daemon may be in the middle of a window: wait for its commit, as any other
+            // writer would (rusqlite's default is not to wait at all).
+            conn.busy_timeout(std::time::Duration::from_secs(30))
+                .expect("busy timeout");
             conn.execute_batch("BEGIN IMMEDIATE")
                 .expect("take the write lock");
             taken.send(()).expect("tell");
