@@ -83,7 +83,9 @@ pub trait Dialect: Send {
     /// Provtillfällen stored per key.
     async fn children_counts(&mut self, ids: &[i64]) -> Result<HashMap<i64, i64>, StoreError>;
 
-    /// Executes one batch's writes, in the plan's order; returns the ids of the keys it created.
+    /// Executes one batch's writes in the plan's order ([`replace::Write`] says why that order),
+    /// each with an exhaustive match over the kinds of write. The ids of new keys are the
+    /// backend's to assign; the plan names them by position ([`replace::Target::New`]).
     async fn write(&mut self, plan: &BatchPlan, doc: &DocInfo) -> Result<(), StoreError>;
 
     /// Keys still to settle (written by several batches), by id above `after`.
@@ -219,7 +221,7 @@ impl Applier {
         // Pupil ids are personal data: they appear in logs at debug level only, here, where an
         // operator chasing a broken element needs them (the README's "Logs" says so).
         if tracing::enabled!(tracing::Level::DEBUG) {
-            for q in &plan.quarantine {
+            for q in plan.quarantined() {
                 tracing::debug!(
                     document = %self.doc.document,
                     elev = q.elev.as_deref().unwrap_or("-"),
@@ -232,7 +234,7 @@ impl Applier {
         }
         let (pt, dp) = plan.child_rows();
         let s = &mut self.state.summary;
-        s.provomrade_rows += plan.creates.len() as u64;
+        s.provomrade_rows += plan.new_keys() as u64;
         s.provtillfalle_rows += pt;
         s.delprovsresultat_rows += dp;
         let version = self.ctx.version.rules.name;

@@ -50,13 +50,15 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Row, Transaction};
 
 use super::apply::{Applier, Dialect, DocInfo, Settle, Settled};
-use super::replace::{self, BatchLimits, BatchPlan, DocState, Fingerprint, Op, Stored, Target};
+use super::replace::{
+    self, BatchLimits, BatchPlan, DocState, Fingerprint, Op, Stored, Target, Write,
+};
 use super::{
     query_err, redact_url, timestamp, ApplyContext, DocumentTx, LeaderInfo, Leadership, RunKind,
     RunOutcome, RunRow, Store, StoreError, SyncRun, TableCounts, Watermark,
 };
 use crate::domain::{
-    Delprovsresultat, Omrade, ProvomradeKey, Provtillfalle, ProvtillfalleResultat,
+    ContentHash, Delprovsresultat, Omrade, ProvomradeKey, Provtillfalle, ProvtillfalleResultat,
     StoredProvtillfalle, Utfall,
 };
 use crate::xml::{DocContext, RawHash};
@@ -819,6 +821,269 @@ impl PgDialect {
         self.copy_children(&pt, &dp).await
     }
 
+    async fn untrack(&mut self, ids: &[i64]) -> Result<(), StoreError> {
+        if !self.tracking_table {
+            return Ok(());
+        }
+        sqlx::query("DELETE FROM doc_tracking WHERE provomrade_id = ANY($1)")
+            .bind(ids)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(query_err("dropping tracking rows of held keys"))?;
+        Ok(())
+    }
+
+    async fn delete_children(&mut self, ids: &[i64]) -> Result<(), StoreError> {
+        // Delprovsresultat first, in one statement: the foreign key's cascade would otherwise
+        // delete them one provtillfälle at a time.
+        sqlx::query(
+            "DELETE FROM delprovsresultat WHERE provtillfalle_id = ANY(ARRAY(
+                 SELECT id FROM provtillfalle WHERE provomrade_id = ANY($1)))",
+        )
+        .bind(ids)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query_err("deleting replaced delprovsresultat"))?;
+        sqlx::query("DELETE FROM provtillfalle WHERE provomrade_id = ANY($1)")
+            .bind(ids)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(query_err("deleting replaced provtillfällen"))?;
+        Ok(())
+    }
+
+    /// New provområden with the ids reserved for them (`po`, in plan order).
+    async fn insert_keys(
+        &mut self,
+        keys: &[replace::NewKey],
+        po: &[i64],
+        doc: &DocInfo,
+    ) -> Result<(), StoreError> {
+        let n = keys.len();
+        let ids = po.get(..n).ok_or_else(|| ids_ran_out("provomrade"))?;
+        let k = |i: usize| &keys[i].key;
+        sqlx::query(
+            "INSERT INTO provomrade (id, source, elev, kind, amne, arskurs, kurs, namespace,
+                 content_sha256, raw_sha256, changed_at)
+             OVERRIDING SYSTEM VALUE
+             SELECT u.id, $1, u.elev, u.kind, u.amne, u.arskurs, u.kurs, $2, u.sha, u.raw, $3
+             FROM UNNEST($4::int8[], $5::text[], $6::text[], $7::text[], $8::int4[],
+                         $9::text[], $10::text[], $11::bytea[])
+                  AS u(id, elev, kind, amne, arskurs, kurs, sha, raw)",
+        )
+        .bind(&doc.source)
+        .bind(&doc.namespace)
+        .bind(doc.now)
+        .bind(ids)
+        .bind((0..n).map(|i| k(i).elev.as_str()).collect::<Vec<_>>())
+        .bind((0..n).map(|i| k(i).omrade.kind()).collect::<Vec<_>>())
+        .bind((0..n).map(|i| k(i).omrade.amne()).collect::<Vec<_>>())
+        .bind(
+            (0..n)
+                .map(|i| k(i).omrade.arskurs().map(|a| i32::from(a.get())))
+                .collect::<Vec<_>>(),
+        )
+        .bind((0..n).map(|i| k(i).omrade.kurs()).collect::<Vec<_>>())
+        .bind(keys.iter().map(|c| c.content.as_str()).collect::<Vec<_>>())
+        .bind(keys.iter().map(|c| &c.raw[..]).collect::<Vec<_>>())
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query_err("inserting provområden"))?;
+        Ok(())
+    }
+
+    /// Provtillfällen and their delprovsresultat by two streamed COPYs, with the reserved
+    /// provtillfälle ids `pt` taken in plan order; returns how many it took.
+    async fn insert_children(
+        &mut self,
+        children: &[replace::Children],
+        po: &[i64],
+        pt: &[i64],
+    ) -> Result<usize, StoreError> {
+        let total: usize = children.iter().map(|c| c.rows.len()).sum();
+        if total == 0 {
+            return Ok(0);
+        }
+        if pt.len() < total {
+            return Err(ids_ran_out("provtillfalle"));
+        }
+        let targets: Vec<i64> = children
+            .iter()
+            .map(|c| target_id(po, c.target))
+            .collect::<Result<_, _>>()?;
+        // Plain index cursors rather than iterator chains: the rows are written a chunk at a
+        // time across awaits, and (child, row, delprov) positions say where to resume.
+        let mut at = RowCursor::default();
+        copy_stream(
+            &mut self.tx,
+            "COPY provtillfalle (id, provomrade_id, ordinal, skolform, uppdaterat, genomfort,
+                 intedeltagit, sammanvagt_provbetyg) FROM STDIN",
+            |buf| {
+                while let Some(c) = children.get(at.child) {
+                    let Some((skolform, t)) = c.rows.get(at.row) else {
+                        at.child += 1;
+                        at.row = 0;
+                        continue;
+                    };
+                    let ordinal = c.first_ordinal + at.row as i64;
+                    push_provtillfalle(buf, pt[at.flat], targets[at.child], ordinal, skolform, t);
+                    at.row += 1;
+                    at.flat += 1;
+                    if buf.text.len() >= COPY_CHUNK {
+                        return true;
+                    }
+                }
+                false
+            },
+        )
+        .await
+        .map_err(query_err("inserting provtillfällen"))?;
+        let mut at = RowCursor::default();
+        copy_stream(
+            &mut self.tx,
+            "COPY delprovsresultat (provtillfalle_id, ordinal, typ, utfall, betyg, poang,
+                 maluppfyllnad) FROM STDIN",
+            |buf| {
+                while let Some(c) = children.get(at.child) {
+                    let Some((_, t)) = c.rows.get(at.row) else {
+                        at.child += 1;
+                        at.row = 0;
+                        continue;
+                    };
+                    let Some(d) = t.resultat.delprovsresultat().get(at.delprov) else {
+                        at.row += 1;
+                        at.flat += 1;
+                        at.delprov = 0;
+                        continue;
+                    };
+                    push_delprov(buf, pt[at.flat], at.delprov as i64, d);
+                    at.delprov += 1;
+                    if buf.text.len() >= COPY_CHUNK {
+                        return true;
+                    }
+                }
+                false
+            },
+        )
+        .await
+        .map_err(query_err("inserting delprovsresultat"))?;
+        Ok(total)
+    }
+
+    async fn replace(
+        &mut self,
+        rows: &[(i64, ContentHash, RawHash)],
+        doc: &DocInfo,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE provomrade p SET content_sha256 = u.sha, raw_sha256 = u.raw,
+                 changed_at = $1, namespace = $2
+             FROM UNNEST($3::int8[], $4::text[], $5::bytea[]) AS u(id, sha, raw)
+             WHERE p.id = u.id",
+        )
+        .bind(doc.now)
+        .bind(&doc.namespace)
+        .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| &r.2[..]).collect::<Vec<_>>())
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query_err("updating replaced provområden"))?;
+        Ok(())
+    }
+
+    async fn track(&mut self, tracks: &[replace::Track], po: &[i64]) -> Result<(), StoreError> {
+        self.ensure_tracking_table().await?;
+        let ids: Vec<i64> = tracks
+            .iter()
+            .map(|t| target_id(po, t.target))
+            .collect::<Result<_, _>>()?;
+        let col = |f: &dyn Fn(&replace::Touched) -> Option<String>| -> Vec<Option<String>> {
+            tracks.iter().map(|x| f(&x.touched)).collect()
+        };
+        sqlx::query(
+            "INSERT INTO doc_tracking (provomrade_id, written, prev_content, raw, children,
+                 elements, settle, op)
+             SELECT * FROM UNNEST($1::int8[], $2::bool[], $3::text[], $4::bytea[],
+                                  $5::int8[], $6::int8[], $7::bool[], $8::text[])
+             ON CONFLICT (provomrade_id) DO UPDATE SET
+                 written = excluded.written, prev_content = excluded.prev_content,
+                 raw = excluded.raw, children = excluded.children,
+                 elements = excluded.elements, settle = excluded.settle, op = excluded.op",
+        )
+        .bind(ids)
+        .bind(tracks.iter().map(|x| x.touched.written).collect::<Vec<_>>())
+        .bind(col(&|x| x.prev_content.clone()))
+        .bind(
+            tracks
+                .iter()
+                .map(|x| x.touched.raw.as_ref().map(|r| &r[..]))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            tracks
+                .iter()
+                .map(|x| x.touched.children)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            tracks
+                .iter()
+                .map(|x| x.touched.elements)
+                .collect::<Vec<_>>(),
+        )
+        .bind(tracks.iter().map(|x| x.touched.settle).collect::<Vec<_>>())
+        .bind(col(&|x| x.op.map(|o| o.as_str().to_owned())))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query_err("tracking the document's keys"))?;
+        Ok(())
+    }
+
+    async fn track_unchanged(&mut self, ids: &[i64]) -> Result<(), StoreError> {
+        self.ensure_tracking_table().await?;
+        sqlx::query(
+            "INSERT INTO doc_tracking (provomrade_id, written, children, elements, settle)
+             SELECT u, false, 0, 0, false FROM UNNEST($1::int8[]) AS u
+             ON CONFLICT (provomrade_id) DO NOTHING",
+        )
+        .bind(ids)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query_err("tracking the document's keys"))?;
+        Ok(())
+    }
+
+    async fn rehash(&mut self, rows: &[(i64, RawHash)], doc: &DocInfo) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE provomrade p SET raw_sha256 = u.raw, namespace = $1
+             FROM UNNEST($2::int8[], $3::bytea[]) AS u(id, raw) WHERE p.id = u.id",
+        )
+        .bind(&doc.namespace)
+        .bind(rows.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, raw)| &raw[..]).collect::<Vec<_>>())
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query_err("writing raw hashes of keys unchanged by content"))?;
+        Ok(())
+    }
+
+    async fn track_held(&mut self, fps: &[Fingerprint]) -> Result<(), StoreError> {
+        self.ensure_held_table().await?;
+        sqlx::query(
+            "INSERT INTO doc_held SELECT * FROM UNNEST($1::bytea[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(
+            fps.iter()
+                .map(|fp| fp.to_le_bytes().to_vec())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query_err("tracking held keys"))?;
+        Ok(())
+    }
+
     async fn copy_children(&mut self, pt: &CopyRows, dp: &CopyRows) -> Result<(), StoreError> {
         // COPY writes the reserved ids into the identity column as given.
         if pt.rows > 0 {
@@ -976,6 +1241,14 @@ async fn copy_stream(
 struct Ids {
     po: Vec<i64>,
     pt: Vec<i64>,
+}
+
+/// The row id a plan's target names, with the plan's reserved provområde ids.
+fn target_id(po: &[i64], t: Target) -> Result<i64, StoreError> {
+    match t {
+        Target::New(i) => po.get(i).copied().ok_or_else(|| ids_ran_out("provomrade")),
+        Target::Id(id) => Ok(id),
+    }
 }
 
 fn ids_ran_out(table: &str) -> StoreError {
@@ -1148,278 +1421,29 @@ impl Dialect for PgDialect {
     }
 
     async fn write(&mut self, plan: &BatchPlan, doc: &DocInfo) -> Result<(), StoreError> {
-        self.restore(&plan.restores).await?;
-        if !plan.tracks.is_empty() || !plan.spill_unchanged.is_empty() {
-            self.ensure_tracking_table().await?;
-        }
-        let tx = &mut self.tx;
-        if !plan.untrack.is_empty() && self.tracking_table {
-            sqlx::query("DELETE FROM doc_tracking WHERE provomrade_id = ANY($1)")
-                .bind(&plan.untrack)
-                .execute(&mut **tx)
-                .await
-                .map_err(query_err("dropping tracking rows of held keys"))?;
-        }
-        if !plan.deletes.is_empty() {
-            // Delprovsresultat first, in one statement: the foreign key's cascade would otherwise
-            // delete them one provtillfälle at a time.
-            sqlx::query(
-                "DELETE FROM delprovsresultat WHERE provtillfalle_id = ANY(ARRAY(
-                     SELECT id FROM provtillfalle WHERE provomrade_id = ANY($1)))",
-            )
-            .bind(&plan.deletes)
-            .execute(&mut **tx)
-            .await
-            .map_err(query_err("deleting replaced delprovsresultat"))?;
-            sqlx::query("DELETE FROM provtillfalle WHERE provomrade_id = ANY($1)")
-                .bind(&plan.deletes)
-                .execute(&mut **tx)
-                .await
-                .map_err(query_err("deleting replaced provtillfällen"))?;
-        }
-        let (pt_count, _) = plan.child_rows();
-        let Ids { po, pt } = reserve_ids(tx, plan.creates.len(), pt_count as usize).await?;
-        let id_of = |t: Target| -> Result<i64, StoreError> {
-            match t {
-                Target::New(i) => po.get(i).copied().ok_or_else(|| ids_ran_out("provomrade")),
-                Target::Id(id) => Ok(id),
-            }
-        };
-        if !plan.creates.is_empty() {
-            let k = |i: usize| &plan.creates[i].key;
-            let n = plan.creates.len();
-            sqlx::query(
-                "INSERT INTO provomrade (id, source, elev, kind, amne, arskurs, kurs, namespace,
-                     content_sha256, raw_sha256, changed_at)
-                 OVERRIDING SYSTEM VALUE
-                 SELECT u.id, $1, u.elev, u.kind, u.amne, u.arskurs, u.kurs, $2, u.sha, u.raw, $3
-                 FROM UNNEST($4::int8[], $5::text[], $6::text[], $7::text[], $8::int4[],
-                             $9::text[], $10::text[], $11::bytea[])
-                      AS u(id, elev, kind, amne, arskurs, kurs, sha, raw)",
-            )
-            .bind(&doc.source)
-            .bind(&doc.namespace)
-            .bind(doc.now)
-            .bind(&po[..n])
-            .bind((0..n).map(|i| k(i).elev.as_str()).collect::<Vec<_>>())
-            .bind((0..n).map(|i| k(i).omrade.kind()).collect::<Vec<_>>())
-            .bind((0..n).map(|i| k(i).omrade.amne()).collect::<Vec<_>>())
-            .bind(
-                (0..n)
-                    .map(|i| k(i).omrade.arskurs().map(|a| i32::from(a.get())))
-                    .collect::<Vec<_>>(),
-            )
-            .bind((0..n).map(|i| k(i).omrade.kurs()).collect::<Vec<_>>())
-            .bind(
-                plan.creates
-                    .iter()
-                    .map(|c| c.content.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(plan.creates.iter().map(|c| &c.raw[..]).collect::<Vec<_>>())
-            .execute(&mut **tx)
-            .await
-            .map_err(query_err("inserting provområden"))?;
-        }
-        // Every provtillfälle row with its reserved id and its parent, in plan order; the two
-        // COPYs below walk the same order.
-        let targets: Vec<i64> = plan
-            .children
-            .iter()
-            .map(|c| id_of(c.target))
-            .collect::<Result<_, _>>()?;
+        // Ids for the whole plan in one round trip: sequences are outside the transaction, so
+        // taking them before the restores changes nothing the restores see.
         let (pt_total, _) = plan.child_rows();
-        if pt.len() < pt_total as usize {
-            return Err(ids_ran_out("provtillfalle"));
-        }
-        if !plan.tracks.is_empty() {
-            let ids: Vec<i64> = plan
-                .tracks
-                .iter()
-                .map(|t| id_of(t.target))
-                .collect::<Result<_, _>>()?;
-            let t = |f: &dyn Fn(&replace::Touched) -> Option<String>| -> Vec<Option<String>> {
-                plan.tracks.iter().map(|x| f(&x.touched)).collect()
-            };
-            sqlx::query(
-                "INSERT INTO doc_tracking (provomrade_id, written, prev_content, raw, children,
-                     elements, settle, op)
-                 SELECT * FROM UNNEST($1::int8[], $2::bool[], $3::text[], $4::bytea[],
-                                      $5::int8[], $6::int8[], $7::bool[], $8::text[])
-                 ON CONFLICT (provomrade_id) DO UPDATE SET
-                     written = excluded.written, prev_content = excluded.prev_content,
-                     raw = excluded.raw, children = excluded.children,
-                     elements = excluded.elements, settle = excluded.settle, op = excluded.op",
-            )
-            .bind(ids)
-            .bind(
-                plan.tracks
-                    .iter()
-                    .map(|x| x.touched.written)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(t(&|x| x.prev_content.clone()))
-            .bind(
-                plan.tracks
-                    .iter()
-                    .map(|x| x.touched.raw.as_ref().map(|r| &r[..]))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                plan.tracks
-                    .iter()
-                    .map(|x| x.touched.children)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                plan.tracks
-                    .iter()
-                    .map(|x| x.touched.elements)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                plan.tracks
-                    .iter()
-                    .map(|x| x.touched.settle)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(t(&|x| x.op.map(|o| o.as_str().to_owned())))
-            .execute(&mut *self.tx)
-            .await
-            .map_err(query_err("tracking the document's keys"))?;
-        }
-        if pt_total > 0 {
-            // Plain index cursors rather than iterator chains: the rows are written a chunk at a
-            // time across awaits, and (child, row, delprov) positions say where to resume.
-            let mut at = RowCursor::default();
-            copy_stream(
-                &mut self.tx,
-                "COPY provtillfalle (id, provomrade_id, ordinal, skolform, uppdaterat, genomfort,
-                     intedeltagit, sammanvagt_provbetyg) FROM STDIN",
-                |buf| {
-                    while let Some(c) = plan.children.get(at.child) {
-                        let Some((skolform, t)) = c.rows.get(at.row) else {
-                            at.child += 1;
-                            at.row = 0;
-                            continue;
-                        };
-                        let ordinal = c.first_ordinal + at.row as i64;
-                        push_provtillfalle(
-                            buf,
-                            pt[at.flat],
-                            targets[at.child],
-                            ordinal,
-                            skolform,
-                            t,
-                        );
-                        at.row += 1;
-                        at.flat += 1;
-                        if buf.text.len() >= COPY_CHUNK {
-                            return true;
-                        }
-                    }
-                    false
-                },
-            )
-            .await
-            .map_err(query_err("inserting provtillfällen"))?;
-            let mut at = RowCursor::default();
-            copy_stream(
-                &mut self.tx,
-                "COPY delprovsresultat (provtillfalle_id, ordinal, typ, utfall, betyg, poang,
-                     maluppfyllnad) FROM STDIN",
-                |buf| {
-                    while let Some(c) = plan.children.get(at.child) {
-                        let Some((_, t)) = c.rows.get(at.row) else {
-                            at.child += 1;
-                            at.row = 0;
-                            continue;
-                        };
-                        let Some(d) = t.resultat.delprovsresultat().get(at.delprov) else {
-                            at.row += 1;
-                            at.flat += 1;
-                            at.delprov = 0;
-                            continue;
-                        };
-                        push_delprov(buf, pt[at.flat], at.delprov as i64, d);
-                        at.delprov += 1;
-                        if buf.text.len() >= COPY_CHUNK {
-                            return true;
-                        }
-                    }
-                    false
-                },
-            )
-            .await
-            .map_err(query_err("inserting delprovsresultat"))?;
-        }
-        let tx = &mut self.tx;
-        if !plan.replaced.is_empty() {
-            sqlx::query(
-                "UPDATE provomrade p SET content_sha256 = u.sha, raw_sha256 = u.raw,
-                     changed_at = $1, namespace = $2
-                 FROM UNNEST($3::int8[], $4::text[], $5::bytea[]) AS u(id, sha, raw)
-                 WHERE p.id = u.id",
-            )
-            .bind(doc.now)
-            .bind(&doc.namespace)
-            .bind(plan.replaced.iter().map(|r| r.0).collect::<Vec<_>>())
-            .bind(
-                plan.replaced
-                    .iter()
-                    .map(|r| r.1.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(plan.replaced.iter().map(|r| &r.2[..]).collect::<Vec<_>>())
-            .execute(&mut **tx)
-            .await
-            .map_err(query_err("updating replaced provområden"))?;
-        }
-        if !plan.spill_unchanged.is_empty() {
-            sqlx::query(
-                "INSERT INTO doc_tracking (provomrade_id, written, children, elements, settle)
-                 SELECT u, false, 0, 0, false FROM UNNEST($1::int8[]) AS u
-                 ON CONFLICT (provomrade_id) DO NOTHING",
-            )
-            .bind(&plan.spill_unchanged)
-            .execute(&mut **tx)
-            .await
-            .map_err(query_err("tracking the document's keys"))?;
-        }
-        if !plan.rehash.is_empty() {
-            sqlx::query(
-                "UPDATE provomrade p SET raw_sha256 = u.raw, namespace = $1
-                 FROM UNNEST($2::int8[], $3::bytea[]) AS u(id, raw) WHERE p.id = u.id",
-            )
-            .bind(&doc.namespace)
-            .bind(plan.rehash.iter().map(|(id, _)| *id).collect::<Vec<_>>())
-            .bind(
-                plan.rehash
-                    .iter()
-                    .map(|(_, raw)| &raw[..])
-                    .collect::<Vec<_>>(),
-            )
-            .execute(&mut **tx)
-            .await
-            .map_err(query_err("writing raw hashes of keys unchanged by content"))?;
-        }
-        if !plan.spill_held.is_empty() {
-            self.ensure_held_table().await?;
-            sqlx::query(
-                "INSERT INTO doc_held SELECT * FROM UNNEST($1::bytea[]) ON CONFLICT DO NOTHING",
-            )
-            .bind(
-                plan.spill_held
-                    .iter()
-                    .map(|fp| fp.to_le_bytes().to_vec())
-                    .collect::<Vec<_>>(),
-            )
-            .execute(&mut *self.tx)
-            .await
-            .map_err(query_err("tracking held keys"))?;
-        }
-        if !plan.quarantine.is_empty() {
-            write_quarantine(&mut self.tx, doc, &plan.quarantine).await?;
+        let ids = reserve_ids(&mut self.tx, plan.new_keys(), pt_total as usize).await?;
+        // How many reserved provtillfälle ids the writes so far used.
+        let mut pt_used = 0;
+        for w in &plan.writes {
+            match w {
+                Write::Restore(ids) => self.restore(ids).await?,
+                Write::Untrack(ids) => self.untrack(ids).await?,
+                Write::DeleteChildren(ids) => self.delete_children(ids).await?,
+                Write::InsertKeys(keys) => self.insert_keys(keys, &ids.po, doc).await?,
+                Write::InsertChildren(children) => {
+                    let pt = ids.pt.get(pt_used..).unwrap_or_default();
+                    pt_used += self.insert_children(children, &ids.po, pt).await?;
+                }
+                Write::Replace(rows) => self.replace(rows, doc).await?,
+                Write::Track(tracks) => self.track(tracks, &ids.po).await?,
+                Write::TrackUnchanged(ids) => self.track_unchanged(ids).await?,
+                Write::Rehash(rows) => self.rehash(rows, doc).await?,
+                Write::TrackHeld(fps) => self.track_held(fps).await?,
+                Write::Quarantine(rows) => write_quarantine(&mut self.tx, doc, rows).await?,
+            }
         }
         Ok(())
     }

@@ -17,7 +17,7 @@
 //!
 //! A key with an element that breaks the XSD is **held back** for the rest of the document:
 //! every element of it is quarantined (the rows name the key), what is stored stays, and if the
-//! document had written the key in an earlier batch, that is undone ([`BatchPlan::restores`]).
+//! document had written the key in an earlier batch, that is undone ([`Write::Restore`]).
 //!
 //! Keys found unchanged cost no write at all: they are remembered in memory by id (up to a cap,
 //! past which they spill into the document's tracking table). Written keys are tracked in that
@@ -411,7 +411,13 @@ pub enum Decision {
 
 impl Decision {
     fn needs_build(&self) -> bool {
-        !matches!(self, Decision::Held | Decision::Unchanged { .. })
+        match self {
+            Decision::Held | Decision::Unchanged { .. } => false,
+            Decision::Create
+            | Decision::Compare { .. }
+            | Decision::Append { .. }
+            | Decision::Grow { .. } => true,
+        }
     }
 }
 
@@ -460,13 +466,17 @@ pub fn children_needed(decisions: &[Decision]) -> Vec<i64> {
         .iter()
         .filter_map(|d| match d {
             Decision::Grow { id, .. } => Some(*id),
-            _ => None,
+            Decision::Held
+            | Decision::Create
+            | Decision::Unchanged { .. }
+            | Decision::Compare { .. }
+            | Decision::Append { .. } => None,
         })
         .collect()
 }
 
-/// Where rows go: a key this batch creates (by its index in [`BatchPlan::creates`]), or a
-/// stored one.
+/// Where rows go: a key this batch creates (the `i`-th key its [`Write::InsertKeys`] insert,
+/// counted over them in order), or a stored one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
     New(usize),
@@ -527,47 +537,182 @@ impl QuarantineRow {
     }
 }
 
-/// What one batch writes, in the order a backend executes it: restores, deletes, creates,
-/// children, replaced rows' hashes, tracking rows, raw-hash updates, quarantine.
-#[derive(Debug, Default)]
-pub struct BatchPlan {
+/// One write of a batch. [`plan`] emits a batch's writes in the one order that is correct, and
+/// a backend executes them in that order: it may split a write into several statements or stream
+/// it (PostgreSQL's COPY), never reorder writes.
+///
+/// The order, and why:
+/// 1. [`Write::Restore`] first: a key held back is put back as committed, tracking row too, before
+///    anything else of the batch could read or extend what the document had written to it.
+/// 2. [`Write::Untrack`]: spilled tracking rows of keys now held back go before the batch tracks
+///    anything.
+/// 3. [`Write::DeleteChildren`] before [`Write::InsertChildren`]: a replaced set goes before its
+///    new rows come (the same ordinals).
+/// 4. [`Write::InsertKeys`] before [`Write::InsertChildren`]: parents before children (the foreign
+///    key).
+/// 5. [`Write::Replace`], then the tracking writes ([`Write::Track`], [`Write::TrackUnchanged`]),
+///    [`Write::Rehash`], [`Write::TrackHeld`] and [`Write::Quarantine`] last: they touch only rows
+///    the earlier writes leave in place.
+#[derive(Debug)]
+pub enum Write {
     /// Keys the document wrote in an earlier batch and now holds back: put back as committed
     /// before the document (their tracking rows go too).
-    pub restores: Vec<i64>,
-    /// Keys whose stored provtillfällen are replaced: deleted before the new ones go in.
-    pub deletes: Vec<i64>,
-    pub creates: Vec<NewKey>,
-    pub children: Vec<Children>,
-    /// Keys whose content was replaced: their new content and raw hash (and the document's
-    /// time as `changed_at`, and its namespace).
-    pub replaced: Vec<(i64, ContentHash, RawHash)>,
-    pub tracks: Vec<Track>,
-    /// Tracking rows of keys found unchanged, once memory is full (no other column matters).
-    pub spill_unchanged: Vec<i64>,
-    /// Keys unchanged by content whose raw hash (and namespace) is written anew: after a change
-    /// of serialisation or schema version, once per key, so the next read skips them.
-    pub rehash: Vec<(i64, RawHash)>,
-    /// Spilled tracking rows of keys now held back, to drop.
-    pub untrack: Vec<i64>,
+    Restore(Vec<i64>),
+    /// Spilled tracking rows of keys now held back, dropped.
+    Untrack(Vec<i64>),
+    /// Keys whose stored provtillfällen (and their delprovsresultat) are replaced: deleted.
+    DeleteChildren(Vec<i64>),
+    /// New provområden, with the document's time as `changed_at` and its namespace.
+    InsertKeys(Vec<NewKey>),
+    /// Provtillfällen and their delprovsresultat, each key's rows from its `first_ordinal` on.
+    InsertChildren(Vec<Children>),
+    /// Keys whose content was replaced: their new content and raw hash (and the document's time as
+    /// `changed_at`, and its namespace).
+    Replace(Vec<(i64, ContentHash, RawHash)>),
+    /// Tracking rows, inserted or replaced.
+    Track(Vec<Track>),
+    /// Tracking rows of keys found unchanged, once memory is full (no other column matters); a
+    /// key already tracked keeps its row.
+    TrackUnchanged(Vec<i64>),
+    /// Keys unchanged by content whose raw hash (and namespace) is written anew: after a change of
+    /// serialisation or schema version, once per key, so the next read skips them.
+    Rehash(Vec<(i64, RawHash)>),
     /// Held keys that did not fit in memory, for the tracking store.
-    pub spill_held: Vec<Fingerprint>,
-    pub quarantine: Vec<QuarantineRow>,
+    TrackHeld(Vec<Fingerprint>),
+    /// One row per distinct element of the batch, inserted or counted again.
+    Quarantine(Vec<QuarantineRow>),
+}
+
+/// What one batch writes ([`Write`]s in order, none empty), and what building noticed.
+#[derive(Debug, Default)]
+pub struct BatchPlan {
+    pub writes: Vec<Write>,
     /// What building noticed, per element built (not skipped by its raw hash) and applied; as
     /// many are counted in [`ApplySummary::built`].
     pub built: Vec<ElementStats>,
 }
 
 impl BatchPlan {
+    /// Provområde rows this plan inserts (the ids a backend reserves for [`Target::New`]).
+    pub fn new_keys(&self) -> usize {
+        self.writes
+            .iter()
+            .map(|w| match w {
+                Write::InsertKeys(keys) => keys.len(),
+                Write::Restore(_)
+                | Write::Untrack(_)
+                | Write::DeleteChildren(_)
+                | Write::InsertChildren(_)
+                | Write::Replace(_)
+                | Write::Track(_)
+                | Write::TrackUnchanged(_)
+                | Write::Rehash(_)
+                | Write::TrackHeld(_)
+                | Write::Quarantine(_) => 0,
+            })
+            .sum()
+    }
+
+    /// The children this plan inserts, over all its [`Write::InsertChildren`].
+    fn children(&self) -> impl Iterator<Item = &Children> {
+        self.writes.iter().flat_map(|w| match w {
+            Write::InsertChildren(c) => c.as_slice(),
+            Write::Restore(_)
+            | Write::Untrack(_)
+            | Write::DeleteChildren(_)
+            | Write::InsertKeys(_)
+            | Write::Replace(_)
+            | Write::Track(_)
+            | Write::TrackUnchanged(_)
+            | Write::Rehash(_)
+            | Write::TrackHeld(_)
+            | Write::Quarantine(_) => &[],
+        })
+    }
+
     /// Provtillfällen and delprovsresultat rows this plan inserts.
     pub fn child_rows(&self) -> (u64, u64) {
-        let pt = self.children.iter().map(|c| c.rows.len() as u64).sum();
+        let pt = self.children().map(|c| c.rows.len() as u64).sum();
         let dp = self
-            .children
-            .iter()
+            .children()
             .flat_map(|c| &c.rows)
             .map(|(_, p)| p.resultat.delprovsresultat().len() as u64)
             .sum();
         (pt, dp)
+    }
+
+    /// The quarantine rows this plan writes.
+    pub fn quarantined(&self) -> impl Iterator<Item = &QuarantineRow> {
+        self.writes.iter().flat_map(|w| match w {
+            Write::Quarantine(q) => q.as_slice(),
+            Write::Restore(_)
+            | Write::Untrack(_)
+            | Write::DeleteChildren(_)
+            | Write::InsertKeys(_)
+            | Write::InsertChildren(_)
+            | Write::Replace(_)
+            | Write::Track(_)
+            | Write::TrackUnchanged(_)
+            | Write::Rehash(_)
+            | Write::TrackHeld(_) => &[],
+        })
+    }
+}
+
+/// A batch's writes gathered by kind while its groups are decided, then put in order once
+/// ([`Pending::into_writes`]).
+#[derive(Default)]
+struct Pending {
+    restores: Vec<i64>,
+    untrack: Vec<i64>,
+    deletes: Vec<i64>,
+    creates: Vec<NewKey>,
+    children: Vec<Children>,
+    replaced: Vec<(i64, ContentHash, RawHash)>,
+    tracks: Vec<Track>,
+    spill_unchanged: Vec<i64>,
+    rehash: Vec<(i64, RawHash)>,
+    spill_held: Vec<Fingerprint>,
+    quarantine: Vec<QuarantineRow>,
+}
+
+impl Pending {
+    /// The writes in the order [`Write`] explains, leaving out the empty ones.
+    fn into_writes(self) -> Vec<Write> {
+        let Pending {
+            restores,
+            untrack,
+            deletes,
+            creates,
+            children,
+            replaced,
+            tracks,
+            spill_unchanged,
+            rehash,
+            spill_held,
+            quarantine,
+        } = self;
+        let mut out = Vec::new();
+        let mut push = |empty: bool, w: Write| {
+            if !empty {
+                out.push(w);
+            }
+        };
+        push(restores.is_empty(), Write::Restore(restores));
+        push(untrack.is_empty(), Write::Untrack(untrack));
+        push(deletes.is_empty(), Write::DeleteChildren(deletes));
+        push(creates.is_empty(), Write::InsertKeys(creates));
+        push(children.is_empty(), Write::InsertChildren(children));
+        push(replaced.is_empty(), Write::Replace(replaced));
+        push(tracks.is_empty(), Write::Track(tracks));
+        push(
+            spill_unchanged.is_empty(),
+            Write::TrackUnchanged(spill_unchanged),
+        );
+        push(rehash.is_empty(), Write::Rehash(rehash));
+        push(spill_held.is_empty(), Write::TrackHeld(spill_held));
+        push(quarantine.is_empty(), Write::Quarantine(quarantine));
+        out
     }
 }
 
@@ -588,7 +733,8 @@ pub fn plan(
     children: &HashMap<i64, i64>,
     loose: Vec<Quarantined>,
 ) -> Result<BatchPlan, DocumentError> {
-    let mut p = BatchPlan::default();
+    let mut p = Pending::default();
+    let mut stats = Vec::new();
     state.summary.quarantined += loose.len() as u64;
     let mut quarantine: Vec<QuarantineRow> = loose.into_iter().map(QuarantineRow::of).collect();
     for (mut group, decision) in groups.into_iter().zip(decisions) {
@@ -624,7 +770,10 @@ pub fn plan(
         let raw_so_far = match &decision {
             Decision::Append { touched, raw, .. } => touched.raw.or(*raw),
             Decision::Grow { raw, .. } => *raw,
-            _ => None,
+            Decision::Held
+            | Decision::Create
+            | Decision::Unchanged { .. }
+            | Decision::Compare { .. } => None,
         };
         let raw = group.raw_after(raw_so_far.as_ref());
         // The values move into the rows; what building noticed is kept for the report.
@@ -633,7 +782,7 @@ pub fn plan(
         let single = (built.len() == 1).then(|| built[0].content.clone());
         let mut rows: Vec<(Text, Provtillfalle)> = Vec::new();
         for b in built {
-            p.built.push(b.stats);
+            stats.push(b.stats);
             let skolform = b.provomrade.skolform;
             rows.extend(
                 b.provomrade
@@ -771,19 +920,23 @@ pub fn plan(
                     },
                 });
             }
-            Decision::Held | Decision::Unchanged { .. } => unreachable!("handled above"),
+            // Both went on above; `hold` and the early `continue` are their whole treatment.
+            Decision::Held | Decision::Unchanged { .. } => continue,
         }
     }
     p.quarantine = merge_quarantine(quarantine);
     state.tracked |= !p.tracks.is_empty() || !p.spill_unchanged.is_empty();
-    Ok(p)
+    Ok(BatchPlan {
+        writes: p.into_writes(),
+        built: stats,
+    })
 }
 
 /// Holds a key back: every element of the group to quarantine, and whatever the document did to
 /// the key undone.
 fn hold(
     state: &mut DocState,
-    p: &mut BatchPlan,
+    p: &mut Pending,
     quarantine: &mut Vec<QuarantineRow>,
     group: Group,
     built: Option<Vec<Result<Built, RecordError>>>,
@@ -886,7 +1039,11 @@ fn hold(
                 state.unchanged.remove(id);
             }
         }
-        _ => {}
+        // Nothing of the key was written or counted yet: its elements' quarantine rows are all.
+        Decision::Held
+        | Decision::Create
+        | Decision::Unchanged { .. }
+        | Decision::Compare { .. } => {}
     }
 }
 
@@ -916,6 +1073,23 @@ mod tests {
     use std::collections::{BTreeMap, HashMap, HashSet};
 
     use super::*;
+
+    /// A write's place in [`Write`]'s documented order, and whether it is empty.
+    fn rank(w: &Write) -> (u8, bool) {
+        match w {
+            Write::Restore(v) => (0, v.is_empty()),
+            Write::Untrack(v) => (1, v.is_empty()),
+            Write::DeleteChildren(v) => (2, v.is_empty()),
+            Write::InsertKeys(v) => (3, v.is_empty()),
+            Write::InsertChildren(v) => (4, v.is_empty()),
+            Write::Replace(v) => (5, v.is_empty()),
+            Write::Track(v) => (6, v.is_empty()),
+            Write::TrackUnchanged(v) => (7, v.is_empty()),
+            Write::Rehash(v) => (8, v.is_empty()),
+            Write::TrackHeld(v) => (9, v.is_empty()),
+            Write::Quarantine(v) => (10, v.is_empty()),
+        }
+    }
     use crate::domain::{
         Delprovsresultat, Omrade, Provomrade, ProvtillfalleResultat, Utfall, Varde,
     };
@@ -967,76 +1141,106 @@ mod tests {
         }
 
         fn write(&mut self, p: &BatchPlan, committed: &BTreeMap<ProvomradeKey, Row>) {
-            for id in &p.restores {
-                let key = self
-                    .rows
-                    .iter()
-                    .find(|(_, r)| r.id == *id)
-                    .map(|(k, _)| k.clone())
-                    .expect("restored key");
-                match committed.get(&key) {
-                    Some(row) => {
-                        self.rows.insert(key, row.clone());
-                    }
-                    None => {
-                        self.rows.remove(&key);
-                    }
-                }
-                self.tracking.remove(id);
-            }
-            for id in &p.untrack {
-                self.tracking.remove(id);
-            }
-            for id in &p.deletes {
-                self.by_id(*id).children.clear();
-            }
+            let ranks: Vec<(u8, bool)> = p.writes.iter().map(rank).collect();
+            assert!(
+                ranks.windows(2).all(|w| w[0].0 < w[1].0),
+                "writes in the documented order, each kind at most once: {ranks:?}"
+            );
+            assert!(ranks.iter().all(|r| !r.1), "no empty write: {ranks:?}");
             let first = self.next_id;
-            for k in &p.creates {
-                self.next_id += 1;
-                self.rows.insert(
-                    k.key.clone(),
-                    Row {
-                        id: self.next_id,
-                        content: k.content.clone(),
-                        raw: Some(k.raw),
-                        children: Vec::new(),
-                    },
-                );
-            }
             let id_of = |t: Target| match t {
                 Target::New(i) => first + 1 + i as i64,
                 Target::Id(id) => id,
             };
-            for c in &p.children {
-                let row = self.by_id(id_of(c.target));
-                assert_eq!(
-                    row.children.len() as i64,
-                    c.first_ordinal,
-                    "ordinals run on"
-                );
-                row.children.extend(c.rows.iter().cloned());
-            }
-            for (id, content, raw) in &p.replaced {
-                let row = self.by_id(*id);
-                row.content = content.clone();
-                row.raw = Some(*raw);
-            }
-            for t in &p.tracks {
-                self.tracking.insert(id_of(t.target), t.touched.clone());
-            }
-            for id in &p.spill_unchanged {
-                self.tracking.entry(*id).or_default();
-            }
-            for (id, raw) in &p.rehash {
-                self.by_id(*id).raw = Some(*raw);
-            }
-            self.held.extend(p.spill_held.iter().copied());
-            for q in &p.quarantine {
-                let e = self
-                    .quarantine
-                    .entry(q.raw_sha256)
-                    .or_insert((q.error_code.to_owned(), 0));
-                e.1 += q.times;
+            for w in &p.writes {
+                match w {
+                    Write::Restore(ids) => {
+                        for id in ids {
+                            let key = self
+                                .rows
+                                .iter()
+                                .find(|(_, r)| r.id == *id)
+                                .map(|(k, _)| k.clone())
+                                .expect("restored key");
+                            match committed.get(&key) {
+                                Some(row) => {
+                                    self.rows.insert(key, row.clone());
+                                }
+                                None => {
+                                    self.rows.remove(&key);
+                                }
+                            }
+                            self.tracking.remove(id);
+                        }
+                    }
+                    Write::Untrack(ids) => {
+                        for id in ids {
+                            self.tracking.remove(id);
+                        }
+                    }
+                    Write::DeleteChildren(ids) => {
+                        for id in ids {
+                            self.by_id(*id).children.clear();
+                        }
+                    }
+                    Write::InsertKeys(keys) => {
+                        for k in keys {
+                            self.next_id += 1;
+                            self.rows.insert(
+                                k.key.clone(),
+                                Row {
+                                    id: self.next_id,
+                                    content: k.content.clone(),
+                                    raw: Some(k.raw),
+                                    children: Vec::new(),
+                                },
+                            );
+                        }
+                    }
+                    Write::InsertChildren(children) => {
+                        for c in children {
+                            let row = self.by_id(id_of(c.target));
+                            assert_eq!(
+                                row.children.len() as i64,
+                                c.first_ordinal,
+                                "ordinals run on"
+                            );
+                            row.children.extend(c.rows.iter().cloned());
+                        }
+                    }
+                    Write::Replace(rows) => {
+                        for (id, content, raw) in rows {
+                            let row = self.by_id(*id);
+                            row.content = content.clone();
+                            row.raw = Some(*raw);
+                        }
+                    }
+                    Write::Track(tracks) => {
+                        for t in tracks {
+                            self.tracking.insert(id_of(t.target), t.touched.clone());
+                        }
+                    }
+                    Write::TrackUnchanged(ids) => {
+                        for id in ids {
+                            self.tracking.entry(*id).or_default();
+                        }
+                    }
+                    Write::Rehash(rows) => {
+                        for (id, raw) in rows {
+                            self.by_id(*id).raw = Some(*raw);
+                        }
+                    }
+                    Write::TrackHeld(fps) => self.held.extend(fps.iter().copied()),
+                    Write::Quarantine(rows) => {
+                        for q in rows {
+                            let e = self
+                                .quarantine
+                                .entry(q.raw_sha256)
+                                .or_insert((q.error_code.to_owned(), 0));
+                            e.1 += q.times;
+                        }
+                    }
+                }
             }
         }
 

@@ -29,7 +29,8 @@ use sqlx::{Row, Sqlite, SqliteConnection, Transaction};
 use super::apply::{Applier, Dialect, DocInfo, Settle, Settled};
 use super::governance;
 use super::replace::{
-    self, BatchLimits, BatchPlan, DocState, Fingerprint, Op, QuarantineRow, Stored, Target, Touched,
+    self, BatchLimits, BatchPlan, DocState, Fingerprint, Op, QuarantineRow, Stored, Target,
+    Touched, Write,
 };
 use super::{
     query_err, redact_url, timestamp, ApplyContext, DocumentTx, Leadership, RunKind, RunOutcome,
@@ -924,6 +925,19 @@ impl SqliteDialect {
     }
 }
 
+/// The row id a plan's target names, given the id of the plan's first new key.
+fn id_of(first_new: i64, t: Target) -> i64 {
+    match t {
+        Target::New(i) => first_new + i as i64,
+        Target::Id(id) => id,
+    }
+}
+
+/// One statement per `n` rows.
+fn chunked<'a, T>(rows: &'a [T], n: usize, stmt: fn(&'a [T]) -> Stmt<'a>) -> Vec<Stmt<'a>> {
+    rows.chunks(n).map(stmt).collect()
+}
+
 /// The delprovsresultat rows of some provtillfalle rows, with ids from `next`.
 fn delprov_rows<'a>(next: &mut NextIds, pts: &[PtRow<'a>]) -> Vec<DpRow<'a>> {
     let mut out = Vec::new();
@@ -1069,88 +1083,6 @@ impl Dialect for SqliteDialect {
     }
 
     async fn write(&mut self, plan: &BatchPlan, doc: &DocInfo) -> Result<(), StoreError> {
-        for id in &plan.restores {
-            self.restore(*id, doc).await?;
-        }
-        let inserts = !plan.creates.is_empty() || !plan.children.is_empty();
-        let mut next = if inserts {
-            self.ids().await?
-        } else {
-            NextIds {
-                provomrade: 0,
-                provtillfalle: 0,
-                delprov: 0,
-            }
-        };
-        let first_new = next.provomrade;
-        next.provomrade += plan.creates.len() as i64;
-        let id_of = |t: Target| match t {
-            Target::New(i) => first_new + i as i64,
-            Target::Id(id) => id,
-        };
-        let mut pt_rows: Vec<PtRow<'_>> = Vec::new();
-        for c in &plan.children {
-            let provomrade_id = id_of(c.target);
-            for (k, (skolform, pt)) in c.rows.iter().enumerate() {
-                pt_rows.push(PtRow {
-                    id: next.provtillfalle,
-                    provomrade_id,
-                    ordinal: c.first_ordinal + k as i64,
-                    skolform,
-                    pt,
-                });
-                next.provtillfalle += 1;
-            }
-        }
-        let dp_rows = delprov_rows(&mut next, &pt_rows);
-        if inserts {
-            self.ids = Some(next);
-        }
-        let tracks: Vec<TrackRow<'_>> = plan
-            .tracks
-            .iter()
-            .map(|t| TrackRow {
-                id: id_of(t.target),
-                t: &t.touched,
-            })
-            .collect();
-        let held: Vec<[u8; 16]> = plan.spill_held.iter().map(|fp| fp.to_le_bytes()).collect();
-        // In this order: held keys' rows dropped, replaced children deleted before the new
-        // ones go in, parents before children.
-        let mut stmts: Vec<Stmt<'_>> = Vec::new();
-        stmts.extend(plan.untrack.chunks(ROWS_PER_STATEMENT).map(Stmt::Untrack));
-        for ids in plan.deletes.chunks(ROWS_PER_STATEMENT) {
-            stmts.push(Stmt::DeleteDelprov(ids));
-            stmts.push(Stmt::DeleteProvtillfalle(ids));
-        }
-        for (i, keys) in plan
-            .creates
-            .chunks(PROVOMRADE_ROWS_PER_STATEMENT)
-            .enumerate()
-        {
-            let at = i * PROVOMRADE_ROWS_PER_STATEMENT;
-            stmts.push(Stmt::Provomrade(keys, first_new + at as i64));
-        }
-        stmts.extend(pt_rows.chunks(ROWS_PER_STATEMENT).map(Stmt::Provtillfalle));
-        stmts.extend(dp_rows.chunks(ROWS_PER_STATEMENT).map(Stmt::Delprov));
-        stmts.extend(
-            plan.replaced
-                .chunks(PROVOMRADE_ROWS_PER_STATEMENT)
-                .map(Stmt::Replaced),
-        );
-        stmts.extend(tracks.chunks(ROWS_PER_STATEMENT).map(Stmt::Track));
-        stmts.extend(
-            plan.spill_unchanged
-                .chunks(ROWS_PER_STATEMENT)
-                .map(Stmt::SpillUnchanged),
-        );
-        stmts.extend(plan.rehash.chunks(ROWS_PER_STATEMENT).map(Stmt::Rehash));
-        stmts.extend(held.chunks(ROWS_PER_STATEMENT).map(Stmt::SpillHeld));
-        stmts.extend(
-            plan.quarantine
-                .chunks(QUARANTINE_ROWS_PER_STATEMENT)
-                .map(Stmt::Quarantine),
-        );
         let now = self.now.clone();
         let common = Common {
             source: &doc.source,
@@ -1158,7 +1090,109 @@ impl Dialect for SqliteDialect {
             document: &doc.document,
             now: &now,
         };
-        self.run(&stmts, &common).await
+        // The id of the first key the plan inserts, once its InsertKeys ran (which comes before
+        // any write that names a new key).
+        let mut first_new = 0;
+        for w in &plan.writes {
+            match w {
+                Write::Restore(ids) => {
+                    for id in ids {
+                        self.restore(*id, doc).await?;
+                    }
+                }
+                Write::Untrack(ids) => {
+                    self.run(&chunked(ids, ROWS_PER_STATEMENT, Stmt::Untrack), &common)
+                        .await?;
+                }
+                Write::DeleteChildren(ids) => {
+                    // Delprovsresultat first: the foreign key's cascade would delete them one
+                    // provtillfälle at a time.
+                    let mut stmts = Vec::new();
+                    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+                        stmts.push(Stmt::DeleteDelprov(chunk));
+                        stmts.push(Stmt::DeleteProvtillfalle(chunk));
+                    }
+                    self.run(&stmts, &common).await?;
+                }
+                Write::InsertKeys(keys) => {
+                    let mut next = self.ids().await?;
+                    first_new = next.provomrade;
+                    next.provomrade += keys.len() as i64;
+                    self.ids = Some(next);
+                    let stmts: Vec<Stmt<'_>> = keys
+                        .chunks(PROVOMRADE_ROWS_PER_STATEMENT)
+                        .enumerate()
+                        .map(|(i, chunk)| {
+                            let at = (i * PROVOMRADE_ROWS_PER_STATEMENT) as i64;
+                            Stmt::Provomrade(chunk, first_new + at)
+                        })
+                        .collect();
+                    self.run(&stmts, &common).await?;
+                }
+                Write::InsertChildren(children) => {
+                    if children.iter().all(|c| c.rows.is_empty()) {
+                        // Cleared sets only: nothing goes in, no ids are read.
+                        continue;
+                    }
+                    let mut next = self.ids().await?;
+                    let mut pt_rows: Vec<PtRow<'_>> = Vec::new();
+                    for c in children {
+                        let provomrade_id = id_of(first_new, c.target);
+                        for (k, (skolform, pt)) in c.rows.iter().enumerate() {
+                            pt_rows.push(PtRow {
+                                id: next.provtillfalle,
+                                provomrade_id,
+                                ordinal: c.first_ordinal + k as i64,
+                                skolform,
+                                pt,
+                            });
+                            next.provtillfalle += 1;
+                        }
+                    }
+                    let dp_rows = delprov_rows(&mut next, &pt_rows);
+                    self.ids = Some(next);
+                    let mut stmts = chunked(&pt_rows, ROWS_PER_STATEMENT, Stmt::Provtillfalle);
+                    stmts.extend(chunked(&dp_rows, ROWS_PER_STATEMENT, Stmt::Delprov));
+                    self.run(&stmts, &common).await?;
+                }
+                Write::Replace(rows) => {
+                    let stmts = chunked(rows, PROVOMRADE_ROWS_PER_STATEMENT, Stmt::Replaced);
+                    self.run(&stmts, &common).await?;
+                }
+                Write::Track(tracks) => {
+                    let rows: Vec<TrackRow<'_>> = tracks
+                        .iter()
+                        .map(|t| TrackRow {
+                            id: id_of(first_new, t.target),
+                            t: &t.touched,
+                        })
+                        .collect();
+                    self.run(&chunked(&rows, ROWS_PER_STATEMENT, Stmt::Track), &common)
+                        .await?;
+                }
+                Write::TrackUnchanged(ids) => {
+                    let stmts = chunked(ids, ROWS_PER_STATEMENT, Stmt::SpillUnchanged);
+                    self.run(&stmts, &common).await?;
+                }
+                Write::Rehash(rows) => {
+                    self.run(&chunked(rows, ROWS_PER_STATEMENT, Stmt::Rehash), &common)
+                        .await?;
+                }
+                Write::TrackHeld(fps) => {
+                    let held: Vec<[u8; 16]> = fps.iter().map(|fp| fp.to_le_bytes()).collect();
+                    self.run(
+                        &chunked(&held, ROWS_PER_STATEMENT, Stmt::SpillHeld),
+                        &common,
+                    )
+                    .await?;
+                }
+                Write::Quarantine(rows) => {
+                    let stmts = chunked(rows, QUARANTINE_ROWS_PER_STATEMENT, Stmt::Quarantine);
+                    self.run(&stmts, &common).await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn to_settle(&mut self, after: i64, limit: i64) -> Result<Vec<Settle>, StoreError> {
