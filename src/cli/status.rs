@@ -96,9 +96,9 @@ async fn snapshot(
     // Its tables may not mean what this build reads them as: refused like everywhere else.
     schema.check()?;
     let mut names: Vec<String> = settings.source.iter().map(|s| s.name.clone()).collect();
-    for known in store.known_sources().await.map_err(runtime)? {
-        if !names.contains(&known) {
-            names.push(known);
+    for known in store.source_rows().await.map_err(runtime)? {
+        if !names.contains(&known.source) {
+            names.push(known.source);
         }
     }
     let now = Utc::now();

@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use super::replace::{
     self, Batch, BatchLimits, BatchPlan, DocState, Fingerprint, Group, Op, Stored,
 };
+use super::sql::Sql;
 use super::{ApplySummary, DocumentTx, StoreError, SyncRun};
 use crate::domain::{ContentHash, ContentHasher, ProvomradeKey, StoredProvtillfalle};
 use crate::xml::{DocContext, Element, ParseStats, Quarantined, RawHash};
@@ -106,8 +107,9 @@ pub trait Dialect: Send {
     /// Appends what the tracking rows say to `change_log`.
     async fn finish(&mut self, doc: &DocInfo) -> Result<(), StoreError>;
 
-    /// See [`DocumentTx::record_window`].
-    async fn record_window(&mut self, run: &SyncRun, doc: &DocInfo) -> Result<(), StoreError>;
+    /// The document's transaction, for the SQL the store core writes once (the window's
+    /// `sync_run` row and watermark, [`super::sql::record_window`]).
+    fn sql(&mut self) -> &mut dyn Sql;
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
 
@@ -323,7 +325,7 @@ impl DocumentTx for Applier {
     }
 
     async fn record_window(&mut self, run: &SyncRun) -> Result<(), StoreError> {
-        self.dialect.record_window(run, &self.doc).await
+        super::sql::record_window(self.dialect.sql(), run, self.doc.now).await
     }
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {

@@ -9,9 +9,9 @@
 //! Nothing here logs or returns a pupil's id.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use sqlx::{PgPool, Row, SqlitePool};
 
-use super::{query_err, timestamp, StoreError, Watermark};
+use super::sql::{Sql, SqlTx, Value};
+use super::{timestamp, StoreError, Watermark};
 
 /// The oldest instant each kind of row may have and stay; `None` keeps them all.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -144,26 +144,25 @@ pub fn refused(message: String) -> StoreError {
     StoreError::Refused(message)
 }
 
-fn count(n: i64) -> u64 {
-    u64::try_from(n).unwrap_or(0)
-}
+/// Quarantine rows that are the pupil's: those claiming the id, and those whose key could not be
+/// read but whose raw XML carries it as a quoted value (the `elev` attribute). `$1` is the id,
+/// `$2` the source or NULL for all. A substring test both databases run the same way (SQLite's
+/// `instr` and PostgreSQL's `strpos` are each missing from the other; `LIKE` would read `_` and
+/// `%` in an id, and ignores case on SQLite): the text is shorter once the quoted id is replaced.
+const QUARANTINE_OF: &str = "(elev = $1 OR (elev IS NULL AND raw_xml IS NOT NULL \
+     AND (length(replace(raw_xml, '\"' || $1 || '\"', '')) < length(raw_xml) \
+          OR length(replace(raw_xml, '''' || $1 || '''', '')) < length(raw_xml)))) \
+     AND (CAST($2 AS TEXT) IS NULL OR source = $2)";
 
-/// quarantine rows that are the pupil's: those claiming the id, and those whose key could not be
-/// read but whose raw XML carries it as a quoted value (the `elev` attribute). The first
-/// parameter is the id, the second the source or NULL for all.
-const QUARANTINE_OF_SQLITE: &str = "(elev = ?1 OR (elev IS NULL AND raw_xml IS NOT NULL \
-     AND (instr(raw_xml, '\"' || ?1 || '\"') > 0 OR instr(raw_xml, '''' || ?1 || '''') > 0))) \
-     AND (?2 IS NULL OR source = ?2)";
-const QUARANTINE_OF_POSTGRES: &str = "(elev = $1 OR (elev IS NULL AND raw_xml IS NOT NULL \
-     AND (strpos(raw_xml, '\"' || $1 || '\"') > 0 OR strpos(raw_xml, '''' || $1 || '''') > 0))) \
-     AND ($2::text IS NULL OR source = $2)";
+/// The pupil's provområden: `$1` the id, `$2` the source or NULL for all.
+const PUPIL_PROVOMRADEN: &str = "elev = $1 AND (CAST($2 AS TEXT) IS NULL OR source = $2)";
 
 /// (the rows' predicate with the cutoff as `$1`, whether pruning clears raw_xml instead of
-/// deleting), in the order of [`Pruned::by_table`]; `$N` is a numbered parameter on both
-/// backends.
+/// deleting), in the order of [`Pruned::by_table`].
 const PRUNE_STEPS: [(&str, bool); 4] = [
     (
-        "FROM sync_run WHERE started_at < $1 AND id NOT IN          (SELECT max(id) FROM sync_run WHERE outcome = 'ok' GROUP BY source)",
+        "FROM sync_run WHERE started_at < $1 AND id NOT IN \
+         (SELECT max(id) FROM sync_run WHERE outcome = 'ok' GROUP BY source)",
         false,
     ),
     (
@@ -196,315 +195,250 @@ impl Cutoffs {
     }
 }
 
-fn pruned(counts: [u64; 4]) -> Pruned {
-    Pruned {
+/// Counts (dry run) or removes the rows `from` selects (`from` starts at `FROM`).
+async fn count_or_delete(
+    tx: &mut dyn Sql,
+    from: &str,
+    values: &[Value<'_>],
+    mode: Mode,
+) -> Result<u64, StoreError> {
+    match mode {
+        Mode::DryRun => {
+            let sql = format!("SELECT count(*) {from}");
+            Ok(first(tx.counts(&sql, values, "counting rows").await?))
+        }
+        Mode::Apply => {
+            let sql = format!("DELETE {from}");
+            tx.execute(&sql, values, "removing rows").await
+        }
+    }
+}
+
+fn first(counts: Vec<u64>) -> u64 {
+    counts.first().copied().unwrap_or(0)
+}
+
+/// Retention: the rows past each cutoff, removed (or counted), in one transaction.
+pub async fn prune(
+    mut tx: Box<dyn SqlTx>,
+    cutoffs: &Cutoffs,
+    mode: Mode,
+) -> Result<Pruned, StoreError> {
+    let mut counts = [0u64; 4];
+    for (i, ((rows, clears_raw), cutoff)) in PRUNE_STEPS.iter().zip(cutoffs.in_order()).enumerate()
+    {
+        let Some(cutoff) = cutoff else { continue };
+        let sql = prune_sql(rows, *clears_raw, mode.dry_run());
+        let values = [Value::Instant(cutoff)];
+        counts[i] = match mode {
+            Mode::DryRun => first(
+                tx.counts(&sql, &values, "counting rows past retention")
+                    .await?,
+            ),
+            Mode::Apply => {
+                tx.execute(&sql, &values, "pruning rows past retention")
+                    .await?
+            }
+        };
+    }
+    tx.commit("committing a prune").await?;
+    Ok(Pruned {
         sync_run: counts[0],
         quarantine_raw_xml: counts[1],
         quarantine: counts[2],
         change_log: counts[3],
-    }
+    })
 }
 
-/// Counts (dry run) or deletes a source's rows in the tables `source drop` empties besides the
-/// mirror, into `removed`; the same on both backends but for the placeholder.
-macro_rules! drop_source_rows {
-    ($tx:ident, $placeholder:literal, $source:ident, $dry_run:ident, $removed:ident) => {
-        // Each table with the count it fills: no table name is matched as a string.
-        let tables: [(&str, fn(&mut Removed) -> &mut u64); 3] = [
-            ("quarantine", |r| &mut r.quarantine),
-            ("sync_run", |r| &mut r.sync_run),
-            ("sync_watermark", |r| &mut r.watermark),
-        ];
-        for (table, field) in tables {
-            let sql = if $dry_run {
-                format!(
-                    "SELECT count(*) FROM {table} WHERE source = {}",
-                    $placeholder
-                )
-            } else {
-                format!("DELETE FROM {table} WHERE source = {}", $placeholder)
-            };
-            let q = sqlx::query(&sql).bind($source);
-            let n = if $dry_run {
-                let row = q
-                    .fetch_one(&mut *$tx)
-                    .await
-                    .map_err(query_err("counting a source's rows"))?;
-                count(row.get(0))
-            } else {
-                q.execute(&mut *$tx)
-                    .await
-                    .map_err(query_err("removing a source's rows"))?
-                    .rows_affected()
-            };
-            *field(&mut $removed) = n;
-        }
+/// Removes the provområden `pred` selects (a `WHERE` condition over `provomrade`, its values
+/// `values`) with their children and change_log entries, appending an `erase` entry for each;
+/// returns the counts (quarantine not included).
+async fn remove_provomraden(
+    tx: &mut dyn Sql,
+    pred: &str,
+    values: &[Value<'_>],
+    now: DateTime<Utc>,
+    mode: Mode,
+) -> Result<Removed, StoreError> {
+    let ids = format!("SELECT id FROM provomrade WHERE {pred}");
+    let counted = tx
+        .counts(
+            &format!(
+                "SELECT
+                   (SELECT count(*) FROM provomrade WHERE {pred}),
+                   (SELECT count(*) FROM provtillfalle WHERE provomrade_id IN ({ids})),
+                   (SELECT count(*) FROM delprovsresultat d JOIN provtillfalle t
+                      ON t.id = d.provtillfalle_id WHERE t.provomrade_id IN ({ids})),
+                   (SELECT count(*) FROM change_log WHERE provomrade_id IN ({ids}))"
+            ),
+            values,
+            "counting the rows to remove",
+        )
+        .await?;
+    let at = |i: usize| counted.get(i).copied().unwrap_or(0);
+    let removed = Removed {
+        provomrade: at(0),
+        provtillfalle: at(1),
+        delprovsresultat: at(2),
+        change_log: at(3),
+        ..Removed::default()
     };
+    if mode.dry_run() || removed.provomrade == 0 {
+        return Ok(removed);
+    }
+    // The entries that described the rows go, then one `erase` entry per provområde in id order
+    // (as a document's entries are), made while the rows still say which they are; then the
+    // rows, children first (SQLite enforces references only where a connection turns foreign
+    // keys on, and PostgreSQL's cascade would delete them one provtillfälle at a time).
+    tx.execute(
+        &format!("DELETE FROM change_log WHERE provomrade_id IN ({ids})"),
+        values,
+        "removing rows",
+    )
+    .await?;
+    let mut with_now = values.to_vec();
+    with_now.push(Value::Instant(now));
+    tx.execute(
+        &format!(
+            "INSERT INTO change_log (provomrade_id, op, at)
+             SELECT id, 'erase', ${} FROM provomrade WHERE {pred} ORDER BY id",
+            with_now.len()
+        ),
+        &with_now,
+        "appending to change_log",
+    )
+    .await?;
+    for sql in [
+        format!(
+            "DELETE FROM delprovsresultat WHERE provtillfalle_id IN
+                 (SELECT id FROM provtillfalle WHERE provomrade_id IN ({ids}))"
+        ),
+        format!("DELETE FROM provtillfalle WHERE provomrade_id IN ({ids})"),
+        format!("DELETE FROM provomrade WHERE {pred}"),
+    ] {
+        tx.execute(&sql, values, "removing rows").await?;
+    }
+    Ok(removed)
 }
 
-pub(super) mod sqlite {
-    use super::*;
-    use sqlx::SqliteConnection;
-
-    pub async fn prune(
-        pool: &SqlitePool,
-        cutoffs: &Cutoffs,
-        dry_run: bool,
-    ) -> Result<Pruned, StoreError> {
-        let mut tx = pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(query_err("starting a prune"))?;
-        let mut counts = [0u64; 4];
-        for (i, ((rows, clears_raw), cutoff)) in
-            PRUNE_STEPS.iter().zip(cutoffs.in_order()).enumerate()
-        {
-            let Some(cutoff) = cutoff else { continue };
-            let sql = prune_sql(rows, *clears_raw, dry_run);
-            let q = sqlx::query(&sql).bind(timestamp(cutoff));
-            counts[i] = if dry_run {
-                let row = q
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(query_err("counting rows past retention"))?;
-                count(row.get(0))
-            } else {
-                q.execute(&mut *tx)
-                    .await
-                    .map_err(query_err("pruning rows past retention"))?
-                    .rows_affected()
-            };
-        }
-        tx.commit().await.map_err(query_err("committing a prune"))?;
-        Ok(pruned(counts))
-    }
-
-    /// Removes the provområden `ids_sql` selects (binding `binds` in order) with their children
-    /// and change_log entries, appending an `erase` entry for each; returns the counts
-    /// (quarantine not included).
-    async fn remove_provomraden(
-        tx: &mut SqliteConnection,
-        ids_sql: &str,
-        binds: &[Option<&str>],
-        now: DateTime<Utc>,
-        dry_run: bool,
-    ) -> Result<Removed, StoreError> {
-        sqlx::query("CREATE TEMP TABLE IF NOT EXISTS removing (id INTEGER PRIMARY KEY)")
-            .execute(&mut *tx)
-            .await
-            .map_err(query_err("preparing a removal"))?;
-        sqlx::query("DELETE FROM temp.removing")
-            .execute(&mut *tx)
-            .await
-            .map_err(query_err("preparing a removal"))?;
-        let fill = format!("INSERT INTO temp.removing (id) {ids_sql}");
-        let mut q = sqlx::query(&fill);
-        for b in binds {
-            q = q.bind(*b);
-        }
-        q.execute(&mut *tx)
-            .await
-            .map_err(query_err("preparing a removal"))?;
-        let row = sqlx::query(
-            "SELECT
-               (SELECT count(*) FROM temp.removing),
-               (SELECT count(*) FROM provtillfalle WHERE provomrade_id IN
-                  (SELECT id FROM temp.removing)),
-               (SELECT count(*) FROM delprovsresultat d JOIN provtillfalle t
-                  ON t.id = d.provtillfalle_id
-                  WHERE t.provomrade_id IN (SELECT id FROM temp.removing)),
-               (SELECT count(*) FROM change_log WHERE provomrade_id IN
-                  (SELECT id FROM temp.removing))",
-        )
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(query_err("counting the rows to remove"))?;
-        let removed = Removed {
-            provomrade: count(row.get(0)),
-            provtillfalle: count(row.get(1)),
-            delprovsresultat: count(row.get(2)),
-            change_log: count(row.get(3)),
-            ..Removed::default()
-        };
-        if !dry_run && removed.provomrade > 0 {
-            // Children first: SQLite enforces the references only when a connection turns
-            // foreign keys on, so the order does not rely on the cascade.
-            for sql in [
-                "DELETE FROM change_log WHERE provomrade_id IN (SELECT id FROM temp.removing)",
-                "DELETE FROM delprovsresultat WHERE provtillfalle_id IN (SELECT id FROM                  provtillfalle WHERE provomrade_id IN (SELECT id FROM temp.removing))",
-                "DELETE FROM provtillfalle WHERE provomrade_id IN (SELECT id FROM temp.removing)",
-                "DELETE FROM provomrade WHERE id IN (SELECT id FROM temp.removing)",
-            ] {
-                sqlx::query(sql)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(query_err("removing rows"))?;
-            }
-            // In id order, as a document's entries are.
-            sqlx::query(
-                "INSERT INTO change_log (provomrade_id, op, at)
-                 SELECT id, 'erase', ? FROM temp.removing ORDER BY id",
+/// Erasure of one pupil, in one transaction: their rows, quarantined elements and change_log
+/// entries go, `erase` entries and an `erasure` audit row (without the id) are written.
+pub async fn forget(mut tx: Box<dyn SqlTx>, e: &Erasure<'_>) -> Result<Removed, StoreError> {
+    let who = [Value::Text(e.elev), Value::OptText(e.source)];
+    if !e.mode.dry_run() {
+        // The sources the pupil has rows in: their writers must not be mid-window meanwhile.
+        let sources = tx
+            .texts(
+                &format!(
+                    "SELECT source FROM provomrade WHERE {PUPIL_PROVOMRADEN}
+                     UNION SELECT source FROM quarantine WHERE {QUARANTINE_OF}"
+                ),
+                &who,
+                "finding the pupil's sources",
             )
-            .bind(timestamp(now))
-            .execute(&mut *tx)
-            .await
-            .map_err(query_err("appending to change_log"))?;
-        }
-        sqlx::query("DELETE FROM temp.removing")
-            .execute(&mut *tx)
-            .await
-            .map_err(query_err("removing rows"))?;
-        Ok(removed)
+            .await?;
+        tx.lock_writers(&sources).await?;
     }
+    let mut removed = remove_provomraden(&mut *tx, PUPIL_PROVOMRADEN, &who, e.now, e.mode).await?;
+    removed.quarantine = count_or_delete(
+        &mut *tx,
+        &format!("FROM quarantine WHERE {QUARANTINE_OF}"),
+        &who,
+        e.mode,
+    )
+    .await?;
+    match e.mode {
+        Mode::DryRun => return Ok(removed),
+        Mode::Apply => {}
+    }
+    let n = |v: u64| Value::Int(signed(v));
+    tx.execute(
+        "INSERT INTO erasure (erased_at, source, reason, provomrade, provtillfalle,
+                              delprovsresultat, change_log, quarantine)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            Value::Instant(e.now),
+            Value::OptText(e.source),
+            Value::OptText(e.reason),
+            n(removed.provomrade),
+            n(removed.provtillfalle),
+            n(removed.delprovsresultat),
+            n(removed.change_log),
+            n(removed.quarantine),
+        ],
+        "recording the erasure",
+    )
+    .await?;
+    tx.commit("committing an erasure").await?;
+    Ok(removed)
+}
 
-    pub async fn forget(pool: &SqlitePool, e: &Erasure<'_>) -> Result<Removed, StoreError> {
-        let mut tx = pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(query_err("starting an erasure"))?;
-        let binds = [Some(e.elev), e.source];
-        let mut removed = remove_provomraden(
-            &mut tx,
-            "SELECT id FROM provomrade WHERE elev = ?1 AND (?2 IS NULL OR source = ?2)",
-            &binds,
-            e.now,
-            e.mode.dry_run(),
-        )
-        .await?;
-        let sql = if e.mode.dry_run() {
-            format!("SELECT count(*) FROM quarantine WHERE {QUARANTINE_OF_SQLITE}")
-        } else {
-            format!("DELETE FROM quarantine WHERE {QUARANTINE_OF_SQLITE}")
-        };
-        let q = sqlx::query(&sql).bind(e.elev).bind(e.source);
-        if e.mode.dry_run() {
-            let row = q
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(query_err("counting quarantined elements"))?;
-            removed.quarantine = count(row.get(0));
-            return Ok(removed);
-        }
-        removed.quarantine = q
-            .execute(&mut *tx)
-            .await
-            .map_err(query_err("removing quarantined elements"))?
-            .rows_affected();
-        sqlx::query(
-            "INSERT INTO erasure (erased_at, source, reason, provomrade, provtillfalle,
-                                  delprovsresultat, change_log, quarantine)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(timestamp(e.now))
-        .bind(e.source)
-        .bind(e.reason)
-        .bind(signed(removed.provomrade))
-        .bind(signed(removed.provtillfalle))
-        .bind(signed(removed.delprovsresultat))
-        .bind(signed(removed.change_log))
-        .bind(signed(removed.quarantine))
-        .execute(&mut *tx)
-        .await
-        .map_err(query_err("recording the erasure"))?;
-        tx.commit()
-            .await
-            .map_err(query_err("committing an erasure"))?;
-        Ok(removed)
-    }
+/// Which count of [`Removed`] a table's rows go to.
+type CountOf = fn(&mut Removed) -> &mut u64;
 
-    pub async fn drop_source(
-        pool: &SqlitePool,
-        source: &str,
-        now: DateTime<Utc>,
-        dry_run: bool,
-    ) -> Result<Removed, StoreError> {
-        let mut tx = pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(query_err("starting to drop a source"))?;
-        let mut removed = remove_provomraden(
-            &mut tx,
-            "SELECT id FROM provomrade WHERE source = ?1",
-            &[Some(source)],
-            now,
-            dry_run,
-        )
-        .await?;
-        drop_source_rows!(tx, "?", source, dry_run, removed);
-        if !dry_run {
-            tx.commit()
-                .await
-                .map_err(query_err("committing a dropped source"))?;
-        }
-        Ok(removed)
+/// A source's rows, quarantine, runs and watermark removed (or counted), in one transaction.
+pub async fn drop_source(
+    mut tx: Box<dyn SqlTx>,
+    source: &str,
+    now: DateTime<Utc>,
+    mode: Mode,
+) -> Result<Removed, StoreError> {
+    if !mode.dry_run() {
+        tx.lock_writers(&[source.to_owned()]).await?;
     }
+    let this = [Value::Text(source)];
+    let mut removed = remove_provomraden(&mut *tx, "source = $1", &this, now, mode).await?;
+    // Each table with the count it fills: no table name is matched as a string.
+    let tables: [(&str, CountOf); 3] = [
+        ("quarantine", |r| &mut r.quarantine),
+        ("sync_run", |r| &mut r.sync_run),
+        ("sync_watermark", |r| &mut r.watermark),
+    ];
+    for (table, field) in tables {
+        let from = format!("FROM {table} WHERE source = $1");
+        *field(&mut removed) = count_or_delete(&mut *tx, &from, &this, mode).await?;
+    }
+    match mode {
+        Mode::DryRun => {}
+        Mode::Apply => tx.commit("committing a dropped source").await?,
+    }
+    Ok(removed)
+}
 
-    pub async fn rewind(
-        pool: &SqlitePool,
-        source: &str,
-        to_utc: DateTime<Utc>,
-        to_local: NaiveDateTime,
-        now: DateTime<Utc>,
-    ) -> Result<Watermark, StoreError> {
-        let mut tx = pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(query_err("starting a rewind"))?;
-        let row: Option<(String, String, String)> = sqlx::query_as(
-            "SELECT watermark_utc, watermark_local, updated_at FROM sync_watermark WHERE source = ?",
-        )
-        .bind(source)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(query_err("reading the watermark"))?;
-        let Some((utc, local, updated)) = row else {
-            return Err(no_watermark(source));
-        };
-        let before = Watermark {
-            utc: crate::store::sqlite::parse_timestamp(&utc)?,
-            local: NaiveDateTime::parse_from_str(&local, crate::window::API_FORMAT)
-                .map_err(|e| StoreError::Corrupt(format!("stored watermark {local:?}: {e}")))?,
-            updated_at: crate::store::sqlite::parse_timestamp(&updated)?,
-        };
-        check_rewind(source, &before, to_utc)?;
-        sqlx::query(
-            "UPDATE sync_watermark SET watermark_utc = ?, watermark_local = ?, updated_at = ?
-             WHERE source = ?",
-        )
-        .bind(timestamp(to_utc))
-        .bind(to_local.format(crate::window::API_FORMAT).to_string())
-        .bind(timestamp(now))
-        .bind(source)
-        .execute(&mut *tx)
-        .await
-        .map_err(query_err("moving the watermark"))?;
-        tx.commit()
-            .await
-            .map_err(query_err("committing a rewind"))?;
-        Ok(before)
-    }
-
-    pub async fn sources(pool: &SqlitePool) -> Result<Vec<SourceState>, StoreError> {
-        let rows = sqlx::query(SOURCES_SQL)
-            .fetch_all(pool)
-            .await
-            .map_err(query_err("listing sources"))?;
-        Ok(rows
-            .iter()
-            .map(|r| SourceState {
-                source: r.get(0),
-                watermark: None,
-                provomrade: count(r.get(1)),
-                runs: count(r.get(2)),
-                last_ok: r.get(3),
-            })
-            .collect())
-    }
+/// Moves a source's watermark back; returns the one it replaced.
+pub async fn rewind(
+    mut tx: Box<dyn SqlTx>,
+    source: &str,
+    to_utc: DateTime<Utc>,
+    to_local: NaiveDateTime,
+    now: DateTime<Utc>,
+) -> Result<Watermark, StoreError> {
+    let Some(before) = tx.watermark(source).await? else {
+        return Err(refused(format!(
+            "source {source} has no watermark: nothing to rewind (its first sync starts at its \
+             configured start)"
+        )));
+    };
+    check_rewind(source, &before, to_utc)?;
+    tx.execute(
+        "UPDATE sync_watermark SET watermark_utc = $1, watermark_local = $2, updated_at = $3
+         WHERE source = $4",
+        &[
+            Value::Instant(to_utc),
+            Value::Local(to_local),
+            Value::Instant(now),
+            Value::Text(source),
+        ],
+        "moving the watermark",
+    )
+    .await?;
+    tx.commit("committing a rewind").await?;
+    Ok(before)
 }
 
 /// Every source the database has anything of, with its row and run counts and its latest
 /// committed window.
-const SOURCES_SQL: &str = "WITH s(source) AS (SELECT source FROM sync_watermark
+pub(super) const SOURCES_SQL: &str = "WITH s(source) AS (SELECT source FROM sync_watermark
                         UNION SELECT source FROM sync_run UNION SELECT source FROM provomrade)
      SELECT s.source,
             (SELECT count(*) FROM provomrade p WHERE p.source = s.source),
@@ -514,289 +448,6 @@ const SOURCES_SQL: &str = "WITH s(source) AS (SELECT source FROM sync_watermark
 
 fn signed(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-fn no_watermark(source: &str) -> StoreError {
-    refused(format!(
-        "source {source} has no watermark: nothing to rewind (its first sync starts at its          configured start)"
-    ))
-}
-
-pub(super) mod postgres {
-    use super::*;
-    use sqlx::{PgConnection, Postgres, Transaction};
-
-    pub async fn prune(
-        pool: &PgPool,
-        cutoffs: &Cutoffs,
-        dry_run: bool,
-    ) -> Result<Pruned, StoreError> {
-        let mut tx = pool.begin().await.map_err(query_err("starting a prune"))?;
-        let mut counts = [0u64; 4];
-        for (i, ((rows, clears_raw), cutoff)) in
-            PRUNE_STEPS.iter().zip(cutoffs.in_order()).enumerate()
-        {
-            let Some(cutoff) = cutoff else { continue };
-            let sql = prune_sql(rows, *clears_raw, dry_run);
-            let q = sqlx::query(&sql).bind(cutoff);
-            counts[i] = if dry_run {
-                let row = q
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(query_err("counting rows past retention"))?;
-                count(row.get(0))
-            } else {
-                q.execute(&mut *tx)
-                    .await
-                    .map_err(query_err("pruning rows past retention"))?
-                    .rows_affected()
-            };
-        }
-        tx.commit().await.map_err(query_err("committing a prune"))?;
-        Ok(pruned(counts))
-    }
-
-    /// Takes the writers' lock of every source in `sources` (sorted, so two callers cannot
-    /// deadlock), then the change_log lock: the order a window's writer takes them in.
-    async fn lock(
-        tx: &mut Transaction<'static, Postgres>,
-        scope: &str,
-        sources: &[String],
-        key: fn(&[&str]) -> i64,
-    ) -> Result<(), StoreError> {
-        let mut sorted: Vec<&String> = sources.iter().collect();
-        sorted.sort();
-        sorted.dedup();
-        for source in sorted {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(key(&["source", scope, source]))
-                .execute(&mut **tx)
-                .await
-                .map_err(query_err("waiting for the source's writer"))?;
-        }
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(key(&["change_log", scope]))
-            .execute(&mut **tx)
-            .await
-            .map_err(query_err("waiting to append to change_log"))?;
-        Ok(())
-    }
-
-    async fn remove_provomraden(
-        tx: &mut PgConnection,
-        ids: &[i64],
-        now: DateTime<Utc>,
-        dry_run: bool,
-    ) -> Result<Removed, StoreError> {
-        let row = sqlx::query(
-            "SELECT
-               (SELECT count(*) FROM provtillfalle WHERE provomrade_id = ANY($1)),
-               (SELECT count(*) FROM delprovsresultat d JOIN provtillfalle t
-                  ON t.id = d.provtillfalle_id WHERE t.provomrade_id = ANY($1)),
-               (SELECT count(*) FROM change_log WHERE provomrade_id = ANY($1))",
-        )
-        .bind(ids)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(query_err("counting the rows to remove"))?;
-        let removed = Removed {
-            provomrade: ids.len() as u64,
-            provtillfalle: count(row.get(0)),
-            delprovsresultat: count(row.get(1)),
-            change_log: count(row.get(2)),
-            ..Removed::default()
-        };
-        if dry_run || ids.is_empty() {
-            return Ok(removed);
-        }
-        // provtillfalle and delprovsresultat go by ON DELETE CASCADE.
-        for sql in [
-            "DELETE FROM change_log WHERE provomrade_id = ANY($1)",
-            "DELETE FROM provomrade WHERE id = ANY($1)",
-        ] {
-            sqlx::query(sql)
-                .bind(ids)
-                .execute(&mut *tx)
-                .await
-                .map_err(query_err("removing rows"))?;
-        }
-        // In id order, as a document's entries are.
-        sqlx::query(
-            "INSERT INTO change_log (provomrade_id, op, at)
-             SELECT id, 'erase', $2 FROM unnest($1::bigint[]) AS id ORDER BY id",
-        )
-        .bind(ids)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(query_err("appending to change_log"))?;
-        Ok(removed)
-    }
-
-    pub async fn forget(
-        pool: &PgPool,
-        scope: &str,
-        key: fn(&[&str]) -> i64,
-        e: &Erasure<'_>,
-    ) -> Result<Removed, StoreError> {
-        let mut tx = pool
-            .begin()
-            .await
-            .map_err(query_err("starting an erasure"))?;
-        if !e.mode.dry_run() {
-            // The sources the pupil has rows in: their writers must not be mid-window meanwhile.
-            let find = format!(
-                "SELECT source FROM provomrade WHERE elev = $1 AND ($2::text IS NULL OR source = $2)
-                 UNION SELECT source FROM quarantine WHERE {QUARANTINE_OF_POSTGRES}"
-            );
-            let sources: Vec<String> = sqlx::query_scalar(&find)
-                .bind(e.elev)
-                .bind(e.source)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(query_err("finding the pupil's sources"))?;
-            lock(&mut tx, scope, &sources, key).await?;
-        }
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM provomrade WHERE elev = $1 AND ($2::text IS NULL OR source = $2)
-             ORDER BY id",
-        )
-        .bind(e.elev)
-        .bind(e.source)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(query_err("finding the pupil's provområden"))?;
-        let mut removed = remove_provomraden(&mut tx, &ids, e.now, e.mode.dry_run()).await?;
-        if e.mode.dry_run() {
-            let sql = format!("SELECT count(*) FROM quarantine WHERE {QUARANTINE_OF_POSTGRES}");
-            let n: i64 = sqlx::query_scalar(&sql)
-                .bind(e.elev)
-                .bind(e.source)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(query_err("counting quarantined elements"))?;
-            removed.quarantine = count(n);
-            return Ok(removed);
-        }
-        let sql = format!("DELETE FROM quarantine WHERE {QUARANTINE_OF_POSTGRES}");
-        removed.quarantine = sqlx::query(&sql)
-            .bind(e.elev)
-            .bind(e.source)
-            .execute(&mut *tx)
-            .await
-            .map_err(query_err("removing quarantined elements"))?
-            .rows_affected();
-        sqlx::query(
-            "INSERT INTO erasure (erased_at, source, reason, provomrade, provtillfalle,
-                                  delprovsresultat, change_log, quarantine)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(e.now)
-        .bind(e.source)
-        .bind(e.reason)
-        .bind(signed(removed.provomrade))
-        .bind(signed(removed.provtillfalle))
-        .bind(signed(removed.delprovsresultat))
-        .bind(signed(removed.change_log))
-        .bind(signed(removed.quarantine))
-        .execute(&mut *tx)
-        .await
-        .map_err(query_err("recording the erasure"))?;
-        tx.commit()
-            .await
-            .map_err(query_err("committing an erasure"))?;
-        Ok(removed)
-    }
-
-    pub async fn drop_source(
-        pool: &PgPool,
-        scope: &str,
-        key: fn(&[&str]) -> i64,
-        source: &str,
-        now: DateTime<Utc>,
-        dry_run: bool,
-    ) -> Result<Removed, StoreError> {
-        let mut tx = pool
-            .begin()
-            .await
-            .map_err(query_err("starting to drop a source"))?;
-        if !dry_run {
-            lock(&mut tx, scope, &[source.to_owned()], key).await?;
-        }
-        let ids: Vec<i64> =
-            sqlx::query_scalar("SELECT id FROM provomrade WHERE source = $1 ORDER BY id")
-                .bind(source)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(query_err("finding the source's provområden"))?;
-        let mut removed = remove_provomraden(&mut tx, &ids, now, dry_run).await?;
-        drop_source_rows!(tx, "$1", source, dry_run, removed);
-        if !dry_run {
-            tx.commit()
-                .await
-                .map_err(query_err("committing a dropped source"))?;
-        }
-        Ok(removed)
-    }
-
-    pub async fn rewind(
-        pool: &PgPool,
-        source: &str,
-        to_utc: DateTime<Utc>,
-        to_local: NaiveDateTime,
-        now: DateTime<Utc>,
-    ) -> Result<Watermark, StoreError> {
-        let mut tx = pool.begin().await.map_err(query_err("starting a rewind"))?;
-        let row: Option<(DateTime<Utc>, NaiveDateTime, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT watermark_utc, watermark_local, updated_at FROM sync_watermark
-             WHERE source = $1 FOR UPDATE",
-        )
-        .bind(source)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(query_err("reading the watermark"))?;
-        let Some((utc, local, updated_at)) = row else {
-            return Err(no_watermark(source));
-        };
-        let before = Watermark {
-            utc,
-            local,
-            updated_at,
-        };
-        check_rewind(source, &before, to_utc)?;
-        sqlx::query(
-            "UPDATE sync_watermark SET watermark_utc = $1, watermark_local = $2, updated_at = $3
-             WHERE source = $4",
-        )
-        .bind(to_utc)
-        .bind(to_local)
-        .bind(now)
-        .bind(source)
-        .execute(&mut *tx)
-        .await
-        .map_err(query_err("moving the watermark"))?;
-        tx.commit()
-            .await
-            .map_err(query_err("committing a rewind"))?;
-        Ok(before)
-    }
-
-    pub async fn sources(pool: &PgPool) -> Result<Vec<SourceState>, StoreError> {
-        let rows = sqlx::query(SOURCES_SQL)
-            .fetch_all(pool)
-            .await
-            .map_err(query_err("listing sources"))?;
-        Ok(rows
-            .iter()
-            .map(|r| SourceState {
-                source: r.get(0),
-                watermark: None,
-                provomrade: count(r.get(1)),
-                runs: count(r.get(2)),
-                last_ok: r.get::<Option<DateTime<Utc>>, _>(3).map(timestamp),
-            })
-            .collect())
-    }
 }
 
 /// The watermark moves back only: a rewind to or past it would skip windows never read.

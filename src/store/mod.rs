@@ -3,7 +3,10 @@
 //! Everything the importer (and the sync engine) writes goes through [`Store`] and the
 //! per-document transaction [`DocumentTx`] it opens. The rules are written once, in the pure
 //! replace core ([`replace`]), and driven the same way for every backend ([`apply`]); a backend
-//! ([`sqlite`], [`postgres`]) only executes the writes the core plans, in its own SQL:
+//! ([`sqlite`], [`postgres`]) only executes the writes the core plans ([`replace::Write`], in
+//! the plan's order), in its own bulk SQL. Operations that are not a document's bulk writes
+//! (`sync_run` rows, retention, erasure, a source's state) are written once, in [`sql`]'s `$N`
+//! SQL over [`sql::Value`]s, and a backend only runs them ([`sql::SqlTx`]). The rules:
 //!
 //! * every provområde element replaces all provtillfällen held for its key (source, elev,
 //!   provområde); an element without provtillfällen clears them and the `provomrade` row stays;
@@ -31,7 +34,7 @@ pub mod contract;
 pub mod governance;
 pub mod postgres;
 pub mod replace;
-mod runs;
+pub mod sql;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -478,13 +481,14 @@ pub trait Store: Send + Sync {
     async fn watermark(&self, source: &str) -> Result<Option<Watermark>, StoreError>;
 
     /// Records a window that failed, in a transaction of its own (its data was rolled back).
-    async fn record_failed_run(&self, run: &SyncRun) -> Result<(), StoreError>;
+    async fn record_failed_run(&self, run: &SyncRun) -> Result<(), StoreError> {
+        let mut tx = self.begin_sql("recording a failed window").await?;
+        sql::insert_run(&mut *tx, run, RunOutcome::Failed).await?;
+        tx.commit("recording a failed window").await
+    }
 
     /// The latest window attempts of a source, newest first.
     async fn recent_runs(&self, source: &str, limit: u32) -> Result<Vec<RunRow>, StoreError>;
-
-    /// Every source that has a watermark or a recorded window.
-    async fn known_sources(&self) -> Result<Vec<String>, StoreError>;
 
     /// Tries to become the one instance that syncs `source` among all instances sharing this
     /// database. `Ok(None)`: another instance leads it; try again later. The returned handle holds
@@ -500,14 +504,20 @@ pub trait Store: Send + Sync {
         &self,
         cutoffs: &governance::Cutoffs,
         mode: governance::Mode,
-    ) -> Result<governance::Pruned, StoreError>;
+    ) -> Result<governance::Pruned, StoreError> {
+        let tx = self.begin_sql("starting a prune").await?;
+        governance::prune(tx, cutoffs, mode).await
+    }
 
     /// Removes every row of one pupil, appends `erase` entries for the removed provområden and
     /// records the erasure (not the id) in `erasure`; one transaction. A dry run only counts.
     async fn forget(
         &self,
         erasure: &governance::Erasure<'_>,
-    ) -> Result<governance::Removed, StoreError>;
+    ) -> Result<governance::Removed, StoreError> {
+        let tx = self.begin_sql("starting an erasure").await?;
+        governance::forget(tx, erasure).await
+    }
 
     /// Removes a source's rows, runs and watermark (or, in a dry run, counts them).
     async fn drop_source(
@@ -515,7 +525,10 @@ pub trait Store: Send + Sync {
         source: &str,
         now: DateTime<Utc>,
         mode: governance::Mode,
-    ) -> Result<governance::Removed, StoreError>;
+    ) -> Result<governance::Removed, StoreError> {
+        let tx = self.begin_sql("starting to drop a source").await?;
+        governance::drop_source(tx, source, now, mode).await
+    }
 
     /// Moves a source's watermark back to `to_utc` (refused unless earlier); returns the one it
     /// replaced.
@@ -525,7 +538,14 @@ pub trait Store: Send + Sync {
         to_utc: DateTime<Utc>,
         to_local: chrono::NaiveDateTime,
         now: DateTime<Utc>,
-    ) -> Result<Watermark, StoreError>;
+    ) -> Result<Watermark, StoreError> {
+        let tx = self.begin_sql("starting a rewind").await?;
+        governance::rewind(tx, source, to_utc, to_local, now).await
+    }
+
+    /// A transaction for an operation the store core writes once for both backends
+    /// ([`sql::SqlTx`]); it takes the write lock where the backend has one to take at the start.
+    async fn begin_sql(&self, context: &'static str) -> Result<Box<dyn sql::SqlTx>, StoreError>;
 
     /// Every source the database has rows of, with counts; watermarks not filled in.
     async fn source_rows(&self) -> Result<Vec<governance::SourceState>, StoreError>;

@@ -55,7 +55,7 @@ use super::replace::{
 };
 use super::{
     query_err, redact_url, timestamp, ApplyContext, DocumentTx, LeaderInfo, Leadership, RunKind,
-    RunOutcome, RunRow, Store, StoreError, SyncRun, TableCounts, Watermark,
+    RunOutcome, RunRow, Store, StoreError, TableCounts, Watermark,
 };
 use crate::domain::{
     ContentHash, Delprovsresultat, Omrade, ProvomradeKey, Provtillfalle, ProvtillfalleResultat,
@@ -64,6 +64,7 @@ use crate::domain::{
 use crate::xml::{DocContext, RawHash};
 
 use super::governance;
+use super::sql::{count, Sql, SqlTx, Value};
 
 /// An identifier in double quotes, any quote in it doubled.
 fn quote_ident(name: &str) -> String {
@@ -323,50 +324,29 @@ impl Store for PostgresStore {
             .map_err(query_err("granting the reader role"))
     }
 
-    async fn prune(
-        &self,
-        cutoffs: &governance::Cutoffs,
-        mode: governance::Mode,
-    ) -> Result<governance::Pruned, StoreError> {
-        governance::postgres::prune(&self.pool, cutoffs, mode.dry_run()).await
-    }
-
-    async fn forget(
-        &self,
-        erasure: &governance::Erasure<'_>,
-    ) -> Result<governance::Removed, StoreError> {
-        governance::postgres::forget(&self.pool, &self.lock_scope, lock_key, erasure).await
-    }
-
-    async fn drop_source(
-        &self,
-        source: &str,
-        now: DateTime<Utc>,
-        mode: governance::Mode,
-    ) -> Result<governance::Removed, StoreError> {
-        governance::postgres::drop_source(
-            &self.pool,
-            &self.lock_scope,
-            lock_key,
-            source,
-            now,
-            mode.dry_run(),
-        )
-        .await
-    }
-
-    async fn rewind(
-        &self,
-        source: &str,
-        to_utc: DateTime<Utc>,
-        to_local: NaiveDateTime,
-        now: DateTime<Utc>,
-    ) -> Result<Watermark, StoreError> {
-        governance::postgres::rewind(&self.pool, source, to_utc, to_local, now).await
+    async fn begin_sql(&self, context: &'static str) -> Result<Box<dyn SqlTx>, StoreError> {
+        let tx = self.pool.begin().await.map_err(query_err(context))?;
+        Ok(Box::new(PgSql {
+            tx,
+            scope: self.lock_scope.clone(),
+        }))
     }
 
     async fn source_rows(&self) -> Result<Vec<governance::SourceState>, StoreError> {
-        governance::postgres::sources(&self.pool).await
+        let rows = sqlx::query(governance::SOURCES_SQL)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err("listing sources"))?;
+        Ok(rows
+            .iter()
+            .map(|r| governance::SourceState {
+                source: r.get(0),
+                watermark: None,
+                provomrade: count(r.get(1)),
+                runs: count(r.get(2)),
+                last_ok: r.get::<Option<DateTime<Utc>>, _>(3).map(timestamp),
+            })
+            .collect())
     }
 
     async fn begin(
@@ -391,7 +371,10 @@ impl Store for PostgresStore {
             now: ctx.now,
         };
         let dialect = PgDialect {
-            tx,
+            sql: PgSql {
+                tx,
+                scope: self.lock_scope.clone(),
+            },
             pool: self.pool.clone(),
             source: info.source.clone(),
             change_log_lock: lock_key(&["change_log", &self.lock_scope]),
@@ -417,31 +400,16 @@ impl Store for PostgresStore {
     }
 
     async fn watermark(&self, source: &str) -> Result<Option<Watermark>, StoreError> {
-        let row = sqlx::query(
-            "SELECT watermark_utc, watermark_local, updated_at FROM sync_watermark WHERE source = $1",
-        )
-        .bind(source)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(query_err("reading the watermark"))?;
-        Ok(row.map(|r| Watermark {
-            utc: r.get(0),
-            local: r.get(1),
-            updated_at: r.get(2),
-        }))
-    }
-
-    async fn record_failed_run(&self, run: &SyncRun) -> Result<(), StoreError> {
         let mut conn = self
             .pool
             .acquire()
             .await
-            .map_err(query_err("recording a failed window"))?;
-        insert_run(&mut conn, run, RunOutcome::Failed).await
+            .map_err(query_err("reading the watermark"))?;
+        read_watermark(&mut conn, source, "").await
     }
 
     async fn recent_runs(&self, source: &str, limit: u32) -> Result<Vec<RunRow>, StoreError> {
-        let rows = sqlx::query(super::runs::RECENT_RUNS_SQL)
+        let rows = sqlx::query(super::sql::RECENT_RUNS_SQL)
             .bind(source)
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
@@ -465,15 +433,6 @@ impl Store for PostgresStore {
                 })
             })
             .collect()
-    }
-
-    async fn known_sources(&self) -> Result<Vec<String>, StoreError> {
-        sqlx::query_scalar(
-            "SELECT source FROM sync_watermark UNION SELECT source FROM sync_run ORDER BY 1",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query_err("listing sources"))
     }
 
     async fn try_lead(&self, source: &str) -> Result<Option<Box<dyn Leadership>>, StoreError> {
@@ -587,26 +546,121 @@ impl Leadership for PgLeadership {
     }
 }
 
-async fn insert_run(
+/// A source's watermark; `suffix` is `FOR UPDATE` inside a transaction that moves it.
+async fn read_watermark(
     conn: &mut PgConnection,
-    run: &SyncRun,
-    outcome: RunOutcome,
-) -> Result<(), StoreError> {
-    let values = super::runs::run_values(run, outcome);
-    bind_values(sqlx::query(super::runs::INSERT_RUN_SQL), &values)
-        .execute(conn)
+    source: &str,
+    suffix: &str,
+) -> Result<Option<Watermark>, StoreError> {
+    let sql = format!(
+        "SELECT watermark_utc, watermark_local, updated_at FROM sync_watermark WHERE source = $1 \
+         {suffix}"
+    );
+    let row: Option<(DateTime<Utc>, NaiveDateTime, DateTime<Utc>)> = sqlx::query_as(&sql)
+        .bind(source)
+        .fetch_optional(conn)
         .await
-        .map_err(query_err("recording a window in sync_run"))?;
-    Ok(())
+        .map_err(query_err("reading the watermark"))?;
+    Ok(row.map(|(utc, local, updated_at)| Watermark {
+        utc,
+        local,
+        updated_at,
+    }))
+}
+
+/// A store-core operation's transaction, with the lock scope (schema) of the writers it may
+/// wait for.
+struct PgSql {
+    tx: Transaction<'static, Postgres>,
+    scope: String,
+}
+
+#[async_trait]
+impl Sql for PgSql {
+    async fn execute(
+        &mut self,
+        sql: &str,
+        values: &[Value<'_>],
+        context: &'static str,
+    ) -> Result<u64, StoreError> {
+        bind_values(sqlx::query(sql), values)
+            .execute(&mut *self.tx)
+            .await
+            .map(|r| r.rows_affected())
+            .map_err(query_err(context))
+    }
+
+    async fn counts(
+        &mut self,
+        sql: &str,
+        values: &[Value<'_>],
+        context: &'static str,
+    ) -> Result<Vec<u64>, StoreError> {
+        let row = bind_values(sqlx::query(sql), values)
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(query_err(context))?;
+        (0..row.len())
+            .map(|i| row.try_get::<i64, _>(i).map(count))
+            .collect::<Result<_, _>>()
+            .map_err(query_err(context))
+    }
+
+    async fn texts(
+        &mut self,
+        sql: &str,
+        values: &[Value<'_>],
+        context: &'static str,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = bind_values(sqlx::query(sql), values)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(query_err(context))?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<Result<_, _>>()
+            .map_err(query_err(context))
+    }
+
+    /// Takes the writers' lock of every source (sorted, so two callers cannot deadlock), then
+    /// the change_log lock: the order a window's writer takes them in.
+    async fn lock_writers(&mut self, sources: &[String]) -> Result<(), StoreError> {
+        let mut sorted: Vec<&String> = sources.iter().collect();
+        sorted.sort();
+        sorted.dedup();
+        for source in sorted {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(lock_key(&["source", &self.scope, source]))
+                .execute(&mut *self.tx)
+                .await
+                .map_err(query_err("waiting for the source's writer"))?;
+        }
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(lock_key(&["change_log", &self.scope]))
+            .execute(&mut *self.tx)
+            .await
+            .map_err(query_err("waiting to append to change_log"))?;
+        Ok(())
+    }
+
+    async fn watermark(&mut self, source: &str) -> Result<Option<Watermark>, StoreError> {
+        read_watermark(&mut self.tx, source, "FOR UPDATE").await
+    }
+}
+
+#[async_trait]
+impl SqlTx for PgSql {
+    async fn commit(self: Box<Self>, context: &'static str) -> Result<(), StoreError> {
+        self.tx.commit().await.map_err(query_err(context))
+    }
 }
 
 /// Binds the store core's values in this database's own types: `timestamptz` for instants,
 /// `timestamp` for local times.
 fn bind_values<'q>(
     mut query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
-    values: &[super::runs::Value<'q>],
+    values: &[Value<'q>],
 ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
-    use super::runs::Value;
     for value in values {
         query = match *value {
             Value::Text(t) => query.bind(t),
@@ -719,7 +773,8 @@ async fn copy_in(
 
 /// One document's transaction, as the replace engine drives it.
 struct PgDialect {
-    tx: Transaction<'static, Postgres>,
+    /// The document's transaction, with the lock scope its store-core SQL waits in.
+    sql: PgSql,
     /// For reading the committed state of held keys.
     pool: PgPool,
     source: String,
@@ -774,7 +829,7 @@ impl PgDialect {
         for sql in undo {
             sqlx::query(sql)
                 .bind(ids)
-                .execute(&mut *self.tx)
+                .execute(&mut *self.sql.tx)
                 .await
                 .map_err(query_err("undoing held keys"))?;
         }
@@ -785,11 +840,11 @@ impl PgDialect {
             .collect();
         sqlx::query("DELETE FROM provomrade WHERE id = ANY($1)")
             .bind(&created)
-            .execute(&mut *self.tx)
+            .execute(&mut *self.sql.tx)
             .await
             .map_err(query_err("undoing held keys"))?;
         let total: usize = committed.values().map(|(_, c)| c.len()).sum();
-        let ids_pt = reserve_ids(&mut self.tx, 0, total).await?.pt;
+        let ids_pt = reserve_ids(&mut self.sql.tx, 0, total).await?.pt;
         let mut pt_ids = ids_pt.into_iter();
         let (mut pt, mut dp) = (CopyRows::default(), CopyRows::default());
         for (id, ((content, raw, changed_at, namespace), children)) in &committed {
@@ -802,7 +857,7 @@ impl PgDialect {
             .bind(raw)
             .bind(changed_at)
             .bind(namespace)
-            .execute(&mut *self.tx)
+            .execute(&mut *self.sql.tx)
             .await
             .map_err(query_err("undoing held keys"))?;
             for (ordinal, s) in children.iter().enumerate() {
@@ -827,7 +882,7 @@ impl PgDialect {
         }
         sqlx::query("DELETE FROM doc_tracking WHERE provomrade_id = ANY($1)")
             .bind(ids)
-            .execute(&mut *self.tx)
+            .execute(&mut *self.sql.tx)
             .await
             .map_err(query_err("dropping tracking rows of held keys"))?;
         Ok(())
@@ -841,12 +896,12 @@ impl PgDialect {
                  SELECT id FROM provtillfalle WHERE provomrade_id = ANY($1)))",
         )
         .bind(ids)
-        .execute(&mut *self.tx)
+        .execute(&mut *self.sql.tx)
         .await
         .map_err(query_err("deleting replaced delprovsresultat"))?;
         sqlx::query("DELETE FROM provtillfalle WHERE provomrade_id = ANY($1)")
             .bind(ids)
-            .execute(&mut *self.tx)
+            .execute(&mut *self.sql.tx)
             .await
             .map_err(query_err("deleting replaced provtillfällen"))?;
         Ok(())
@@ -886,7 +941,7 @@ impl PgDialect {
         .bind((0..n).map(|i| k(i).omrade.kurs()).collect::<Vec<_>>())
         .bind(keys.iter().map(|c| c.content.as_str()).collect::<Vec<_>>())
         .bind(keys.iter().map(|c| &c.raw[..]).collect::<Vec<_>>())
-        .execute(&mut *self.tx)
+        .execute(&mut *self.sql.tx)
         .await
         .map_err(query_err("inserting provområden"))?;
         Ok(())
@@ -915,7 +970,7 @@ impl PgDialect {
         // time across awaits, and (child, row, delprov) positions say where to resume.
         let mut at = RowCursor::default();
         copy_stream(
-            &mut self.tx,
+            &mut self.sql.tx,
             "COPY provtillfalle (id, provomrade_id, ordinal, skolform, uppdaterat, genomfort,
                  intedeltagit, sammanvagt_provbetyg) FROM STDIN",
             |buf| {
@@ -940,7 +995,7 @@ impl PgDialect {
         .map_err(query_err("inserting provtillfällen"))?;
         let mut at = RowCursor::default();
         copy_stream(
-            &mut self.tx,
+            &mut self.sql.tx,
             "COPY delprovsresultat (provtillfalle_id, ordinal, typ, utfall, betyg, poang,
                  maluppfyllnad) FROM STDIN",
             |buf| {
@@ -986,7 +1041,7 @@ impl PgDialect {
         .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| &r.2[..]).collect::<Vec<_>>())
-        .execute(&mut *self.tx)
+        .execute(&mut *self.sql.tx)
         .await
         .map_err(query_err("updating replaced provområden"))?;
         Ok(())
@@ -1034,7 +1089,7 @@ impl PgDialect {
         )
         .bind(tracks.iter().map(|x| x.touched.settle).collect::<Vec<_>>())
         .bind(col(&|x| x.op.map(|o| o.as_str().to_owned())))
-        .execute(&mut *self.tx)
+        .execute(&mut *self.sql.tx)
         .await
         .map_err(query_err("tracking the document's keys"))?;
         Ok(())
@@ -1048,7 +1103,7 @@ impl PgDialect {
              ON CONFLICT (provomrade_id) DO NOTHING",
         )
         .bind(ids)
-        .execute(&mut *self.tx)
+        .execute(&mut *self.sql.tx)
         .await
         .map_err(query_err("tracking the document's keys"))?;
         Ok(())
@@ -1062,7 +1117,7 @@ impl PgDialect {
         .bind(&doc.namespace)
         .bind(rows.iter().map(|(id, _)| *id).collect::<Vec<_>>())
         .bind(rows.iter().map(|(_, raw)| &raw[..]).collect::<Vec<_>>())
-        .execute(&mut *self.tx)
+        .execute(&mut *self.sql.tx)
         .await
         .map_err(query_err("writing raw hashes of keys unchanged by content"))?;
         Ok(())
@@ -1078,7 +1133,7 @@ impl PgDialect {
                 .map(|fp| fp.to_le_bytes().to_vec())
                 .collect::<Vec<_>>(),
         )
-        .execute(&mut *self.tx)
+        .execute(&mut *self.sql.tx)
         .await
         .map_err(query_err("tracking held keys"))?;
         Ok(())
@@ -1088,7 +1143,7 @@ impl PgDialect {
         // COPY writes the reserved ids into the identity column as given.
         if pt.rows > 0 {
             copy_in(
-                &mut self.tx,
+                &mut self.sql.tx,
                 "COPY provtillfalle (id, provomrade_id, ordinal, skolform, uppdaterat, genomfort,
                      intedeltagit, sammanvagt_provbetyg) FROM STDIN",
                 pt,
@@ -1098,7 +1153,7 @@ impl PgDialect {
         }
         if dp.rows > 0 {
             copy_in(
-                &mut self.tx,
+                &mut self.sql.tx,
                 "COPY delprovsresultat (provtillfalle_id, ordinal, typ, utfall, betyg, poang,
                      maluppfyllnad) FROM STDIN",
                 dp,
@@ -1124,7 +1179,7 @@ impl PgDialect {
                 ) ON COMMIT DROP",
             )
             .persistent(false)
-            .execute(&mut *self.tx)
+            .execute(&mut *self.sql.tx)
             .await
             .map_err(query_err("creating the document's tracking table"))?;
             self.tracking_table = true;
@@ -1138,7 +1193,7 @@ impl PgDialect {
                 "CREATE TEMP TABLE IF NOT EXISTS doc_held (fp bytea PRIMARY KEY) ON COMMIT DROP",
             )
             .persistent(false)
-            .execute(&mut *self.tx)
+            .execute(&mut *self.sql.tx)
             .await
             .map_err(query_err("creating the held keys' table"))?;
             self.held_table = true;
@@ -1354,7 +1409,7 @@ impl Dialect for PgDialect {
         .bind(kurs.1)
         .bind(kurs.2)
         .bind(kurs.3)
-        .fetch_all(&mut *self.tx)
+        .fetch_all(&mut *self.sql.tx)
         .await
         .map_err(query_err("looking up stored provområden"))?;
         let mut found: Vec<Option<Stored>> = vec![None; keys.len()];
@@ -1398,7 +1453,7 @@ impl Dialect for PgDialect {
         let found: Vec<Vec<u8>> =
             sqlx::query_scalar("SELECT fp FROM doc_held WHERE fp = ANY($1::bytea[])")
                 .bind(blobs)
-                .fetch_all(&mut *self.tx)
+                .fetch_all(&mut *self.sql.tx)
                 .await
                 .map_err(query_err("looking up held keys"))?;
         Ok(found
@@ -1414,7 +1469,7 @@ impl Dialect for PgDialect {
              WHERE provomrade_id = ANY($1) GROUP BY provomrade_id",
         )
         .bind(ids)
-        .fetch_all(&mut *self.tx)
+        .fetch_all(&mut *self.sql.tx)
         .await
         .map_err(query_err("counting stored provtillfällen"))?;
         Ok(rows.into_iter().collect())
@@ -1424,7 +1479,7 @@ impl Dialect for PgDialect {
         // Ids for the whole plan in one round trip: sequences are outside the transaction, so
         // taking them before the restores changes nothing the restores see.
         let (pt_total, _) = plan.child_rows();
-        let ids = reserve_ids(&mut self.tx, plan.new_keys(), pt_total as usize).await?;
+        let ids = reserve_ids(&mut self.sql.tx, plan.new_keys(), pt_total as usize).await?;
         // How many reserved provtillfälle ids the writes so far used.
         let mut pt_used = 0;
         for w in &plan.writes {
@@ -1442,7 +1497,7 @@ impl Dialect for PgDialect {
                 Write::TrackUnchanged(ids) => self.track_unchanged(ids).await?,
                 Write::Rehash(rows) => self.rehash(rows, doc).await?,
                 Write::TrackHeld(fps) => self.track_held(fps).await?,
-                Write::Quarantine(rows) => write_quarantine(&mut self.tx, doc, rows).await?,
+                Write::Quarantine(rows) => write_quarantine(&mut self.sql.tx, doc, rows).await?,
             }
         }
         Ok(())
@@ -1459,7 +1514,7 @@ impl Dialect for PgDialect {
         )
         .bind(after)
         .bind(limit)
-        .fetch_all(&mut *self.tx)
+        .fetch_all(&mut *self.sql.tx)
         .await
         .map_err(query_err("listing keys to settle"))?;
         Ok(rows.into_iter().map(Settle::from_row).collect())
@@ -1471,7 +1526,7 @@ impl Dialect for PgDialect {
         ordinal: i64,
         limit: i64,
     ) -> Result<Vec<StoredProvtillfalle>, StoreError> {
-        load_children(&mut self.tx, id, ordinal, limit).await
+        load_children(&mut self.sql.tx, id, ordinal, limit).await
     }
 
     async fn settled(&mut self, rows: &[Settled], doc: &DocInfo) -> Result<(), StoreError> {
@@ -1493,7 +1548,7 @@ impl Dialect for PgDialect {
                 .collect::<Vec<_>>(),
         )
         .bind(&ops)
-        .execute(&mut *self.tx)
+        .execute(&mut *self.sql.tx)
         .await
         .map_err(query_err("settling keys"))?;
         sqlx::query(
@@ -1502,7 +1557,7 @@ impl Dialect for PgDialect {
         )
         .bind(&ids)
         .bind(&ops)
-        .execute(&mut *self.tx)
+        .execute(&mut *self.sql.tx)
         .await
         .map_err(query_err("settling keys"))?;
         Ok(())
@@ -1516,14 +1571,14 @@ impl Dialect for PgDialect {
         let changes: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM doc_tracking WHERE written AND op IS NOT NULL)",
         )
-        .fetch_one(&mut *self.tx)
+        .fetch_one(&mut *self.sql.tx)
         .await
         .map_err(query_err("looking for changes"))?;
         if changes {
             // Held to the commit: entries become visible in seq order (see the module docs).
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
                 .bind(self.change_log_lock)
-                .execute(&mut *self.tx)
+                .execute(&mut *self.sql.tx)
                 .await
                 .map_err(query_err("waiting to append to change_log"))?;
             // Real changes only, decided by the replace core; within one document in
@@ -1534,79 +1589,28 @@ impl Dialect for PgDialect {
                  WHERE written AND op IS NOT NULL ORDER BY provomrade_id",
             )
             .bind(doc.now)
-            .execute(&mut *self.tx)
+            .execute(&mut *self.sql.tx)
             .await
             .map_err(query_err("appending to change_log"))?;
         }
         Ok(())
     }
 
-    async fn record_window(&mut self, run: &SyncRun, doc: &DocInfo) -> Result<(), StoreError> {
-        let now = doc.now;
-        let tx = &mut self.tx;
-        insert_run(tx, run, RunOutcome::Ok).await?;
-        if run.kind != RunKind::Sync {
-            return Ok(());
-        }
-        let tom_local = run.window.tom_utc.with_timezone(&run.tz).naive_local();
-        let Some(expected) = run.expected_watermark else {
-            // The source's first window: there is no row to lock yet, so the insert is the fence.
-            // A concurrent first window's insert waits for this one's commit, then does nothing.
-            let inserted = sqlx::query(
-                "INSERT INTO sync_watermark (source, watermark_local, watermark_utc, updated_at)
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (source) DO NOTHING",
-            )
-            .bind(&run.source)
-            .bind(tom_local)
-            .bind(run.window.tom_utc)
-            .bind(now)
-            .execute(&mut **tx)
-            .await
-            .map_err(query_err("setting the first watermark"))?;
-            if inserted.rows_affected() == 1 {
-                return Ok(());
-            }
-            let found: Option<DateTime<Utc>> =
-                sqlx::query_scalar("SELECT watermark_utc FROM sync_watermark WHERE source = $1")
-                    .bind(&run.source)
-                    .fetch_optional(&mut **tx)
-                    .await
-                    .map_err(query_err("reading the watermark"))?;
-            return Err(super::watermark_moved(&run.source, None, found));
-        };
-        // Locked to the commit: a concurrent window of the same source waits here, then reads the
-        // watermark this one leaves.
-        let stored: Option<DateTime<Utc>> = sqlx::query_scalar(
-            "SELECT watermark_utc FROM sync_watermark WHERE source = $1 FOR UPDATE",
-        )
-        .bind(&run.source)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(query_err("reading the watermark"))?;
-        super::fence(&run.source, Some(expected), stored)?;
-        sqlx::query(
-            "UPDATE sync_watermark SET watermark_local = $2, watermark_utc = $3, updated_at = $4
-             WHERE source = $1 AND watermark_utc < $3",
-        )
-        .bind(&run.source)
-        .bind(tom_local)
-        .bind(run.window.tom_utc)
-        .bind(now)
-        .execute(&mut **tx)
-        .await
-        .map_err(query_err("moving the watermark"))?;
-        Ok(())
+    fn sql(&mut self) -> &mut dyn Sql {
+        &mut self.sql
     }
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {
-        self.tx
+        self.sql
+            .tx
             .commit()
             .await
             .map_err(query_err("committing the document"))
     }
 
     async fn rollback(self: Box<Self>) -> Result<(), StoreError> {
-        self.tx
+        self.sql
+            .tx
             .rollback()
             .await
             .map_err(query_err("rolling back the document"))

@@ -32,9 +32,10 @@ use super::replace::{
     self, BatchLimits, BatchPlan, DocState, Fingerprint, Op, QuarantineRow, Stored, Target,
     Touched, Write,
 };
+use super::sql::{count, Sql, SqlTx, Value};
 use super::{
     query_err, redact_url, timestamp, ApplyContext, DocumentTx, Leadership, RunKind, RunOutcome,
-    RunRow, SoleLeadership, Store, StoreError, SyncRun, TableCounts, Watermark,
+    RunRow, SoleLeadership, Store, StoreError, TableCounts, Watermark,
 };
 use crate::domain::{
     ContentHash, Delprovsresultat, Omrade, ProvomradeKey, Provtillfalle, ProvtillfalleResultat,
@@ -230,42 +231,32 @@ impl Store for SqliteStore {
         &MIGRATOR
     }
 
-    async fn prune(
-        &self,
-        cutoffs: &governance::Cutoffs,
-        mode: governance::Mode,
-    ) -> Result<governance::Pruned, StoreError> {
-        governance::sqlite::prune(&self.pool, cutoffs, mode.dry_run()).await
-    }
-
-    async fn forget(
-        &self,
-        erasure: &governance::Erasure<'_>,
-    ) -> Result<governance::Removed, StoreError> {
-        governance::sqlite::forget(&self.pool, erasure).await
-    }
-
-    async fn drop_source(
-        &self,
-        source: &str,
-        now: chrono::DateTime<chrono::Utc>,
-        mode: governance::Mode,
-    ) -> Result<governance::Removed, StoreError> {
-        governance::sqlite::drop_source(&self.pool, source, now, mode.dry_run()).await
-    }
-
-    async fn rewind(
-        &self,
-        source: &str,
-        to_utc: chrono::DateTime<chrono::Utc>,
-        to_local: chrono::NaiveDateTime,
-        now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Watermark, StoreError> {
-        governance::sqlite::rewind(&self.pool, source, to_utc, to_local, now).await
+    async fn begin_sql(&self, context: &'static str) -> Result<Box<dyn SqlTx>, StoreError> {
+        // IMMEDIATE: the write lock now, so the operation never interleaves with a window (and
+        // never fails half way for want of it).
+        let tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(query_err(context))?;
+        Ok(Box::new(tx))
     }
 
     async fn source_rows(&self) -> Result<Vec<governance::SourceState>, StoreError> {
-        governance::sqlite::sources(&self.pool).await
+        let rows = sqlx::query(governance::SOURCES_SQL)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err("listing sources"))?;
+        Ok(rows
+            .iter()
+            .map(|r| governance::SourceState {
+                source: r.get(0),
+                watermark: None,
+                provomrade: count(r.get(1)),
+                runs: count(r.get(2)),
+                last_ok: r.get(3),
+            })
+            .collect())
     }
 
     async fn begin(
@@ -334,27 +325,16 @@ impl Store for SqliteStore {
     }
 
     async fn watermark(&self, source: &str) -> Result<Option<Watermark>, StoreError> {
-        let row = sqlx::query(
-            "SELECT watermark_utc, watermark_local, updated_at FROM sync_watermark WHERE source = ?",
-        )
-        .bind(source)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(query_err("reading the watermark"))?;
-        let Some(row) = row else { return Ok(None) };
-        let utc: String = row.get(0);
-        let local: String = row.get(1);
-        let updated: String = row.get(2);
-        Ok(Some(Watermark {
-            utc: parse_timestamp(&utc)?,
-            local: chrono::NaiveDateTime::parse_from_str(&local, crate::window::API_FORMAT)
-                .map_err(|e| StoreError::Corrupt(format!("stored watermark {local:?}: {e}")))?,
-            updated_at: parse_timestamp(&updated)?,
-        }))
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(query_err("reading the watermark"))?;
+        read_watermark(&mut conn, source).await
     }
 
     async fn recent_runs(&self, source: &str, limit: u32) -> Result<Vec<RunRow>, StoreError> {
-        let rows = sqlx::query(super::runs::RECENT_RUNS_SQL)
+        let rows = sqlx::query(super::sql::RECENT_RUNS_SQL)
             .bind(source)
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
@@ -379,15 +359,6 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn known_sources(&self) -> Result<Vec<String>, StoreError> {
-        sqlx::query_scalar(
-            "SELECT source FROM sync_watermark UNION SELECT DISTINCT source FROM sync_run ORDER BY 1",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query_err("listing sources"))
-    }
-
     async fn try_lead(&self, _source: &str) -> Result<Option<Box<dyn Leadership>>, StoreError> {
         Ok(Some(Box::new(SoleLeadership)))
     }
@@ -399,15 +370,6 @@ impl Store for SqliteStore {
             .map_err(query_err("checking the database"))?;
         Ok(())
     }
-
-    async fn record_failed_run(&self, run: &SyncRun) -> Result<(), StoreError> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(query_err("recording a failed window"))?;
-        insert_run(&mut conn, run, RunOutcome::Failed).await
-    }
 }
 
 pub(crate) fn parse_timestamp(s: &str) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
@@ -416,26 +378,102 @@ pub(crate) fn parse_timestamp(s: &str) -> Result<chrono::DateTime<chrono::Utc>, 
         .map_err(|e| StoreError::Corrupt(format!("stored timestamp {s:?}: {e}")))
 }
 
-async fn insert_run(
-    conn: &mut sqlx::SqliteConnection,
-    run: &SyncRun,
-    outcome: RunOutcome,
-) -> Result<(), StoreError> {
-    let values = super::runs::run_values(run, outcome);
-    bind_values(sqlx::query(super::runs::INSERT_RUN_SQL), &values)
-        .execute(conn)
-        .await
-        .map_err(query_err("recording a window in sync_run"))?;
-    Ok(())
+/// A source's watermark as this file keeps it (instants as RFC 3339 text, the local time as the
+/// API's text).
+async fn read_watermark(
+    conn: &mut SqliteConnection,
+    source: &str,
+) -> Result<Option<Watermark>, StoreError> {
+    let row: Option<(String, String, String)> = sqlx::query_as(
+        "SELECT watermark_utc, watermark_local, updated_at FROM sync_watermark WHERE source = $1",
+    )
+    .bind(source)
+    .fetch_optional(conn)
+    .await
+    .map_err(query_err("reading the watermark"))?;
+    let Some((utc, local, updated)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(Watermark {
+        utc: parse_timestamp(&utc)?,
+        local: chrono::NaiveDateTime::parse_from_str(&local, crate::window::API_FORMAT)
+            .map_err(|e| StoreError::Corrupt(format!("stored watermark {local:?}: {e}")))?,
+        updated_at: parse_timestamp(&updated)?,
+    }))
+}
+
+/// Store-core SQL on this backend: a store-core operation's transaction (begun `IMMEDIATE`)
+/// and a document's alike.
+#[async_trait]
+impl Sql for Transaction<'static, Sqlite> {
+    async fn execute(
+        &mut self,
+        sql: &str,
+        values: &[Value<'_>],
+        context: &'static str,
+    ) -> Result<u64, StoreError> {
+        bind_values(sqlx::query(sql), values)
+            .execute(&mut **self)
+            .await
+            .map(|r| r.rows_affected())
+            .map_err(query_err(context))
+    }
+
+    async fn counts(
+        &mut self,
+        sql: &str,
+        values: &[Value<'_>],
+        context: &'static str,
+    ) -> Result<Vec<u64>, StoreError> {
+        let row = bind_values(sqlx::query(sql), values)
+            .fetch_one(&mut **self)
+            .await
+            .map_err(query_err(context))?;
+        (0..row.len())
+            .map(|i| row.try_get::<i64, _>(i).map(count))
+            .collect::<Result<_, _>>()
+            .map_err(query_err(context))
+    }
+
+    async fn texts(
+        &mut self,
+        sql: &str,
+        values: &[Value<'_>],
+        context: &'static str,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = bind_values(sqlx::query(sql), values)
+            .fetch_all(&mut **self)
+            .await
+            .map_err(query_err(context))?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<Result<_, _>>()
+            .map_err(query_err(context))
+    }
+
+    async fn lock_writers(&mut self, _sources: &[String]) -> Result<(), StoreError> {
+        // BEGIN IMMEDIATE took the database's only write lock: no window is being written.
+        Ok(())
+    }
+
+    async fn watermark(&mut self, source: &str) -> Result<Option<Watermark>, StoreError> {
+        read_watermark(self, source).await
+    }
+}
+
+#[async_trait]
+impl SqlTx for Transaction<'static, Sqlite> {
+    async fn commit(self: Box<Self>, context: &'static str) -> Result<(), StoreError> {
+        Transaction::commit(*self).await.map_err(query_err(context))
+    }
 }
 
 /// Binds the store core's values the way this file keeps them: instants as fixed-width
 /// RFC 3339 text (which sorts as time), local times as the API's text.
 fn bind_values<'q>(
     mut query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
-    values: &[super::runs::Value<'q>],
+    values: &[Value<'q>],
 ) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
-    use super::runs::Value;
     for value in values {
         query = match *value {
             Value::Text(t) => query.bind(t),
@@ -1266,45 +1304,8 @@ impl Dialect for SqliteDialect {
         Ok(())
     }
 
-    async fn record_window(&mut self, run: &SyncRun, _doc: &DocInfo) -> Result<(), StoreError> {
-        insert_run(&mut self.tx, run, RunOutcome::Ok).await?;
-        if run.kind != RunKind::Sync {
-            return Ok(());
-        }
-        // The fence: this transaction holds SQLite's write lock (BEGIN IMMEDIATE), so the
-        // watermark read here cannot change before the commit.
-        let stored: Option<String> =
-            sqlx::query_scalar("SELECT watermark_utc FROM sync_watermark WHERE source = ?")
-                .bind(&run.source)
-                .fetch_optional(&mut *self.tx)
-                .await
-                .map_err(query_err("reading the watermark"))?;
-        let stored = stored.as_deref().map(parse_timestamp).transpose()?;
-        super::fence(&run.source, run.expected_watermark, stored)?;
-        // Text comparison is time order: the timestamps have a fixed width.
-        sqlx::query(
-            "INSERT INTO sync_watermark (source, watermark_local, watermark_utc, updated_at)
-             VALUES (?, ?, ?, ?)
-             ON CONFLICT (source) DO UPDATE SET
-                 watermark_local = excluded.watermark_local,
-                 watermark_utc = excluded.watermark_utc,
-                 updated_at = excluded.updated_at
-             WHERE excluded.watermark_utc > sync_watermark.watermark_utc",
-        )
-        .bind(&run.source)
-        .bind(
-            run.window
-                .tom_utc
-                .with_timezone(&run.tz)
-                .format(crate::window::API_FORMAT)
-                .to_string(),
-        )
-        .bind(timestamp(run.window.tom_utc))
-        .bind(&self.now)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(query_err("moving the watermark"))?;
-        Ok(())
+    fn sql(&mut self) -> &mut dyn Sql {
+        &mut self.tx
     }
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {

@@ -955,7 +955,13 @@ mod sync_bookkeeping {
             ("2026-01-10T09:00", "2026-03-01T12:02:00.000000Z", Some(200))
         );
         assert_eq!(
-            db.store.known_sources().await.expect("sources"),
+            db.store
+                .source_rows()
+                .await
+                .expect("sources")
+                .iter()
+                .map(|s| s.source.as_str())
+                .collect::<Vec<_>>(),
             vec!["default"]
         );
     }
