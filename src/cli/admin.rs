@@ -4,31 +4,55 @@ use std::io::Write;
 use std::path::Path;
 
 use super::failure::{io_failure, Failure};
-use super::setup::{build_sources, connect_store};
+use super::setup::build_sources;
+use super::{with_store, Invocation, Open};
 use crate::config::{Settings, EXAMPLE};
 use crate::store;
 
-pub(crate) async fn migrate(settings: &Settings, out: &mut dyn Write) -> Result<(), Failure> {
-    let store = connect_store(settings).await?;
-    if let Err(e) = super::setup::migrate(store.as_ref(), settings).await {
-        store.close().await;
-        return Err(e.into());
+#[derive(Debug, clap::Args)]
+pub struct Migrate {}
+
+impl Migrate {
+    pub(super) async fn run(
+        self,
+        ctx: &Invocation<'_>,
+        out: &mut dyn Write,
+    ) -> Result<(), Failure> {
+        let settings = ctx.settings;
+        // Connected only: migrating is the command (and `migrate_on_start = false` does not
+        // stop it).
+        with_store(settings, Open::Connected, async |store| {
+            super::setup::migrate(store, settings).await?;
+            writeln!(
+                out,
+                "migrated {}",
+                store::redact_url(&settings.database.url)
+            )
+            .map_err(io_failure)
+        })
+        .await
     }
-    writeln!(
-        out,
-        "migrated {}",
-        store::redact_url(&settings.database.url)
-    )
-    .map_err(io_failure)?;
-    store.close().await;
-    Ok(())
 }
 
-pub(crate) fn config_example(out: &mut dyn Write) -> Result<(), Failure> {
-    out.write_all(EXAMPLE.as_bytes()).map_err(io_failure)
+#[derive(Debug, clap::Args)]
+pub struct ConfigExample {}
+
+impl ConfigExample {
+    pub(super) fn run(self, out: &mut dyn Write) -> Result<(), Failure> {
+        out.write_all(EXAMPLE.as_bytes()).map_err(io_failure)
+    }
 }
 
-pub(crate) fn config_check(
+#[derive(Debug, clap::Args)]
+pub struct ConfigCheck {}
+
+impl ConfigCheck {
+    pub(super) fn run(self, ctx: &Invocation<'_>, out: &mut dyn Write) -> Result<(), Failure> {
+        config_check(ctx.config_path(), ctx.settings, out)
+    }
+}
+
+fn config_check(
     config: Option<&Path>,
     settings: &Settings,
     out: &mut dyn Write,

@@ -5,9 +5,24 @@ use std::sync::Arc;
 
 use super::failure::Failure;
 use super::setup::{build_sources, settings_from};
+use super::Invocation;
 use crate::config::Settings;
 
-pub(crate) async fn run_daemon(
+#[derive(Debug, clap::Args)]
+pub struct Run {}
+
+impl Run {
+    pub(super) async fn run(self, ctx: &Invocation<'_>) -> Result<(), Failure> {
+        run_daemon(
+            ctx.config,
+            ctx.database.map(str::to_owned),
+            ctx.settings.clone(),
+        )
+        .await
+    }
+}
+
+async fn run_daemon(
     config: &Option<PathBuf>,
     database: Option<String>,
     settings: Settings,

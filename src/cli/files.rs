@@ -9,6 +9,7 @@ use anyhow::Context;
 use chrono::Utc;
 
 use super::failure::{io_failure, Failure};
+use super::{with_store, Invocation, Open};
 use crate::import::{import_document, parse_document, ImportError, ImportReport};
 use crate::store::{self, ApplyContext, Store};
 use crate::xml::{DocumentError, Item, Limits};
@@ -24,14 +25,45 @@ fn open_input(path: &Path) -> Result<Box<dyn Read + Send>, Failure> {
     Ok(Box::new(f))
 }
 
+#[derive(Debug, clap::Args)]
+pub struct Validate {
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+}
+
+impl Validate {
+    pub(super) fn run(self, ctx: &Invocation<'_>, out: &mut dyn Write) -> Result<(), Failure> {
+        validate(&self.files, ctx.settings.limits(), out)
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Import {
+    /// The source name written to the `source` column.
+    #[arg(long, default_value = store::DEFAULT_SOURCE)]
+    source: String,
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+}
+
+impl Import {
+    pub(super) async fn run(
+        self,
+        ctx: &Invocation<'_>,
+        out: &mut dyn Write,
+    ) -> Result<(), Failure> {
+        let limits = ctx.settings.limits();
+        with_store(ctx.settings, Open::Migrated, async |store| {
+            import_files(store, &self.source, &self.files, limits, out).await
+        })
+        .await
+    }
+}
+
 /// Record errors `validate` prints per document; the rest are counted.
 const MAX_RECORD_ERRORS_SHOWN: usize = 100;
 
-pub(crate) fn validate(
-    files: &[PathBuf],
-    limits: Limits,
-    out: &mut dyn Write,
-) -> Result<(), Failure> {
+fn validate(files: &[PathBuf], limits: Limits, out: &mut dyn Write) -> Result<(), Failure> {
     let mut failed = 0usize;
     for path in files {
         let input = open_input(path)?;
@@ -109,7 +141,7 @@ pub(crate) fn validate(
     Ok(())
 }
 
-pub(crate) async fn import_files(
+async fn import_files(
     store: &dyn Store,
     source: &str,
     files: &[PathBuf],

@@ -12,7 +12,31 @@ use super::Cli;
 
 const BIN: &str = "nprov-sync";
 
-pub(crate) fn completions(shell: clap_complete::Shell, out: &mut dyn Write) -> Result<(), Failure> {
+#[derive(Debug, clap::Args)]
+pub struct Completions {
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
+}
+
+impl Completions {
+    pub(super) fn run(&self, out: &mut dyn Write) -> Result<(), Failure> {
+        completions(self.shell, out)
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Manpages {
+    #[arg(value_name = "DIR")]
+    dir: std::path::PathBuf,
+}
+
+impl Manpages {
+    pub(super) fn run(&self, out: &mut dyn Write) -> Result<(), Failure> {
+        manpages(&self.dir, out)
+    }
+}
+
+fn completions(shell: clap_complete::Shell, out: &mut dyn Write) -> Result<(), Failure> {
     let mut command = Cli::command();
     // Into memory first: clap_complete panics on a failed write (a closed pipe), we report it.
     let mut script = Vec::new();
@@ -23,7 +47,7 @@ pub(crate) fn completions(shell: clap_complete::Shell, out: &mut dyn Write) -> R
 
 /// Writes `nprov-sync.1` and one page per subcommand (`nprov-sync-run.1`,
 /// `nprov-sync-config-check.1`, …) into `dir`, creating it; prints the files written.
-pub(crate) fn manpages(dir: &Path, out: &mut dyn Write) -> Result<(), Failure> {
+fn manpages(dir: &Path, out: &mut dyn Write) -> Result<(), Failure> {
     std::fs::create_dir_all(dir)
         .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot create {}: {e}", dir.display())))?;
     let mut command = Cli::command();

@@ -7,12 +7,122 @@ use std::io::{BufRead, Write};
 use chrono::Utc;
 
 use super::failure::{io_failure, Failure};
+use super::{with_store, Invocation, Open};
 use crate::config::Settings;
 use crate::store::governance::{Erasure, Mode, Removed};
 use crate::store::{Leadership, Store};
 use crate::window::{earliest_instant, parse_local, API_FORMAT};
 
-pub(crate) async fn prune(
+#[derive(Debug, clap::Args)]
+pub struct Prune {
+    /// Count what would be removed; remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+impl Prune {
+    pub(super) async fn run(
+        self,
+        ctx: &Invocation<'_>,
+        out: &mut dyn Write,
+    ) -> Result<(), Failure> {
+        with_store(ctx.settings, Open::Migrated, async |store| {
+            prune(store, ctx.settings, self.dry_run, out).await
+        })
+        .await
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Forget {
+    /// The pupil's id on the platform, matched exactly (letter case included); `-` reads it
+    /// from standard input, keeping it out of shell history and the process list.
+    #[arg(long, value_name = "ID")]
+    elev: String,
+    /// Only this source's rows (default: every source).
+    #[arg(long, value_name = "NAME")]
+    source: Option<String>,
+    /// Recorded with the erasure, e.g. the case number of the request.
+    #[arg(long, value_name = "TEXT")]
+    reason: Option<String>,
+    /// Erase; without it, only count.
+    #[arg(long)]
+    yes: bool,
+}
+
+impl Forget {
+    pub(super) async fn run(
+        self,
+        ctx: &Invocation<'_>,
+        out: &mut dyn Write,
+    ) -> Result<(), Failure> {
+        with_store(ctx.settings, Open::Migrated, async |store| {
+            forget(store, &self, out).await
+        })
+        .await
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SourceList {}
+
+impl SourceList {
+    pub(super) async fn run(
+        self,
+        ctx: &Invocation<'_>,
+        out: &mut dyn Write,
+    ) -> Result<(), Failure> {
+        // Listing only reads (no write lock, no data contract written); the commands that
+        // change a source's state migrate first, as every writing command does.
+        with_store(ctx.settings, Open::ForReading, async |store| {
+            source_list(store, ctx.settings, out).await
+        })
+        .await
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SourceRewind {
+    name: String,
+    /// Local time (yyyy-MM-ddTHH:mm, in the source's time zone), earlier than the watermark.
+    #[arg(long, value_name = "LOCAL_TIME")]
+    to: String,
+}
+
+impl SourceRewind {
+    pub(super) async fn run(
+        self,
+        ctx: &Invocation<'_>,
+        out: &mut dyn Write,
+    ) -> Result<(), Failure> {
+        with_store(ctx.settings, Open::Migrated, async |store| {
+            source_rewind(store, ctx.settings, &self.name, &self.to, out).await
+        })
+        .await
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SourceDrop {
+    name: String,
+    #[arg(long)]
+    yes: bool,
+}
+
+impl SourceDrop {
+    pub(super) async fn run(
+        self,
+        ctx: &Invocation<'_>,
+        out: &mut dyn Write,
+    ) -> Result<(), Failure> {
+        with_store(ctx.settings, Open::Migrated, async |store| {
+            source_drop(store, &self.name, self.yes, out).await
+        })
+        .await
+    }
+}
+
+async fn prune(
     store: &dyn Store,
     settings: &Settings,
     dry_run: bool,
@@ -73,32 +183,22 @@ fn describe(r: &Removed) -> String {
     parts.join(", ")
 }
 
-pub(crate) struct ForgetArgs<'a> {
-    pub elev: &'a str,
-    pub source: Option<&'a str>,
-    pub reason: Option<&'a str>,
-    pub yes: bool,
-}
-
-pub(crate) async fn forget(
-    store: &dyn Store,
-    args: ForgetArgs<'_>,
-    out: &mut dyn Write,
-) -> Result<(), Failure> {
-    let elev = elev_argument(args.elev)?;
+async fn forget(store: &dyn Store, args: &Forget, out: &mut dyn Write) -> Result<(), Failure> {
+    let elev = elev_argument(&args.elev)?;
     if elev.trim().is_empty() {
         return Err(Failure::Config(anyhow::anyhow!("--elev: the id is empty")));
     }
     let erasure = Erasure {
         elev: &elev,
-        source: args.source,
-        reason: args.reason,
+        source: args.source.as_deref(),
+        reason: args.reason.as_deref(),
         now: Utc::now(),
         mode: Mode::unless_confirmed(args.yes),
     };
     let removed = store.forget(&erasure).await.map_err(Failure::from)?;
     let scope = args
         .source
+        .as_deref()
         .map(|s| format!("source {s}"))
         .unwrap_or_else(|| "every source".into());
     if !args.yes {
@@ -120,14 +220,14 @@ pub(crate) async fn forget(
     )
     .map_err(io_failure)?;
     tracing::info!(
-        source = args.source.unwrap_or("*"),
+        source = args.source.as_deref().unwrap_or("*"),
         rows = removed.total(),
         "erased a pupil's rows"
     );
     Ok(())
 }
 
-pub(crate) async fn source_list(
+async fn source_list(
     store: &dyn Store,
     settings: &Settings,
     out: &mut dyn Write,
@@ -200,7 +300,7 @@ async fn exclusive(
     }
 }
 
-pub(crate) async fn source_rewind(
+async fn source_rewind(
     store: &dyn Store,
     settings: &Settings,
     source: &str,
@@ -245,7 +345,7 @@ pub(crate) async fn source_rewind(
     Ok(())
 }
 
-pub(crate) async fn source_drop(
+async fn source_drop(
     store: &dyn Store,
     source: &str,
     yes: bool,

@@ -20,7 +20,6 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::config::Settings;
-use crate::store::DEFAULT_SOURCE;
 
 mod admin;
 mod daemon;
@@ -59,63 +58,29 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Every command. Each is a struct in the file of its group, with its own `run`; those that use
+/// the database open it through [`with_store`], the one place a command's store is opened and
+/// closed.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Parse documents and report their version, counts and every error with its location.
     /// Exits non-zero if any document or record has an error.
-    Validate {
-        #[arg(required = true, value_name = "FILE")]
-        files: Vec<PathBuf>,
-    },
+    Validate(files::Validate),
     /// Apply saved API responses to the database, in the order given; each file is one
     /// transaction. `-` reads standard input. Stops at the first document that cannot be applied.
-    Import {
-        /// The source name written to the `source` column.
-        #[arg(long, default_value = DEFAULT_SOURCE)]
-        source: String,
-        #[arg(required = true, value_name = "FILE")]
-        files: Vec<PathBuf>,
-    },
+    Import(files::Import),
     /// Run as a service: sync every configured source on its schedule, serve /metrics, /healthz
     /// and /readyz, stop cleanly on SIGTERM/SIGINT, reload the configuration on SIGHUP.
-    Run,
+    Run(daemon::Run),
     /// Apply pending database migrations.
-    Migrate,
+    Migrate(admin::Migrate),
     /// Sync every configured source from its watermark: catch up to now (or --until) and exit.
     /// Exits non-zero with a clear message if a window cannot be synced.
-    Sync {
-        /// Catch up and exit (`nprov-sync run` is the long-running service).
-        #[arg(long, required = true)]
-        once: bool,
-        /// Stop at this local time (yyyy-MM-ddTHH:mm) instead of now.
-        #[arg(long, value_name = "LOCAL_TIME")]
-        until: Option<String>,
-        /// Only this source.
-        #[arg(long, value_name = "NAME")]
-        source: Option<String>,
-        /// Also write the run's metrics to this file, in the text format node_exporter's
-        /// textfile collector reads (written beside it, then renamed into place), so a run
-        /// from a timer is monitored like the daemon.
-        #[arg(long, value_name = "PATH")]
-        textfile: Option<PathBuf>,
-    },
+    Sync(sync::SyncOnce),
     /// Re-read a historic range of one source without moving its watermark.
-    Backfill {
-        #[arg(long, value_name = "NAME")]
-        source: Option<String>,
-        /// Local time (yyyy-MM-ddTHH:mm) of the first minute.
-        #[arg(long, value_name = "LOCAL_TIME")]
-        from: String,
-        /// Local time of the last minute.
-        #[arg(long, value_name = "LOCAL_TIME")]
-        to: String,
-    },
+    Backfill(sync::Backfill),
     /// Per source: watermark, lag, last windows; and the tables' row counts.
-    Status {
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
+    Status(status::StatusCommand),
     /// Show the whole pipeline on generated data: import a population into a fresh SQLite file
     /// (nprov-demo.db), apply a later document with changes and clears, re-read it, and query.
     Demo(DemoArgs),
@@ -127,76 +92,57 @@ pub enum Command {
     Config(ConfigCommand),
     /// Remove rows older than the [retention] horizons (sync_run, quarantined raw XML and rows,
     /// change_log), as the daemon does once a day; prints what was removed.
-    Prune {
-        /// Count what would be removed; remove nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Prune(govern::Prune),
     /// Erase one pupil's rows from every table (provområden with their provtillfällen and
     /// delprov, change_log, quarantine) in one transaction, and record the erasure without the
     /// id. Without --yes, only counts. A later window in which the platform still sends the
     /// pupil brings the data back: the platform is the source of truth.
-    Forget {
-        /// The pupil's id on the platform, matched exactly (letter case included); `-` reads it
-        /// from standard input, keeping it out of shell history and the process list.
-        #[arg(long, value_name = "ID")]
-        elev: String,
-        /// Only this source's rows (default: every source).
-        #[arg(long, value_name = "NAME")]
-        source: Option<String>,
-        /// Recorded with the erasure, e.g. the case number of the request.
-        #[arg(long, value_name = "TEXT")]
-        reason: Option<String>,
-        /// Erase; without it, only count.
-        #[arg(long)]
-        yes: bool,
-    },
+    Forget(govern::Forget),
     /// A source's state in the database: list, rewind the watermark, drop its data.
     #[command(subcommand)]
     Source(SourceCommand),
     /// Print shell completions to standard output (e.g. `nprov-sync completions bash >
     /// /etc/bash_completion.d/nprov-sync`); the Debian package installs them.
-    Completions {
-        #[arg(value_enum)]
-        shell: clap_complete::Shell,
-    },
+    Completions(generate::Completions),
     /// Write the man pages (nprov-sync.1 and one per command) into a directory; for packaging.
     #[command(hide = true)]
-    Manpages {
-        #[arg(value_name = "DIR")]
-        dir: PathBuf,
-    },
+    Manpages(generate::Manpages),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum SourceCommand {
     /// Every source configured or in the database: watermark, rows, windows, leader.
-    List,
+    List(govern::SourceList),
     /// Move a source's watermark back, so that its next run re-reads from there (after a
     /// platform incident, say). The only way the watermark moves back. Refused while another
     /// instance leads the source.
-    Rewind {
-        name: String,
-        /// Local time (yyyy-MM-ddTHH:mm, in the source's time zone), earlier than the watermark.
-        #[arg(long, value_name = "LOCAL_TIME")]
-        to: String,
-    },
+    Rewind(govern::SourceRewind),
     /// Remove a source's rows, windows and watermark (change_log gets an erase entry per
     /// removed provområde). Without --yes, only counts. Refused while another instance leads
     /// the source.
-    Drop {
-        name: String,
-        #[arg(long)]
-        yes: bool,
-    },
+    Drop(govern::SourceDrop),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Print the example configuration: every setting, commented, with its default.
-    Example,
+    Example(admin::ConfigExample),
     /// Check a configuration (the --config file plus NPROV_* variables) without doing anything.
-    Check,
+    Check(admin::ConfigCheck),
+}
+
+/// What every command runs with: the loaded settings and the command line's global options
+/// (the daemon reloads from them).
+pub(crate) struct Invocation<'a> {
+    pub settings: &'a Settings,
+    pub config: &'a Option<PathBuf>,
+    pub database: Option<&'a str>,
+}
+
+impl Invocation<'_> {
+    pub fn config_path(&self) -> Option<&std::path::Path> {
+        self.config.as_deref()
+    }
 }
 
 /// Runs a command that needs no settings (completions, man pages), so that neither a missing
@@ -204,9 +150,21 @@ pub enum ConfigCommand {
 /// every other command.
 pub fn run_without_settings(cli: &Cli, out: &mut dyn Write) -> Option<Result<(), Failure>> {
     match &cli.command {
-        Command::Completions { shell } => Some(generate::completions(*shell, out)),
-        Command::Manpages { dir } => Some(generate::manpages(dir, out)),
-        _ => None,
+        Command::Completions(c) => Some(c.run(out)),
+        Command::Manpages(c) => Some(c.run(out)),
+        Command::Validate(_)
+        | Command::Import(_)
+        | Command::Run(_)
+        | Command::Migrate(_)
+        | Command::Sync(_)
+        | Command::Backfill(_)
+        | Command::Status(_)
+        | Command::Demo(_)
+        | Command::Simulate(_)
+        | Command::Config(_)
+        | Command::Prune(_)
+        | Command::Forget(_)
+        | Command::Source(_) => None,
     }
 }
 
@@ -245,108 +203,30 @@ pub fn load_settings(cli: &Cli) -> Result<Settings, Failure> {
 
 /// Runs a parsed command line with loaded settings; output goes to `out`.
 pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> Result<(), Failure> {
+    let ctx = Invocation {
+        settings: &settings,
+        config: &cli.config,
+        database: cli.database.as_deref(),
+    };
     match cli.command {
-        Command::Validate { files } => files::validate(&files, settings.limits(), out),
-        Command::Import { source, files } => {
-            with_store(&settings, Open::Migrated, async |store| {
-                files::import_files(store, &source, &files, settings.limits(), out).await
-            })
-            .await
-        }
-        Command::Migrate => admin::migrate(&settings, out).await,
-        Command::Run => daemon::run_daemon(&cli.config, cli.database.clone(), settings).await,
+        Command::Validate(c) => c.run(&ctx, out),
+        Command::Import(c) => c.run(&ctx, out).await,
+        Command::Run(c) => c.run(&ctx).await,
+        Command::Migrate(c) => c.run(&ctx, out).await,
+        Command::Sync(c) => c.run(&ctx, out).await,
+        Command::Backfill(c) => c.run(&ctx, out).await,
+        Command::Status(c) => c.run(&ctx, out).await,
         Command::Demo(args) => demo::run(&args.file, args.students, out).await,
         Command::Simulate(args) => simulate::simulate(*args, out).await,
-        Command::Sync {
-            until,
-            source,
-            textfile,
-            ..
-        } => {
-            let sources = setup::build_sources(&cli.config, &settings, source.as_deref())?;
-            with_store(&settings, Open::Migrated, async |store| match textfile {
-                None => sync::sync_once(store, &sources, until.as_deref(), out).await,
-                Some(path) => {
-                    sync::sync_once_to_textfile(store, sources, until.as_deref(), &path, out).await
-                }
-            })
-            .await
-        }
-        Command::Backfill { source, from, to } => {
-            let sources = setup::build_sources(&cli.config, &settings, source.as_deref())?;
-            let [src] = sources.as_slice() else {
-                return Err(Failure::Config(anyhow::anyhow!(
-                    "backfill reads one source: name it with --source (configured: {})",
-                    sources
-                        .iter()
-                        .map(|s| s.name().to_owned())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            };
-            with_store(&settings, Open::Migrated, async |store| {
-                sync::backfill(store, src, &from, &to, out).await
-            })
-            .await
-        }
-        Command::Status { json } => {
-            // Reading needs no right to migrate: a read-only role or user can run it. Nor does it
-            // create anything: a SQLite file that is not there yet is said so, not made empty.
-            status::require_existing_sqlite(&settings.database.url)?;
-            with_store(&settings, Open::Connected, async |store| {
-                status::status(store, &settings, cli.config.as_deref(), json, out).await
-            })
-            .await
-        }
-        Command::Config(ConfigCommand::Example) => admin::config_example(out),
-        Command::Config(ConfigCommand::Check) => {
-            admin::config_check(cli.config.as_deref(), &settings, out)
-        }
-        Command::Prune { dry_run } => {
-            with_store(&settings, Open::Migrated, async |store| {
-                govern::prune(store, &settings, dry_run, out).await
-            })
-            .await
-        }
-        Command::Forget {
-            elev,
-            source,
-            reason,
-            yes,
-        } => {
-            let args = govern::ForgetArgs {
-                elev: &elev,
-                source: source.as_deref(),
-                reason: reason.as_deref(),
-                yes,
-            };
-            with_store(&settings, Open::Migrated, async |store| {
-                govern::forget(store, args, out).await
-            })
-            .await
-        }
-        // Listing only reads (no write lock, no data contract written); the two that change a
-        // source's state migrate first, as every writing command does.
-        Command::Source(SourceCommand::List) => {
-            with_store(&settings, Open::ForReading, async |store| {
-                govern::source_list(store, &settings, out).await
-            })
-            .await
-        }
-        Command::Source(SourceCommand::Rewind { name, to }) => {
-            with_store(&settings, Open::Migrated, async |store| {
-                govern::source_rewind(store, &settings, &name, &to, out).await
-            })
-            .await
-        }
-        Command::Source(SourceCommand::Drop { name, yes }) => {
-            with_store(&settings, Open::Migrated, async |store| {
-                govern::source_drop(store, &name, yes, out).await
-            })
-            .await
-        }
+        Command::Config(ConfigCommand::Example(c)) => c.run(out),
+        Command::Config(ConfigCommand::Check(c)) => c.run(&ctx, out),
+        Command::Prune(c) => c.run(&ctx, out).await,
+        Command::Forget(c) => c.run(&ctx, out).await,
+        Command::Source(SourceCommand::List(c)) => c.run(&ctx, out).await,
+        Command::Source(SourceCommand::Rewind(c)) => c.run(&ctx, out).await,
+        Command::Source(SourceCommand::Drop(c)) => c.run(&ctx, out).await,
         // main.rs runs these before loading settings; here for callers of `run` alone.
-        Command::Completions { shell } => generate::completions(shell, out),
-        Command::Manpages { dir } => generate::manpages(&dir, out),
+        Command::Completions(c) => c.run(out),
+        Command::Manpages(c) => c.run(out),
     }
 }

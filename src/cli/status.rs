@@ -8,6 +8,7 @@ use std::io::Write;
 use chrono::{DateTime, Utc};
 
 use super::failure::{io_failure, Failure};
+use super::{with_store, Invocation, Open};
 use crate::config::Settings;
 use crate::daemon::{not_ready, Role, SourceSnapshot};
 use crate::store::{RunRow, SchemaState, Store, TableCounts};
@@ -66,7 +67,7 @@ fn rfc3339<S: serde::Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::E
 }
 
 /// For a SQLite URL, that its file exists: connecting would create it empty.
-pub(crate) fn require_existing_sqlite(url: &str) -> Result<(), Failure> {
+fn require_existing_sqlite(url: &str) -> Result<(), Failure> {
     use std::str::FromStr;
     if crate::store::Backend::of_url(url) != Some(crate::store::Backend::Sqlite) {
         return Ok(());
@@ -176,7 +177,30 @@ fn source_ready(
     not_ready(&snapshot, now, DateTime::<Utc>::MIN_UTC, max_age)
 }
 
-pub(crate) async fn status(
+#[derive(Debug, clap::Args)]
+pub struct StatusCommand {
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+impl StatusCommand {
+    pub(super) async fn run(
+        self,
+        ctx: &Invocation<'_>,
+        out: &mut dyn Write,
+    ) -> Result<(), Failure> {
+        // Reading needs no right to migrate: a read-only role or user can run it. Nor does it
+        // create anything: a SQLite file that is not there yet is said so, not made empty.
+        require_existing_sqlite(&ctx.settings.database.url)?;
+        with_store(ctx.settings, Open::Connected, async |store| {
+            status(store, ctx.settings, ctx.config_path(), self.json, out).await
+        })
+        .await
+    }
+}
+
+async fn status(
     store: &dyn Store,
     settings: &Settings,
     config: Option<&std::path::Path>,

@@ -2,6 +2,7 @@
 //! committed window and progress (a bar on a terminal, a log line otherwise).
 
 use std::io::Write;
+use std::path::PathBuf;
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -9,6 +10,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use super::failure::{io_failure, Failure};
+use super::setup::build_sources;
+use super::{with_store, Invocation, Open};
 use crate::store::{RunOutcome, Store};
 use crate::sync::{SyncError, SyncSource, WindowReport};
 use crate::window::{earliest_instant, latest_instant, parse_local};
@@ -177,8 +180,81 @@ fn line(out: &mut dyn Write, source: &str, r: &WindowReport) -> Result<(), Failu
     .map_err(io_failure)
 }
 
+#[derive(Debug, clap::Args)]
+pub struct SyncOnce {
+    /// Catch up and exit (`nprov-sync run` is the long-running service).
+    #[arg(long, required = true)]
+    once: bool,
+    /// Stop at this local time (yyyy-MM-ddTHH:mm) instead of now.
+    #[arg(long, value_name = "LOCAL_TIME")]
+    until: Option<String>,
+    /// Only this source.
+    #[arg(long, value_name = "NAME")]
+    source: Option<String>,
+    /// Also write the run's metrics to this file, in the text format node_exporter's
+    /// textfile collector reads (written beside it, then renamed into place), so a run
+    /// from a timer is monitored like the daemon.
+    #[arg(long, value_name = "PATH")]
+    textfile: Option<PathBuf>,
+}
+
+impl SyncOnce {
+    pub(super) async fn run(
+        self,
+        ctx: &Invocation<'_>,
+        out: &mut dyn Write,
+    ) -> Result<(), Failure> {
+        // The sources first: a configuration error is reported before the database is touched.
+        let sources = build_sources(ctx.config, ctx.settings, self.source.as_deref())?;
+        let until = self.until.as_deref();
+        with_store(ctx.settings, Open::Migrated, async |store| {
+            match self.textfile {
+                None => sync_once(store, &sources, until, out).await,
+                Some(path) => sync_once_to_textfile(store, sources, until, &path, out).await,
+            }
+        })
+        .await
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Backfill {
+    #[arg(long, value_name = "NAME")]
+    source: Option<String>,
+    /// Local time (yyyy-MM-ddTHH:mm) of the first minute.
+    #[arg(long, value_name = "LOCAL_TIME")]
+    from: String,
+    /// Local time of the last minute.
+    #[arg(long, value_name = "LOCAL_TIME")]
+    to: String,
+}
+
+impl Backfill {
+    pub(super) async fn run(
+        self,
+        ctx: &Invocation<'_>,
+        out: &mut dyn Write,
+    ) -> Result<(), Failure> {
+        let sources = build_sources(ctx.config, ctx.settings, self.source.as_deref())?;
+        let [src] = sources.as_slice() else {
+            return Err(Failure::Config(anyhow::anyhow!(
+                "backfill reads one source: name it with --source (configured: {})",
+                sources
+                    .iter()
+                    .map(|s| s.name().to_owned())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        };
+        with_store(ctx.settings, Open::Migrated, async |store| {
+            backfill(store, src, &self.from, &self.to, out).await
+        })
+        .await
+    }
+}
+
 /// `sync --once`: every source caught up to now (or `until`, local time), one after another.
-pub async fn sync_once(
+async fn sync_once(
     store: &dyn Store,
     sources: &[SyncSource],
     until: Option<&str>,
@@ -231,7 +307,7 @@ pub async fn sync_once(
 /// `sync --once --textfile PATH`: as [`sync_once`], source by source into one registry, whose
 /// families are then written to `path` for node_exporter, also when a source failed (that is
 /// what the file is for). Each source the run syncs shows as led by this run.
-pub async fn sync_once_to_textfile(
+async fn sync_once_to_textfile(
     store: &dyn Store,
     mut sources: Vec<SyncSource>,
     until: Option<&str>,
@@ -303,7 +379,7 @@ fn write_textfile(path: &std::path::Path, text: &str) -> Result<(), Failure> {
 }
 
 /// `backfill`: a historic range re-read; the watermark does not move.
-pub async fn backfill(
+async fn backfill(
     store: &dyn Store,
     src: &SyncSource,
     from: &str,
