@@ -234,9 +234,9 @@ impl Applier {
                 );
             }
         }
-        let (pt, dp) = plan.child_rows();
+        let (pt, dp) = plan.child_rows;
         let s = &mut self.state.summary;
-        s.provomrade_rows += plan.new_keys() as u64;
+        s.provomrade_rows += plan.new_keys as u64;
         s.provtillfalle_rows += pt;
         s.delprovsresultat_rows += dp;
         let version = self.ctx.version.rules.name;

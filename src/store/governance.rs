@@ -327,17 +327,11 @@ pub async fn forget(mut tx: Box<dyn SqlTx>, e: &Erasure<'_>) -> Result<Removed, 
     let who = [Value::Text(e.elev), Value::OptText(e.source)];
     if !e.mode.dry_run() {
         // The sources the pupil has rows in: their writers must not be mid-window meanwhile.
-        let sources = tx
-            .texts(
-                &format!(
-                    "SELECT source FROM provomrade WHERE {PUPIL_PROVOMRADEN}
-                     UNION SELECT source FROM quarantine WHERE {QUARANTINE_OF}"
-                ),
-                &who,
-                "finding the pupil's sources",
-            )
-            .await?;
-        tx.lock_writers(&sources).await?;
+        let sources = format!(
+            "SELECT source FROM provomrade WHERE {PUPIL_PROVOMRADEN}
+             UNION SELECT source FROM quarantine WHERE {QUARANTINE_OF}"
+        );
+        tx.lock_writers(&sources, &who).await?;
     }
     let mut removed = remove_provomraden(&mut *tx, PUPIL_PROVOMRADEN, &who, e.now, e.mode).await?;
     removed.quarantine = count_or_delete(
@@ -384,7 +378,7 @@ pub async fn drop_source(
     mode: Mode,
 ) -> Result<Removed, StoreError> {
     if !mode.dry_run() {
-        tx.lock_writers(&[source.to_owned()]).await?;
+        tx.lock_writers("SELECT $1", &[Value::Text(source)]).await?;
     }
     let this = [Value::Text(source)];
     let mut removed = remove_provomraden(&mut *tx, "source = $1", &this, now, mode).await?;

@@ -606,29 +606,20 @@ impl Sql for PgSql {
             .map_err(query_err(context))
     }
 
-    async fn texts(
-        &mut self,
-        sql: &str,
-        values: &[Value<'_>],
-        context: &'static str,
-    ) -> Result<Vec<String>, StoreError> {
-        let rows = bind_values(sqlx::query(sql), values)
-            .fetch_all(&mut *self.tx)
-            .await
-            .map_err(query_err(context))?;
-        rows.iter()
-            .map(|r| r.try_get::<String, _>(0))
-            .collect::<Result<_, _>>()
-            .map_err(query_err(context))
-    }
-
     /// Takes the writers' lock of every source (sorted, so two callers cannot deadlock), then
     /// the change_log lock: the order a window's writer takes them in.
-    async fn lock_writers(&mut self, sources: &[String]) -> Result<(), StoreError> {
-        let mut sorted: Vec<&String> = sources.iter().collect();
-        sorted.sort();
-        sorted.dedup();
-        for source in sorted {
+    async fn lock_writers(&mut self, sql: &str, values: &[Value<'_>]) -> Result<(), StoreError> {
+        let mut sources: Vec<String> = bind_values(sqlx::query(sql), values)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(query_err("finding the sources' writers"))?
+            .iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<Result<_, _>>()
+            .map_err(query_err("finding the sources' writers"))?;
+        sources.sort();
+        sources.dedup();
+        for source in &sources {
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
                 .bind(lock_key(&["source", &self.scope, source]))
                 .execute(&mut *self.tx)
@@ -1478,8 +1469,8 @@ impl Dialect for PgDialect {
     async fn write(&mut self, plan: &BatchPlan, doc: &DocInfo) -> Result<(), StoreError> {
         // Ids for the whole plan in one round trip: sequences are outside the transaction, so
         // taking them before the restores changes nothing the restores see.
-        let (pt_total, _) = plan.child_rows();
-        let ids = reserve_ids(&mut self.sql.tx, plan.new_keys(), pt_total as usize).await?;
+        let (pt_total, _) = plan.child_rows;
+        let ids = reserve_ids(&mut self.sql.tx, plan.new_keys, pt_total as usize).await?;
         // How many reserved provtillfälle ids the writes so far used.
         let mut pt_used = 0;
         for w in &plan.writes {

@@ -587,60 +587,16 @@ pub enum Write {
 #[derive(Debug, Default)]
 pub struct BatchPlan {
     pub writes: Vec<Write>,
+    /// Provområde rows the writes insert (the ids a backend reserves for [`Target::New`]).
+    pub new_keys: usize,
+    /// Provtillfällen and delprovsresultat rows the writes insert.
+    pub child_rows: (u64, u64),
     /// What building noticed, per element built (not skipped by its raw hash) and applied; as
     /// many are counted in [`ApplySummary::built`].
     pub built: Vec<ElementStats>,
 }
 
 impl BatchPlan {
-    /// Provområde rows this plan inserts (the ids a backend reserves for [`Target::New`]).
-    pub fn new_keys(&self) -> usize {
-        self.writes
-            .iter()
-            .map(|w| match w {
-                Write::InsertKeys(keys) => keys.len(),
-                Write::Restore(_)
-                | Write::Untrack(_)
-                | Write::DeleteChildren(_)
-                | Write::InsertChildren(_)
-                | Write::Replace(_)
-                | Write::Track(_)
-                | Write::TrackUnchanged(_)
-                | Write::Rehash(_)
-                | Write::TrackHeld(_)
-                | Write::Quarantine(_) => 0,
-            })
-            .sum()
-    }
-
-    /// The children this plan inserts, over all its [`Write::InsertChildren`].
-    fn children(&self) -> impl Iterator<Item = &Children> {
-        self.writes.iter().flat_map(|w| match w {
-            Write::InsertChildren(c) => c.as_slice(),
-            Write::Restore(_)
-            | Write::Untrack(_)
-            | Write::DeleteChildren(_)
-            | Write::InsertKeys(_)
-            | Write::Replace(_)
-            | Write::Track(_)
-            | Write::TrackUnchanged(_)
-            | Write::Rehash(_)
-            | Write::TrackHeld(_)
-            | Write::Quarantine(_) => &[],
-        })
-    }
-
-    /// Provtillfällen and delprovsresultat rows this plan inserts.
-    pub fn child_rows(&self) -> (u64, u64) {
-        let pt = self.children().map(|c| c.rows.len() as u64).sum();
-        let dp = self
-            .children()
-            .flat_map(|c| &c.rows)
-            .map(|(_, p)| p.resultat.delprovsresultat().len() as u64)
-            .sum();
-        (pt, dp)
-    }
-
     /// The quarantine rows this plan writes.
     pub fn quarantined(&self) -> impl Iterator<Item = &QuarantineRow> {
         self.writes.iter().flat_map(|w| match w {
@@ -660,7 +616,7 @@ impl BatchPlan {
 }
 
 /// A batch's writes gathered by kind while its groups are decided, then put in order once
-/// ([`Pending::into_writes`]).
+/// ([`Pending::into_plan`]).
 #[derive(Default)]
 struct Pending {
     restores: Vec<i64>,
@@ -677,8 +633,15 @@ struct Pending {
 }
 
 impl Pending {
-    /// The writes in the order [`Write`] explains, leaving out the empty ones.
-    fn into_writes(self) -> Vec<Write> {
+    /// The plan: the writes in the order [`Write`] explains, leaving out the empty ones.
+    fn into_plan(self, built: Vec<ElementStats>) -> BatchPlan {
+        let new_keys = self.creates.len();
+        let rows = self.children.iter().flat_map(|c| &c.rows);
+        let child_rows = (
+            rows.clone().count() as u64,
+            rows.map(|(_, p)| p.resultat.delprovsresultat().len() as u64)
+                .sum(),
+        );
         let Pending {
             restores,
             untrack,
@@ -712,7 +675,12 @@ impl Pending {
         push(rehash.is_empty(), Write::Rehash(rehash));
         push(spill_held.is_empty(), Write::TrackHeld(spill_held));
         push(quarantine.is_empty(), Write::Quarantine(quarantine));
-        out
+        BatchPlan {
+            writes: out,
+            new_keys,
+            child_rows,
+            built,
+        }
     }
 }
 
@@ -926,10 +894,7 @@ pub fn plan(
     }
     p.quarantine = merge_quarantine(quarantine);
     state.tracked |= !p.tracks.is_empty() || !p.spill_unchanged.is_empty();
-    Ok(BatchPlan {
-        writes: p.into_writes(),
-        built: stats,
-    })
+    Ok(p.into_plan(stats))
 }
 
 /// Holds a key back: every element of the group to quarantine, and whatever the document did to

@@ -32,19 +32,15 @@ pub trait Sql: Send {
         context: &'static str,
     ) -> Result<Vec<u64>, StoreError>;
 
-    /// Runs a query of one text column.
-    async fn texts(
+    /// Waits until no window of the sources `sources_sql` names (a query of one text column,
+    /// bound to `values`) is being written, and holds them off until the transaction ends.
+    /// PostgreSQL takes the writers' advisory locks (several processes may write); SQLite has
+    /// nothing to do and runs no query (its `BEGIN IMMEDIATE` holds the only write lock).
+    async fn lock_writers(
         &mut self,
-        sql: &str,
+        sources_sql: &str,
         values: &[Value<'_>],
-        context: &'static str,
-    ) -> Result<Vec<String>, StoreError>;
-
-    /// Waits until no window of these sources is being written, and holds them off until the
-    /// transaction ends. PostgreSQL takes the writers' advisory locks (several processes may
-    /// write); SQLite has nothing to do (its `BEGIN IMMEDIATE` already holds the only write
-    /// lock).
-    async fn lock_writers(&mut self, sources: &[String]) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError>;
 
     /// The source's watermark, held against other writers until the transaction ends
     /// (PostgreSQL: `FOR UPDATE`; SQLite: the transaction holds the write lock).

@@ -435,23 +435,7 @@ impl Sql for Transaction<'static, Sqlite> {
             .map_err(query_err(context))
     }
 
-    async fn texts(
-        &mut self,
-        sql: &str,
-        values: &[Value<'_>],
-        context: &'static str,
-    ) -> Result<Vec<String>, StoreError> {
-        let rows = bind_values(sqlx::query(sql), values)
-            .fetch_all(&mut **self)
-            .await
-            .map_err(query_err(context))?;
-        rows.iter()
-            .map(|r| r.try_get::<String, _>(0))
-            .collect::<Result<_, _>>()
-            .map_err(query_err(context))
-    }
-
-    async fn lock_writers(&mut self, _sources: &[String]) -> Result<(), StoreError> {
+    async fn lock_writers(&mut self, _sql: &str, _values: &[Value<'_>]) -> Result<(), StoreError> {
         // BEGIN IMMEDIATE took the database's only write lock: no window is being written.
         Ok(())
     }
