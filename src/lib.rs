@@ -24,7 +24,10 @@
 //!   move the watermark in the same transaction; retries broken bodies, splits large windows;
 //!   during a catch-up fetches the next window while the last is written, committing in order.
 //! * [`store`] is one trait with a backend per database (SQLite, PostgreSQL); nothing above it
-//!   knows which one it has.
+//!   knows which one it has. The replace core plans a batch as an ordered list of writes
+//!   ([`store::replace::Write`]) that each backend executes in its bulk SQL; everything else
+//!   (run rows and the watermark fence, retention, erasure, a source's state) is written once
+//!   in `$N` SQL over values ([`store::sql`]) and only run by a backend.
 //! * [`simulate`] generates populations, writes documents of any version and serves a simulated
 //!   platform over HTTP, for the demo, the benches and the tests.
 //! * [`metrics`] keeps the Prometheus families; it takes plain labels and imports nothing of the
@@ -35,9 +38,9 @@
 //!   [`schedule`] is read by one parser for both configuration and the daemon.
 //! * [`daemon`] is the service: one scheduled job per source, leadership, back-off, readiness,
 //!   the health and metrics endpoints, reload and shutdown.
-//! * [`cli`] holds the commands, one file per group (`files`, `sync`, `status`, `daemon`,
-//!   `simulate`, `demo`, `admin`), and [`cli::Failure`] with its exit codes; nothing but
-//!   `main.rs` imports it.
+//! * [`cli`] holds the commands, one struct each with its own `run`, in one file per group
+//!   (`files`, `sync`, `status`, `daemon`, `simulate`, `demo`, `admin`, `govern`, `generate`),
+//!   and [`cli::Failure`] with its exit codes; nothing but `main.rs` imports it.
 //! * [`telemetry`] sets up logging; [`error`] prints an error with its causes in one line, the
 //!   same way everywhere.
 //!

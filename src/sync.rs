@@ -28,6 +28,8 @@ use crate::window::{Pacer, Plan, Window};
 use crate::xml::counter::LimitExceeded;
 use crate::xml::{DocumentError, Limits};
 
+// ---- A source and its windows -------------------------------------------------------------------
+
 /// One configured source, ready to sync.
 pub struct SyncSource {
     pub client: Client,
@@ -154,7 +156,7 @@ pub enum SyncError {
     Internal { window: String, message: String },
 }
 
-// ---- What a failed attempt leads to ---------------------------------------------------------
+// ---- What a failed attempt leads to -------------------------------------------------------------
 
 /// What happens after a window attempt failed: the one decision [`next_step`] makes, for every
 /// error the engine can meet.
@@ -284,6 +286,8 @@ impl SyncError {
         }
     }
 }
+
+// ---- One window: attempts, retries, the outcome recorded ----------------------------------------
 
 /// One window to sync, as every step of an attempt needs it.
 #[derive(Clone, Copy)]
@@ -528,6 +532,8 @@ async fn try_once(
         })
 }
 
+// ---- The body as the parser reads it ------------------------------------------------------------
+
 /// What the transport said of a body while the parser read it: how many bytes came, and the
 /// error that ended it early, if one did. The parser only sees bytes stop; this tells a body
 /// that the connection cut (whatever the parser tripped on at the cut) from one that arrived
@@ -706,6 +712,8 @@ async fn apply_and_commit<R: std::io::Read + Send + 'static>(
         commit,
     })
 }
+
+// ---- Catching up: windows one after another, the next one fetched ahead -------------------------
 
 /// Syncs windows from the watermark until caught up with `horizon` (now, or an `--until` time),
 /// calling `on_window` after each commit.

@@ -213,8 +213,8 @@ impl Plan {
 /// window that proves too large (413, a timeout) costs the whole response again.
 pub const DEFAULT_TARGET_RESPONSE_BYTES: u64 = 8 << 20;
 
-/// The span a catch-up starts with before anything was answered: the first generation's fixed
-/// window, so a first response is never larger than it used to be.
+/// The span a catch-up starts with before anything was answered: one day, the size of a
+/// school day's changes, so a first response is not larger than a fixed daily window's.
 pub const INITIAL_SPAN_MINUTES: i64 = 24 * 60;
 
 /// How much longer than the last one the next window may be: a quiet week says little about

@@ -197,7 +197,7 @@ impl Applier {
             .iter()
             .zip(&stored)
             .zip(&held)
-            .map(|((g, s), h)| replace::decide(&self.state, g, s.as_ref(), *h))
+            .map(|((g, s), h)| replace::decide(&self.state, g, s.as_ref(), replace::Hold::of(*h)))
             .collect();
         let need = replace::children_needed(&decisions);
         let counts = if need.is_empty() {

@@ -92,6 +92,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a leadership check may take before the leadership counts as lost.
 const LEADERSHIP_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
+// ---- Connecting ---------------------------------------------------------------------------------
+
 pub struct PostgresStore {
     pool: PgPool,
     /// The scanner's advice, kept across documents (see [`Applier::new`]).
@@ -243,6 +245,8 @@ pub(super) fn lock_key(parts: &[&str]) -> i64 {
     first.copy_from_slice(&digest[..8]);
     i64::from_be_bytes(first)
 }
+
+// ---- The store: what commands and the daemon ask of the database --------------------------------
 
 #[async_trait]
 impl Store for PostgresStore {
@@ -508,6 +512,8 @@ impl Store for PostgresStore {
     }
 }
 
+// ---- Leadership: one instance syncs a source ----------------------------------------------------
+
 /// A session advisory lock held on a dedicated connection.
 struct PgLeadership {
     conn: PgConnection,
@@ -545,6 +551,8 @@ impl Leadership for PgLeadership {
         let _ = conn.close().await;
     }
 }
+
+// ---- Store-core SQL on PostgreSQL (sql::Sql) ----------------------------------------------------
 
 /// A source's watermark; `suffix` is `FOR UPDATE` inside a transaction that moves it.
 async fn read_watermark(
@@ -665,6 +673,8 @@ fn bind_values<'q>(
     query
 }
 
+// ---- COPY text ----------------------------------------------------------------------------------
+
 /// A value of a `COPY` row.
 #[derive(Clone, Copy)]
 enum Field<'a> {
@@ -761,6 +771,8 @@ async fn copy_in(
     copy.finish().await?;
     Ok(())
 }
+
+// ---- A document's transaction: the plan's writes ------------------------------------------------
 
 /// One document's transaction, as the replace engine drives it.
 struct PgDialect {
@@ -1193,6 +1205,8 @@ impl PgDialect {
     }
 }
 
+// ---- Children as COPY rows, and the ids they take -----------------------------------------------
+
 /// One provtillfälle and its delprovsresultat as COPY rows.
 fn push_children(
     pt: &mut CopyRows,
@@ -1325,6 +1339,8 @@ async fn reserve_ids(
     .map_err(query_err("reserving row ids"))?;
     Ok(Ids { po, pt })
 }
+
+// ---- A document's transaction: lookups, settling, change_log ------------------------------------
 
 #[async_trait]
 impl Dialect for PgDialect {
@@ -1607,6 +1623,8 @@ impl Dialect for PgDialect {
             .map_err(query_err("rolling back the document"))
     }
 }
+
+// ---- Quarantine and stored children -------------------------------------------------------------
 
 /// Writes a batch's quarantine rows in one statement: one row per distinct element, counted.
 async fn write_quarantine(

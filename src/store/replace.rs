@@ -59,6 +59,8 @@ pub const HELD_CODE: &str = "key_held";
 /// The error code of the row that records elements of a held key the document had applied.
 pub const WITHDRAWN_CODE: &str = "key_withdrawn";
 
+// ---- Operations, outcomes, hashes ---------------------------------------------------------------
+
 /// A `change_log` operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -155,6 +157,8 @@ pub fn fingerprint(key: &ProvomradeKey) -> Fingerprint {
     u128::from_le_bytes(first)
 }
 
+// ---- What is stored, and what the document did to a key -----------------------------------------
+
 /// This document's tracking of a key (its `doc_touched` row).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Touched {
@@ -214,6 +218,8 @@ impl Group {
         raw.expect("a group has at least one element")
     }
 }
+
+// ---- Batches of elements ------------------------------------------------------------------------
 
 /// Caps on one batch: keys (statement sizes), elements (a key repeated many times still
 /// flushes) and raw bytes (memory).
@@ -282,6 +288,8 @@ impl Batch {
         std::mem::take(&mut self.groups)
     }
 }
+
+// ---- The document's state across batches --------------------------------------------------------
 
 /// What a document has done so far, beyond what its tracking table holds.
 #[derive(Debug)]
@@ -380,6 +388,8 @@ impl DocState {
     }
 }
 
+// ---- Deciding a key's fate ----------------------------------------------------------------------
+
 /// A group's fate, before anything is built.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -421,11 +431,30 @@ impl Decision {
     }
 }
 
-/// Picks a group's fate from what is stored and what the document did so far. `held`: the key
-/// is held back (in memory, or as the tracking store says once it spilled).
-pub fn decide(state: &DocState, group: &Group, stored: Option<&Stored>, held: bool) -> Decision {
-    if held {
-        return Decision::Held;
+/// Whether a key is held back in this document: in memory, or as the tracking store says once
+/// held keys spilled there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hold {
+    HeldBack,
+    Free,
+}
+
+impl Hold {
+    pub fn of(held: bool) -> Hold {
+        if held {
+            Hold::HeldBack
+        } else {
+            Hold::Free
+        }
+    }
+}
+
+/// Picks a group's fate from what is stored, what the document did so far, and whether the key
+/// is held back.
+pub fn decide(state: &DocState, group: &Group, stored: Option<&Stored>, hold: Hold) -> Decision {
+    match hold {
+        Hold::HeldBack => return Decision::Held,
+        Hold::Free => {}
     }
     let Some(s) = stored else {
         return Decision::Create;
@@ -474,6 +503,8 @@ pub fn children_needed(decisions: &[Decision]) -> Vec<i64> {
         })
         .collect()
 }
+
+// ---- The writes ---------------------------------------------------------------------------------
 
 /// Where rows go: a key this batch creates (the `i`-th key its [`Write::InsertKeys`] insert,
 /// counted over them in order), or a stored one.
@@ -683,6 +714,8 @@ impl Pending {
         }
     }
 }
+
+// ---- Planning a batch ---------------------------------------------------------------------------
 
 /// Decides every group of a batch and produces its writes, building the elements that need it.
 ///
@@ -1241,7 +1274,7 @@ mod tests {
                     .iter()
                     .zip(&stored)
                     .zip(&held)
-                    .map(|((g, s), h)| decide(state, g, s.as_ref(), *h))
+                    .map(|((g, s), h)| decide(state, g, s.as_ref(), Hold::of(*h)))
                     .collect();
                 let counts: HashMap<i64, i64> = children_needed(&decisions)
                     .into_iter()

@@ -62,6 +62,8 @@ const BATCH: BatchLimits = BatchLimits {
     bytes: 2 << 20,
 };
 
+// ---- Connecting: pragmas, WAL, file mode --------------------------------------------------------
+
 pub struct SqliteStore {
     pool: SqlitePool,
     /// The scanner's advice, kept across documents (see [`Applier::new`]).
@@ -168,6 +170,8 @@ fn create_with_mode(path: &std::path::Path, mode: u32) -> std::io::Result<()> {
         Err(e) => Err(e),
     }
 }
+
+// ---- The store: what commands and the daemon ask of the database --------------------------------
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -372,6 +376,8 @@ impl Store for SqliteStore {
     }
 }
 
+// ---- Store-core SQL on SQLite (sql::Sql) --------------------------------------------------------
+
 pub(crate) fn parse_timestamp(s: &str) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
     chrono::DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&chrono::Utc))
@@ -470,6 +476,8 @@ fn bind_values<'q>(
     }
     query
 }
+
+// ---- A document's transaction: multi-row statements ---------------------------------------------
 
 /// One document's transaction, as the replace engine drives it.
 struct SqliteDialect {
@@ -787,6 +795,8 @@ type LookupRow = (
     Option<String>,
 );
 
+// ---- Lookup results -----------------------------------------------------------------------------
+
 /// A raw hash as the lookup's JSON carries it (hex; JSON has no blobs).
 fn raw_from_hex(text: Option<&str>) -> Option<RawHash> {
     let mut out = [0u8; 32];
@@ -819,6 +829,8 @@ fn fill(found: &mut [Option<Stored>], json: &str) -> Result<(), StoreError> {
     }
     Ok(())
 }
+
+// ---- A document's transaction: ids, the statement pipeline, restores ----------------------------
 
 impl SqliteDialect {
     /// The next free ids. The transaction holds SQLite's only write lock (BEGIN IMMEDIATE), so
@@ -976,6 +988,8 @@ fn delprov_rows<'a>(next: &mut NextIds, pts: &[PtRow<'a>]) -> Vec<DpRow<'a>> {
     }
     out
 }
+
+// ---- A document's transaction: lookups, the plan's writes, settling, change_log -----------------
 
 #[async_trait]
 impl Dialect for SqliteDialect {
@@ -1306,6 +1320,8 @@ impl Dialect for SqliteDialect {
             .map_err(query_err("rolling back the document"))
     }
 }
+
+// ---- Stored children, and statement sizes -------------------------------------------------------
 
 /// Reads a page of a key's stored provtillfällen back into domain values, in order.
 async fn load_children(

@@ -46,6 +46,8 @@ const MAX_KEPT_WARNINGS: usize = 50;
 /// SHA-256 of an element's raw bytes (seeded, see the module docs).
 pub type RawHash = [u8; 32];
 
+// ---- What a scan yields -------------------------------------------------------------------------
+
 /// The root element's facts.
 #[derive(Clone, Debug)]
 pub struct DocumentHeader {
@@ -328,6 +330,8 @@ impl<R: Read> Scanner<R> {
         }
     }
 
+    // ---- Between elements: text, comments, processing instructions, the root end ----------------
+
     /// Text (or CDATA) directly inside the root, or after it.
     fn text_at_top(&mut self, at: u64, blank: bool) -> Result<(), DocumentError> {
         if blank {
@@ -397,6 +401,8 @@ impl<R: Read> Scanner<R> {
         }
         Ok(())
     }
+
+    // ---- One element, delimited and keyed -------------------------------------------------------
 
     /// One top-level element: delimited, hashed, named by its key, built if asked to.
     fn element(&mut self, start: u64) -> Result<Scanned, DocumentError> {
@@ -685,6 +691,8 @@ impl<R: Read> Scanner<R> {
         }
     }
 
+    // ---- Reading ahead in the buffer ------------------------------------------------------------
+
     /// Consumes up to and including the next `pattern` at or after `from`, returning the
     /// offset just past it.
     fn until(&mut self, from: u64, pattern: &[u8], open: &str) -> Result<u64, DocumentError> {
@@ -774,6 +782,8 @@ impl<R: Read> Scanner<R> {
         }
     }
 
+    // ---- Errors with their location -------------------------------------------------------------
+
     /// An error reading the bytes, as the document error it means.
     fn io_error(&self, e: std::io::Error, at: u64) -> DocumentError {
         if let Some(inner) = e.get_ref() {
@@ -815,6 +825,8 @@ impl<R: Read> Scanner<R> {
         }
     }
 }
+
+// ---- Checks on raw bytes: references, start tags, the root --------------------------------------
 
 fn is_space(b: &u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | b'\n')
