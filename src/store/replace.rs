@@ -615,7 +615,7 @@ pub enum Write {
 }
 
 /// What one batch writes ([`Write`]s in order, none empty), and what building noticed.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BatchPlan {
     pub writes: Vec<Write>,
     /// Provområde rows the writes insert (the ids a backend reserves for [`Target::New`]).
