@@ -573,7 +573,7 @@ impl BodyWatch {
             .map(|n| format!(" of the {n} declared"))
             .unwrap_or_default();
         SourceError::Transport {
-            window: window.label(),
+            request: crate::source::window_request(window),
             kind: TransportKind::BodyCut,
             attempts,
             message: format!(
@@ -650,7 +650,7 @@ async fn apply_and_commit<R: std::io::Read + Send + 'static>(
             source: e,
         })) if e.kind() == io::ErrorKind::TimedOut => {
             return Err(SourceError::Transport {
-                window: window.label(),
+                request: crate::source::window_request(window),
                 kind: TransportKind::TimedOut,
                 attempts: fetched.attempts,
                 message: format!(
@@ -1110,7 +1110,7 @@ mod tests {
             cases.push((StoreError::Document(error).into(), next));
         }
         let transport = |kind| SourceError::Transport {
-            window: window(),
+            request: window(),
             kind,
             attempts: 3,
             message: "…".into(),
@@ -1124,12 +1124,12 @@ mod tests {
             ),
             (transport(TransportKind::TlsRefused).into(), Next::Fail),
             (
-                SourceError::TooLarge { window: window() }.into(),
+                SourceError::TooLarge { request: window() }.into(),
                 Next::Split,
             ),
             (
                 SourceError::GaveUp {
-                    window: window(),
+                    request: window(),
                     status: 503,
                     attempts: 6,
                 }
@@ -1138,7 +1138,7 @@ mod tests {
             ),
             (
                 SourceError::WaitTooLong {
-                    window: window(),
+                    request: window(),
                     status: 429,
                     asked: std::time::Duration::from_secs(1 << 30),
                     max: std::time::Duration::from_secs(300),
@@ -1149,7 +1149,7 @@ mod tests {
             ),
             (
                 SourceError::Refused {
-                    window: window(),
+                    request: window(),
                     status: 401,
                     hint: "check the credentials",
                 }
@@ -1158,7 +1158,7 @@ mod tests {
             ),
             (
                 SourceError::Redirected {
-                    window: window(),
+                    request: window(),
                     status: 302,
                     location: None,
                     why: "not followed",

@@ -106,45 +106,45 @@ pub enum SourceError {
         setting: &'static str,
         message: String,
     },
-    #[error("window {window}: HTTP {status}: {hint}")]
+    #[error("{request}: HTTP {status}: {hint}")]
     Refused {
-        window: String,
+        request: String,
         status: u16,
         hint: &'static str,
     },
-    #[error("window {window}: the server says the response is too large (HTTP 413)")]
-    TooLarge { window: String },
+    #[error("{request}: the server says the response is too large (HTTP 413)")]
+    TooLarge { request: String },
     #[error(
-        "window {window}: HTTP {status}: the platform asked us to wait {} ({header}), longer \
-         than max_retry_wait ({}); the window is given up and the source tried again later",
+        "{request}: HTTP {status}: the server asked us to wait {} ({header}), longer than \
+         max_retry_wait ({}); the request is given up and the source tried again later",
         humanize(*asked), humanize(*max)
     )]
     WaitTooLong {
-        window: String,
+        request: String,
         status: u16,
         asked: Duration,
         max: Duration,
         header: String,
     },
     #[error(
-        "window {window}: HTTP {status} redirects to {}: not followed ({why})",
+        "{request}: HTTP {status} redirects to {}: not followed ({why})",
         location.as_deref().unwrap_or("nowhere (no Location header)")
     )]
     Redirected {
-        window: String,
+        request: String,
         status: u16,
         location: Option<String>,
         why: &'static str,
     },
-    #[error("window {window}: HTTP {status} after {}", counted(*attempts))]
+    #[error("{request}: HTTP {status} after {}", counted(*attempts))]
     GaveUp {
-        window: String,
+        request: String,
         status: u16,
         attempts: u32,
     },
-    #[error("window {window}: {kind} after {}: {message}", counted(*attempts))]
+    #[error("{request}: {kind} after {}: {message}", counted(*attempts))]
     Transport {
-        window: String,
+        request: String,
         kind: TransportKind,
         attempts: u32,
         /// reqwest's message and its causes (a refused handshake says why only there); it names
@@ -233,6 +233,15 @@ impl Client {
     /// plain http to anything but loopback), or unreadable certificates; the error names the
     /// setting at fault.
     pub fn new(settings: SourceSettings) -> Result<Client, SourceError> {
+        Client::with_path(settings, ENDPOINT_PATH)
+    }
+
+    /// Builds a client whose endpoint is the base URL with `path` appended (empty: the base URL
+    /// itself, for a source with several endpoints, see [`Client::join`]).
+    ///
+    /// # Errors
+    /// As [`Client::new`].
+    pub fn with_path(settings: SourceSettings, path: &str) -> Result<Client, SourceError> {
         let config = |setting: &'static str, message: String| SourceError::Config {
             source_name: settings.name.clone(),
             setting,
@@ -247,7 +256,7 @@ impl Client {
             ));
         }
         check_scheme(&endpoint, &settings.auth).map_err(|m| config("url", m))?;
-        let path = format!("{}{ENDPOINT_PATH}", endpoint.path().trim_end_matches('/'));
+        let path = format!("{}{path}", endpoint.path().trim_end_matches('/'));
         endpoint.set_path(&path);
         if endpoint.scheme() == "https" && settings.auth.extra_roots_pem.is_empty() {
             // An empty store would fail every handshake with "unknown issuer"; say why once.
@@ -374,20 +383,63 @@ impl Client {
     pub async fn fetch(
         &self,
         window: &Window,
+        on_event: impl FnMut(Event),
+    ) -> Result<Fetched, SourceError> {
+        self.send(
+            Request {
+                label: window_request(window),
+                method: reqwest::Method::GET,
+                url: self.url(window),
+                json: None,
+                bearer: None,
+                explain: None,
+            },
+            on_event,
+        )
+        .await
+    }
+
+    /// The base URL joined with `path` (for a source whose endpoints are several).
+    pub fn join(&self, path: &str) -> reqwest::Url {
+        let mut url = self.endpoint.clone();
+        let joined = format!("{}{path}", url.path().trim_end_matches('/'));
+        url.set_path(&joined);
+        url
+    }
+
+    /// Sends one request until a 2xx arrives: the one loop of limiter, retries, back-off and
+    /// redirects that every source kind's requests go through.
+    ///
+    /// # Errors
+    /// As [`Client::fetch`].
+    pub async fn send(
+        &self,
+        request: Request<'_>,
         mut on_event: impl FnMut(Event),
     ) -> Result<Fetched, SourceError> {
-        let mut url = self.url(window);
-        let label = window.label();
+        let Request {
+            label,
+            method,
+            mut url,
+            json,
+            bearer,
+            explain,
+        } = request;
         let mut attempt = 0u32;
         let mut hops = 0u32;
         loop {
             attempt += 1;
             self.limiter.until_ready().await;
-            let mut request = self.http.get(url.clone());
+            let mut request = self.http.request(method.clone(), url.clone());
+            if let Some(body) = json {
+                request = request
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.to_vec());
+            }
             if let Some((user, password)) = &self.settings.auth.basic {
                 request = request.basic_auth(user, Some(password.expose_secret()));
             }
-            if let Some(token) = &self.settings.auth.bearer {
+            if let Some(token) = bearer.or(self.settings.auth.bearer.as_ref()) {
                 request = request.bearer_auth(token.expose_secret());
             }
             let sent = std::time::Instant::now();
@@ -399,9 +451,10 @@ impl Client {
             let (reason, delay, status) = match result {
                 Ok(response) => {
                     let status = response.status();
+                    let headers = response.headers().clone();
                     let verdict = policy::classify(
                         status,
-                        response.headers(),
+                        &headers,
                         SystemTime::now(),
                         self.settings.max_retry_wait,
                     );
@@ -413,36 +466,41 @@ impl Client {
                                 attempts: attempt,
                             })
                         }
-                        Verdict::Split => return Err(SourceError::TooLarge { window: label }),
+                        Verdict::Split => {
+                            self.explain(response, &label, explain).await;
+                            return Err(SourceError::TooLarge { request: label });
+                        }
                         Verdict::Fail(hint) => {
+                            self.explain(response, &label, explain).await;
                             return Err(SourceError::Refused {
-                                window: label,
+                                request: label,
                                 status: status.as_u16(),
                                 hint,
-                            })
+                            });
                         }
                         Verdict::WaitTooLong { asked, max } => {
+                            self.explain(response, &label, explain).await;
                             return Err(SourceError::WaitTooLong {
-                                window: label,
+                                request: label,
                                 status: status.as_u16(),
                                 asked: asked.wait,
                                 max,
                                 header: asked.header,
-                            })
+                            });
                         }
                         Verdict::Redirect { location } => {
-                            match self.redirect_target(&url, response.headers(), hops) {
+                            match self.redirect_target(&url, &headers, hops) {
                                 Ok(next) => {
                                     hops += 1;
                                     // A hop is not a failed attempt: it does not use one up.
                                     attempt -= 1;
-                                    tracing::debug!(source = %self.settings.name, window = %label, status = status.as_u16(), "following a same-origin redirect");
+                                    tracing::debug!(source = %self.settings.name, request = %label, status = status.as_u16(), "following a same-origin redirect");
                                     url = next;
                                     continue;
                                 }
                                 Err(why) => {
                                     return Err(SourceError::Redirected {
-                                        window: label,
+                                        request: label,
                                         status: status.as_u16(),
                                         location,
                                         why,
@@ -451,9 +509,10 @@ impl Client {
                             }
                         }
                         Verdict::Retry { after, reason } => {
+                            self.explain(response, &label, explain).await;
                             if attempt >= self.settings.max_attempts {
                                 return Err(SourceError::GaveUp {
-                                    window: label,
+                                    request: label,
                                     status: status.as_u16(),
                                     attempts: attempt,
                                 });
@@ -478,7 +537,7 @@ impl Client {
                     };
                     if give_up {
                         return Err(SourceError::Transport {
-                            window: label,
+                            request: label,
                             kind,
                             attempts: attempt,
                             message: crate::error::chain(&e),
@@ -503,11 +562,39 @@ impl Client {
                 )
             });
             if delay.is_some_and(policy::is_long_wait) {
-                tracing::info!(source = %self.settings.name, window = %label, reason = reason.as_str(), wait = %humanize(wait), "the platform asked us to wait; waiting");
+                tracing::info!(source = %self.settings.name, request = %label, reason = reason.as_str(), wait = %humanize(wait), "the platform asked us to wait; waiting");
             } else {
-                tracing::debug!(source = %self.settings.name, window = %label, reason = reason.as_str(), ?wait, "retrying");
+                tracing::debug!(source = %self.settings.name, request = %label, reason = reason.as_str(), ?wait, "retrying");
             }
             tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Logs what a refused response's body says, through the request's `explain` (bounded:
+    /// at most [`MAX_EXPLAINED_BYTES`] are read, and `explain` returns codes and messages, never
+    /// the body). Without `explain` the body is not read at all.
+    async fn explain(
+        &self,
+        response: reqwest::Response,
+        label: &str,
+        explain: Option<fn(&[u8]) -> Option<String>>,
+    ) {
+        use futures_util::StreamExt;
+        let Some(explain) = explain else {
+            return;
+        };
+        let status = response.status().as_u16();
+        let mut stream = response.bytes_stream();
+        let mut body = Vec::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            let room = MAX_EXPLAINED_BYTES - body.len();
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if body.len() >= MAX_EXPLAINED_BYTES {
+                break;
+            }
+        }
+        if let Some(said) = explain(&body) {
+            tracing::warn!(source = %self.settings.name, request = %label, status, said = %said, "the server refused a request");
         }
     }
 
@@ -534,6 +621,29 @@ impl Client {
         }
         Ok(next)
     }
+}
+
+/// One request as [`Client::send`] sends it.
+pub struct Request<'a> {
+    /// What the request is called in messages and logs ("window …", "persons page 3"): never a
+    /// body, never personal data.
+    pub label: String,
+    pub method: reqwest::Method,
+    pub url: reqwest::Url,
+    /// A JSON body, sent again on every attempt.
+    pub json: Option<&'a [u8]>,
+    /// A token for this request, in place of the source's own `bearer`.
+    pub bearer: Option<&'a SecretString>,
+    /// Reads a refusal's body for its codes and messages, for the log; `None` reads no body.
+    pub explain: Option<fn(&[u8]) -> Option<String>>,
+}
+
+/// The most of a refused response's body that is read to explain it.
+pub const MAX_EXPLAINED_BYTES: usize = 16 * 1024;
+
+/// How a window's request is named in messages.
+pub fn window_request(window: &Window) -> String {
+    format!("window {}", window.label())
 }
 
 /// https always; plain http only without credentials, or to a loopback address (a platform
