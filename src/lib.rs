@@ -57,6 +57,7 @@ pub mod domain;
 pub mod error;
 pub mod import;
 pub mod metrics;
+pub mod provisioning;
 pub mod schedule;
 pub mod simulate;
 pub mod source;

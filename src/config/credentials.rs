@@ -12,26 +12,79 @@ impl SourceConfig {
     /// Reads the credential files this source names.
     ///
     /// # Errors
-    /// A file that cannot be read, is empty or is not text where text is needed, or half of a
-    /// pair (certificate and key, user and password); named by its setting.
+    /// As [`read_auth`].
     pub(super) fn auth(
         &self,
         config_dir: Option<&Path>,
         credentials_dir: Option<&Path>,
     ) -> Result<(Auth, CertificateDates), ConfigError> {
-        let key = |k: &str| format!("source.{}.{k}", self.name);
+        read_auth(
+            &format!("source.{}", self.name),
+            &CredentialFiles {
+                client_certificate_file: self.client_certificate_file.as_deref(),
+                client_key_file: self.client_key_file.as_deref(),
+                ca_file: self.ca_file.as_deref(),
+                basic_user: self.basic_user.as_deref(),
+                password_file: self.password_file.as_deref(),
+                token_file: self.token_file.as_deref(),
+            },
+            config_dir,
+            credentials_dir,
+        )
+    }
+}
+
+/// The credential files a section (`[[source]]`, `[[provisioning]]`) names.
+#[derive(Default)]
+pub(super) struct CredentialFiles<'a> {
+    pub client_certificate_file: Option<&'a Path>,
+    pub client_key_file: Option<&'a Path>,
+    pub ca_file: Option<&'a Path>,
+    pub basic_user: Option<&'a str>,
+    pub password_file: Option<&'a Path>,
+    pub token_file: Option<&'a Path>,
+}
+
+/// Reads one secret file of a section: relative names in systemd's credentials directory when
+/// there is one, else beside the config file; an empty file is refused. The message names the
+/// file, never its content.
+///
+/// # Errors
+/// The file cannot be read or is empty.
+pub(super) fn read_secret_file(
+    key: &str,
+    p: &Path,
+    config_dir: Option<&Path>,
+    credentials_dir: Option<&Path>,
+) -> Result<Vec<u8>, ConfigError> {
+    let path = credential_path(p, config_dir, credentials_dir);
+    let bytes = std::fs::read(&path)
+        .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
+    // An empty file is a credential that was never filled in (or systemd's placeholder for one
+    // that is not used): say so instead of failing later at the platform.
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(invalid(key, format!("{} is empty", path.display())));
+    }
+    Ok(bytes)
+}
+
+/// Reads the credential files a section names (`section` is `source.NAME` or
+/// `provisioning.NAME`, for messages).
+///
+/// # Errors
+/// A file that cannot be read, is empty or is not text where text is needed, or half of a
+/// pair (certificate and key, user and password); named by its setting.
+pub(super) fn read_auth(
+    section: &str,
+    files: &CredentialFiles<'_>,
+    config_dir: Option<&Path>,
+    credentials_dir: Option<&Path>,
+) -> Result<(Auth, CertificateDates), ConfigError> {
+    {
+        let key = |k: &str| format!("{section}.{k}");
         let mut dates = CertificateDates::default();
         let read = |k: &str, p: &Path| -> Result<Vec<u8>, ConfigError> {
-            let path = credential_path(p, config_dir, credentials_dir);
-            // The message names the file, never its content.
-            let bytes = std::fs::read(&path)
-                .map_err(|e| invalid(key(k), format!("cannot read {}: {e}", path.display())))?;
-            // An empty file is a credential that was never filled in (or systemd's placeholder
-            // for one that is not used): say so instead of failing later at the platform.
-            if bytes.iter().all(u8::is_ascii_whitespace) {
-                return Err(invalid(key(k), format!("{} is empty", path.display())));
-            }
-            Ok(bytes)
+            read_secret_file(&key(k), p, config_dir, credentials_dir)
         };
         let secret_text = |k: &str, p: &Path| -> Result<secrecy::SecretString, ConfigError> {
             let bytes = read(k, p)?;
@@ -42,7 +95,7 @@ impl SourceConfig {
             ))
         };
         let mut auth = Auth::default();
-        match (&self.client_certificate_file, &self.client_key_file) {
+        match (files.client_certificate_file, files.client_key_file) {
             (Some(cert), Some(k)) => {
                 let mut pem = read("client_certificate_file", cert)?;
                 dates.client = earliest_expiry(&pem);
@@ -58,14 +111,14 @@ impl SourceConfig {
                 ))
             }
         }
-        if let Some(ca) = &self.ca_file {
+        if let Some(ca) = files.ca_file {
             let pem = read("ca_file", ca)?;
             dates.ca = earliest_expiry(&pem);
             auth.extra_roots_pem.push(pem);
         }
-        match (&self.basic_user, &self.password_file) {
+        match (files.basic_user, files.password_file) {
             (Some(user), Some(p)) => {
-                auth.basic = Some((user.clone(), secret_text("password_file", p)?))
+                auth.basic = Some((user.to_owned(), secret_text("password_file", p)?))
             }
             (None, None) => {}
             _ => {
@@ -75,7 +128,7 @@ impl SourceConfig {
                 ))
             }
         }
-        if let Some(t) = &self.token_file {
+        if let Some(t) = files.token_file {
             auth.bearer = Some(secret_text("token_file", t)?);
         }
         Ok((auth, dates))

@@ -13,10 +13,12 @@ use serde::{Deserialize, Serialize};
 
 mod credentials;
 mod env;
+pub mod provisioning;
 mod source;
 
 pub use credentials::{earliest_expiry, CertificateDates, CertificateFile};
 use env::overlay_env;
+pub use provisioning::{ProvisioningConfig, ProvisioningSpec};
 pub use source::{SourceConfig, SourceSpec, DEFAULT_MAX_IN_FLIGHT, DEFAULT_SCHEDULE};
 
 use crate::store::DEFAULT_DATABASE_URL;
@@ -262,7 +264,7 @@ pub struct DaemonConfig {
     pub retention: Retention,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub database: DatabaseSettings,
@@ -273,6 +275,8 @@ pub struct Settings {
     pub retention: RetentionSettings,
     /// The platforms to sync from (`[[source]]` tables).
     pub source: Vec<SourceConfig>,
+    /// The provtjänst provisioning accounts to mirror (`[[provisioning]]` tables).
+    pub provisioning: Vec<ProvisioningConfig>,
 }
 
 impl Settings {
@@ -370,6 +374,22 @@ impl Settings {
                 return Err(invalid(
                     origin,
                     format!("source.{}: the name is used twice", s.name),
+                ));
+            }
+        }
+        // One namespace for both kinds: `--source NAME` selects either.
+        for p in &self.provisioning {
+            if p.name.trim().is_empty() {
+                return Err(invalid(origin, "provisioning: a name is required"));
+            }
+            if !names.insert(p.name.as_str()) {
+                return Err(invalid(
+                    origin,
+                    format!(
+                        "provisioning.{}: the name is used twice (by a [[source]] or another \
+                         [[provisioning]])",
+                        p.name
+                    ),
                 ));
             }
         }

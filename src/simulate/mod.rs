@@ -4,6 +4,7 @@
 
 pub mod platform;
 pub mod population;
+pub mod provisioning;
 pub mod render;
 pub mod server;
 

@@ -577,7 +577,7 @@ impl Client {
         &self,
         response: reqwest::Response,
         label: &str,
-        explain: Option<fn(&[u8]) -> Option<String>>,
+        explain: Option<Explain>,
     ) {
         use futures_util::StreamExt;
         let Some(explain) = explain else {
@@ -623,6 +623,9 @@ impl Client {
     }
 }
 
+/// Reads a refusal's body for its codes and messages (never the body itself).
+pub type Explain = fn(&[u8]) -> Option<String>;
+
 /// One request as [`Client::send`] sends it.
 pub struct Request<'a> {
     /// What the request is called in messages and logs ("window …", "persons page 3"): never a
@@ -635,7 +638,7 @@ pub struct Request<'a> {
     /// A token for this request, in place of the source's own `bearer`.
     pub bearer: Option<&'a SecretString>,
     /// Reads a refusal's body for its codes and messages, for the log; `None` reads no body.
-    pub explain: Option<fn(&[u8]) -> Option<String>>,
+    pub explain: Option<Explain>,
 }
 
 /// The most of a refused response's body that is read to explain it.
@@ -672,7 +675,7 @@ fn check_scheme(url: &reqwest::Url, auth: &Auth) -> Result<(), String> {
 }
 
 /// Whether a URL's host is this machine (`localhost`, 127.0.0.0/8, ::1).
-fn is_loopback(url: &reqwest::Url) -> bool {
+pub fn is_loopback(url: &reqwest::Url) -> bool {
     let Some(host) = url.host_str() else {
         return false;
     };

@@ -75,6 +75,45 @@ const DELPROV_VIEW_COLUMNS: &[(&str, &str)] = &[
     ),
 ];
 
+const PROV_SOURCE: &str =
+    "The configured provisioning source the row came from; `name` of its [[provisioning]].";
+const PROV_ID: &str = "The record's id in the provisioning API (a uuid, lower case).";
+const PROV_CREATED: &str =
+    "When provtjänst created the record (meta.created); NULL when not given.";
+const PROV_MODIFIED: &str =
+    "When provtjänst last changed the record's own attributes (meta.modified); NULL when not given.";
+const PROV_FIRST_SEEN: &str = "Start of the first pass that saw the record (UTC).";
+const PROV_CHANGED_AT: &str = "When the record's content last really changed here (UTC).";
+const PROV_VIEW_LAST_SEEN: &str = "Start of the last complete pass, which saw the record (UTC).";
+
+/// The key and times every provisioning kind's table starts with.
+const PROV_KEY: &[(&str, &str)] = &[
+    ("source", PROV_SOURCE),
+    ("id", PROV_ID),
+    ("created", PROV_CREATED),
+    ("modified", PROV_MODIFIED),
+];
+
+/// The bookkeeping every provisioning kind's table ends with.
+const PROV_TRACKING: &[(&str, &str)] = &[
+    ("content_sha256", "Keyed hash of the record as stored, by which a changed record is told from an unchanged one."),
+    ("first_seen", PROV_FIRST_SEEN),
+    ("last_seen", "Start of the last pass that wrote the row, or, once removed, of the last complete pass before the removal; the v_prov_ views give the last complete pass for live rows, which an unchanged pass does not write."),
+    ("changed_at", PROV_CHANGED_AT),
+    ("removed_at", "When a complete pass no longer saw the record (UTC); NULL while it is live."),
+];
+
+/// A result's columns in the join views.
+const RESULT_MATCH_COLUMNS: &[(&str, &str)] = &[
+    ("result_source", SOURCE),
+    ("provomrade_id", "The provområde (provomrade.id)."),
+    ("elev", "The pupil's id on the platform (personal data)."),
+    ("kind", "`amne` or `kurs`."),
+    ("amne", "Subject code, for kind `amne`."),
+    ("arskurs", "Year 3, 6 or 9, for kind `amne`."),
+    ("kurs", "Course code, for kind `kurs`."),
+];
+
 /// Every table and view the migrations create, in the order the README shows them.
 pub const OBJECTS: &[Object] = &[
     Object {
@@ -234,6 +273,342 @@ pub const OBJECTS: &[Object] = &[
         view: true,
         about: "One row per delprov with its provtillfälle, pupil and provområde, for analysts.",
         columns: &[VIEW_COLUMNS, DELPROV_VIEW_COLUMNS],
+    },
+    Object {
+        name: "prov_person",
+        view: false,
+        about: "One row per provisioning source + person transferred to Skolverket's provtjänst, \
+                as its provisioning API last returned it (persons/lookup). Personal data. The \
+                personnummer is kept only as an HMAC; a person with a security marking keeps \
+                only ids and enrolments. A removed person stays, with removed_at set.",
+        columns: &[
+            PROV_KEY,
+            &[
+                ("given_name", "Given name; NULL for a protected person."),
+                ("middle_name", "Middle name; NULL for a protected person or when not given."),
+                ("family_name", "Family name; NULL for a protected person."),
+                ("eppn", "The eduPersonPrincipalName (federation user name); NULL for a protected person."),
+                ("civic_no_hmac", "HMAC-SHA-256 (hex) of the personnummer under the source's civic_no_key_file; `nprov-sync provisioning hash-civic-no` gives a number's."),
+                ("civic_no_nationality", "Country of the personnummer (ISO 3166-1 alpha-2)."),
+                ("security_marking", "`Ingen`, `Sekretessmarkering` or `Skyddad folkbokföring`, as the API says; NULL when not given."),
+                ("protected", "Whether the person has a security marking other than `Ingen`: names, e-mail addresses and EPPN are then not stored."),
+                ("provisioning_status", "Whether the person has an account on the test platform (the API's provisioningStatus)."),
+                ("list_sha256", "Keyed hash of the person as the list returns it, by which a pass tells a changed person (to look up) from an unchanged one."),
+            ],
+            PROV_TRACKING,
+        ],
+    },
+    Object {
+        name: "prov_person_enrolment",
+        view: false,
+        about: "One row per enrolment (inskrivning) of a person, in the API's order; replaced \
+                whole when the person changes.",
+        columns: &[&[
+            ("source", PROV_SOURCE),
+            ("person_id", "The person (prov_person.id)."),
+            ("ordinal", "0-based position in the person's list."),
+            ("enroled_at", "The school unit (Skolverket's uuid)."),
+            ("school_year", "Årskurs; NULL when not given."),
+            ("school_type", "Skolform: `GR`, `SP`, `SAM`, `GY` or `VUXGY`."),
+            ("cancelled", "Whether the enrolment was cancelled in advance."),
+            ("education_code", "Studievägskod; NULL when not given."),
+        ]],
+    },
+    Object {
+        name: "prov_person_email",
+        view: false,
+        about: "One row per e-mail address of a person (personal data); none for a protected person.",
+        columns: &[&[
+            ("source", PROV_SOURCE),
+            ("person_id", "The person (prov_person.id)."),
+            ("ordinal", "0-based position in the person's list."),
+            ("value", "The address."),
+            ("type", "`Privat`, `Skola elev`, `Skola personal` or `Arbete övrigt`; NULL when not given."),
+        ]],
+    },
+    Object {
+        name: "prov_person_external_id",
+        view: false,
+        about: "One row per external identifier of a person (an eduID EPPN for staff), kept for \
+                protected persons too: it is an id, and the results join on it.",
+        columns: &[&[
+            ("source", PROV_SOURCE),
+            ("person_id", "The person (prov_person.id)."),
+            ("ordinal", "0-based position in the person's list."),
+            ("value", "The identifier."),
+            ("context", "Where it is used (a URI, `https://eduid.se`)."),
+            ("globally_unique", "Whether it is globally unique; NULL when not given."),
+        ]],
+    },
+    Object {
+        name: "prov_duty",
+        view: false,
+        about: "One row per duty (tjänstgöring) of school staff, as the provisioning API last \
+                returned it.",
+        columns: &[
+            PROV_KEY,
+            &[
+                ("person_id", "The person on duty (prov_person.id)."),
+                ("duty_at", "The school unit (Skolverket's uuid)."),
+                ("duty_role", "The role (`Lärare`, `Rektor` and so on)."),
+                ("provisioning_status", "Whether the duty exists on the test platform."),
+            ],
+            PROV_TRACKING,
+        ],
+    },
+    Object {
+        name: "prov_group",
+        view: false,
+        about: "One row per group (`Klass` or `Undervisning`), as the provisioning API last \
+                returned it; its members are in prov_group_membership.",
+        columns: &[
+            PROV_KEY,
+            &[
+                ("display_name", "The group's name."),
+                ("group_type", "`Klass`, `Undervisning` or another SS 12000 group type."),
+                ("school_type", "Skolform: `GR`, `SP`, `SAM`, `GY` or `VUXGY`."),
+                ("organisation", "The school unit (Skolverket's uuid)."),
+                ("provisioning_status", "Whether the group exists on the test platform."),
+            ],
+            PROV_TRACKING,
+        ],
+    },
+    Object {
+        name: "prov_group_membership",
+        view: false,
+        about: "One row per member of a group, in the API's order; replaced whole when the group \
+                changes.",
+        columns: &[&[
+            ("source", PROV_SOURCE),
+            ("group_id", "The group (prov_group.id)."),
+            ("ordinal", "0-based position in the group's list."),
+            ("person_id", "The member (prov_person.id)."),
+            ("start_date", "First day of the membership, where the API gives one (SS 12000); NULL otherwise."),
+            ("end_date", "Last day of the membership, where the API gives one; NULL otherwise."),
+        ]],
+    },
+    Object {
+        name: "prov_activity",
+        view: false,
+        about: "One row per activity (teaching tied to a national test), as the provisioning API \
+                last returned it; its groups and teachers are in prov_activity_group and \
+                prov_activity_teacher.",
+        columns: &[
+            PROV_KEY,
+            &[
+                ("display_name", "The activity's name."),
+                ("activity_type", "`Undervisning` or another SS 12000 activity type."),
+                ("organisation", "The school unit (Skolverket's uuid)."),
+                ("parent_activity", "The national test activity (Skolverket's uuid, e.g. MA åk 6)."),
+                ("provisioning_status", "Whether a teaching group of the activity exists on the test platform."),
+            ],
+            PROV_TRACKING,
+        ],
+    },
+    Object {
+        name: "prov_activity_group",
+        view: false,
+        about: "One row per group of an activity, in the API's order.",
+        columns: &[&[
+            ("source", PROV_SOURCE),
+            ("activity_id", "The activity (prov_activity.id)."),
+            ("ordinal", "0-based position in the activity's list."),
+            ("group_id", "The group (prov_group.id)."),
+        ]],
+    },
+    Object {
+        name: "prov_activity_teacher",
+        view: false,
+        about: "One row per teacher (duty) of an activity, in the API's order: every teacher \
+                teaches every group of the activity.",
+        columns: &[&[
+            ("source", PROV_SOURCE),
+            ("activity_id", "The activity (prov_activity.id)."),
+            ("ordinal", "0-based position in the activity's list."),
+            ("duty_id", "The teacher's duty (prov_duty.id)."),
+        ]],
+    },
+    Object {
+        name: "prov_pass",
+        view: false,
+        about: "One row per pass of a provisioning source over every kind: complete (its \
+                removals applied), refused (complete, but its removals held back for an operator) \
+                or failed (nothing removed). Pruned by retention with sync_run.",
+        columns: &[
+            &[
+                ("id", "Row id."),
+                ("source", PROV_SOURCE),
+                ("started_at", "When the pass started (UTC)."),
+                ("finished_at", "When it ended (UTC)."),
+                ("outcome", "`complete`, `refused` (removals held back) or `failed`."),
+                ("requests", "HTTP requests to the provisioning API, retries and lookups included."),
+                ("duration_ms", "Wall time in milliseconds."),
+            ],
+            &[
+                ("person_seen", "Persons the pass read."),
+                ("person_added", "Persons new to the mirror (or back after a removal)."),
+                ("person_changed", "Persons whose content changed."),
+                ("person_removed", "Persons marked removed."),
+                ("duty_seen", "Duties the pass read."),
+                ("duty_added", "Duties new to the mirror."),
+                ("duty_changed", "Duties whose content changed."),
+                ("duty_removed", "Duties marked removed."),
+                ("group_seen", "Groups the pass read."),
+                ("group_added", "Groups new to the mirror."),
+                ("group_changed", "Groups whose content changed."),
+                ("group_removed", "Groups marked removed."),
+                ("activity_seen", "Activities the pass read."),
+                ("activity_added", "Activities new to the mirror."),
+                ("activity_changed", "Activities whose content changed."),
+                ("activity_removed", "Activities marked removed."),
+                ("error", "Why it failed or was refused (kind, page, record id; no personal data)."),
+            ],
+        ],
+    },
+    Object {
+        name: "prov_change_log",
+        view: false,
+        about: "Append-only feed of the provisioning mirror's changes, for warehouses that load \
+                incrementally: read the entries above the highest seq you loaded. Pruned by \
+                retention with change_log.",
+        columns: &[&[
+            ("seq", "Monotonic, never reused."),
+            ("source", PROV_SOURCE),
+            ("kind", "`person`, `duty`, `group` or `activity`."),
+            ("id", "The record's id."),
+            ("op", "`upsert` (new, changed or back), `remove` (a complete pass did not see it) or `erase` (`nprov-sync forget`)."),
+            ("at", "When the change was applied (UTC)."),
+        ]],
+    },
+    Object {
+        name: "prov_state",
+        view: false,
+        about: "One row per provisioning source: its last complete pass and removals held back.",
+        columns: &[&[
+            ("source", PROV_SOURCE),
+            ("last_complete_started", "Start of the last complete pass (the instant every live record was last seen)."),
+            ("last_complete_finished", "End of the last complete pass."),
+            ("accept_removals", "Set by `nprov-sync provisioning accept-removals`: the next complete pass applies its removals whatever their share."),
+            ("refused_kinds", "The kinds whose removals the last pass held back (comma-separated); NULL when none."),
+        ]],
+    },
+    Object {
+        name: "v_prov_person",
+        view: true,
+        about: "The persons the last complete pass saw (removed ones left out).",
+        columns: &[&[
+            ("source", PROV_SOURCE),
+            ("id", PROV_ID),
+            ("created", PROV_CREATED),
+            ("modified", PROV_MODIFIED),
+            ("given_name", "Given name; NULL for a protected person."),
+            ("middle_name", "Middle name; NULL for a protected person or when not given."),
+            ("family_name", "Family name; NULL for a protected person."),
+            ("eppn", "The eduPersonPrincipalName; NULL for a protected person."),
+            ("civic_no_hmac", "HMAC-SHA-256 (hex) of the personnummer."),
+            ("civic_no_nationality", "Country of the personnummer."),
+            ("security_marking", "The API's securityMarking; NULL when not given."),
+            ("protected", "Whether the person has a security marking other than `Ingen`."),
+            ("provisioning_status", "Whether the person has an account on the test platform."),
+            ("first_seen", PROV_FIRST_SEEN),
+            ("last_seen", PROV_VIEW_LAST_SEEN),
+            ("changed_at", PROV_CHANGED_AT),
+        ]],
+    },
+    Object {
+        name: "v_prov_duty",
+        view: true,
+        about: "The duties the last complete pass saw.",
+        columns: &[&[
+            ("source", PROV_SOURCE),
+            ("id", PROV_ID),
+            ("created", PROV_CREATED),
+            ("modified", PROV_MODIFIED),
+            ("person_id", "The person on duty (prov_person.id)."),
+            ("duty_at", "The school unit (Skolverket's uuid)."),
+            ("duty_role", "The role."),
+            ("provisioning_status", "Whether the duty exists on the test platform."),
+            ("first_seen", PROV_FIRST_SEEN),
+            ("last_seen", PROV_VIEW_LAST_SEEN),
+            ("changed_at", PROV_CHANGED_AT),
+        ]],
+    },
+    Object {
+        name: "v_prov_group",
+        view: true,
+        about: "The groups the last complete pass saw.",
+        columns: &[&[
+            ("source", PROV_SOURCE),
+            ("id", PROV_ID),
+            ("created", PROV_CREATED),
+            ("modified", PROV_MODIFIED),
+            ("display_name", "The group's name."),
+            ("group_type", "`Klass`, `Undervisning` or another SS 12000 group type."),
+            ("school_type", "Skolform."),
+            ("organisation", "The school unit (Skolverket's uuid)."),
+            ("provisioning_status", "Whether the group exists on the test platform."),
+            ("first_seen", PROV_FIRST_SEEN),
+            ("last_seen", PROV_VIEW_LAST_SEEN),
+            ("changed_at", PROV_CHANGED_AT),
+        ]],
+    },
+    Object {
+        name: "v_prov_activity",
+        view: true,
+        about: "The activities the last complete pass saw.",
+        columns: &[&[
+            ("source", PROV_SOURCE),
+            ("id", PROV_ID),
+            ("created", PROV_CREATED),
+            ("modified", PROV_MODIFIED),
+            ("display_name", "The activity's name."),
+            ("activity_type", "`Undervisning` or another SS 12000 activity type."),
+            ("organisation", "The school unit (Skolverket's uuid)."),
+            ("parent_activity", "The national test activity (Skolverket's uuid)."),
+            ("provisioning_status", "Whether a teaching group of the activity exists on the test platform."),
+            ("first_seen", PROV_FIRST_SEEN),
+            ("last_seen", PROV_VIEW_LAST_SEEN),
+            ("changed_at", PROV_CHANGED_AT),
+        ]],
+    },
+    Object {
+        name: "v_prov_person_key",
+        view: true,
+        about: "Every id a live person is known by, normalised as the results' elev is matched \
+                (braces dropped, lower case): the person's uuid and its external identifiers.",
+        columns: &[&[
+            ("source", PROV_SOURCE),
+            ("person_id", "The person (prov_person.id)."),
+            ("elev_key", "An id of the person, normalised."),
+        ]],
+    },
+    Object {
+        name: "v_prov_registered_result",
+        view: true,
+        about: "Results joined to registered pupils: one row per provområde of the results mirror \
+                and person whose id (or external identifier) is the result's elev, braces and \
+                case ignored. Provisioning lags the platform by up to 30 minutes, or longer.",
+        columns: &[RESULT_MATCH_COLUMNS, &[
+            ("provisioning_source", "The provisioning source that registered the pupil."),
+            ("person_id", "The registered person (prov_person.id)."),
+        ]],
+    },
+    Object {
+        name: "v_prov_registered_without_result",
+        view: true,
+        about: "Registered pupils (a live person with an enrolment not cancelled) that no result \
+                of the results mirror names.",
+        columns: &[&[
+            ("provisioning_source", "The provisioning source that registered the pupil."),
+            ("person_id", "The registered person (prov_person.id)."),
+        ]],
+    },
+    Object {
+        name: "v_prov_result_without_registration",
+        view: true,
+        about: "Results whose pupil no provisioning source has registered (as a live person's id \
+                or external identifier).",
+        columns: &[RESULT_MATCH_COLUMNS],
     },
     Object {
         name: "data_contract",

@@ -614,6 +614,26 @@ impl Sql for PgSql {
             .map_err(query_err(context))
     }
 
+    async fn texts(
+        &mut self,
+        sql: &str,
+        values: &[Value<'_>],
+        context: &'static str,
+    ) -> Result<Vec<Vec<Option<String>>>, StoreError> {
+        let rows = bind_values(sqlx::query(sql), values)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(query_err(context))?;
+        rows.iter()
+            .map(|row| {
+                (0..row.len())
+                    .map(|i| row.try_get::<Option<String>, _>(i))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<_, _>>()
+            .map_err(query_err(context))
+    }
+
     /// Takes the writers' lock of every source (sorted, so two callers cannot deadlock), then
     /// the change_log lock: the order a window's writer takes them in.
     async fn lock_writers(&mut self, sql: &str, values: &[Value<'_>]) -> Result<(), StoreError> {
@@ -667,6 +687,9 @@ fn bind_values<'q>(
             Value::Int(n) => query.bind(n),
             Value::OptInt32(n) => query.bind(n),
             Value::Instant(t) => query.bind(t),
+            Value::OptInstant(t) => query.bind(t),
+            Value::Bool(b) => query.bind(b),
+            Value::OptBool(b) => query.bind(b),
             Value::Local(t) => query.bind(t),
         };
     }

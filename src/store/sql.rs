@@ -32,6 +32,15 @@ pub trait Sql: Send {
         context: &'static str,
     ) -> Result<Vec<u64>, StoreError>;
 
+    /// Runs a query whose every column is text (or NULL; cast others with `CAST(… AS TEXT)`):
+    /// its rows, for the few reads the store core makes (bounded by the query's `LIMIT`).
+    async fn texts(
+        &mut self,
+        sql: &str,
+        values: &[Value<'_>],
+        context: &'static str,
+    ) -> Result<Vec<Vec<Option<String>>>, StoreError>;
+
     /// Waits until no window of the sources `sources_sql` names (a query of one text column,
     /// bound to `values`) is being written, and holds them off until the transaction ends.
     /// PostgreSQL takes the writers' advisory locks (several processes may write); SQLite has
@@ -134,6 +143,10 @@ pub enum Value<'a> {
     OptInt32(Option<i32>),
     /// An instant (`*_utc`, `*_at`).
     Instant(DateTime<Utc>),
+    OptInstant(Option<DateTime<Utc>>),
+    /// A `boolean` column (SQLite: integer 0 or 1).
+    Bool(bool),
+    OptBool(Option<bool>),
     /// A local wall-clock time (`*_local`).
     Local(NaiveDateTime),
 }

@@ -441,6 +441,26 @@ impl Sql for Transaction<'static, Sqlite> {
             .map_err(query_err(context))
     }
 
+    async fn texts(
+        &mut self,
+        sql: &str,
+        values: &[Value<'_>],
+        context: &'static str,
+    ) -> Result<Vec<Vec<Option<String>>>, StoreError> {
+        let rows = bind_values(sqlx::query(sql), values)
+            .fetch_all(&mut **self)
+            .await
+            .map_err(query_err(context))?;
+        rows.iter()
+            .map(|row| {
+                (0..row.len())
+                    .map(|i| row.try_get::<Option<String>, _>(i))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<_, _>>()
+            .map_err(query_err(context))
+    }
+
     async fn lock_writers(&mut self, _sql: &str, _values: &[Value<'_>]) -> Result<(), StoreError> {
         // BEGIN IMMEDIATE took the database's only write lock: no window is being written.
         Ok(())
@@ -471,6 +491,9 @@ fn bind_values<'q>(
             Value::Int(n) => query.bind(n),
             Value::OptInt32(n) => query.bind(n.map(i64::from)),
             Value::Instant(t) => query.bind(timestamp(t)),
+            Value::OptInstant(t) => query.bind(t.map(timestamp)),
+            Value::Bool(b) => query.bind(b),
+            Value::OptBool(b) => query.bind(b),
             Value::Local(t) => query.bind(t.format(crate::window::API_FORMAT).to_string()),
         };
     }

@@ -10,6 +10,7 @@ mod helpers;
 mod layout;
 mod monitoring;
 mod postgres;
+mod provisioning;
 mod roundtrip;
 mod simulated;
 mod source;

@@ -1,0 +1,262 @@
+-- The provisioning mirror (issue 25): what a huvudman has transferred to Skolverket's provtjänst,
+-- read back through the provisioning API's GET endpoints in full passes. One table per kind
+-- (person, duty, group, activity) with a child table per list, a row per pass, a change log of
+-- its own and each source's pass state. A record a complete pass did not see is marked
+-- removed (removed_at), never deleted: a warehouse loading incrementally learns of it from
+-- prov_change_log. Ids are the API's uuids in lower case. The personnummer is never stored:
+-- civic_no_hmac is its HMAC-SHA-256 under the source's civic_no_key_file.
+
+CREATE TABLE prov_person (
+    source               TEXT    NOT NULL,
+    id                   TEXT    NOT NULL,
+    created              TEXT,
+    modified             TEXT,
+    given_name           TEXT,
+    middle_name          TEXT,
+    family_name          TEXT,
+    eppn                 TEXT,
+    civic_no_hmac        TEXT,
+    civic_no_nationality TEXT,
+    security_marking     TEXT,
+    protected            INTEGER  NOT NULL,
+    provisioning_status  INTEGER,
+    list_sha256          TEXT    NOT NULL,
+    content_sha256       TEXT    NOT NULL,
+    first_seen           TEXT    NOT NULL,
+    last_seen            TEXT    NOT NULL,
+    changed_at           TEXT    NOT NULL,
+    removed_at           TEXT,
+    PRIMARY KEY (source, id)
+);
+CREATE INDEX prov_person_civic_no ON prov_person (civic_no_hmac);
+
+CREATE TABLE prov_person_enrolment (
+    source         TEXT    NOT NULL,
+    person_id      TEXT    NOT NULL,
+    ordinal        INTEGER NOT NULL CHECK (ordinal >= 0),
+    enroled_at     TEXT    NOT NULL,
+    school_year    INTEGER,
+    school_type    TEXT    NOT NULL,
+    cancelled      INTEGER  NOT NULL,
+    education_code TEXT,
+    PRIMARY KEY (source, person_id, ordinal),
+    FOREIGN KEY (source, person_id) REFERENCES prov_person (source, id) ON DELETE CASCADE
+);
+
+CREATE TABLE prov_person_email (
+    source    TEXT    NOT NULL,
+    person_id TEXT    NOT NULL,
+    ordinal   INTEGER NOT NULL CHECK (ordinal >= 0),
+    value     TEXT    NOT NULL,
+    type      TEXT,
+    PRIMARY KEY (source, person_id, ordinal),
+    FOREIGN KEY (source, person_id) REFERENCES prov_person (source, id) ON DELETE CASCADE
+);
+
+CREATE TABLE prov_person_external_id (
+    source          TEXT    NOT NULL,
+    person_id       TEXT    NOT NULL,
+    ordinal         INTEGER NOT NULL CHECK (ordinal >= 0),
+    value           TEXT    NOT NULL,
+    context         TEXT    NOT NULL,
+    globally_unique INTEGER,
+    PRIMARY KEY (source, person_id, ordinal),
+    FOREIGN KEY (source, person_id) REFERENCES prov_person (source, id) ON DELETE CASCADE
+);
+CREATE INDEX prov_person_external_id_value ON prov_person_external_id (value);
+
+CREATE TABLE prov_duty (
+    source              TEXT   NOT NULL,
+    id                  TEXT   NOT NULL,
+    created             TEXT,
+    modified            TEXT,
+    person_id           TEXT   NOT NULL,
+    duty_at             TEXT   NOT NULL,
+    duty_role           TEXT   NOT NULL,
+    provisioning_status INTEGER,
+    content_sha256      TEXT   NOT NULL,
+    first_seen          TEXT   NOT NULL,
+    last_seen           TEXT   NOT NULL,
+    changed_at          TEXT   NOT NULL,
+    removed_at          TEXT,
+    PRIMARY KEY (source, id)
+);
+CREATE INDEX prov_duty_person ON prov_duty (source, person_id);
+
+CREATE TABLE prov_group (
+    source              TEXT   NOT NULL,
+    id                  TEXT   NOT NULL,
+    created             TEXT,
+    modified            TEXT,
+    display_name        TEXT   NOT NULL,
+    group_type          TEXT   NOT NULL,
+    school_type         TEXT   NOT NULL,
+    organisation        TEXT   NOT NULL,
+    provisioning_status INTEGER,
+    content_sha256      TEXT   NOT NULL,
+    first_seen          TEXT   NOT NULL,
+    last_seen           TEXT   NOT NULL,
+    changed_at          TEXT   NOT NULL,
+    removed_at          TEXT,
+    PRIMARY KEY (source, id)
+);
+
+CREATE TABLE prov_group_membership (
+    source     TEXT    NOT NULL,
+    group_id   TEXT    NOT NULL,
+    ordinal    INTEGER NOT NULL CHECK (ordinal >= 0),
+    person_id  TEXT    NOT NULL,
+    start_date TEXT,
+    end_date   TEXT,
+    PRIMARY KEY (source, group_id, ordinal),
+    FOREIGN KEY (source, group_id) REFERENCES prov_group (source, id) ON DELETE CASCADE
+);
+CREATE INDEX prov_group_membership_person ON prov_group_membership (source, person_id);
+
+CREATE TABLE prov_activity (
+    source              TEXT   NOT NULL,
+    id                  TEXT   NOT NULL,
+    created             TEXT,
+    modified            TEXT,
+    display_name        TEXT   NOT NULL,
+    activity_type       TEXT   NOT NULL,
+    organisation        TEXT   NOT NULL,
+    parent_activity     TEXT   NOT NULL,
+    provisioning_status INTEGER,
+    content_sha256      TEXT   NOT NULL,
+    first_seen          TEXT   NOT NULL,
+    last_seen           TEXT   NOT NULL,
+    changed_at          TEXT   NOT NULL,
+    removed_at          TEXT,
+    PRIMARY KEY (source, id)
+);
+
+CREATE TABLE prov_activity_group (
+    source      TEXT    NOT NULL,
+    activity_id TEXT    NOT NULL,
+    ordinal     INTEGER NOT NULL CHECK (ordinal >= 0),
+    group_id    TEXT    NOT NULL,
+    PRIMARY KEY (source, activity_id, ordinal),
+    FOREIGN KEY (source, activity_id) REFERENCES prov_activity (source, id) ON DELETE CASCADE
+);
+
+CREATE TABLE prov_activity_teacher (
+    source      TEXT    NOT NULL,
+    activity_id TEXT    NOT NULL,
+    ordinal     INTEGER NOT NULL CHECK (ordinal >= 0),
+    duty_id     TEXT    NOT NULL,
+    PRIMARY KEY (source, activity_id, ordinal),
+    FOREIGN KEY (source, activity_id) REFERENCES prov_activity (source, id) ON DELETE CASCADE
+);
+
+CREATE TABLE prov_pass (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    source           TEXT    NOT NULL,
+    started_at       TEXT    NOT NULL,
+    finished_at      TEXT    NOT NULL,
+    outcome          TEXT    NOT NULL CHECK (outcome IN ('complete', 'refused', 'failed')),
+    requests         INTEGER NOT NULL,
+    duration_ms      INTEGER NOT NULL,
+    person_seen      INTEGER NOT NULL,
+    person_added     INTEGER NOT NULL,
+    person_changed   INTEGER NOT NULL,
+    person_removed   INTEGER NOT NULL,
+    duty_seen        INTEGER NOT NULL,
+    duty_added       INTEGER NOT NULL,
+    duty_changed     INTEGER NOT NULL,
+    duty_removed     INTEGER NOT NULL,
+    group_seen       INTEGER NOT NULL,
+    group_added      INTEGER NOT NULL,
+    group_changed    INTEGER NOT NULL,
+    group_removed    INTEGER NOT NULL,
+    activity_seen    INTEGER NOT NULL,
+    activity_added   INTEGER NOT NULL,
+    activity_changed INTEGER NOT NULL,
+    activity_removed INTEGER NOT NULL,
+    error            TEXT
+);
+CREATE INDEX prov_pass_source ON prov_pass (source, id);
+CREATE INDEX prov_pass_started ON prov_pass (started_at);
+
+CREATE TABLE prov_change_log (
+    seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+    source TEXT NOT NULL,
+    kind   TEXT NOT NULL CHECK (kind IN ('person', 'duty', 'group', 'activity')),
+    id     TEXT NOT NULL,
+    op     TEXT NOT NULL CHECK (op IN ('upsert', 'remove', 'erase')),
+    at     TEXT NOT NULL
+);
+CREATE INDEX prov_change_log_at ON prov_change_log (at);
+
+CREATE TABLE prov_state (
+    source                 TEXT   PRIMARY KEY,
+    last_complete_started  TEXT,
+    last_complete_finished TEXT,
+    accept_removals        INTEGER NOT NULL,
+    refused_kinds          TEXT
+);
+
+-- The current state: what the last complete pass saw.
+CREATE VIEW v_prov_person AS
+SELECT p.source, p.id, p.created, p.modified, p.given_name, p.middle_name, p.family_name, p.eppn,
+       p.civic_no_hmac, p.civic_no_nationality, p.security_marking, p.protected,
+       p.provisioning_status, p.first_seen, COALESCE(s.last_complete_started, p.last_seen) AS last_seen,
+       p.changed_at
+FROM prov_person p LEFT JOIN prov_state s ON s.source = p.source
+WHERE p.removed_at IS NULL;
+
+CREATE VIEW v_prov_duty AS
+SELECT d.source, d.id, d.created, d.modified, d.person_id, d.duty_at, d.duty_role,
+       d.provisioning_status, d.first_seen, COALESCE(s.last_complete_started, d.last_seen) AS last_seen,
+       d.changed_at
+FROM prov_duty d LEFT JOIN prov_state s ON s.source = d.source
+WHERE d.removed_at IS NULL;
+
+CREATE VIEW v_prov_group AS
+SELECT g.source, g.id, g.created, g.modified, g.display_name, g.group_type, g.school_type,
+       g.organisation, g.provisioning_status, g.first_seen,
+       COALESCE(s.last_complete_started, g.last_seen) AS last_seen, g.changed_at
+FROM prov_group g LEFT JOIN prov_state s ON s.source = g.source
+WHERE g.removed_at IS NULL;
+
+CREATE VIEW v_prov_activity AS
+SELECT a.source, a.id, a.created, a.modified, a.display_name, a.activity_type, a.organisation,
+       a.parent_activity, a.provisioning_status, a.first_seen,
+       COALESCE(s.last_complete_started, a.last_seen) AS last_seen, a.changed_at
+FROM prov_activity a LEFT JOIN prov_state s ON s.source = a.source
+WHERE a.removed_at IS NULL;
+
+-- Every id a registered person is known by, normalised as the results' elev is: the person's
+-- uuid and its external identifiers, braces dropped, lower case.
+CREATE VIEW v_prov_person_key AS
+SELECT p.source, p.id AS person_id, p.id AS elev_key
+FROM prov_person p WHERE p.removed_at IS NULL
+UNION
+SELECT p.source, p.id, lower(replace(replace(x.value, '{', ''), '}', ''))
+FROM prov_person p
+JOIN prov_person_external_id x ON x.source = p.source AND x.person_id = p.id
+WHERE p.removed_at IS NULL;
+
+-- Results joined to registered pupils.
+CREATE VIEW v_prov_registered_result AS
+SELECT r.source AS result_source, r.id AS provomrade_id, r.elev, r.kind, r.amne, r.arskurs,
+       r.kurs, k.source AS provisioning_source, k.person_id
+FROM provomrade r
+JOIN v_prov_person_key k ON k.elev_key = lower(replace(replace(r.elev, '{', ''), '}', ''));
+
+-- Registered pupils (a person with an enrolment) without any result.
+CREATE VIEW v_prov_registered_without_result AS
+SELECT p.source AS provisioning_source, p.id AS person_id
+FROM prov_person p
+WHERE p.removed_at IS NULL
+  AND EXISTS (SELECT 1 FROM prov_person_enrolment e
+              WHERE e.source = p.source AND e.person_id = p.id AND NOT e.cancelled)
+  AND NOT EXISTS (SELECT 1 FROM v_prov_registered_result m
+                  WHERE m.provisioning_source = p.source AND m.person_id = p.id);
+
+-- Results whose pupil no provisioning source has registered.
+CREATE VIEW v_prov_result_without_registration AS
+SELECT r.source AS result_source, r.id AS provomrade_id, r.elev, r.kind, r.amne, r.arskurs, r.kurs
+FROM provomrade r
+WHERE NOT EXISTS (SELECT 1 FROM v_prov_person_key k
+                  WHERE k.elev_key = lower(replace(replace(r.elev, '{', ''), '}', '')));

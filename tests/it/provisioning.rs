@@ -1,0 +1,422 @@
+//! The provisioning mirror against the simulated provisioning API, on both backends: a pass
+//! mirrors the register exactly and an unchanged one costs list requests only and writes
+//! nothing; changes, additions and deletions; a pass that stops part way removes nothing; a mass
+//! drop is refused until confirmed or agreed; tokens expire mid-pass; no personnummer or
+//! protected name reaches the database; the join views see matches and both mismatches.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::helpers::*;
+use nprov_sync::provisioning::civic::Keyed;
+use nprov_sync::provisioning::client::{Api, KeyProof};
+use nprov_sync::provisioning::pass::{self, PassOutcome, PassReport, PassSpec};
+use nprov_sync::simulate::provisioning::{ProvFaults, ProvSim, Register};
+use nprov_sync::simulate::Population;
+use nprov_sync::source::{Auth, Client, Redirects, SourceSettings};
+
+for_each_backend!(
+    a_pass_mirrors_the_register_and_an_unchanged_pass_looks_nothing_up_and_writes_nothing,
+    changes_additions_and_deletions_are_mirrored_and_a_pass_stopped_part_way_removes_nothing,
+    a_mass_drop_is_refused_until_an_operator_confirms_or_the_next_pass_agrees,
+    the_join_views_see_matches_and_both_mismatches,
+);
+
+const SOURCE: &str = "kommun";
+
+fn population(students: u64) -> Population {
+    Population {
+        students,
+        seed: 7,
+        version: nprov_sync::xml::version::VERSIONS
+            .last()
+            .expect("a version"),
+        year: 2026,
+    }
+}
+
+struct Sim {
+    sim: Arc<ProvSim>,
+    addr: std::net::SocketAddr,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+async fn serve(register: Register, faults: ProvFaults) -> Sim {
+    let sim = ProvSim::new(register, faults);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = sim.router();
+    let server = tokio::spawn(async move {
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            tcp.set_nodelay(true).ok();
+        });
+        axum::serve(listener, app).await.ok();
+    });
+    Sim {
+        sim,
+        addr,
+        _server: server,
+    }
+}
+
+fn settings(url: String, rate: u32) -> SourceSettings {
+    SourceSettings {
+        name: SOURCE.into(),
+        base_url: url,
+        rate_limit_per_second: NonZeroU32::new(rate).expect("rate"),
+        connect_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(30),
+        read_timeout: Duration::from_secs(10),
+        max_retry_wait: Duration::from_secs(30),
+        redirects: Redirects::Never,
+        max_attempts: 6,
+        backoff_base: Duration::from_millis(20),
+        backoff_cap: Duration::from_millis(500),
+        auth: Auth::default(),
+    }
+}
+
+fn api(s: &Sim, rate: u32) -> Api {
+    Api::new(
+        Client::with_path(
+            settings(format!("http://{}/provisioning/v1", s.addr), rate),
+            "",
+        )
+        .expect("api client"),
+        Client::with_path(settings(format!("http://{}/transaction", s.addr), 5), "")
+            .expect("auth client"),
+        KeyProof::EntityId("https://kommun.example/idp".into()),
+        32 << 20,
+    )
+}
+
+fn keyed() -> Keyed {
+    Keyed::from_bytes(b"an example key of thirty-two bytes!").expect("key")
+}
+
+async fn run(db: &Db, api: &Api, page_size: u32) -> PassReport {
+    pass::run(
+        api,
+        db.store.as_ref(),
+        &keyed(),
+        &PassSpec {
+            source: SOURCE,
+            page_size,
+            max_removed_share: 0.2,
+        },
+    )
+    .await
+    .expect("the pass is recorded")
+}
+
+/// The live ids of a kind's table, sorted.
+async fn live(db: &Db, table: &str) -> Vec<String> {
+    db.texts(&format!(
+        "SELECT id FROM {table} WHERE removed_at IS NULL ORDER BY id"
+    ))
+    .await
+    .into_iter()
+    .map(|r| r[0].clone())
+    .collect()
+}
+
+fn register_ids(sim: &ProvSim, kind: &str) -> Vec<String> {
+    let r = sim.register.lock().expect("register");
+    let map = match kind {
+        "prov_person" => &r.persons,
+        "prov_duty" => &r.duties,
+        "prov_group" => &r.groups,
+        _ => &r.activities,
+    };
+    map.keys().cloned().collect()
+}
+
+async fn assert_mirrored(db: &Db, sim: &ProvSim) {
+    for table in ["prov_person", "prov_duty", "prov_group", "prov_activity"] {
+        assert_eq!(live(db, table).await, register_ids(sim, table), "{table}");
+    }
+}
+
+async fn count(db: &Db, sql: &str) -> u64 {
+    db.texts(&format!("SELECT CAST(({sql}) AS TEXT)")).await[0][0]
+        .parse()
+        .expect("a count")
+}
+
+async fn a_pass_mirrors_the_register_and_an_unchanged_pass_looks_nothing_up_and_writes_nothing(
+    backend: Backend,
+) {
+    let db = backend.fresh().await;
+    let s = serve(
+        Register::generate(&population(60), 66),
+        ProvFaults::default(),
+    )
+    .await;
+    let api = api(&s, 10);
+    let first = run(&db, &api, 10).await;
+    assert_eq!(first.outcome, PassOutcome::Complete, "{:?}", first.error);
+    assert_mirrored(&db, &s.sim).await;
+    let persons = register_ids(&s.sim, "prov_person").len() as u64;
+    assert_eq!(first.counts[0], [persons, persons, 0, 0]);
+    // Lists and memberships are whole.
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM prov_group_membership").await,
+        2 * 63
+    );
+    assert!(count(&db, "SELECT count(*) FROM prov_activity_teacher").await > 0);
+    assert!(
+        s.sim.stats.max_per_second() <= 10,
+        "{}",
+        s.sim.stats.max_per_second()
+    );
+    // No personnummer and no protected person's name in the database.
+    let everything = db
+        .texts(
+            "SELECT COALESCE(given_name, '') || COALESCE(family_name, '') || COALESCE(eppn, '')
+                 || COALESCE(civic_no_hmac, ''), CAST(protected AS TEXT)
+             FROM prov_person",
+        )
+        .await;
+    let civics: Vec<String> = {
+        let r = s.sim.register.lock().expect("register");
+        r.persons
+            .values()
+            .filter_map(|p| p["civicNo"]["value"].as_str().map(str::to_owned))
+            .collect()
+    };
+    for row in &everything {
+        for c in &civics {
+            assert!(
+                !row[0].contains(c.as_str()),
+                "a personnummer is stored in clear"
+            );
+        }
+    }
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM prov_person WHERE protected = (1 = 1)
+               AND (given_name IS NOT NULL OR family_name IS NOT NULL OR eppn IS NOT NULL)"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM prov_person WHERE protected = (1 = 1)"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM prov_person_email e JOIN prov_person p
+               ON p.source = e.source AND p.id = e.person_id WHERE p.protected = (1 = 1)"
+        )
+        .await,
+        0
+    );
+    let log = count(&db, "SELECT count(*) FROM prov_change_log").await;
+    let lookups = s.sim.stats.lookup_requests.load(Ordering::Relaxed);
+    let lists = s.sim.stats.list_requests.load(Ordering::Relaxed);
+    let second = run(&db, &api, 10).await;
+    assert_eq!(second.outcome, PassOutcome::Complete);
+    assert_eq!(second.counts[0], [persons, 0, 0, 0]);
+    assert_eq!(
+        s.sim.stats.lookup_requests.load(Ordering::Relaxed),
+        lookups,
+        "an unchanged pass looks nothing up"
+    );
+    assert_eq!(
+        s.sim.stats.list_requests.load(Ordering::Relaxed) - lists,
+        lists,
+        "an unchanged pass lists what the first did"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM prov_change_log").await,
+        log
+    );
+    assert_eq!(
+        db.texts("SELECT outcome FROM prov_pass ORDER BY id").await,
+        vec![vec!["complete".to_owned()], vec!["complete".to_owned()]]
+    );
+}
+
+async fn changes_additions_and_deletions_are_mirrored_and_a_pass_stopped_part_way_removes_nothing(
+    backend: Backend,
+) {
+    let db = backend.fresh().await;
+    let faults = ProvFaults {
+        rate_limit_per_second: None,
+        // A token lives 1 s: the pass refreshes it on its way.
+        token_ttl: Duration::from_secs(1),
+        latency: Duration::from_millis(80),
+        burst_429: 0.05,
+        burst_503: 0.05,
+        ..ProvFaults::default()
+    };
+    let s = serve(Register::generate(&population(40), 44), faults).await;
+    let api = api(&s, 40);
+    assert_eq!(run(&db, &api, 10).await.outcome, PassOutcome::Complete);
+    assert!(
+        s.sim.stats.tokens_issued.load(Ordering::Relaxed) > 1,
+        "tokens are refreshed mid-pass"
+    );
+    // A change, an addition and a deletion while nobody looks.
+    let (changed, deleted) = {
+        let mut r = s.sim.register.lock().expect("register");
+        let ids: Vec<String> = r.persons.keys().cloned().collect();
+        r.change_person(&ids[3]);
+        r.persons.remove(&ids[5]);
+        r.churn(&mut rand::SeedableRng::seed_from_u64(1));
+        (ids[3].clone(), ids[5].clone())
+    };
+    let report = run(&db, &api, 10).await;
+    assert_eq!(report.outcome, PassOutcome::Complete, "{:?}", report.error);
+    assert_mirrored(&db, &s.sim).await;
+    let enrolment = db
+        .texts(&format!(
+            "SELECT CAST(school_year AS TEXT) FROM prov_person_enrolment WHERE person_id = '{changed}'"
+        ))
+        .await;
+    assert_eq!(enrolment, vec![vec!["9".to_owned()]]);
+    let ops = db
+        .texts(&format!(
+            "SELECT op FROM prov_change_log WHERE id = '{deleted}' ORDER BY seq"
+        ))
+        .await;
+    assert_eq!(
+        ops,
+        vec![vec!["upsert".to_owned()], vec!["remove".to_owned()]]
+    );
+    // A pass stopped part way (activities unavailable) removes nothing, though persons went.
+    let gone = {
+        let mut r = s.sim.register.lock().expect("register");
+        let id = r.persons.keys().next().cloned().expect("a person");
+        r.persons.remove(&id);
+        id
+    };
+    *s.sim.outage.lock().expect("outage") = Some("activities".into());
+    let failed = run(&db, &api, 10).await;
+    assert_eq!(failed.outcome, PassOutcome::Failed);
+    let error = failed.error.expect("an error");
+    assert!(error.contains("activities page 1"), "{error}");
+    assert!(live(&db, "prov_person").await.contains(&gone));
+    *s.sim.outage.lock().expect("outage") = None;
+    assert_eq!(run(&db, &api, 10).await.outcome, PassOutcome::Complete);
+    assert!(!live(&db, "prov_person").await.contains(&gone));
+    assert_mirrored(&db, &s.sim).await;
+    assert_eq!(
+        db.texts("SELECT outcome FROM prov_pass ORDER BY id").await,
+        [["complete"], ["complete"], ["failed"], ["complete"]]
+            .map(|r| r.map(str::to_owned).to_vec())
+            .to_vec()
+    );
+}
+
+async fn a_mass_drop_is_refused_until_an_operator_confirms_or_the_next_pass_agrees(
+    backend: Backend,
+) {
+    let db = backend.fresh().await;
+    let faults = ProvFaults {
+        rate_limit_per_second: None,
+        ..ProvFaults::default()
+    };
+    let s = serve(Register::generate(&population(40), 40), faults).await;
+    let api = api(&s, 50);
+    assert_eq!(run(&db, &api, 100).await.outcome, PassOutcome::Complete);
+    let drop_half = |s: &Sim| {
+        let mut r = s.sim.register.lock().expect("register");
+        let ids: Vec<String> = r.persons.keys().cloned().collect();
+        for id in ids.iter().step_by(2) {
+            r.persons.remove(id);
+        }
+    };
+    drop_half(&s);
+    let refused = run(&db, &api, 100).await;
+    assert_eq!(refused.outcome, PassOutcome::Refused);
+    assert!(refused
+        .error
+        .as_deref()
+        .unwrap_or("")
+        .contains("accept-removals kommun"));
+    assert_eq!(refused.counts[0][3], 0);
+    assert_ne!(
+        live(&db, "prov_person").await,
+        register_ids(&s.sim, "prov_person")
+    );
+    // The operator confirms: the next pass applies them.
+    let mut tx = db.store.begin_sql("test").await.expect("begin");
+    assert!(
+        nprov_sync::provisioning::store::accept_removals(&mut *tx, SOURCE)
+            .await
+            .expect("accept")
+    );
+    tx.commit("test").await.expect("commit");
+    assert_eq!(run(&db, &api, 100).await.outcome, PassOutcome::Complete);
+    assert_mirrored(&db, &s.sim).await;
+    // Another drop: refused once, applied when the next pass sees the same.
+    drop_half(&s);
+    assert_eq!(run(&db, &api, 100).await.outcome, PassOutcome::Refused);
+    assert_eq!(run(&db, &api, 100).await.outcome, PassOutcome::Complete);
+    assert_mirrored(&db, &s.sim).await;
+}
+
+async fn the_join_views_see_matches_and_both_mismatches(backend: Backend) {
+    let db = backend.fresh().await;
+    let population = population(40);
+    let mut xml = Vec::new();
+    population
+        .write_document(
+            &mut xml,
+            "2026-03-01T00:00",
+            "2026-03-02T00:00",
+            0..40,
+            |_| 0,
+        )
+        .expect("render");
+    import_at(
+        db.store.as_ref(),
+        "default",
+        std::str::from_utf8(&xml).expect("utf-8"),
+        at(1),
+    )
+    .await
+    .expect("import");
+    let faults = ProvFaults {
+        rate_limit_per_second: None,
+        ..ProvFaults::default()
+    };
+    // 40 pupils with results (2 not registered, 2 registered by an external id only) and 4
+    // registered without results.
+    let s = serve(Register::generate(&population, 44), faults).await;
+    let api = api(&s, 50);
+    assert_eq!(run(&db, &api, 100).await.outcome, PassOutcome::Complete);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(DISTINCT elev) FROM v_prov_registered_result"
+        )
+        .await,
+        38
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(DISTINCT elev) FROM v_prov_result_without_registration"
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM v_prov_registered_without_result").await,
+        4
+    );
+}
