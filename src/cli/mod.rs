@@ -9,6 +9,7 @@
 //! * `admin`: `migrate` and `config example|check`;
 //! * `generate`: `completions` and `manpages`, which need no settings;
 //! * `govern`: `prune`, `forget` and `source list|rewind|drop` (retention, erasure, state);
+//! * `provisioning`: `provisioning sync|accept-removals|hash-civic-no` (the provtjänst mirror);
 //! * `setup`: settings, sources and the database, as every command opens them;
 //! * `failure`: [`Failure`] and its exit codes.
 //!
@@ -28,6 +29,7 @@ mod failure;
 mod files;
 mod generate;
 mod govern;
+mod provisioning;
 mod setup;
 mod simulate;
 mod status;
@@ -101,6 +103,10 @@ pub enum Command {
     /// A source's state in the database: list, rewind the watermark, drop its data.
     #[command(subcommand)]
     Source(SourceCommand),
+    /// The provtjänst provisioning mirror ([[provisioning]]): a pass now, confirming refused
+    /// removals, the HMAC of a personnummer.
+    #[command(subcommand)]
+    Provisioning(provisioning::ProvisioningCommand),
     /// Print shell completions to standard output (e.g. `nprov-sync completions bash >
     /// /etc/bash_completion.d/nprov-sync`); the Debian package installs them.
     Completions(generate::Completions),
@@ -164,7 +170,8 @@ pub fn run_without_settings(cli: &Cli, out: &mut dyn Write) -> Option<Result<(),
         | Command::Config(_)
         | Command::Prune(_)
         | Command::Forget(_)
-        | Command::Source(_) => None,
+        | Command::Source(_)
+        | Command::Provisioning(_) => None,
     }
 }
 
@@ -225,6 +232,7 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> Result<()
         Command::Source(SourceCommand::List(c)) => c.run(&ctx, out).await,
         Command::Source(SourceCommand::Rewind(c)) => c.run(&ctx, out).await,
         Command::Source(SourceCommand::Drop(c)) => c.run(&ctx, out).await,
+        Command::Provisioning(c) => c.run(&ctx, out).await,
         // main.rs runs these before loading settings; here for callers of `run` alone.
         Command::Completions(c) => c.run(out),
         Command::Manpages(c) => c.run(out),

@@ -67,10 +67,35 @@ pub struct SimulateArgs {
     /// CA certificates (PEM) that must have signed a client's certificate.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub client_ca: Option<PathBuf>,
+    /// Persons in the simulated provtjänst register (the provisioning API at
+    /// /provisioning/v1, its token endpoint at /transaction); default: the students and a
+    /// tenth more registered without results. 0 serves no provisioning API.
+    #[arg(long, value_name = "N")]
+    pub provisioning_persons: Option<u64>,
+    /// The provisioning API's requests per second before 429 (the published 10).
+    #[arg(long, default_value_t = 10)]
+    pub provisioning_rate_limit: u32,
+    /// How long a provisioning token's JWT stays valid (its expires_in always says 1h).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub provisioning_token_ttl: std::time::Duration,
+    /// Wait this long before every provisioning answer (e.g. "100ms").
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub provisioning_latency: std::time::Duration,
+    /// Probability of a burst of three 429s starting at a provisioning request.
+    #[arg(long, default_value_t = 0.0)]
+    pub provisioning_burst_429: f64,
+    /// Probability of a burst of three 503s starting at a provisioning request.
+    #[arg(long, default_value_t = 0.0)]
+    pub provisioning_burst_503: f64,
+    /// Every this many list requests, a person is added, one changed and one deleted.
+    #[arg(long, value_name = "N")]
+    pub provisioning_churn_every: Option<u64>,
 }
 
 pub(crate) async fn simulate(args: SimulateArgs, out: &mut dyn Write) -> Result<(), Failure> {
-    use crate::simulate::server::{serve, serve_tls, Faults, Simulator, Stats, VirtualClock};
+    use crate::simulate::server::{
+        serve_tls_with, serve_with, Faults, Simulator, Stats, VirtualClock,
+    };
     use crate::simulate::{Platform, Population};
     let config = |m: String| Failure::Config(anyhow::anyhow!(m));
     let version = crate::xml::version::VERSIONS
@@ -96,13 +121,33 @@ pub(crate) async fn simulate(args: SimulateArgs, out: &mut dyn Write) -> Result<
         ),
         None => None,
     };
+    let population = Population {
+        students: args.students,
+        seed: args.seed,
+        version,
+        year: 2026,
+    };
+    let persons = args
+        .provisioning_persons
+        .unwrap_or(args.students + args.students / 10);
+    let provisioning = (persons > 0).then(|| {
+        use crate::simulate::provisioning::{ProvFaults, ProvSim, Register};
+        ProvSim::new(
+            Register::generate(&population, persons),
+            ProvFaults {
+                rate_limit_per_second: Some(args.provisioning_rate_limit),
+                burst_429: args.provisioning_burst_429,
+                burst_503: args.provisioning_burst_503,
+                token_ttl: args.provisioning_token_ttl,
+                latency: args.provisioning_latency,
+                max_lookup_ids: 100,
+                churn_every: args.provisioning_churn_every,
+                seed: args.seed,
+            },
+        )
+    });
     let platform = Platform::new(
-        Population {
-            students: args.students,
-            seed: args.seed,
-            version,
-            year: 2026,
-        },
+        population,
         tz,
         crate::window::earliest_instant(tz, first),
         crate::window::latest_instant(tz, last),
@@ -132,7 +177,23 @@ pub(crate) async fn simulate(args: SimulateArgs, out: &mut dyn Write) -> Result<
         version.name
     )
     .map_err(io_failure)?;
+    if let Some(p) = &provisioning {
+        let persons = p.register.lock().map(|r| r.persons.len()).unwrap_or(0);
+        writeln!(
+            out,
+            "simulated provisioning API: {scheme}://{addr}{} ({persons} persons); \
+             base_url = \"{scheme}://{addr}{}\", auth_url = \"{scheme}://{addr}{}\", any entity_id",
+            crate::simulate::provisioning::BASE_PATH,
+            crate::simulate::provisioning::BASE_PATH,
+            crate::simulate::provisioning::TOKEN_PATH,
+        )
+        .map_err(io_failure)?;
+    }
     out.flush().map_err(io_failure)?;
+    let extra = provisioning
+        .as_ref()
+        .map(|p| p.router())
+        .unwrap_or_default();
     let sim = Simulator {
         platform: std::sync::Arc::new(platform),
         // Real time: changes become visible as their moment passes.
@@ -168,8 +229,8 @@ pub(crate) async fn simulate(args: SimulateArgs, out: &mut dyn Write) -> Result<
         tokio::signal::ctrl_c().await.ok();
     };
     let result = match tls {
-        Some(tls) => serve_tls(listener, sim, stats, tls, ctrl_c).await,
-        None => serve(listener, sim, stats, ctrl_c).await,
+        Some(tls) => serve_tls_with(listener, sim, stats, tls, extra, ctrl_c).await,
+        None => serve_with(listener, sim, stats, extra, ctrl_c).await,
     };
     ticker.abort();
     result.map_err(|e| Failure::Runtime(e.into()))

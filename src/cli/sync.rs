@@ -188,7 +188,7 @@ pub struct SyncOnce {
     /// Stop at this local time (yyyy-MM-ddTHH:mm) instead of now.
     #[arg(long, value_name = "LOCAL_TIME")]
     until: Option<String>,
-    /// Only this source.
+    /// Only this source (a [[source]] or a [[provisioning]]).
     #[arg(long, value_name = "NAME")]
     source: Option<String>,
     /// Also write the run's metrics to this file, in the text format node_exporter's
@@ -205,13 +205,39 @@ impl SyncOnce {
         out: &mut dyn Write,
     ) -> Result<(), Failure> {
         // The sources first: a configuration error is reported before the database is touched.
-        let sources = build_sources(ctx.config, ctx.settings, self.source.as_deref())?;
+        // `--source` names either kind.
+        let only = self.source.as_deref();
+        let provisioning_named =
+            only.is_some_and(|n| ctx.settings.provisioning.iter().any(|p| p.name == n));
+        let sources = if provisioning_named {
+            Vec::new()
+        } else {
+            build_sources(ctx.config, ctx.settings, only)?
+        };
+        let provisioning = if only.is_some() && !provisioning_named {
+            Vec::new()
+        } else {
+            super::provisioning::build(ctx.config, ctx.settings, only)?
+        };
+        if sources.is_empty() && provisioning.is_empty() {
+            return Err(Failure::Config(anyhow::anyhow!(
+                "no [[source]] or [[provisioning]] is configured: see `nprov-sync config example`"
+            )));
+        }
         let until = self.until.as_deref();
         with_store(ctx.settings, Open::Migrated, async |store| {
-            match self.textfile {
-                None => sync_once(store, &sources, until, out).await,
-                Some(path) => sync_once_to_textfile(store, sources, until, &path, out).await,
-            }
+            let results = if sources.is_empty() {
+                Ok(())
+            } else {
+                match self.textfile {
+                    None => sync_once(store, &sources, until, out).await,
+                    Some(path) => sync_once_to_textfile(store, sources, until, &path, out).await,
+                }
+            };
+            // The provisioning passes run whatever the results sources did: they are another
+            // system's mirror.
+            let passes = super::provisioning::pass_all(store, &provisioning, out).await;
+            results.and(passes)
         })
         .await
     }

@@ -83,3 +83,92 @@ impl Kind {
         Kind::ALL.into_iter().find(|k| k.as_str() == text)
     }
 }
+
+use crate::config::{ConfigError, ProvisioningSpec, Settings};
+use crate::source::{Client, SourceError};
+
+/// A provisioning source ready to pass: its client built, its key read.
+pub struct ProvSource {
+    pub api: client::Api,
+    pub keyed: civic::Keyed,
+    pub page_size: u32,
+    pub max_removed_share: f64,
+    /// Cron expression with seconds, in `timezone`; checked.
+    pub schedule: String,
+    pub timezone: chrono_tz::Tz,
+    pub certificates: crate::config::CertificateDates,
+}
+
+impl ProvSource {
+    /// Builds the clients of a checked spec.
+    ///
+    /// # Errors
+    /// What the HTTP client refuses, named by the setting as `provisioning.<name>.<key>`.
+    pub fn from_spec(spec: ProvisioningSpec) -> Result<ProvSource, ConfigError> {
+        let name = spec.name.clone();
+        let invalid = |fallback: &str, e: SourceError| {
+            let (setting, message) = match e {
+                SourceError::Config {
+                    setting, message, ..
+                } => (setting.to_owned(), message),
+                other => (fallback.to_owned(), other.to_string()),
+            };
+            ConfigError::Invalid {
+                origin: format!("provisioning.{name}.{setting}"),
+                message,
+            }
+        };
+        let api = Client::with_path(spec.api, "").map_err(|e| invalid("base_url", e))?;
+        let auth = Client::with_path(spec.auth, "").map_err(|e| invalid("auth_url", e))?;
+        Ok(ProvSource {
+            api: client::Api::new(api, auth, spec.proof, spec.max_response_bytes),
+            keyed: spec.keyed,
+            page_size: spec.page_size,
+            max_removed_share: spec.max_removed_share,
+            schedule: spec.schedule,
+            timezone: spec.timezone,
+            certificates: spec.certificates,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        self.api.name()
+    }
+
+    /// Runs one pass and records it.
+    ///
+    /// # Errors
+    /// Only when the pass's row cannot be written.
+    pub async fn pass(
+        &self,
+        store: &dyn crate::store::Store,
+    ) -> Result<pass::PassReport, crate::store::StoreError> {
+        pass::run(
+            &self.api,
+            store,
+            &self.keyed,
+            &pass::PassSpec {
+                source: self.name(),
+                page_size: self.page_size,
+                max_removed_share: self.max_removed_share,
+            },
+        )
+        .await
+    }
+}
+
+/// Every configured `[[provisioning]]`, built.
+///
+/// # Errors
+/// The first source whose settings, credentials or key are wrong.
+pub fn sources(
+    settings: &Settings,
+    config_path: Option<&std::path::Path>,
+    credentials_dir: Option<&std::path::Path>,
+) -> Result<Vec<ProvSource>, ConfigError> {
+    settings
+        .provisioning
+        .iter()
+        .map(|p| ProvSource::from_spec(p.spec(config_path, credentials_dir)?))
+        .collect()
+}

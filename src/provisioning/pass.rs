@@ -564,3 +564,26 @@ impl Pass<'_> {
 fn poisoned() -> StoreError {
     StoreError::Corrupt("a pass's bookkeeping lock was poisoned by a panic".into())
 }
+
+impl PassReport {
+    /// One line for people: the outcome, per kind seen/added/changed/removed, requests, time.
+    pub fn summary(&self, source: &str) -> String {
+        let kinds: Vec<String> = Kind::ALL
+            .iter()
+            .map(|k| {
+                let [seen, added, changed, removed] = self.counts[k.index()];
+                format!(
+                    "{} {seen} seen, {added} added, {changed} changed, {removed} removed",
+                    k.plural()
+                )
+            })
+            .collect();
+        let secs = (self.finished_at - self.started_at).num_milliseconds() as f64 / 1000.0;
+        format!(
+            "{source}: provisioning pass {}: {}; {} requests in {secs:.1} s",
+            self.outcome.as_str(),
+            kinds.join("; "),
+            self.requests
+        )
+    }
+}

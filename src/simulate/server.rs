@@ -136,6 +136,20 @@ pub async fn serve(
     stats: Arc<Stats>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, sim, stats, Router::new(), shutdown).await
+}
+
+/// As [`serve`], with `extra` routes beside the platform's (the provisioning API's).
+///
+/// # Errors
+/// When serving fails.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    sim: Simulator,
+    stats: Arc<Stats>,
+    extra: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
     // No Nagle: an answer goes out as headers and body chunks in separate writes, and with
     // Nagle each small write waits for the client's delayed ACK (measured: about 12 ms of
@@ -145,7 +159,7 @@ pub async fn serve(
             tracing::debug!(error = %e, "simulator: TCP_NODELAY not set");
         }
     });
-    axum::serve(listener, router(sim, stats))
+    axum::serve(listener, router(sim, stats).merge(extra))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -263,7 +277,22 @@ pub async fn serve_tls(
     tls: TlsSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(sim, stats.clone());
+    serve_tls_with(listener, sim, stats, tls, Router::new(), shutdown).await
+}
+
+/// As [`serve_tls`], with `extra` routes beside the platform's.
+///
+/// # Errors
+/// When the listener fails.
+pub async fn serve_tls_with(
+    listener: tokio::net::TcpListener,
+    sim: Simulator,
+    stats: Arc<Stats>,
+    tls: TlsSettings,
+    extra: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(sim, stats.clone()).merge(extra);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config);
     let stop = tokio_util::sync::CancellationToken::new();
     let mut connections = tokio::task::JoinSet::new();

@@ -573,12 +573,7 @@ impl Client {
     /// Logs what a refused response's body says, through the request's `explain` (bounded:
     /// at most [`MAX_EXPLAINED_BYTES`] are read, and `explain` returns codes and messages, never
     /// the body). Without `explain` the body is not read at all.
-    async fn explain(
-        &self,
-        response: reqwest::Response,
-        label: &str,
-        explain: Option<Explain>,
-    ) {
+    async fn explain(&self, response: reqwest::Response, label: &str, explain: Option<Explain>) {
         use futures_util::StreamExt;
         let Some(explain) = explain else {
             return;

@@ -420,3 +420,106 @@ async fn the_join_views_see_matches_and_both_mismatches(backend: Backend) {
         4
     );
 }
+
+/// The released binary end to end: `simulate` serves the provisioning API, `sync --once` passes
+/// it, `provisioning hash-civic-no` gives the HMAC the database holds, and neither the database
+/// file nor the output carries a personnummer or a protected person's name.
+#[tokio::test]
+async fn the_binary_mirrors_the_simulated_register_and_hashes_a_personnummer_as_stored() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nprov-sync"))
+        .args(["simulate", "--listen", "127.0.0.1:0", "--students", "50"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the simulator");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut base = None;
+    for _ in 0..2 {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("the simulator starts")
+            .expect("read")
+            .expect("a line");
+        if let Some(rest) = line.split("base_url = \"").nth(1) {
+            base = rest.split('"').next().map(str::to_owned);
+        }
+    }
+    let base = base.expect("the provisioning API's base_url");
+    let auth = base.replace("/provisioning/v1", "/transaction");
+    std::fs::write(
+        dir.path().join("civic.key"),
+        "an example key of thirty-two bytes!\n",
+    )
+    .expect("key");
+    let db = dir.path().join("n.db");
+    let config = dir.path().join("nprov.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\nurl = \"sqlite://{}\"\n\n[[provisioning]]\nname = \"kommun\"\n\
+             base_url = \"{base}\"\nauth_url = \"{auth}\"\nentity_id = \"https://kommun.example/idp\"\n\
+             civic_no_key_file = \"civic.key\"\n",
+            db.display()
+        ),
+    )
+    .expect("config");
+    let nprov = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_nprov-sync"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env_remove("NPROV_CONFIG")
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("runs")
+    };
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let synced = nprov(&["sync", "--once"]);
+    assert!(synced.status.success(), "{}", text(&synced));
+    let said = text(&synced);
+    assert!(
+        said.contains("kommun: provisioning pass complete: persons 56 seen, 56 added"),
+        "{said}"
+    );
+    let again = nprov(&["sync", "--once", "--source", "kommun"]);
+    assert!(
+        text(&again).contains("persons 56 seen, 0 added, 0 changed, 0 removed"),
+        "{}",
+        text(&again)
+    );
+    // Person 0's personnummer, as the simulator generates it.
+    let hashed = nprov(&["provisioning", "hash-civic-no", "kommun", "20120101-0000"]);
+    assert!(hashed.status.success(), "{}", text(&hashed));
+    let hmac = String::from_utf8_lossy(&hashed.stdout).trim().to_owned();
+    assert_eq!(hmac.len(), 64);
+    let accepted = nprov(&["provisioning", "accept-removals", "kommun"]);
+    assert!(accepted.status.success(), "{}", text(&accepted));
+    let store = nprov_sync::store::SqliteStore::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .expect("open");
+    let found: i64 = sqlx::query_scalar("SELECT count(*) FROM prov_person WHERE civic_no_hmac = ?")
+        .bind(&hmac)
+        .fetch_one(store.pool())
+        .await
+        .expect("query");
+    assert_eq!(found, 1);
+    store.pool().close().await;
+    let bytes = std::fs::read(&db).expect("the database file");
+    for secret in ["201201010000", "Elev42", "Efternamn42", "elev42@"] {
+        assert!(
+            memchr::memmem::find(&bytes, secret.as_bytes()).is_none(),
+            "{secret} is in the database file"
+        );
+        assert!(!said.contains(secret), "{secret} in the output");
+    }
+    child.kill().await.ok();
+}
