@@ -28,6 +28,10 @@
 //!   ([`store::replace::Write`]) that each backend executes in its bulk SQL; everything else
 //!   (run rows and the watermark fence, retention, erasure, a source's state) is written once
 //!   in `$N` SQL over values ([`store::sql`]) and only run by a backend.
+//! * [`provisioning`] is the second source kind: the provtjänst provisioning API read back in
+//!   full passes (persons, duties, groups, activities) into `prov_*` tables, through the same
+//!   [`source`] client, limiter and back-off, and the same [`store::sql`] core; it keeps no
+//!   personnummer in clear (an HMAC) and no protected person's names.
 //! * [`simulate`] generates populations, writes documents of any version and serves a simulated
 //!   platform over HTTP, for the demo, the benches and the tests.
 //! * [`metrics`] keeps the Prometheus families; it takes plain labels and imports nothing of the
@@ -39,7 +43,8 @@
 //! * [`daemon`] is the service: one scheduled job per source, leadership, back-off, readiness,
 //!   the health and metrics endpoints, reload and shutdown.
 //! * [`cli`] holds the commands, one struct each with its own `run`, in one file per group
-//!   (`files`, `sync`, `status`, `daemon`, `simulate`, `demo`, `admin`, `govern`, `generate`),
+//!   (`files`, `sync`, `status`, `daemon`, `simulate`, `demo`, `admin`, `govern`, `generate`,
+//!   `provisioning`),
 //!   and [`cli::Failure`] with its exit codes; nothing but `main.rs` imports it.
 //! * [`telemetry`] sets up logging; [`error`] prints an error with its causes in one line, the
 //!   same way everywhere.

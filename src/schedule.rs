@@ -33,9 +33,44 @@ pub fn check(schedule: &str, tz: Tz) -> Result<(), String> {
     })
 }
 
+/// The time between the schedule's next two runs after `now` (a schedule's period, for rules
+/// that count schedules); `None` for one that does not parse or never runs twice.
+pub fn interval(
+    schedule: &str,
+    tz: Tz,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<std::time::Duration> {
+    let cron = croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(schedule)
+        .ok()?;
+    let mut next = cron.iter_after(now.with_timezone(&tz));
+    let (a, b) = (next.next()?, next.next()?);
+    (b - a).to_std().ok()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::check;
+    use super::{check, interval};
+
+    #[test]
+    fn a_schedule_s_interval_is_the_time_between_its_next_two_runs() {
+        let tz = chrono_tz::Europe::Stockholm;
+        let now = chrono::DateTime::parse_from_rfc3339("2026-03-01T10:17:00Z")
+            .expect("time")
+            .with_timezone(&chrono::Utc);
+        assert_eq!(
+            interval("0 0 * * * *", tz, now),
+            Some(std::time::Duration::from_secs(3600))
+        );
+        assert_eq!(
+            interval("0 */5 * * * *", tz, now),
+            Some(std::time::Duration::from_secs(300))
+        );
+        assert_eq!(interval("nonsense", tz, now), None);
+    }
 
     #[test]
     fn schedules_are_checked_in_the_form_the_daemon_reads() {

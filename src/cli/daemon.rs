@@ -30,9 +30,10 @@ async fn run_daemon(
     use crate::daemon::{self, Loaded, World};
     let daemon_config = settings.daemon().map_err(|e| Failure::Config(e.into()))?;
     let sources = build_sources(config, &settings, None)?;
-    if sources.is_empty() {
+    let provisioning = super::provisioning::build(config, &settings, None)?;
+    if sources.is_empty() && provisioning.is_empty() {
         return Err(Failure::Config(anyhow::anyhow!(
-            "no [[source]] is configured: see `nprov-sync config example`"
+            "no [[source]] or [[provisioning]] is configured: see `nprov-sync config example`"
         )));
     }
     let listener = match daemon_config.metrics_listen {
@@ -95,7 +96,13 @@ async fn run_daemon(
             .map_err(|f| f.error().to_string())?;
         let sources =
             build_sources(&config_path, &settings, None).map_err(|f| f.error().to_string())?;
-        Ok(Loaded { settings, sources })
+        let provisioning = super::provisioning::build(&config_path, &settings, None)
+            .map_err(|f| f.error().to_string())?;
+        Ok(Loaded {
+            settings,
+            sources,
+            provisioning,
+        })
     });
     let world = World {
         listener,
@@ -106,7 +113,12 @@ async fn run_daemon(
         metrics: crate::metrics::Metrics::new(),
         watchdog: sd_notify::watchdog_enabled(),
     };
-    let result = daemon::run(store.clone(), Loaded { settings, sources }, world).await;
+    let loaded = Loaded {
+        settings,
+        sources,
+        provisioning,
+    };
+    let result = daemon::run(store.clone(), loaded, world).await;
     store.close().await;
     result.map_err(|e| match e {
         daemon::DaemonError::Config(_) | daemon::DaemonError::NoSources => {

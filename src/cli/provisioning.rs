@@ -203,6 +203,7 @@ impl HashCivicNo {
         // The message says what is wrong with the number, never the number.
         let number = crate::provisioning::civic::normalise_civic_no(&typed)
             .map_err(|m| Failure::Config(anyhow::anyhow!("the personnummer: {m}")))?;
-        writeln!(out, "{}", spec.keyed.civic_no(&number)).map_err(io_failure)
+        let keyed = crate::provisioning::civic::Keyed::new(spec.civic_key);
+        writeln!(out, "{}", keyed.civic_no(&number)).map_err(io_failure)
     }
 }

@@ -9,9 +9,49 @@ use serde::{Deserialize, Serialize};
 
 use super::credentials::{read_auth, read_secret_file, CertificateDates, CredentialFiles};
 use super::{invalid, ConfigError};
-use crate::provisioning::civic::Keyed;
-use crate::provisioning::client::{cert_sha256, KeyProof};
 use crate::source::{Redirects, SourceSettings};
+
+/// How a token's owner is named to the authorisation server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyProof {
+    /// The organisation's entityId in the federation's metadata.
+    EntityId(String),
+    /// Mutual TLS: base64 of the SHA-256 of the client certificate's DER.
+    Mtls { cert_sha256: String },
+}
+
+/// The `cert#S256` of a PEM bundle's first certificate: base64 of the SHA-256 of its DER.
+pub fn cert_sha256(pem: &[u8]) -> Option<String> {
+    use base64::Engine;
+    use sha2::Digest;
+    let der = x509_parser::pem::Pem::iter_from_buffer(pem)
+        .filter_map(Result::ok)
+        .find(|p| p.label == "CERTIFICATE")?
+        .contents;
+    Some(base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&der)))
+}
+
+/// The fewest bytes a civic_no key may have: 128 bits.
+pub const MIN_KEY_BYTES: usize = 16;
+
+/// A civic_no key from a file's bytes, trailing line ends dropped (an editor's or `echo`'s
+/// newline must not change every hash).
+///
+/// # Errors
+/// Fewer than [`MIN_KEY_BYTES`] bytes.
+pub fn civic_key(bytes: &[u8]) -> Result<secrecy::SecretBox<Vec<u8>>, String> {
+    let mut end = bytes.len();
+    while end > 0 && matches!(bytes[end - 1], b'\n' | b'\r') {
+        end -= 1;
+    }
+    if end < MIN_KEY_BYTES {
+        return Err(format!(
+            "the key has {end} bytes; it needs at least {MIN_KEY_BYTES} (make one with \
+             `openssl rand -hex 32`)"
+        ));
+    }
+    Ok(secrecy::SecretBox::new(Box::new(bytes[..end].to_vec())))
+}
 
 /// Skolverket's production provisioning API.
 pub const DEFAULT_BASE_URL: &str = "https://api.skolverket.se/provtjanst/provisioning/v1";
@@ -121,7 +161,8 @@ pub struct ProvisioningSpec {
     /// The authorisation server's (its transaction URL, the same certificate).
     pub auth: SourceSettings,
     pub proof: KeyProof,
-    pub keyed: Keyed,
+    /// The HMAC key of `civic_no_key_file`.
+    pub civic_key: secrecy::SecretBox<Vec<u8>>,
     pub schedule: String,
     pub timezone: chrono_tz::Tz,
     pub page_size: u32,
@@ -234,8 +275,7 @@ impl ProvisioningConfig {
             config_dir,
             credentials_dir,
         )?;
-        let keyed =
-            Keyed::from_bytes(&key_bytes).map_err(|m| invalid(key("civic_no_key_file"), m))?;
+        let civic_key = civic_key(&key_bytes).map_err(|m| invalid(key("civic_no_key_file"), m))?;
         let settings = |base_url: &str, rate| -> Result<SourceSettings, ConfigError> {
             Ok(SourceSettings {
                 name: self.name.clone(),
@@ -266,7 +306,7 @@ impl ProvisioningConfig {
             // Tokens are asked for rarely: one a second is more than a pass ever needs.
             auth: settings(&self.auth_url, std::num::NonZeroU32::MIN)?,
             proof,
-            keyed,
+            civic_key,
             schedule: self.schedule.clone(),
             timezone: tz,
             page_size: self.page_size,

@@ -49,7 +49,9 @@ pub(super) async fn install_sources(
     scheduler: &JobScheduler,
     loaded: Loaded,
 ) -> Result<Vec<String>, DaemonError> {
-    let Loaded { settings, sources } = loaded;
+    let Loaded {
+        settings, sources, ..
+    } = loaded;
     let mut next = BTreeMap::new();
     for mut source in sources {
         let name = source.name().to_owned();

@@ -55,6 +55,7 @@ use crate::sync::SyncSource;
 mod http;
 mod jobs;
 mod notify;
+mod provisioning;
 mod shared;
 mod signals;
 mod startup;
@@ -94,6 +95,8 @@ pub struct Loaded {
     pub settings: Settings,
     /// Built from `settings.source`, in the same order.
     pub sources: Vec<SyncSource>,
+    /// Built from `settings.provisioning`, in the same order.
+    pub provisioning: Vec<crate::provisioning::ProvSource>,
 }
 
 /// Reads the configuration again (for SIGHUP): file, environment, credentials.
@@ -120,7 +123,11 @@ pub struct World {
 /// A configuration that cannot be used, a database that does not answer at start-up, or a
 /// scheduler that cannot start. Failures of individual syncs are not errors of the daemon: they
 /// are logged, counted and retried.
-pub async fn run(store: Arc<dyn Store>, loaded: Loaded, world: World) -> Result<(), DaemonError> {
+pub async fn run(
+    store: Arc<dyn Store>,
+    mut loaded: Loaded,
+    world: World,
+) -> Result<(), DaemonError> {
     let World {
         listener,
         shutdown,
@@ -130,7 +137,7 @@ pub async fn run(store: Arc<dyn Store>, loaded: Loaded, world: World) -> Result<
         metrics,
         watchdog,
     } = world;
-    if loaded.sources.is_empty() {
+    if loaded.sources.is_empty() && loaded.provisioning.is_empty() {
         return Err(DaemonError::NoSources);
     }
     let config = loaded.settings.daemon()?;
@@ -150,10 +157,13 @@ pub async fn run(store: Arc<dyn Store>, loaded: Loaded, world: World) -> Result<
         heartbeat: AtomicI64::new(Utc::now().timestamp_millis()),
         started_at: Utc::now(),
         notifier: notifier.clone(),
+        provisioning: provisioning::Provisioning::default(),
     });
 
     let scheduler = JobScheduler::new().await?;
+    let passes = std::mem::take(&mut loaded.provisioning);
     let names = jobs::install_sources(&shared, &scheduler, loaded).await?;
+    let prov_names = provisioning::install(&shared, &scheduler, passes).await?;
     // Freshness survives a restart: the watermark row says when the last window committed.
     for name in &names {
         let state = shared.state(name);
@@ -171,6 +181,7 @@ pub async fn run(store: Arc<dyn Store>, loaded: Loaded, world: World) -> Result<
     let server = listener.map(|l| tasks::serve_http(&shared, l, background.clone()));
     tracing::info!(
         sources = %names.join(", "),
+        provisioning = %prov_names.join(", "),
         version = env!("CARGO_PKG_VERSION"),
         "nprov-sync is running"
     );
@@ -183,6 +194,9 @@ pub async fn run(store: Arc<dyn Store>, loaded: Loaded, world: World) -> Result<
     // A first run of every source now, rather than at its first tick minutes away.
     for name in &names {
         shared.tick(name);
+    }
+    for name in &prov_names {
+        shared.tick_provisioning(name);
     }
     loop {
         tokio::select! {
@@ -274,7 +288,7 @@ async fn reload_configuration(
     scheduler: &JobScheduler,
     loader: &Loader,
 ) -> bool {
-    let next = match loader() {
+    let mut next = match loader() {
         Ok(next) => next,
         Err(e) => {
             tracing::error!(error = %e, "the configuration was not reloaded; the running one stays");
@@ -287,11 +301,31 @@ async fn reload_configuration(
     if next.settings.metrics.listen != shared.metrics_listen {
         tracing::warn!("metrics.listen changed: takes effect at the next restart");
     }
-    match jobs::install_sources(shared, scheduler, next).await {
-        Ok(names) => {
-            tracing::info!(sources = %names.join(", "), "configuration reloaded");
+    let passes = std::mem::take(&mut next.provisioning);
+    let before: Vec<String> = shared
+        .provisioning
+        .configured
+        .read()
+        .expect("provisioning lock")
+        .keys()
+        .cloned()
+        .collect();
+    let installed = match jobs::install_sources(shared, scheduler, next).await {
+        Ok(names) => provisioning::install(shared, scheduler, passes)
+            .await
+            .map(|prov| (names, prov)),
+        Err(e) => Err(e),
+    };
+    match installed {
+        Ok((names, prov)) => {
+            tracing::info!(sources = %names.join(", "), provisioning = %prov.join(", "), "configuration reloaded");
             for name in &names {
                 shared.tick(name);
+            }
+            // A provisioning source new to the configuration passes now; the others keep
+            // their schedule (a pass of a large register takes minutes of the API's quota).
+            for name in prov.iter().filter(|n| !before.contains(n)) {
+                shared.tick_provisioning(name);
             }
             true
         }

@@ -40,6 +40,7 @@ pub(super) struct Shared {
     pub heartbeat: AtomicI64,
     pub started_at: DateTime<Utc>,
     pub notifier: Arc<dyn Notifier>,
+    pub provisioning: super::provisioning::Provisioning,
 }
 
 impl Shared {
@@ -272,12 +273,13 @@ impl Shared {
             )),
         };
         let max_age = self.config.read().expect("config lock").ready_max_age;
-        state::readiness(
-            &database,
-            &self.snapshots(),
-            Utc::now(),
-            self.started_at,
-            max_age,
-        )
+        let now = Utc::now();
+        let mut readiness =
+            state::readiness(&database, &self.snapshots(), now, self.started_at, max_age);
+        let (ready, provisioning) = self.provisioning_readiness(now);
+        readiness.ready &= ready;
+        readiness.body["ready"] = serde_json::json!(readiness.ready);
+        readiness.body["provisioning"] = serde_json::json!(provisioning);
+        readiness
     }
 }

@@ -8,9 +8,6 @@ use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretBox};
 use sha2::Sha256;
 
-/// The fewest bytes a key may have: 128 bits.
-pub const MIN_KEY_BYTES: usize = 16;
-
 /// What separates a content hash's input from a personnummer's.
 const CONTENT_DOMAIN: &[u8] = b"nprov-sync provisioning content\0";
 
@@ -20,25 +17,17 @@ pub struct Keyed {
 }
 
 impl Keyed {
-    /// A key from a file's bytes, trailing line ends dropped (an editor's or `echo`'s newline
-    /// must not change every hash).
+    /// The key as configuration read it.
+    pub fn new(key: SecretBox<Vec<u8>>) -> Keyed {
+        Keyed { key }
+    }
+
+    /// A key from a file's bytes, as configuration reads them.
     ///
     /// # Errors
-    /// Fewer than [`MIN_KEY_BYTES`] bytes.
+    /// Fewer than [`crate::config::provisioning::MIN_KEY_BYTES`] bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Keyed, String> {
-        let mut end = bytes.len();
-        while end > 0 && matches!(bytes[end - 1], b'\n' | b'\r') {
-            end -= 1;
-        }
-        if end < MIN_KEY_BYTES {
-            return Err(format!(
-                "the key has {end} bytes; it needs at least {MIN_KEY_BYTES} (make one with \
-                 `openssl rand -hex 32`)"
-            ));
-        }
-        Ok(Keyed {
-            key: SecretBox::new(Box::new(bytes[..end].to_vec())),
-        })
+        crate::config::provisioning::civic_key(bytes).map(Keyed::new)
     }
 
     fn mac(&self, parts: &[&[u8]]) -> String {

@@ -23,14 +23,7 @@ use crate::source::{Client, Event, Request, SourceError};
 /// token kept that long outlives a revocation.
 const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 
-/// How a token's owner is named to the authorisation server.
-#[derive(Clone)]
-pub enum KeyProof {
-    /// The organisation's entityId in the federation's metadata.
-    EntityId(String),
-    /// Mutual TLS: base64 of the SHA-256 of the client certificate's DER.
-    Mtls { cert_sha256: String },
-}
+pub use crate::config::provisioning::KeyProof;
 
 /// Why a request of a pass failed.
 #[derive(Debug, thiserror::Error)]
@@ -477,16 +470,6 @@ pub fn explain(body: &[u8]) -> Option<String> {
         })
         .collect();
     (!said.is_empty()).then(|| said.join("; "))
-}
-
-/// The `cert#S256` of a PEM bundle's first certificate: base64 of the SHA-256 of its DER.
-pub fn cert_sha256(pem: &[u8]) -> Option<String> {
-    use sha2::Digest;
-    let der = x509_parser::pem::Pem::iter_from_buffer(pem)
-        .filter_map(Result::ok)
-        .find(|p| p.label == "CERTIFICATE")?
-        .contents;
-    Some(base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&der)))
 }
 
 #[cfg(test)]

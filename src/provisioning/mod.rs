@@ -122,7 +122,7 @@ impl ProvSource {
         let auth = Client::with_path(spec.auth, "").map_err(|e| invalid("auth_url", e))?;
         Ok(ProvSource {
             api: client::Api::new(api, auth, spec.proof, spec.max_response_bytes),
-            keyed: spec.keyed,
+            keyed: civic::Keyed::new(spec.civic_key),
             page_size: spec.page_size,
             max_removed_share: spec.max_removed_share,
             schedule: spec.schedule,

@@ -658,3 +658,34 @@ pub async fn record_pass(
     .await?;
     Ok(())
 }
+
+/// When the source's last complete pass ended, if it had one.
+pub async fn last_complete(
+    tx: &mut dyn Sql,
+    source: &str,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let rows = tx
+        .texts(
+            "SELECT CAST(last_complete_finished AS TEXT) FROM prov_state WHERE source = $1",
+            &[Value::Text(source)],
+            "reading a provisioning source's last complete pass",
+        )
+        .await?;
+    let Some(text) = rows
+        .into_iter()
+        .next()
+        .and_then(|r| r.into_iter().next().flatten())
+    else {
+        return Ok(None);
+    };
+    Ok(parse_instant(&text))
+}
+
+/// An instant as either database gives it as text: SQLite's stored RFC 3339, PostgreSQL's
+/// `timestamptz` output (`2026-12-07 01:02:03.123456+00`).
+pub fn parse_instant(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .or_else(|_| DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z"))
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}

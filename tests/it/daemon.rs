@@ -87,7 +87,13 @@ fn load(config: &std::path::Path) -> Result<Loaded, String> {
     let settings = Settings::load(Some(config), Vec::new()).map_err(|e| e.to_string())?;
     let sources =
         nprov_sync::sync::sources(&settings, Some(config), None).map_err(|e| e.to_string())?;
-    Ok(Loaded { settings, sources })
+    let provisioning = nprov_sync::provisioning::sources(&settings, Some(config), None)
+        .map_err(|e| e.to_string())?;
+    Ok(Loaded {
+        settings,
+        sources,
+        provisioning,
+    })
 }
 
 async fn start(store: Arc<dyn Store>, config: std::path::PathBuf) -> Running {

@@ -88,12 +88,33 @@ async fn the_tables_live_in_the_configured_schema_in_native_types() {
             "change_log BASE TABLE",
             "delprovsresultat BASE TABLE",
             "erasure BASE TABLE",
+            "prov_activity BASE TABLE",
+            "prov_activity_group BASE TABLE",
+            "prov_activity_teacher BASE TABLE",
+            "prov_change_log BASE TABLE",
+            "prov_duty BASE TABLE",
+            "prov_group BASE TABLE",
+            "prov_group_membership BASE TABLE",
+            "prov_pass BASE TABLE",
+            "prov_person BASE TABLE",
+            "prov_person_email BASE TABLE",
+            "prov_person_enrolment BASE TABLE",
+            "prov_person_external_id BASE TABLE",
+            "prov_state BASE TABLE",
             "provomrade BASE TABLE",
             "provtillfalle BASE TABLE",
             "quarantine BASE TABLE",
             "sync_run BASE TABLE",
             "sync_watermark BASE TABLE",
             "v_delprovsresultat VIEW",
+            "v_prov_activity VIEW",
+            "v_prov_duty VIEW",
+            "v_prov_group VIEW",
+            "v_prov_person VIEW",
+            "v_prov_person_key VIEW",
+            "v_prov_registered_result VIEW",
+            "v_prov_registered_without_result VIEW",
+            "v_prov_result_without_registration VIEW",
             "v_provresultat VIEW",
         ]
     );
@@ -128,7 +149,7 @@ async fn the_tables_live_in_the_configured_schema_in_native_types() {
     let applied = db
         .texts("SELECT CAST(count(*) AS text) FROM _sqlx_migrations")
         .await;
-    assert_eq!(applied, vec![vec!["5"]]);
+    assert_eq!(applied, vec![vec!["6"]]);
 }
 
 #[tokio::test]

@@ -523,3 +523,98 @@ async fn the_binary_mirrors_the_simulated_register_and_hashes_a_personnummer_as_
     }
     child.kill().await.ok();
 }
+
+/// The service passes a provisioning source on its schedule, counts it in the metrics, is
+/// ready while passes complete, and logs neither a personnummer nor a protected name.
+#[tokio::test]
+async fn the_service_passes_on_schedule_with_metrics_and_readiness() {
+    let s = serve(
+        Register::generate(&population(30), 33),
+        ProvFaults::default(),
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("civic.key"),
+        "an example key of thirty-two bytes!\n",
+    )
+    .expect("key");
+    let config = dir.path().join("nprov.toml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\nurl = \"sqlite://{}\"\n\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n\
+             [[provisioning]]\nname = \"kommun\"\nbase_url = \"http://{addr}/provisioning/v1\"\n\
+             auth_url = \"http://{addr}/transaction\"\nentity_id = \"https://kommun.example/idp\"\n\
+             civic_no_key_file = \"civic.key\"\nschedule = \"*/2 * * * * *\"\n",
+            dir.path().join("n.db").display(),
+            addr = s.addr
+        ),
+    )
+    .expect("config");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nprov-sync"))
+        .args(["run", "--config"])
+        .arg(&config)
+        // The default level: stderr is read only at the end, and a pipe holds 64 KiB.
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the service");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let metrics = loop {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+            let text = r.text().await.expect("body");
+            let complete = text
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix(
+                        "nprov_provisioning_passes_total{outcome=\"complete\",source=\"kommun\"} ",
+                    )
+                })
+                .and_then(|v| v.parse::<f64>().ok());
+            if complete.is_some_and(|n| n >= 2.0) {
+                break text;
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            child.start_kill().ok();
+            let out = child.wait_with_output().await.expect("output");
+            panic!("no two passes:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        metrics.contains("nprov_provisioning_records{kind=\"person\",source=\"kommun\"} 34"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("nprov_provisioning_schedule_seconds{source=\"kommun\"} 2"));
+    let ready = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200);
+    let body: serde_json::Value =
+        serde_json::from_str(&ready.text().await.expect("body")).expect("json");
+    assert_eq!(body["provisioning"][0]["source"], "kommun");
+    assert_eq!(body["provisioning"][0]["ready"], true);
+    let pid = child.id().expect("pid").to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("it stops")
+        .expect("output");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    for secret in ["20120101", "Elev", "Efternamn", "elev0@"] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
+}
