@@ -6,6 +6,9 @@
 -- prov_change_log. Ids are the API's uuids in lower case. The personnummer is never stored:
 -- civic_no_hmac is its HMAC-SHA-256 under the source's civic_no_key_file.
 
+-- `forget` counts the provisioning rows it removes too.
+ALTER TABLE erasure ADD COLUMN provisioning bigint NOT NULL DEFAULT 0;
+
 CREATE TABLE prov_person (
     source               text    NOT NULL,
     id                   text    NOT NULL,

@@ -180,6 +180,9 @@ fn describe(r: &Removed) -> String {
         parts.push(format!("{} sync_run", r.sync_run));
         parts.push(format!("{} sync_watermark", r.watermark));
     }
+    if r.provisioning > 0 {
+        parts.push(format!("{} provisioning rows (prov_*)", r.provisioning));
+    }
     parts.join(", ")
 }
 

@@ -96,8 +96,9 @@ pub enum Command {
     /// change_log), as the daemon does once a day; prints what was removed.
     Prune(govern::Prune),
     /// Erase one pupil's rows from every table (provområden with their provtillfällen and
-    /// delprov, change_log, quarantine) in one transaction, and record the erasure without the
-    /// id. Without --yes, only counts. A later window in which the platform still sends the
+    /// delprov, change_log, quarantine; in the provisioning mirror the person whose id or
+    /// external identifier is the pupil's, braces and case ignored, with their lists,
+    /// memberships and duties) in one transaction, and record the erasure without the id. Without --yes, only counts. A later window in which the platform still sends the
     /// pupil brings the data back: the platform is the source of truth.
     Forget(govern::Forget),
     /// A source's state in the database: list, rewind the watermark, drop its data.

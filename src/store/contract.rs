@@ -260,6 +260,7 @@ pub const OBJECTS: &[Object] = &[
             ("delprovsresultat", "delprovsresultat rows removed."),
             ("change_log", "change_log entries removed."),
             ("quarantine", "quarantine rows removed."),
+            ("provisioning", "Rows of the provisioning mirror removed (the registered person, their lists, memberships and duties, and their prov_change_log entries)."),
         ]],
     },
     Object {

@@ -33,29 +33,37 @@ pub struct Pruned {
     pub quarantine_raw_xml: u64,
     pub quarantine: u64,
     pub change_log: u64,
+    /// `prov_pass` rows, by the `sync_run` horizon (each source's latest complete pass stays).
+    pub prov_pass: u64,
+    /// `prov_change_log` entries, by the `change_log` horizon.
+    pub prov_change_log: u64,
 }
 
 impl Pruned {
     /// One log line with the count per table (the daemon's daily prune and `nprov-sync prune`).
     pub fn log(&self) {
-        let [(_, sync_run), (_, quarantine_raw_xml), (_, quarantine), (_, change_log)] =
+        let [(_, sync_run), (_, quarantine_raw_xml), (_, quarantine), (_, change_log), (_, prov_pass), (_, prov_change_log)] =
             self.by_table();
         tracing::info!(
             sync_run,
             quarantine_raw_xml,
             quarantine,
             change_log,
+            prov_pass,
+            prov_change_log,
             "pruned rows past retention"
         );
     }
 
     /// (label, count) pairs, as metrics and logs name them.
-    pub fn by_table(&self) -> [(&'static str, u64); 4] {
+    pub fn by_table(&self) -> [(&'static str, u64); 6] {
         [
             ("sync_run", self.sync_run),
             ("quarantine_raw_xml", self.quarantine_raw_xml),
             ("quarantine", self.quarantine),
             ("change_log", self.change_log),
+            ("prov_pass", self.prov_pass),
+            ("prov_change_log", self.prov_change_log),
         ]
     }
 }
@@ -73,6 +81,10 @@ pub struct Removed {
     pub sync_run: u64,
     /// `drop` only: 1 if the source had a watermark.
     pub watermark: u64,
+    /// Rows of the provisioning mirror (`prov_*`): a person's record, lists, memberships and
+    /// duties and their change-log entries (`forget`), or all of a provisioning source's
+    /// (`drop`).
+    pub provisioning: u64,
 }
 
 impl Removed {
@@ -84,6 +96,7 @@ impl Removed {
             + self.quarantine
             + self.sync_run
             + self.watermark
+            + self.provisioning
     }
 }
 
@@ -159,7 +172,7 @@ const PUPIL_PROVOMRADEN: &str = "elev = $1 AND (CAST($2 AS TEXT) IS NULL OR sour
 
 /// (the rows' predicate with the cutoff as `$1`, whether pruning clears raw_xml instead of
 /// deleting), in the order of [`Pruned::by_table`].
-const PRUNE_STEPS: [(&str, bool); 4] = [
+const PRUNE_STEPS: [(&str, bool); 6] = [
     (
         "FROM sync_run WHERE started_at < $1 AND id NOT IN \
          (SELECT max(id) FROM sync_run WHERE outcome = 'ok' GROUP BY source)",
@@ -171,6 +184,12 @@ const PRUNE_STEPS: [(&str, bool); 4] = [
     ),
     ("FROM quarantine WHERE last_seen_at < $1", false),
     ("FROM change_log WHERE at < $1", false),
+    (
+        "FROM prov_pass WHERE started_at < $1 AND id NOT IN \
+         (SELECT max(id) FROM prov_pass WHERE outcome = 'complete' GROUP BY source)",
+        false,
+    ),
+    ("FROM prov_change_log WHERE at < $1", false),
 ];
 
 fn prune_sql(rows: &str, clears_raw: bool, dry_run: bool) -> String {
@@ -185,11 +204,13 @@ fn prune_sql(rows: &str, clears_raw: bool, dry_run: bool) -> String {
 
 impl Cutoffs {
     /// The cutoffs in the order of [`Pruned::by_table`].
-    pub fn in_order(&self) -> [Option<DateTime<Utc>>; 4] {
+    pub fn in_order(&self) -> [Option<DateTime<Utc>>; 6] {
         [
             self.sync_run,
             self.quarantine_raw_xml,
             self.quarantine,
+            self.change_log,
+            self.sync_run,
             self.change_log,
         ]
     }
@@ -224,7 +245,7 @@ pub async fn prune(
     cutoffs: &Cutoffs,
     mode: Mode,
 ) -> Result<Pruned, StoreError> {
-    let mut counts = [0u64; 4];
+    let mut counts = [0u64; 6];
     for (i, ((rows, clears_raw), cutoff)) in PRUNE_STEPS.iter().zip(cutoffs.in_order()).enumerate()
     {
         let Some(cutoff) = cutoff else { continue };
@@ -247,6 +268,8 @@ pub async fn prune(
         quarantine_raw_xml: counts[1],
         quarantine: counts[2],
         change_log: counts[3],
+        prov_pass: counts[4],
+        prov_change_log: counts[5],
     })
 }
 
@@ -341,6 +364,7 @@ pub async fn forget(mut tx: Box<dyn SqlTx>, e: &Erasure<'_>) -> Result<Removed, 
         e.mode,
     )
     .await?;
+    removed.provisioning = forget_registered(&mut *tx, e).await?;
     match e.mode {
         Mode::DryRun => return Ok(removed),
         Mode::Apply => {}
@@ -348,8 +372,8 @@ pub async fn forget(mut tx: Box<dyn SqlTx>, e: &Erasure<'_>) -> Result<Removed, 
     let n = |v: u64| Value::Int(signed(v));
     tx.execute(
         "INSERT INTO erasure (erased_at, source, reason, provomrade, provtillfalle,
-                              delprovsresultat, change_log, quarantine)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                              delprovsresultat, change_log, quarantine, provisioning)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         &[
             Value::Instant(e.now),
             Value::OptText(e.source),
@@ -359,12 +383,105 @@ pub async fn forget(mut tx: Box<dyn SqlTx>, e: &Erasure<'_>) -> Result<Removed, 
             n(removed.delprovsresultat),
             n(removed.change_log),
             n(removed.quarantine),
+            n(removed.provisioning),
         ],
         "recording the erasure",
     )
     .await?;
     tx.commit("committing an erasure").await?;
     Ok(removed)
+}
+
+/// The registered persons that are the pupil: `$1` the id as the results know it (braces and
+/// case ignored, as the join views match), against a person's id or external identifier; `$2`
+/// the provisioning source or NULL for all.
+const REGISTERED_PERSON: &str = "(CAST($2 AS TEXT) IS NULL OR p.source = $2) AND (
+       p.id = lower(replace(replace($1, '{', ''), '}', ''))
+       OR EXISTS (SELECT 1 FROM prov_person_external_id x
+                  WHERE x.source = p.source AND x.person_id = p.id
+                    AND lower(replace(replace(x.value, '{', ''), '}', ''))
+                        = lower(replace(replace($1, '{', ''), '}', ''))))";
+
+/// The provisioning rows of a pupil (`forget`), removed (or counted): the person, their lists,
+/// memberships and duties (with the activities' links to those duties) and the change-log
+/// entries about them, an `erase` entry appended for each person and duty removed.
+async fn forget_registered(tx: &mut dyn Sql, e: &Erasure<'_>) -> Result<u64, StoreError> {
+    // The persons first: their external identifiers, by which some are found, go with them.
+    let found = tx
+        .texts(
+            &format!("SELECT p.source, p.id FROM prov_person p WHERE {REGISTERED_PERSON}"),
+            &[Value::Text(e.elev), Value::OptText(e.source)],
+            "finding the pupil's registrations",
+        )
+        .await?;
+    let keys: Vec<(String, String)> = found
+        .into_iter()
+        .filter_map(|r| {
+            let mut c = r.into_iter().flatten();
+            Some((c.next()?, c.next()?))
+        })
+        .collect();
+    let mut total = 0;
+    for (source, person) in &keys {
+        let who = [Value::Text(source), Value::Text(person)];
+        let duties = "SELECT id FROM prov_duty WHERE source = $1 AND person_id = $2";
+        if !e.mode.dry_run() {
+            // The erase entries, while the rows still say which they are.
+            let now = [
+                Value::Text(source),
+                Value::Text(person),
+                Value::Instant(e.now),
+            ];
+            for rows in [
+                "SELECT 'duty' AS k, id AS i FROM prov_duty WHERE source = $1 AND person_id = $2",
+                "SELECT 'person' AS k, CAST($2 AS TEXT) AS i",
+            ] {
+                tx.execute(
+                    &format!(
+                        "INSERT INTO prov_change_log (source, kind, id, op, at)
+                         SELECT $1, r.k, r.i, 'erase', $3 FROM ({rows}) AS r"
+                    ),
+                    &now,
+                    "appending erase entries to prov_change_log",
+                )
+                .await?;
+            }
+        }
+        // (table, the pupil's rows in it); the erase entries just written are kept.
+        let steps: [(&str, String); 8] = [
+            (
+                "prov_change_log",
+                format!(
+                    "source = $1 AND op <> 'erase' AND ((kind = 'person' AND id = $2)
+                     OR (kind = 'duty' AND id IN ({duties})))"
+                ),
+            ),
+            (
+                "prov_activity_teacher",
+                format!("source = $1 AND duty_id IN ({duties})"),
+            ),
+            (
+                "prov_group_membership",
+                "source = $1 AND person_id = $2".into(),
+            ),
+            (
+                "prov_person_enrolment",
+                "source = $1 AND person_id = $2".into(),
+            ),
+            ("prov_person_email", "source = $1 AND person_id = $2".into()),
+            (
+                "prov_person_external_id",
+                "source = $1 AND person_id = $2".into(),
+            ),
+            ("prov_duty", "source = $1 AND person_id = $2".into()),
+            ("prov_person", "source = $1 AND id = $2".into()),
+        ];
+        for (table, pred) in &steps {
+            let from = format!("FROM {table} WHERE {pred}");
+            total += count_or_delete(tx, &from, &who, e.mode).await?;
+        }
+    }
+    Ok(total)
 }
 
 /// Which count of [`Removed`] a table's rows go to.
@@ -392,12 +509,35 @@ pub async fn drop_source(
         let from = format!("FROM {table} WHERE source = $1");
         *field(&mut removed) = count_or_delete(&mut *tx, &from, &this, mode).await?;
     }
+    // A provisioning source of that name: every row of its mirror (lists first), its passes,
+    // its change log and its state.
+    for table in PROV_TABLES {
+        let from = format!("FROM {table} WHERE source = $1");
+        removed.provisioning += count_or_delete(&mut *tx, &from, &this, mode).await?;
+    }
     match mode {
         Mode::DryRun => {}
         Mode::Apply => tx.commit("committing a dropped source").await?,
     }
     Ok(removed)
 }
+
+/// The provisioning mirror's tables, each list before the record it belongs to.
+const PROV_TABLES: [&str; 13] = [
+    "prov_person_enrolment",
+    "prov_person_email",
+    "prov_person_external_id",
+    "prov_group_membership",
+    "prov_activity_group",
+    "prov_activity_teacher",
+    "prov_person",
+    "prov_duty",
+    "prov_group",
+    "prov_activity",
+    "prov_pass",
+    "prov_change_log",
+    "prov_state",
+];
 
 /// Moves a source's watermark back; returns the one it replaced.
 pub async fn rewind(
@@ -433,7 +573,8 @@ pub async fn rewind(
 /// Every source the database has anything of, with its row and run counts and its latest
 /// committed window.
 pub(super) const SOURCES_SQL: &str = "WITH s(source) AS (SELECT source FROM sync_watermark
-                        UNION SELECT source FROM sync_run UNION SELECT source FROM provomrade)
+                        UNION SELECT source FROM sync_run UNION SELECT source FROM provomrade
+                        UNION SELECT source FROM prov_state)
      SELECT s.source,
             (SELECT count(*) FROM provomrade p WHERE p.source = s.source),
             (SELECT count(*) FROM sync_run r WHERE r.source = s.source),

@@ -107,7 +107,9 @@ async fn prune_removes_exactly_the_rows_past_each_horizon_and_a_dry_run_removes_
             ("sync_run", 2),
             ("quarantine_raw_xml", 1),
             ("quarantine", 0),
-            ("change_log", 1)
+            ("change_log", 1),
+            ("prov_pass", 0),
+            ("prov_change_log", 0)
         ]
     );
     assert_eq!(

@@ -22,6 +22,7 @@ for_each_backend!(
     changes_additions_and_deletions_are_mirrored_and_a_pass_stopped_part_way_removes_nothing,
     a_mass_drop_is_refused_until_an_operator_confirms_or_the_next_pass_agrees,
     the_join_views_see_matches_and_both_mismatches,
+    forget_drop_and_prune_cover_the_provisioning_mirror,
 );
 
 const SOURCE: &str = "kommun";
@@ -616,5 +617,111 @@ async fn the_service_passes_on_schedule_with_metrics_and_readiness() {
     assert!(out.status.success(), "{log}");
     for secret in ["20120101", "Elev", "Efternamn", "elev0@"] {
         assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
+}
+
+async fn forget_drop_and_prune_cover_the_provisioning_mirror(backend: Backend) {
+    use nprov_sync::store::governance::{Cutoffs, Erasure, Mode};
+    let db = backend.fresh().await;
+    let population = population(40);
+    let faults = ProvFaults {
+        rate_limit_per_second: None,
+        ..ProvFaults::default()
+    };
+    let s = serve(Register::generate(&population, 44), faults).await;
+    let api = api(&s, 50);
+    assert_eq!(run(&db, &api, 100).await.outcome, PassOutcome::Complete);
+    assert_eq!(run(&db, &api, 100).await.outcome, PassOutcome::Complete);
+    let persons = || count(&db, "SELECT count(*) FROM prov_person");
+    let before = persons().await;
+    // Pupil 3 is registered by its platform id, pupil 7 by an external identifier only; the
+    // results' braces and case do not matter.
+    for (i, elev) in [
+        (3, population.elev_id(3).to_uppercase()),
+        (7, population.elev_id(7)),
+    ] {
+        let erasure = |mode| Erasure {
+            elev: &elev,
+            source: None,
+            reason: Some("test"),
+            now: at(9),
+            mode,
+        };
+        let dry = db
+            .store
+            .forget(&erasure(Mode::DryRun))
+            .await
+            .expect("dry run");
+        assert!(dry.provisioning >= 3, "pupil {i}: {dry:?}");
+        assert_eq!(persons().await, before - if i == 3 { 0 } else { 1 });
+        let done = db
+            .store
+            .forget(&erasure(Mode::Apply))
+            .await
+            .expect("forget");
+        assert_eq!(done.provisioning, dry.provisioning, "pupil {i}");
+    }
+    assert_eq!(persons().await, before - 2);
+    let bare = population.elev_id(3).trim_matches(['{', '}']).to_owned();
+    assert_eq!(
+        count(
+            &db,
+            &format!("SELECT count(*) FROM prov_group_membership WHERE person_id = '{bare}'")
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        db.texts(&format!(
+            "SELECT op FROM prov_change_log WHERE id = '{bare}' ORDER BY seq"
+        ))
+        .await,
+        vec![vec!["erase".to_owned()]]
+    );
+    assert!(
+        count(
+            &db,
+            "SELECT CAST(max(provisioning) AS INTEGER) FROM erasure"
+        )
+        .await
+            > 0
+    );
+    // Retention: passes and log entries by the sync_run and change_log horizons; the latest
+    // complete pass stays.
+    let future = Some(chrono::Utc::now() + chrono::Duration::days(1));
+    let pruned = db
+        .store
+        .prune(
+            &Cutoffs {
+                sync_run: future,
+                quarantine_raw_xml: None,
+                quarantine: None,
+                change_log: future,
+            },
+            Mode::Apply,
+        )
+        .await
+        .expect("prune");
+    assert_eq!(pruned.prov_pass, 1);
+    assert!(pruned.prov_change_log > 0);
+    assert_eq!(count(&db, "SELECT count(*) FROM prov_pass").await, 1);
+    // Dropping the source removes every row of its mirror.
+    let dropped = db
+        .store
+        .drop_source(SOURCE, at(10), Mode::Apply)
+        .await
+        .expect("drop");
+    assert!(dropped.provisioning > before);
+    for table in [
+        "prov_person",
+        "prov_group_membership",
+        "prov_pass",
+        "prov_state",
+    ] {
+        assert_eq!(
+            count(&db, &format!("SELECT count(*) FROM {table}")).await,
+            0,
+            "{table}"
+        );
     }
 }
