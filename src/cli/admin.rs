@@ -78,6 +78,29 @@ fn config_check(
             }
         }
     }
+    // The provisioning sources too: their certificates, key file and limits.
+    let provisioning = super::provisioning::build(&config.map(Path::to_path_buf), settings, None)?;
+    for p in &provisioning {
+        writeln!(
+            out,
+            "provisioning {}: {} at {} requests/s, pages of {}, schedule {:?}",
+            p.name(),
+            p.api.base_url(),
+            p.api.rate_limit(),
+            p.page_size,
+            p.schedule
+        )
+        .map_err(io_failure)?;
+        if let Some(at) = p.certificates.client {
+            writeln!(
+                out,
+                "  client certificate expires {} ({})",
+                at.format("%Y-%m-%d %H:%M UTC"),
+                days_left(at, now)
+            )
+            .map_err(io_failure)?;
+        }
+    }
     let roots = crate::source::trust::system_roots();
     writeln!(
         out,

@@ -10,7 +10,7 @@
 use serde::de::{self, DeserializeOwned, Visitor};
 use serde::Deserialize;
 
-use super::{invalid, ConfigError, Settings, SourceConfig};
+use super::{invalid, ConfigError, ProvisioningConfig, Settings, SourceConfig};
 
 /// Environment variables with the `NPROV_` prefix that are not settings.
 const NON_SETTING_VARIABLES: &[&str] = &["NPROV_CONFIG"];
@@ -19,6 +19,7 @@ const NON_SETTING_VARIABLES: &[&str] = &["NPROV_CONFIG"];
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Kind {
     Integer,
+    Float,
     Boolean,
     Text,
 }
@@ -27,6 +28,7 @@ impl Kind {
     fn of(value: Option<&toml::Value>) -> Kind {
         match value {
             Some(toml::Value::Integer(_)) => Kind::Integer,
+            Some(toml::Value::Float(_)) => Kind::Float,
             Some(toml::Value::Boolean(_)) => Kind::Boolean,
             _ => Kind::Text,
         }
@@ -39,6 +41,11 @@ impl Kind {
                 raw.trim()
                     .parse()
                     .map_err(|_| invalid(name, format!("{raw:?} is not an integer")))?,
+            ),
+            Kind::Float => toml::Value::Float(
+                raw.trim()
+                    .parse()
+                    .map_err(|_| invalid(name, format!("{raw:?} is not a number")))?,
             ),
             Kind::Boolean => toml::Value::Boolean(match raw.trim() {
                 "true" | "1" | "yes" => true,
@@ -99,6 +106,31 @@ pub(super) fn source_keys() -> Vec<(&'static str, Kind)> {
         .collect()
 }
 
+/// Every `[[provisioning]]` key and its kind.
+pub(super) fn provisioning_keys() -> Vec<(&'static str, Kind)> {
+    let mut required = toml::Table::new();
+    required.insert("name".into(), toml::Value::String(String::new()));
+    let template = ProvisioningConfig::deserialize(toml::Value::Table(required))
+        .expect("a provisioning source with a name deserializes");
+    let filled = toml::Table::try_from(&template).expect("a provisioning source serializes");
+    field_names::<ProvisioningConfig>()
+        .iter()
+        .map(|&k| (k, Kind::of(filled.get(k))))
+        .collect()
+}
+
+/// An array of named tables that variables can set keys of: `[[source]]` or
+/// `[[provisioning]]`.
+struct Named {
+    /// The table's name in the file.
+    array: &'static str,
+    /// `NPROV_SOURCE_`, `NPROV_PROVISIONING_`.
+    prefix: &'static str,
+    keys: Vec<(&'static str, Kind)>,
+    /// The name a table without one has.
+    default_name: &'static str,
+}
+
 /// The field names serde reads for `T`, asked of its `Deserialize` implementation: a deserializer
 /// that records the fields a struct asks for and stops there.
 fn field_names<T: DeserializeOwned>() -> &'static [&'static str] {
@@ -148,12 +180,18 @@ fn env_source_name(name: &str) -> String {
         .collect()
 }
 
-/// `NPROV_SOURCE_<NAME>_<KEY>`: sets `KEY` of the `[[source]]` named `NAME` (as
-/// [`env_source_name`] spells it); a name no source in the file has adds a source of that name,
-/// in lower case, which then needs at least `URL` and `START`.
-fn overlay_source_env(table: &mut toml::Table, name: &str, raw: String) -> Result<(), ConfigError> {
-    let rest = &name["NPROV_SOURCE_".len()..];
-    let keys = source_keys();
+/// `NPROV_SOURCE_<NAME>_<KEY>` (or `NPROV_PROVISIONING_<NAME>_<KEY>`): sets `KEY` of the
+/// `[[source]]` (`[[provisioning]]`) named `NAME` (as [`env_source_name`] spells it); a name no
+/// table in the file has adds one of that name, in lower case, which then needs its required
+/// keys (a source's `URL` and `START`, a provisioning source's `CIVIC_NO_KEY_FILE`).
+fn overlay_named_env(
+    table: &mut toml::Table,
+    named: &Named,
+    name: &str,
+    raw: String,
+) -> Result<(), ConfigError> {
+    let rest = &name[named.prefix.len()..];
+    let keys = &named.keys;
     // The longest key the variable ends with: keys contain underscores too.
     let Some(&(key, kind)) = keys
         .iter()
@@ -172,7 +210,9 @@ fn overlay_source_env(table: &mut toml::Table, name: &str, raw: String) -> Resul
         return Err(invalid(
             name,
             format!(
-                "not a source setting: use NPROV_SOURCE_<NAME>_<KEY> with KEY one of {}",
+                "not a {} setting: use {}<NAME>_<KEY> with KEY one of {}",
+                named.array,
+                named.prefix,
                 known.join(", ")
             ),
         ));
@@ -180,19 +220,19 @@ fn overlay_source_env(table: &mut toml::Table, name: &str, raw: String) -> Resul
     let source_name = &rest[..rest.len() - key.len() - 1];
     let value = kind.value(name, raw)?;
     let sources = table
-        .entry("source")
+        .entry(named.array)
         .or_insert_with(|| toml::Value::Array(Vec::new()));
     let toml::Value::Array(sources) = sources else {
         return Err(invalid(
             name,
-            "source in the file is not an array of tables",
+            format!("{} in the file is not an array of tables", named.array),
         ));
     };
     let matching = sources.iter_mut().find(|s| {
         let n = s
             .get("name")
             .and_then(toml::Value::as_str)
-            .unwrap_or(crate::store::DEFAULT_SOURCE);
+            .unwrap_or(named.default_name);
         env_source_name(n) == source_name
     });
     let entry = match matching {
@@ -212,7 +252,10 @@ fn overlay_source_env(table: &mut toml::Table, name: &str, raw: String) -> Resul
             t.insert(key.to_owned(), value);
             Ok(())
         }
-        _ => Err(invalid(name, "a [[source]] in the file is not a table")),
+        _ => Err(invalid(
+            name,
+            format!("a [[{}]] in the file is not a table", named.array),
+        )),
     }
 }
 
@@ -222,6 +265,20 @@ pub(super) fn overlay_env(
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(), ConfigError> {
     let settings = section_settings();
+    let named = [
+        Named {
+            array: "source",
+            prefix: "NPROV_SOURCE_",
+            keys: source_keys(),
+            default_name: crate::store::DEFAULT_SOURCE,
+        },
+        Named {
+            array: "provisioning",
+            prefix: "NPROV_PROVISIONING_",
+            keys: provisioning_keys(),
+            default_name: "",
+        },
+    ];
     // Sorted, so sources created from variables come in a stable order.
     let mut env: Vec<(String, String)> = env.into_iter().collect();
     env.sort();
@@ -229,8 +286,8 @@ pub(super) fn overlay_env(
         if !name.starts_with("NPROV_") || NON_SETTING_VARIABLES.contains(&name.as_str()) {
             continue;
         }
-        if name.starts_with("NPROV_SOURCE_") {
-            overlay_source_env(table, &name, raw)?;
+        if let Some(n) = named.iter().find(|n| name.starts_with(n.prefix)) {
+            overlay_named_env(table, n, &name, raw)?;
             continue;
         }
         let Some(s) = settings.iter().find(|s| s.env_name() == name) else {
@@ -238,7 +295,8 @@ pub(super) fn overlay_env(
             return Err(invalid(
                 name,
                 format!(
-                    "not a setting; the known ones are {} and NPROV_SOURCE_<NAME>_<KEY>",
+                    "not a setting; the known ones are {}, NPROV_SOURCE_<NAME>_<KEY> and \
+                     NPROV_PROVISIONING_<NAME>_<KEY>",
                     known.join(", ")
                 ),
             ));
@@ -269,7 +327,11 @@ mod tests {
     /// The settings the example documents: its tables' keys, and the keys of the `[[source]]`
     /// block it shows commented out, each with the TOML type of its example value.
     /// Section settings as (table, key, kind), source keys as (key, kind).
-    type Documented = (Vec<(String, String, Kind)>, Vec<(String, Kind)>);
+    type Documented = (
+        Vec<(String, String, Kind)>,
+        Vec<(String, Kind)>,
+        Vec<(String, Kind)>,
+    );
 
     fn documented() -> Documented {
         let example: toml::Table = super::super::EXAMPLE
@@ -284,14 +346,19 @@ mod tests {
             }
         }
         let mut source = Vec::new();
-        let mut in_block = false;
+        let mut provisioning = Vec::new();
+        let mut block = None;
         for line in super::super::EXAMPLE.lines() {
             if line == "# [[source]]" {
-                in_block = true;
+                block = Some(0);
+                continue;
+            }
+            if line == "# [[provisioning]]" {
+                block = Some(1);
                 continue;
             }
             // "# key = value", or "# # key = value" for the optional ones shown commented.
-            let Some(rest) = line.strip_prefix("# ").filter(|_| in_block) else {
+            let Some(rest) = line.strip_prefix("# ").filter(|_| block.is_some()) else {
                 continue;
             };
             let rest = rest.strip_prefix("# ").unwrap_or(rest);
@@ -302,15 +369,20 @@ mod tests {
                 continue;
             }
             if let Ok(t) = format!("v = {value}").parse::<toml::Table>() {
-                source.push((key.to_owned(), Kind::of(t.get("v"))));
+                let into = if block == Some(1) {
+                    &mut provisioning
+                } else {
+                    &mut source
+                };
+                into.push((key.to_owned(), Kind::of(t.get("v"))));
             }
         }
-        (sections, source)
+        (sections, source, provisioning)
     }
 
     #[test]
     fn the_example_documents_exactly_the_settings_the_types_accept() {
-        let (sections, source) = documented();
+        let (sections, source, provisioning) = documented();
         let mut accepted: Vec<(String, String, Kind)> = section_settings()
             .into_iter()
             .map(|s| (s.table, s.key, s.kind))
@@ -327,6 +399,14 @@ mod tests {
         accepted.sort();
         documented_source.sort();
         assert_eq!(accepted, documented_source);
+        let mut accepted: Vec<(String, Kind)> = provisioning_keys()
+            .into_iter()
+            .map(|(k, kind)| (k.to_owned(), kind))
+            .collect();
+        let mut documented_provisioning = provisioning;
+        accepted.sort();
+        documented_provisioning.sort();
+        assert_eq!(accepted, documented_provisioning);
     }
 
     #[test]

@@ -393,4 +393,31 @@ mod tests {
             .to_string();
         assert!(e.contains("at least 16"), "{e}");
     }
+
+    #[test]
+    fn environment_variables_set_a_provisioning_source_s_keys() {
+        let env = [
+            ("NPROV_PROVISIONING_KOMMUN_CIVIC_NO_KEY_FILE", "civic.key"),
+            ("NPROV_PROVISIONING_KOMMUN_MAX_REMOVED_SHARE", "0.5"),
+            ("NPROV_PROVISIONING_KOMMUN_PAGE_SIZE", "50"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let settings = crate::config::Settings::load(None, env).expect("loads");
+        let [p] = settings.provisioning.as_slice() else {
+            panic!("one provisioning source");
+        };
+        assert_eq!(p.name, "kommun");
+        assert_eq!(p.max_removed_share, 0.5);
+        assert_eq!(p.page_size, 50);
+        let e = crate::config::Settings::load(
+            None,
+            [(
+                "NPROV_PROVISIONING_KOMMUN_NO_SUCH".to_owned(),
+                "1".to_owned(),
+            )],
+        )
+        .expect_err("refused")
+        .to_string();
+        assert!(e.contains("NPROV_PROVISIONING_<NAME>_<KEY>"), "{e}");
+    }
 }

@@ -115,6 +115,16 @@ impl Api {
         self.api.name()
     }
 
+    /// The API's base URL, for messages.
+    pub fn base_url(&self) -> &str {
+        &self.location
+    }
+
+    /// Requests per second at most.
+    pub fn rate_limit(&self) -> u32 {
+        self.api.rate_limit()
+    }
+
     /// One page of a kind's list.
     ///
     /// # Errors

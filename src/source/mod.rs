@@ -354,6 +354,11 @@ impl Client {
         &self.settings.name
     }
 
+    /// Requests per second at most.
+    pub fn rate_limit(&self) -> u32 {
+        self.settings.rate_limit_per_second.get()
+    }
+
     /// The time a whole response may take.
     pub fn request_timeout(&self) -> Duration {
         self.settings.request_timeout
