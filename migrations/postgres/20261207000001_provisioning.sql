@@ -66,7 +66,6 @@ CREATE TABLE prov_person_external_id (
     PRIMARY KEY (source, person_id, ordinal),
     FOREIGN KEY (source, person_id) REFERENCES prov_person (source, id) ON DELETE CASCADE
 );
-CREATE INDEX prov_person_external_id_value ON prov_person_external_id (value);
 
 CREATE TABLE prov_duty (
     source              text   NOT NULL,
@@ -229,8 +228,15 @@ SELECT a.source, a.id, a.created, a.modified, a.display_name, a.activity_type, a
 FROM prov_activity a LEFT JOIN prov_state s ON s.source = a.source
 WHERE a.removed_at IS NULL;
 
--- Every id a registered person is known by, normalised as the results' elev is: the person's
--- uuid and its external identifiers, braces dropped, lower case.
+-- The results' elev as the join views match it: braces dropped, lower case. Both databases
+-- index the expression, so each join below is an index lookup per row, not a scan.
+CREATE INDEX provomrade_elev_key ON provomrade (lower(replace(replace(elev, '{', ''), '}', '')));
+CREATE INDEX prov_person_id ON prov_person (id);
+CREATE INDEX prov_person_external_id_key
+    ON prov_person_external_id (lower(replace(replace(value, '{', ''), '}', '')));
+
+-- Every id a live person is known by, normalised as the results' elev is: the person's uuid and
+-- its external identifiers, braces dropped, lower case.
 CREATE VIEW v_prov_person_key AS
 SELECT p.source, p.id AS person_id, p.id AS elev_key
 FROM prov_person p WHERE p.removed_at IS NULL
@@ -240,26 +246,47 @@ FROM prov_person p
 JOIN prov_person_external_id x ON x.source = p.source AND x.person_id = p.id
 WHERE p.removed_at IS NULL;
 
--- Results joined to registered pupils.
+-- Results joined to registered pupils: by the person's id, or by an external identifier.
 CREATE VIEW v_prov_registered_result AS
 SELECT r.source AS result_source, r.id AS provomrade_id, r.elev, r.kind, r.amne, r.arskurs,
-       r.kurs, k.source AS provisioning_source, k.person_id
+       r.kurs, p.source AS provisioning_source, p.id AS person_id
 FROM provomrade r
-JOIN v_prov_person_key k ON k.elev_key = lower(replace(replace(r.elev, '{', ''), '}', ''));
+JOIN prov_person p ON p.id = lower(replace(replace(r.elev, '{', ''), '}', ''))
+WHERE p.removed_at IS NULL
+UNION
+SELECT r.source, r.id, r.elev, r.kind, r.amne, r.arskurs, r.kurs, p.source, p.id
+FROM provomrade r
+JOIN prov_person_external_id x
+  ON lower(replace(replace(x.value, '{', ''), '}', '')) = lower(replace(replace(r.elev, '{', ''), '}', ''))
+JOIN prov_person p ON p.source = x.source AND p.id = x.person_id
+WHERE p.removed_at IS NULL;
 
--- Registered pupils (a person with an enrolment) without any result.
+-- Registered pupils (a live person with an enrolment not cancelled) without any result.
 CREATE VIEW v_prov_registered_without_result AS
 SELECT p.source AS provisioning_source, p.id AS person_id
 FROM prov_person p
 WHERE p.removed_at IS NULL
   AND EXISTS (SELECT 1 FROM prov_person_enrolment e
               WHERE e.source = p.source AND e.person_id = p.id AND NOT e.cancelled)
-  AND NOT EXISTS (SELECT 1 FROM v_prov_registered_result m
-                  WHERE m.provisioning_source = p.source AND m.person_id = p.id);
+  -- lower(p.id), not p.id (already lower case): SQLite gives a bare column's affinity to the
+  -- comparison, and would then not use the index on the expression.
+  AND NOT EXISTS (SELECT 1 FROM provomrade r
+                  WHERE lower(replace(replace(r.elev, '{', ''), '}', '')) = lower(p.id))
+  AND NOT EXISTS (SELECT 1 FROM prov_person_external_id x
+                  JOIN provomrade r
+                    ON lower(replace(replace(r.elev, '{', ''), '}', ''))
+                       = lower(replace(replace(x.value, '{', ''), '}', ''))
+                  WHERE x.source = p.source AND x.person_id = p.id);
 
 -- Results whose pupil no provisioning source has registered.
 CREATE VIEW v_prov_result_without_registration AS
 SELECT r.source AS result_source, r.id AS provomrade_id, r.elev, r.kind, r.amne, r.arskurs, r.kurs
 FROM provomrade r
-WHERE NOT EXISTS (SELECT 1 FROM v_prov_person_key k
-                  WHERE k.elev_key = lower(replace(replace(r.elev, '{', ''), '}', '')));
+WHERE NOT EXISTS (SELECT 1 FROM prov_person p
+                  WHERE p.id = lower(replace(replace(r.elev, '{', ''), '}', ''))
+                    AND p.removed_at IS NULL)
+  AND NOT EXISTS (SELECT 1 FROM prov_person_external_id x
+                  JOIN prov_person p ON p.source = x.source AND p.id = x.person_id
+                  WHERE lower(replace(replace(x.value, '{', ''), '}', ''))
+                        = lower(replace(replace(r.elev, '{', ''), '}', ''))
+                    AND p.removed_at IS NULL);

@@ -3,7 +3,9 @@
 //! It starts the simulator on a loopback port with a generated school year (every student's
 //! results change one to three times), syncs the year over HTTP window by window as `sync
 //! --once` would, reads one day again (nothing changes), checks that the mirror holds exactly the
-//! platform's current state, and runs a few of the queries a warehouse would.
+//! platform's current state, passes the simulated provtjänst register twice (the second pass
+//! finds nothing changed), and runs a few of the queries a warehouse would, the joins of the
+//! two mirrors among them.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,7 +16,8 @@ use clap::Args;
 use sqlx::{Column, Row};
 
 use super::failure::Failure;
-use crate::simulate::server::{serve, Faults, Simulator, Stats, VirtualClock};
+use crate::simulate::provisioning::{ProvFaults, ProvSim, Register};
+use crate::simulate::server::{serve_with, Faults, Simulator, Stats, VirtualClock};
 use crate::simulate::{Platform, Population};
 use crate::source::{Client, SourceSettings};
 use crate::store::{SqliteStore, Store, DEFAULT_SOURCE};
@@ -53,6 +56,12 @@ pub const EXAMPLE_QUERIES: &[(&str, &str)] = &[
          GROUP BY p.kurs, d.utfall ORDER BY delprov DESC LIMIT 6",
     ),
     (
+        "Registered at Skolverket (provtjänst) and with results: the two mirrors joined",
+        "SELECT (SELECT COUNT(DISTINCT elev) FROM v_prov_registered_result) AS registered_with_results,
+                (SELECT COUNT(*) FROM v_prov_registered_without_result) AS registered_without_results,
+                (SELECT COUNT(DISTINCT elev) FROM v_prov_result_without_registration) AS results_not_registered",
+    ),
+    (
         "What an incremental loader reads: change_log by operation",
         "SELECT op, COUNT(*) AS changes, MIN(seq) AS first_seq, MAX(seq) AS last_seq
          FROM change_log GROUP BY op ORDER BY op",
@@ -86,6 +95,7 @@ async fn steps(
     first_sync(store, &source, &platform, out).await?;
     let after = read_again(store, &source, out).await?;
     check(&platform, after.provomrade, out)?;
+    provisioning(store, &platform, out).await?;
     platform.stop().await;
     example_queries(store, file, out).await
 }
@@ -117,6 +127,8 @@ fn instant(s: &str) -> chrono::DateTime<chrono::Utc> {
 /// change one to three times between August and June; "now" is mid-June.
 struct SimulatedPlatform {
     platform: Arc<Platform>,
+    /// The provtjänst register of the same pupils, served beside the platform.
+    register: Arc<ProvSim>,
     now: chrono::DateTime<chrono::Utc>,
     url: String,
     stats: Arc<Stats>,
@@ -132,6 +144,14 @@ impl SimulatedPlatform {
             version: newest(),
             year: 2026,
         };
+        let register = ProvSim::new(
+            Register::generate(&population, students + students / 10),
+            ProvFaults {
+                // On this machine: a real provtjänst gets the published 10 per second.
+                rate_limit_per_second: None,
+                ..ProvFaults::default()
+            },
+        );
         let platform = Arc::new(Platform::new(
             population,
             TZ,
@@ -148,7 +168,7 @@ impl SimulatedPlatform {
         let url = format!("http://{}", listener.local_addr()?);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let stats = Arc::new(Stats::default());
-        let server = tokio::spawn(serve(
+        let server = tokio::spawn(serve_with(
             listener,
             Simulator {
                 platform: platform.clone(),
@@ -158,12 +178,14 @@ impl SimulatedPlatform {
                 basic: None,
             },
             stats.clone(),
+            register.router(),
             async {
                 stopped.await.ok();
             },
         ));
         Ok(SimulatedPlatform {
             platform,
+            register,
             now,
             url,
             stats,
@@ -181,21 +203,8 @@ impl SimulatedPlatform {
 /// The source as a configuration would give it, but for the simulator's address and pace.
 fn demo_source(url: &str) -> anyhow::Result<SyncSource> {
     Ok(SyncSource {
-        client: Client::new(SourceSettings {
-            name: DEFAULT_SOURCE.into(),
-            base_url: url.to_owned(),
-            // The simulator is on this machine: a real platform gets the default 5 per second.
-            rate_limit_per_second: std::num::NonZeroU32::new(100).expect("non-zero"),
-            connect_timeout: std::time::Duration::from_secs(5),
-            request_timeout: std::time::Duration::from_secs(60),
-            read_timeout: crate::source::DEFAULT_READ_TIMEOUT,
-            max_retry_wait: crate::source::DEFAULT_MAX_RETRY_WAIT,
-            redirects: Default::default(),
-            max_attempts: 6,
-            backoff_base: std::time::Duration::from_millis(100),
-            backoff_cap: std::time::Duration::from_secs(5),
-            auth: Default::default(),
-        })?,
+        // The simulator is on this machine: a real platform gets the default 5 per second.
+        client: Client::new(demo_settings(DEFAULT_SOURCE, url.to_owned(), 100))?,
         plan: crate::window::Plan {
             tz: TZ,
             overlap: chrono::Duration::minutes(30),
@@ -210,6 +219,92 @@ fn demo_source(url: &str) -> anyhow::Result<SyncSource> {
         certificates: Default::default(),
         metrics: SyncSource::detached_metrics(DEFAULT_SOURCE),
     })
+}
+
+/// A demo client's settings: the defaults but for the simulator's address and pace.
+fn demo_settings(name: &str, base_url: String, rate: u32) -> SourceSettings {
+    SourceSettings {
+        name: name.into(),
+        base_url,
+        rate_limit_per_second: std::num::NonZeroU32::new(rate).unwrap_or(std::num::NonZeroU32::MIN),
+        connect_timeout: std::time::Duration::from_secs(5),
+        request_timeout: std::time::Duration::from_secs(60),
+        read_timeout: crate::source::DEFAULT_READ_TIMEOUT,
+        max_retry_wait: crate::source::DEFAULT_MAX_RETRY_WAIT,
+        redirects: Default::default(),
+        max_attempts: 6,
+        backoff_base: std::time::Duration::from_millis(100),
+        backoff_cap: std::time::Duration::from_secs(5),
+        auth: Default::default(),
+    }
+}
+
+/// The provtjänst step: a pass of the simulated register into the prov_* tables, then a second
+/// one, which finds nothing changed and writes nothing but its pass row.
+async fn provisioning(
+    store: &SqliteStore,
+    platform: &SimulatedPlatform,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    use crate::provisioning::{civic::Keyed, client::Api, client::KeyProof, pass};
+    // On this machine: a real provtjänst gets the published 10 per second.
+    let settings = |url: String| demo_settings("provtjanst", url, 200);
+    let api = Api::new(
+        Client::with_path(
+            settings(format!(
+                "{}{}",
+                platform.url,
+                crate::simulate::provisioning::BASE_PATH
+            )),
+            "",
+        )?,
+        Client::with_path(
+            settings(format!(
+                "{}{}",
+                platform.url,
+                crate::simulate::provisioning::TOKEN_PATH
+            )),
+            "",
+        )?,
+        KeyProof::EntityId("https://demo.example/idp".into()),
+        32 << 20,
+    );
+    // A demo key, not a secret: a real one is read from civic_no_key_file.
+    let keyed =
+        Keyed::from_bytes(b"nprov-sync demo key, not a secret").map_err(anyhow::Error::msg)?;
+    let spec = pass::PassSpec {
+        source: "provtjanst",
+        page_size: 100,
+        max_removed_share: 0.2,
+    };
+    let persons = platform
+        .register
+        .register
+        .lock()
+        .map(|r| r.persons.len())
+        .unwrap_or(0);
+    writeln!(
+        out,
+        "\nprovtjänst: a simulated register of {persons} persons (pupils and teachers) with their duties, groups and activities"
+    )?;
+    for _ in 0..2 {
+        let started = Instant::now();
+        let report = pass::run(&api, store, &keyed, &spec).await?;
+        writeln!(
+            out,
+            "{} ({:.1} s)",
+            report.summary("provtjanst"),
+            started.elapsed().as_secs_f64()
+        )?;
+        match report.outcome {
+            pass::PassOutcome::Complete => {}
+            pass::PassOutcome::Refused | pass::PassOutcome::Failed => anyhow::bail!(
+                "the provisioning pass did not complete: {}",
+                report.error.unwrap_or_default()
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// Step 1, the first sync: the whole year, in windows sized by what the platform answers.

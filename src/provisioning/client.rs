@@ -19,6 +19,10 @@ use super::model::Page;
 use super::Kind;
 use crate::source::{Client, Event, Request, SourceError};
 
+/// How many times one request refreshes a refused token: the first refusal, and a token that
+/// expired again while the request was retried.
+const MAX_TOKEN_REFUSALS: u32 = 3;
+
 /// The longest token lifetime believed: a longer `expires_in` is a server's mistake, and a
 /// token kept that long outlives a revocation.
 const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(12 * 3600);
@@ -211,9 +215,10 @@ impl Api {
         url: reqwest::Url,
         json: Option<&[u8]>,
     ) -> Result<Vec<u8>, ApiError> {
-        let mut refreshed = false;
+        let mut refusals = 0;
+        let mut stale: Option<SecretString> = None;
         loop {
-            let token = self.bearer(refreshed).await?;
+            let (token, refresh_at) = self.bearer(stale.as_ref()).await?;
             let sent = self
                 .api
                 .send(
@@ -230,9 +235,16 @@ impl Api {
                 .await;
             match sent {
                 Ok(fetched) => return self.read(label, fetched.response).await,
-                Err(SourceError::Refused { status: 403, .. }) if !refreshed => {
-                    tracing::info!(source = %self.name(), request = %label, "the API refused the token (403); refreshing it once");
-                    refreshed = true;
+                Err(SourceError::Refused { status: 403, .. })
+                    // Once for a refusal; again only when the token reached its refresh time
+                    // while the request waited out retries (a 429 or 503 burst can outlast a
+                    // short-lived token), never for a fresh token refused.
+                    if refusals == 0
+                        || (Instant::now() >= refresh_at && refusals < MAX_TOKEN_REFUSALS) =>
+                {
+                    tracing::info!(source = %self.name(), request = %label, "the API refused the token (403); refreshing it");
+                    refusals += 1;
+                    stale = Some(token);
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -276,17 +288,23 @@ impl Api {
         Ok(body)
     }
 
-    /// The token to send: the one held while it is fresh, else a new one (`force`: a new one
-    /// whatever the old one's age, after a 403).
-    async fn bearer(&self, force: bool) -> Result<SecretString, ApiError> {
+    /// The token to send and when it is due for refresh: the one held while it is fresh, else a
+    /// new one. `stale` is a token the API refused: it is replaced whatever its age, unless a
+    /// concurrent request has replaced it already (then that one is used: one refresh, not one
+    /// per request in flight).
+    async fn bearer(
+        &self,
+        stale: Option<&SecretString>,
+    ) -> Result<(SecretString, Instant), ApiError> {
         let mut held = self.token.lock().await;
         if let Some(t) = held.as_ref() {
-            if !force && Instant::now() < t.refresh_at {
-                return Ok(t.value.clone());
+            let refused = stale.is_some_and(|s| s.expose_secret() == t.value.expose_secret());
+            if !refused && Instant::now() < t.refresh_at {
+                return Ok((t.value.clone(), t.refresh_at));
             }
         }
         let token = self.request_token().await?;
-        let value = token.value.clone();
+        let value = (token.value.clone(), token.refresh_at);
         *held = Some(token);
         self.counters
             .token_refreshes

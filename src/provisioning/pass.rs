@@ -4,10 +4,10 @@
 //! `max_removed_share`, see [`super::decide`]), the pass's row and the source's state
 //! committed together.
 //!
-//! The next page is requested while the current one is compared, looked up and written, so the
-//! limiter always has a request waiting: the pass runs at the rate limit, not at the sum of
-//! latency and write time. Memory is one page (and its lookup) at a time plus the ids seen, 16
-//! bytes a record: flat in the register's size but for those.
+//! A kind is read in three stages joined by bounded channels (listing, comparing and looking up,
+//! writing), so the limiter always has a request waiting: the pass runs at the rate limit, not at
+//! the sum of latency and write time. Memory is a few pages (and their lookups) at a time plus
+//! the ids seen and written, 16 bytes each a record: flat in the register's size but for those.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -113,6 +113,13 @@ enum Items {
     Records(Vec<Record>),
 }
 
+/// A page compared with the mirror: the records to write and what the mirror held of the page.
+#[derive(Default)]
+struct Prepared {
+    records: Vec<Record>,
+    known: HashMap<String, Known>,
+}
+
 struct Pass<'a> {
     api: &'a Api,
     store: &'a dyn Store,
@@ -213,40 +220,67 @@ impl Pass<'_> {
         Ok(self.seen.lock().map_err(|_| poisoned())?[kind.index()].len())
     }
 
-    /// Reads a kind to its last page, the next page in flight while one is written.
+    /// Reads a kind to its last page in three stages joined by bounded channels: the list
+    /// chain runs ahead (a page or two), a page is compared and its changed persons looked up,
+    /// and a page is written, each stage on its own page. The limiter so always has a request
+    /// waiting (a list page and a lookup), and a page's write never holds up the next request.
     async fn read_kind(&self, kind: Kind) -> Result<(), PassError> {
-        let mut page_no = 1;
-        let mut page = self.read_page(kind, None, page_no).await?;
-        loop {
-            let token = page.page_token.take();
-            let next = async {
-                match &token {
-                    Some(t) => Some(self.read_page(kind, Some(t), page_no + 1).await),
-                    None => None,
+        let (pages_tx, mut pages_rx) = tokio::sync::mpsc::channel::<(u64, ReadPage)>(2);
+        let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<Prepared>(2);
+        let list = async move {
+            let mut page_no = 1;
+            let mut token: Option<String> = None;
+            loop {
+                let mut page = self.read_page(kind, token.as_deref(), page_no).await?;
+                let next = page.page_token.take();
+                if next.is_some() && next == token {
+                    return Err(PassError::Paging {
+                        kind,
+                        page: page_no,
+                        message:
+                            "the API answered the same pageToken again: the pass would never end",
+                    });
                 }
-            };
-            let (done, fetched) = tokio::join!(self.apply_page(kind, page, page_no), next);
-            done?;
-            let Some(fetched) = fetched else {
-                return Ok(());
-            };
-            page = fetched?;
-            page_no += 1;
-            if page.page_token.is_some() && page.page_token == token {
-                return Err(PassError::Paging {
-                    kind,
-                    page: page_no,
-                    message: "the API answered the same pageToken again: the pass would never end",
-                });
+                // A later stage that stopped has its own error to report.
+                if pages_tx.send((page_no, page)).await.is_err() {
+                    return Ok(());
+                }
+                let Some(next) = next else {
+                    return Ok(());
+                };
+                token = Some(next);
+                page_no += 1;
+                if page_no > MAX_PAGES {
+                    return Err(PassError::Paging {
+                        kind,
+                        page: page_no,
+                        message: "more pages than a pass reads (1 000 000)",
+                    });
+                }
             }
-            if page_no > MAX_PAGES {
-                return Err(PassError::Paging {
-                    kind,
-                    page: page_no,
-                    message: "more pages than a pass reads (1 000 000)",
-                });
+        };
+        let prepare = async move {
+            while let Some((page_no, page)) = pages_rx.recv().await {
+                let prepared = self.prepare(kind, page, page_no).await?;
+                if ready_tx.send(prepared).await.is_err() {
+                    break;
+                }
             }
-        }
+            Ok(())
+        };
+        let write = async move {
+            // Ids written in this pass: a record a shifting list shows on two pages was
+            // compared before its first write committed, and must replace its lists the second
+            // time.
+            let mut written = HashSet::new();
+            while let Some(prepared) = ready_rx.recv().await {
+                self.write_page(kind, prepared, &mut written).await?;
+            }
+            Ok(())
+        };
+        let (listed, prepared, wrote) = tokio::join!(list, prepare, write);
+        // A stage stops quietly when a later one stopped: any error is the cause.
+        listed.and(prepared).and(wrote)
     }
 
     async fn read_page(
@@ -352,9 +386,14 @@ impl Pass<'_> {
         Ok(ReadPage { items, page_token })
     }
 
-    /// Compares a page with the mirror, looks up the persons that changed, and writes what
-    /// changed in one transaction. A page with nothing changed writes nothing.
-    async fn apply_page(&self, kind: Kind, page: ReadPage, page_no: u64) -> Result<(), PassError> {
+    /// Compares a page with the mirror and looks up the persons that changed: what the page
+    /// must write (nothing, for an unchanged page).
+    async fn prepare(
+        &self,
+        kind: Kind,
+        page: ReadPage,
+        page_no: u64,
+    ) -> Result<Prepared, PassError> {
         let ids: Vec<String> = match &page.items {
             Items::Persons(p) => p.iter().map(|(id, _)| id.clone()).collect(),
             Items::Records(r) => r.iter().map(|r| r.id().to_owned()).collect(),
@@ -365,10 +404,11 @@ impl Pass<'_> {
                 seen[kind.index()].insert(model::uuid_bits(id));
             }
         }
+        let mut prepared = Prepared::default();
         if ids.is_empty() {
-            return Ok(());
+            return Ok(prepared);
         }
-        let known = {
+        prepared.known = {
             let mut tx = self
                 .store
                 .begin_sql("reading the provisioning mirror")
@@ -377,18 +417,19 @@ impl Pass<'_> {
             drop(tx);
             known
         };
+        let known = &prepared.known;
         let differs = |id: &str, hash: &str| match known.get(id) {
             None => true,
             Some(k) => k.removed || k.compared != hash,
         };
-        let records: Vec<Record> = match page.items {
+        prepared.records = match page.items {
             Items::Persons(list) => {
                 let wanted: HashMap<String, String> = list
                     .into_iter()
                     .filter(|(id, hash)| differs(id, hash))
                     .collect();
                 if wanted.is_empty() {
-                    return Ok(());
+                    return Ok(prepared);
                 }
                 let ids: Vec<String> = wanted.keys().cloned().collect();
                 let found = self
@@ -426,16 +467,48 @@ impl Pass<'_> {
                 .filter(|r| differs(r.id(), &r.content_hash(self.keyed)))
                 .collect(),
         };
-        if records.is_empty() {
+        Ok(prepared)
+    }
+
+    /// Writes what a page changed in one transaction; an unchanged page writes nothing.
+    async fn write_page(
+        &self,
+        kind: Kind,
+        prepared: Prepared,
+        written: &mut HashSet<u128>,
+    ) -> Result<(), PassError> {
+        if prepared.records.is_empty() {
             return Ok(());
         }
         let mut tx = self.store.begin_sql("writing a provisioning page").await?;
         let mut added = 0;
         let mut changed = 0;
-        for record in &records {
+        for record in &prepared.records {
             let hash = record.content_hash(self.keyed);
-            let k: Option<&Known> = known.get(record.id());
-            match prov_store::write(&mut *tx, self.spec.source, record, &hash, k, self.now).await? {
+            let bits = model::uuid_bits(record.id());
+            let k: Option<&Known> = prepared.known.get(record.id());
+            let again = written.contains(&bits);
+            let outcome = if again {
+                // Written earlier in this pass: its lists are there to replace.
+                let held = Known {
+                    compared: String::new(),
+                    content_sha256: hash.clone(),
+                    removed: false,
+                };
+                prov_store::write(
+                    &mut *tx,
+                    self.spec.source,
+                    record,
+                    &hash,
+                    Some(&held),
+                    self.now,
+                )
+                .await?
+            } else {
+                prov_store::write(&mut *tx, self.spec.source, record, &hash, k, self.now).await?
+            };
+            written.insert(bits);
+            match outcome {
                 Written::Added => added += 1,
                 Written::Changed => changed += 1,
                 Written::Refreshed => {}

@@ -279,6 +279,14 @@ impl ProvSim {
         })
     }
 
+    /// Forgets every token issued: the next request answers `403` 5002, as when the
+    /// authorisation server revokes a token before its time.
+    pub fn revoke_tokens(&self) {
+        if let Ok(mut tokens) = self.tokens.lock() {
+            tokens.clear();
+        }
+    }
+
     /// The routes: the API below [`BASE_PATH`], the token endpoint at [`TOKEN_PATH`].
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
