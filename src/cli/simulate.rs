@@ -169,26 +169,25 @@ pub(crate) async fn simulate(args: SimulateArgs, out: &mut dyn Write) -> Result<
     let addr = listener
         .local_addr()
         .map_err(|e| Failure::Runtime(e.into()))?;
-    writeln!(
-        out,
-        "simulated platform: {scheme}://{addr} ({} students, {} changes, schema {}); source url = \"{scheme}://{addr}\"; Ctrl-C stops",
+    // One write for both lines: a reader that takes the first line and closes the pipe (a test,
+    // `| head -1`) must not leave the second to fail on a closed pipe and stop the simulator.
+    let mut banner = format!(
+        "simulated platform: {scheme}://{addr} ({} students, {} changes, schema {}); source url = \"{scheme}://{addr}\"; Ctrl-C stops\n",
         args.students,
         platform.changes_by(chrono::Utc::now()),
         version.name
-    )
-    .map_err(io_failure)?;
+    );
     if let Some(p) = &provisioning {
         let persons = p.register.lock().map(|r| r.persons.len()).unwrap_or(0);
-        writeln!(
-            out,
+        banner.push_str(&format!(
             "simulated provisioning API: {scheme}://{addr}{} ({persons} persons); \
-             base_url = \"{scheme}://{addr}{}\", auth_url = \"{scheme}://{addr}{}\", any entity_id",
+             base_url = \"{scheme}://{addr}{}\", auth_url = \"{scheme}://{addr}{}\", any entity_id\n",
             crate::simulate::provisioning::BASE_PATH,
             crate::simulate::provisioning::BASE_PATH,
             crate::simulate::provisioning::TOKEN_PATH,
-        )
-        .map_err(io_failure)?;
+        ));
     }
+    out.write_all(banner.as_bytes()).map_err(io_failure)?;
     out.flush().map_err(io_failure)?;
     let extra = provisioning
         .as_ref()
