@@ -19,11 +19,40 @@ struct Status {
     /// Every configured source is ready.
     ready: bool,
     sources: Vec<SourceStatus>,
+    /// The `[[provisioning]]` sources.
+    provisioning: Vec<ProvisioningStatus>,
     tables: TableCounts,
     /// The database's schema against this build's migrations.
     schema: SchemaState,
     #[serde(serialize_with = "rfc3339")]
     at: DateTime<Utc>,
+}
+
+/// A provisioning source as `status` reports it.
+#[derive(serde::Serialize)]
+struct ProvisioningStatus {
+    source: String,
+    /// When its last complete pass ended (RFC 3339).
+    last_complete: Option<String>,
+    /// By the daemon's rule: a complete pass within three schedules.
+    ready: bool,
+    not_ready: Option<String>,
+    recent_passes: Vec<PassLine>,
+}
+
+/// One `prov_pass` row.
+#[derive(serde::Serialize)]
+struct PassLine {
+    started_at: String,
+    outcome: String,
+    requests: u64,
+    duration_ms: u64,
+    /// Per kind: seen, added, changed, removed.
+    person: [u64; 4],
+    duty: [u64; 4],
+    group: [u64; 4],
+    activity: [u64; 4],
+    error: Option<String>,
 }
 
 #[derive(serde::Serialize)]
@@ -97,8 +126,13 @@ async fn snapshot(
     // Its tables may not mean what this build reads them as: refused like everywhere else.
     schema.check()?;
     let mut names: Vec<String> = settings.source.iter().map(|s| s.name.clone()).collect();
+    let provisioning_names: Vec<&str> = settings
+        .provisioning
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
     for known in store.source_rows().await.map_err(runtime)? {
-        if !names.contains(&known.source) {
+        if !names.contains(&known.source) && !provisioning_names.contains(&known.source.as_str()) {
             names.push(known.source);
         }
     }
@@ -140,13 +174,109 @@ async fn snapshot(
             source: name,
         });
     }
+    let mut provisioning = Vec::new();
+    for p in &settings.provisioning {
+        provisioning.push(provisioning_status(store, p, now).await.map_err(runtime)?);
+    }
     let tables = store.table_counts().await.map_err(runtime)?;
     Ok(Status {
-        ready: sources.iter().all(|s| s.ready != Some(false)),
+        ready: sources.iter().all(|s| s.ready != Some(false))
+            && provisioning.iter().all(|p| p.ready),
         sources,
+        provisioning,
         tables,
         schema,
         at: now,
+    })
+}
+
+/// A provisioning source's last passes and readiness, read without a transaction.
+async fn provisioning_status(
+    store: &dyn Store,
+    p: &crate::config::ProvisioningConfig,
+    now: DateTime<Utc>,
+) -> Result<ProvisioningStatus, crate::store::StoreError> {
+    use crate::store::sql::Value;
+    let instant = |t: Option<&str>| {
+        t.and_then(crate::provisioning::store::parse_instant)
+            .map(crate::store::timestamp)
+    };
+    let last = store
+        .read_texts(
+            "SELECT CAST(last_complete_finished AS TEXT) FROM prov_state WHERE source = $1",
+            &[Value::Text(&p.name)],
+            "reading a provisioning source's state",
+        )
+        .await?
+        .into_iter()
+        .next()
+        .and_then(|r| r.into_iter().next().flatten());
+    let last_at = last
+        .as_deref()
+        .and_then(crate::provisioning::store::parse_instant);
+    let rows = store
+        .read_texts(
+            "SELECT CAST(started_at AS TEXT), outcome, CAST(requests AS TEXT),
+                    CAST(duration_ms AS TEXT),
+                    CAST(person_seen AS TEXT), CAST(person_added AS TEXT),
+                    CAST(person_changed AS TEXT), CAST(person_removed AS TEXT),
+                    CAST(duty_seen AS TEXT), CAST(duty_added AS TEXT),
+                    CAST(duty_changed AS TEXT), CAST(duty_removed AS TEXT),
+                    CAST(group_seen AS TEXT), CAST(group_added AS TEXT),
+                    CAST(group_changed AS TEXT), CAST(group_removed AS TEXT),
+                    CAST(activity_seen AS TEXT), CAST(activity_added AS TEXT),
+                    CAST(activity_changed AS TEXT), CAST(activity_removed AS TEXT), error
+             FROM prov_pass WHERE source = $1 ORDER BY id DESC LIMIT 5",
+            &[Value::Text(&p.name)],
+            "reading a provisioning source's passes",
+        )
+        .await?;
+    let recent_passes = rows
+        .into_iter()
+        .map(|r| {
+            let n = |i: usize| {
+                r.get(i)
+                    .and_then(|v| v.as_deref())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+            };
+            let kind = |k: usize| [n(4 + 4 * k), n(5 + 4 * k), n(6 + 4 * k), n(7 + 4 * k)];
+            PassLine {
+                started_at: instant(r.first().and_then(|v| v.as_deref())).unwrap_or_default(),
+                outcome: r.get(1).cloned().flatten().unwrap_or_default(),
+                requests: n(2),
+                duration_ms: n(3),
+                person: kind(0),
+                duty: kind(1),
+                group: kind(2),
+                activity: kind(3),
+                error: r.get(20).cloned().flatten(),
+            }
+        })
+        .collect();
+    let tz: chrono_tz::Tz = p.timezone.parse().unwrap_or(chrono_tz::Europe::Stockholm);
+    let interval = crate::schedule::interval(&p.schedule, tz, now)
+        .unwrap_or(std::time::Duration::from_secs(3600));
+    let bound = interval * 3;
+    let not_ready = match last_at {
+        None => Some("no complete provisioning pass yet".to_owned()),
+        Some(at) => {
+            let age = (now - at).to_std().unwrap_or_default();
+            (age > bound).then(|| {
+                format!(
+                    "no complete provisioning pass for {} (bound: 3 schedules, {})",
+                    humantime::format_duration(std::time::Duration::from_secs(age.as_secs())),
+                    humantime::format_duration(bound)
+                )
+            })
+        }
+    };
+    Ok(ProvisioningStatus {
+        source: p.name.clone(),
+        last_complete: last_at.map(crate::store::timestamp),
+        ready: not_ready.is_none(),
+        not_ready,
+        recent_passes,
     })
 }
 
@@ -264,6 +394,35 @@ async fn status(
             .map_err(io_failure)?;
         }
     }
+    for p in &status.provisioning {
+        writeln!(
+            out,
+            "provisioning {}: last complete pass {}",
+            p.source,
+            p.last_complete.as_deref().unwrap_or("never")
+        )
+        .map_err(io_failure)?;
+        if let Some(why) = &p.not_ready {
+            writeln!(out, "  not ready: {why}").map_err(io_failure)?;
+        }
+        for r in &p.recent_passes {
+            let k = |c: &[u64; 4]| format!("{}/{}/{}/{}", c[0], c[1], c[2], c[3]);
+            writeln!(
+                out,
+                "  {} {} persons {} duties {} groups {} activities {} (seen/added/changed/removed), {} requests in {:.1} s{}",
+                r.started_at,
+                r.outcome,
+                k(&r.person),
+                k(&r.duty),
+                k(&r.group),
+                k(&r.activity),
+                r.requests,
+                r.duration_ms as f64 / 1000.0,
+                r.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+            )
+            .map_err(io_failure)?;
+        }
+    }
     let c = &status.tables;
     writeln!(
         out,
@@ -297,6 +456,13 @@ fn fail_unless_ready(status: &Status) -> Result<(), Failure> {
         .sources
         .iter()
         .filter_map(|s| Some(format!("source {}: {}", s.source, s.not_ready.as_ref()?)))
+        .chain(status.provisioning.iter().filter_map(|p| {
+            Some(format!(
+                "provisioning {}: {}",
+                p.source,
+                p.not_ready.as_ref()?
+            ))
+        }))
         .collect();
     Err(Failure::NotReady(anyhow::anyhow!(
         "not ready: {}",

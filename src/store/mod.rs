@@ -543,6 +543,16 @@ pub trait Store: Send + Sync {
         governance::rewind(tx, source, to_utc, to_local, now).await
     }
 
+    /// Runs a read-only query whose every column is text (as [`sql::Sql::texts`]) on the pool,
+    /// outside any transaction: no write lock is taken, so a reader (`status`) never waits for
+    /// or blocks a writer.
+    async fn read_texts(
+        &self,
+        sql: &str,
+        values: &[sql::Value<'_>],
+        context: &'static str,
+    ) -> Result<Vec<Vec<Option<String>>>, StoreError>;
+
     /// A transaction for an operation the store core writes once for both backends
     /// ([`sql::SqlTx`]); it takes the write lock where the backend has one to take at the start.
     async fn begin_sql(&self, context: &'static str) -> Result<Box<dyn sql::SqlTx>, StoreError>;

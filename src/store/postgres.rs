@@ -412,6 +412,26 @@ impl Store for PostgresStore {
         read_watermark(&mut conn, source, "").await
     }
 
+    async fn read_texts(
+        &self,
+        sql: &str,
+        values: &[Value<'_>],
+        context: &'static str,
+    ) -> Result<Vec<Vec<Option<String>>>, StoreError> {
+        let rows = bind_values(sqlx::query(sql), values)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err(context))?;
+        rows.iter()
+            .map(|row| {
+                (0..row.len())
+                    .map(|i| row.try_get::<Option<String>, _>(i))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<_, _>>()
+            .map_err(query_err(context))
+    }
+
     async fn recent_runs(&self, source: &str, limit: u32) -> Result<Vec<RunRow>, StoreError> {
         let rows = sqlx::query(super::sql::RECENT_RUNS_SQL)
             .bind(source)

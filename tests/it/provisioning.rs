@@ -519,6 +519,20 @@ async fn the_binary_mirrors_the_simulated_register_and_hashes_a_personnummer_as_
     assert_eq!(hmac.len(), 64);
     let accepted = nprov(&["provisioning", "accept-removals", "kommun"]);
     assert!(accepted.status.success(), "{}", text(&accepted));
+    // status shows the passes, and the source is ready (a complete pass just now).
+    let status = nprov(&["status"]);
+    assert!(status.status.success(), "{}", text(&status));
+    let shown = text(&status);
+    assert!(
+        shown.contains("provisioning kommun: last complete pass 20"),
+        "{shown}"
+    );
+    assert!(shown.contains("complete persons 56/0/0/0"), "{shown}");
+    let json = nprov(&["status", "--json"]);
+    let doc: serde_json::Value =
+        serde_json::from_slice(&json.stdout).expect("status --json is JSON");
+    assert_eq!(doc["provisioning"][0]["ready"], true, "{doc}");
+    assert_eq!(doc["provisioning"][0]["recent_passes"][1]["person"][1], 56);
     let store = nprov_sync::store::SqliteStore::connect(&format!("sqlite://{}", db.display()))
         .await
         .expect("open");
