@@ -57,7 +57,7 @@ impl ProvSync {
             )));
         }
         with_store(ctx.settings, Open::Migrated, async |store| {
-            pass_all(store, &sources, out).await
+            pass_all(store, &sources, None, out).await
         })
         .await
     }
@@ -65,14 +65,28 @@ impl ProvSync {
 
 /// One pass of each source, a line each; the first failure decides the exit code, after every
 /// source had its pass.
+/// With `metrics` (a `--textfile` run), each pass is counted there too.
 pub(crate) async fn pass_all(
     store: &dyn Store,
     sources: &[ProvSource],
+    metrics: Option<&crate::metrics::Metrics>,
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
     let mut failure = None;
     for src in sources {
         let report = src.pass(store).await.map_err(Failure::from)?;
+        if let Some(metrics) = metrics {
+            let m = metrics.provisioning(
+                src.name(),
+                &crate::provisioning::Kind::ALL.map(|k| k.as_str()),
+                &crate::provisioning::client::STATUS_LABELS,
+            );
+            m.schedule(
+                crate::schedule::interval(&src.schedule, src.timezone, chrono::Utc::now())
+                    .unwrap_or(std::time::Duration::from_secs(3600)),
+            );
+            report.record(&m, &src.api.counters);
+        }
         writeln!(out, "{}", report.summary(src.name())).map_err(io_failure)?;
         let error = || {
             anyhow::anyhow!(

@@ -225,19 +225,30 @@ impl SyncOnce {
             )));
         }
         let until = self.until.as_deref();
+        // One registry for the run's textfile: the results sources' and the provisioning ones'.
+        let metrics = self
+            .textfile
+            .as_ref()
+            .map(|_| crate::metrics::Metrics::for_textfile());
         with_store(ctx.settings, Open::Migrated, async |store| {
-            let results = if sources.is_empty() {
-                Ok(())
-            } else {
-                match self.textfile {
-                    None => sync_once(store, &sources, until, out).await,
-                    Some(path) => sync_once_to_textfile(store, sources, until, &path, out).await,
+            let results = match (sources.is_empty(), &metrics) {
+                (true, _) => Ok(()),
+                (false, None) => sync_once(store, &sources, until, out).await,
+                (false, Some(metrics)) => {
+                    sync_once_to_textfile(store, sources, until, metrics, out).await
                 }
             };
             // The provisioning passes run whatever the results sources did: they are another
             // system's mirror.
-            let passes = super::provisioning::pass_all(store, &provisioning, out).await;
-            results.and(passes)
+            let passes =
+                super::provisioning::pass_all(store, &provisioning, metrics.as_ref(), out).await;
+            let written = match (&self.textfile, &metrics) {
+                (Some(path), Some(metrics)) => write_textfile(path, &metrics.render(Utc::now())),
+                (Some(_), None) | (None, Some(_)) | (None, None) => Ok(()),
+            };
+            // The run's own failure comes first; a file that could not be written is the
+            // failure otherwise.
+            results.and(passes).and(written)
         })
         .await
     }
@@ -330,17 +341,16 @@ async fn sync_once(
     Ok(())
 }
 
-/// `sync --once --textfile PATH`: as [`sync_once`], source by source into one registry, whose
-/// families are then written to `path` for node_exporter, also when a source failed (that is
-/// what the file is for). Each source the run syncs shows as led by this run.
+/// `sync --once --textfile PATH`: as [`sync_once`], source by source into `metrics`, whose
+/// families the caller then writes to `path` for node_exporter, also when a source failed (that
+/// is what the file is for). Each source the run syncs shows as led by this run.
 async fn sync_once_to_textfile(
     store: &dyn Store,
     mut sources: Vec<SyncSource>,
     until: Option<&str>,
-    path: &std::path::Path,
+    metrics: &crate::metrics::Metrics,
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
-    let metrics = crate::metrics::Metrics::for_textfile();
     for src in &mut sources {
         src.metrics = metrics
             .source(src.name(), &crate::sync::KNOWN_LABELS)
@@ -373,10 +383,7 @@ async fn sync_once_to_textfile(
             break;
         }
     }
-    let written = write_textfile(path, &metrics.render(Utc::now()));
-    // The run's own failure comes first; a file that could not be written is the failure
-    // otherwise.
-    result.and(written)
+    result
 }
 
 /// Writes `text` to `path` whole or not at all: into a temporary file in the same directory,

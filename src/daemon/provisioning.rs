@@ -121,9 +121,7 @@ impl Shared {
         lead.release().await;
         match report {
             Ok(report) => {
-                state
-                    .metrics
-                    .pass(&figures(&report, &source.api.counters).figures());
+                report.record(&state.metrics, &source.api.counters);
                 match report.outcome {
                     PassOutcome::Complete => {
                         *state.last_complete.lock().expect("state lock") = Some(report.finished_at);
@@ -284,62 +282,4 @@ async fn last_complete(
     let at = crate::provisioning::store::last_complete(&mut *tx, name).await?;
     drop(tx);
     Ok(at)
-}
-
-/// A pass's report and its client's counts as the metrics take them.
-fn figures<'a>(
-    report: &'a crate::provisioning::pass::PassReport,
-    counters: &crate::provisioning::client::Counters,
-) -> FiguresOwned<'a> {
-    use crate::provisioning::Kind;
-    use std::sync::atomic::Ordering;
-    let kinds = Kind::ALL.map(|k| {
-        let held = report
-            .refused
-            .iter()
-            .find(|(r, _, _)| *r == k)
-            .map_or(0, |(_, _, n)| *n);
-        (k.as_str(), report.counts[k.index()][0], held)
-    });
-    let requests = std::array::from_fn(|i| {
-        (
-            crate::provisioning::client::STATUS_LABELS[i],
-            counters.by_status[i].load(Ordering::Relaxed),
-        )
-    });
-    FiguresOwned {
-        report,
-        kinds,
-        requests,
-        token_refreshes: counters.token_refreshes.load(Ordering::Relaxed),
-    }
-}
-
-/// The arrays [`crate::metrics::PassFigures`] borrows.
-struct FiguresOwned<'a> {
-    report: &'a crate::provisioning::pass::PassReport,
-    kinds: [(&'static str, u64, u64); 4],
-    requests: [(&'static str, u64); 5],
-    token_refreshes: u64,
-}
-
-impl FiguresOwned<'_> {
-    fn figures(&self) -> crate::metrics::PassFigures<'_> {
-        let r = self.report;
-        crate::metrics::PassFigures {
-            outcome: r.outcome.as_str(),
-            read_whole: match r.outcome {
-                PassOutcome::Complete | PassOutcome::Refused => true,
-                PassOutcome::Failed => false,
-            },
-            completed_at: match r.outcome {
-                PassOutcome::Complete => Some(r.finished_at),
-                PassOutcome::Refused | PassOutcome::Failed => None,
-            },
-            duration_secs: (r.finished_at - r.started_at).num_milliseconds() as f64 / 1000.0,
-            kinds: &self.kinds,
-            requests: &self.requests,
-            token_refreshes: self.token_refreshes,
-        }
-    }
 }

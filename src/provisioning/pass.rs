@@ -659,3 +659,43 @@ impl PassReport {
         )
     }
 }
+
+impl PassReport {
+    /// Reports the pass and its client's counts to a source's metrics.
+    pub fn record(
+        &self,
+        metrics: &crate::metrics::ProvMetrics,
+        counters: &super::client::Counters,
+    ) {
+        use std::sync::atomic::Ordering;
+        let kinds = Kind::ALL.map(|k| {
+            let held = self
+                .refused
+                .iter()
+                .find(|(r, _, _)| *r == k)
+                .map_or(0, |(_, _, n)| *n);
+            (k.as_str(), self.counts[k.index()][0], held)
+        });
+        let requests: [(&str, u64); 5] = std::array::from_fn(|i| {
+            (
+                super::client::STATUS_LABELS[i],
+                counters.by_status[i].load(Ordering::Relaxed),
+            )
+        });
+        metrics.pass(&crate::metrics::PassFigures {
+            outcome: self.outcome.as_str(),
+            read_whole: match self.outcome {
+                PassOutcome::Complete | PassOutcome::Refused => true,
+                PassOutcome::Failed => false,
+            },
+            completed_at: match self.outcome {
+                PassOutcome::Complete => Some(self.finished_at),
+                PassOutcome::Refused | PassOutcome::Failed => None,
+            },
+            duration_secs: (self.finished_at - self.started_at).num_milliseconds() as f64 / 1000.0,
+            kinds: &kinds,
+            requests: &requests,
+            token_refreshes: counters.token_refreshes.load(Ordering::Relaxed),
+        });
+    }
+}

@@ -506,7 +506,21 @@ async fn the_binary_mirrors_the_simulated_register_and_hashes_a_personnummer_as_
         said.contains("kommun: provisioning pass complete: persons 56 seen, 56 added"),
         "{said}"
     );
-    let again = nprov(&["sync", "--once", "--source", "kommun"]);
+    let textfile = dir.path().join("nprov.prom");
+    let again = nprov(&[
+        "sync",
+        "--once",
+        "--source",
+        "kommun",
+        "--textfile",
+        textfile.to_str().expect("path"),
+    ]);
+    let prom = std::fs::read_to_string(&textfile).expect("the textfile");
+    assert!(
+        prom.contains("nprov_provisioning_passes_total{outcome=\"complete\",source=\"kommun\"} 1"),
+        "{prom}"
+    );
+    assert!(prom.contains("nprov_provisioning_records{kind=\"person\",source=\"kommun\"} 56"));
     assert!(
         text(&again).contains("persons 56 seen, 0 added, 0 changed, 0 removed"),
         "{}",
