@@ -110,7 +110,8 @@ const MAIN_PAGE_SECTIONS: &str = r#".SH "EXIT STATUS"
 Success.
 .TP
 \fB1\fR
-Bad input data: a document or record that does not parse or breaks the schema's rules.
+Bad input data: a document or record that does not parse or breaks the schema's rules; or a
+provisioning pass whose removals were refused (more than \fBmax_removed_share\fR of a kind).
 .TP
 \fB2\fR
 Bad configuration or usage: restarting cannot help (the unit does not restart on it).
@@ -155,6 +156,28 @@ The state directory: the SQLite mirror by default.
 .TP
 \fI/usr/share/doc/nprov-sync/\fR
 README, example configuration, alert rules and dashboard.
+.SH PROVISIONING
+Beside the results, \fB[[provisioning]]\fR sources mirror what the huvudman registered at
+Skolverket's provtjänst (persons, duties, groups, activities) into the \fBprov_*\fR tables, read
+back through the provisioning API in full passes: every kind to its last page at
+\fBrate_limit_per_second\fR (at most 10), persons whose list entry changed looked up whole, a
+record a complete pass no longer sees marked removed. A GNAP token is asked of \fBauth_url\fR over
+mutual TLS (the client certificate; \fBentity_id\fR or the certificate's SHA-256 names the
+organisation) and refreshed before it expires.
+.TP
+\fBPersonal data\fR
+The personnummer is stored only as an HMAC-SHA-256 under \fBcivic_no_key_file\fR
+(\fBnprov-sync provisioning hash-civic-no\fR prints one number's); a person with a security
+marking keeps only ids and enrolments. No request or response body is logged.
+.TP
+\fBRemovals\fR
+A complete pass that would remove more than \fBmax_removed_share\fR (0.2) of a kind removes none
+of it until \fBnprov-sync provisioning accept-removals\fR \fINAME\fR or the next pass agrees.
+.TP
+\fBJoins\fR
+\fBv_prov_registered_result\fR, \fBv_prov_registered_without_result\fR and
+\fBv_prov_result_without_registration\fR join the two mirrors by the pupil's id (braces and case
+ignored). Skolverket forwards registrations up to 30 minutes late, or later under load.
 .SH "SEE ALSO"
 \fBsystemctl\fR(1), \fBsystemd.exec\fR(5), \fBpsql\fR(1), \fBsqlite3\fR(1)
 "#;
