@@ -54,6 +54,13 @@ const PROVOMRADE_ROWS_PER_STATEMENT: usize = ROWS_PER_STATEMENT / 2;
 const QUARANTINE_ROWS_PER_STATEMENT: usize = 100;
 /// Keys per lookup statement (five bound values each).
 const KEYS_PER_LOOKUP: usize = 500;
+/// Statements of fewer rows are prepared each time they run (cheap at that size) rather than
+/// kept; see [`statement_sizes`].
+const MIN_CACHED_ROWS: usize = 16;
+/// Prepared statements kept per connection: the recurring sizes of every statement kind
+/// ([`is_cached`]: about 90) and the lookups' (16), with room for the rest; sqlx's default of
+/// 100 would evict some of them on every document.
+const STATEMENT_CACHE: usize = 256;
 /// A batch: as many keys as one lookup pair and a provomrade statement pair take; elements and
 /// raw bytes capped so that a key repeated many times, or large elements, still flush.
 const BATCH: BatchLimits = BatchLimits {
@@ -108,7 +115,8 @@ impl SqliteStore {
             // thousand rows all over provomrade as synced, and the default checkpointed every
             // few windows, writing the same pages back again and again (measured: 10 % off a
             // catch-up of 317 daily windows, first sync and re-read alike).
-            .pragma("wal_autocheckpoint", "16384");
+            .pragma("wal_autocheckpoint", "16384")
+            .statement_cache_capacity(STATEMENT_CACHE);
         create_with_mode(options.get_filename(), file_mode).map_err(|e| StoreError::Connect {
             url: redact_url(url),
             source: sqlx::Error::Io(e),
@@ -708,7 +716,7 @@ impl Stmt<'_> {
     }
 
     fn bind<'q>(&'q self, sql: &'q str, c: &Common<'q>) -> SqliteQuery<'q> {
-        let mut q = sqlx::query(sql).persistent(is_full(self.rows()));
+        let mut q = sqlx::query(sql).persistent(is_cached(self.rows()));
         match self {
             Stmt::Untrack(ids)
             | Stmt::DeleteDelprov(ids)
@@ -989,8 +997,8 @@ impl SqliteDialect {
         let dp_rows = delprov_rows(&mut next, &pt_rows);
         self.ids = Some(next);
         let mut stmts = Vec::new();
-        stmts.extend(pt_rows.chunks(ROWS_PER_STATEMENT).map(Stmt::Provtillfalle));
-        stmts.extend(dp_rows.chunks(ROWS_PER_STATEMENT).map(Stmt::Delprov));
+        stmts.extend(chunked(&pt_rows, ROWS_PER_STATEMENT, Stmt::Provtillfalle));
+        stmts.extend(chunked(&dp_rows, ROWS_PER_STATEMENT, Stmt::Delprov));
         let now = self.now.clone();
         let common = Common {
             source: &doc.source,
@@ -1010,9 +1018,40 @@ fn id_of(first_new: i64, t: Target) -> i64 {
     }
 }
 
-/// One statement per `n` rows.
+/// One statement per `n` rows, the rest in statements of the sizes [`statement_sizes`] gives.
 fn chunked<'a, T>(rows: &'a [T], n: usize, stmt: fn(&'a [T]) -> Stmt<'a>) -> Vec<Stmt<'a>> {
-    rows.chunks(n).map(stmt).collect()
+    split(rows, n).map(|(_, chunk)| stmt(chunk)).collect()
+}
+
+/// `rows` in consecutive chunks of the sizes [`statement_sizes`] gives, each with its offset.
+fn split<T>(rows: &[T], n: usize) -> impl Iterator<Item = (usize, &[T])> {
+    statement_sizes(rows.len(), n).scan(0, move |at, size| {
+        let start = *at;
+        *at += size;
+        Some((start, &rows[start..start + size]))
+    })
+}
+
+/// The statement sizes `len` rows go in: as many of `n` as fit, then the rest in decreasing
+/// powers of two down to [`MIN_CACHED_ROWS`], then what is left. Every size but the last small
+/// one recurs from batch to batch, so its statement is prepared once per connection and kept
+/// ([`is_cached`]); a batch's tail of any size used to be prepared anew each time (measured:
+/// SQLite's parser was 2 % of a first sync's CPU).
+fn statement_sizes(len: usize, n: usize) -> impl Iterator<Item = usize> {
+    let full = len / n.max(1);
+    let mut rest = len - full * n.max(1);
+    std::iter::repeat_n(n, full).chain(std::iter::from_fn(move || {
+        if rest == 0 {
+            return None;
+        }
+        let size = if rest >= MIN_CACHED_ROWS {
+            1 << rest.ilog2()
+        } else {
+            rest
+        };
+        rest -= size;
+        Some(size)
+    }))
 }
 
 /// The delprovsresultat rows of some provtillfalle rows, with ids from `next`.
@@ -1187,7 +1226,7 @@ impl Dialect for SqliteDialect {
                     // Delprovsresultat first: the foreign key's cascade would delete them one
                     // provtillfälle at a time.
                     let mut stmts = Vec::new();
-                    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+                    for (_, chunk) in split(ids, ROWS_PER_STATEMENT) {
                         stmts.push(Stmt::DeleteDelprov(chunk));
                         stmts.push(Stmt::DeleteProvtillfalle(chunk));
                     }
@@ -1198,13 +1237,8 @@ impl Dialect for SqliteDialect {
                     first_new = next.provomrade;
                     next.provomrade += keys.len() as i64;
                     self.ids = Some(next);
-                    let stmts: Vec<Stmt<'_>> = keys
-                        .chunks(PROVOMRADE_ROWS_PER_STATEMENT)
-                        .enumerate()
-                        .map(|(i, chunk)| {
-                            let at = (i * PROVOMRADE_ROWS_PER_STATEMENT) as i64;
-                            Stmt::Provomrade(chunk, first_new + at)
-                        })
+                    let stmts: Vec<Stmt<'_>> = split(keys, PROVOMRADE_ROWS_PER_STATEMENT)
+                        .map(|(at, chunk)| Stmt::Provomrade(chunk, first_new + at as i64))
                         .collect();
                     self.run(&stmts, &common).await?;
                 }
@@ -1448,11 +1482,16 @@ fn lookup_chunks(indices: &[usize]) -> Vec<(&[usize], usize)> {
         .collect()
 }
 
-/// Whether a chunk has a statement size that recurs. Only those are kept in sqlx's per-connection
-/// statement cache: each distinct tail size would otherwise cache one more prepared statement with
-/// thousands of parameters, and memory would grow with the number of documents seen.
-fn is_full(rows: usize) -> bool {
-    rows == ROWS_PER_STATEMENT || rows == PROVOMRADE_ROWS_PER_STATEMENT || rows == KEYS_PER_LOOKUP
+/// Whether a chunk has a statement size that recurs ([`statement_sizes`]). Only those are kept in
+/// sqlx's per-connection statement cache: each distinct tail size would otherwise cache one more
+/// prepared statement with thousands of parameters, and memory would grow with the number of
+/// documents seen. The recurring ones are bounded: per statement kind the full size and about
+/// as many rows again in powers of two.
+fn is_cached(rows: usize) -> bool {
+    rows == ROWS_PER_STATEMENT
+        || rows == PROVOMRADE_ROWS_PER_STATEMENT
+        || rows == KEYS_PER_LOOKUP
+        || (rows >= MIN_CACHED_ROWS && rows.is_power_of_two())
 }
 
 /// `(?, ?, ?), (?, ?, ?)…` for `rows` rows of `cols` values.
@@ -1488,6 +1527,29 @@ mod tests {
         assert_eq!(sizes, [(500, 500), (500, 500), (130, 256)]);
         assert_eq!(super::lookup_chunks(&[7]).first().map(|c| c.1), Some(4));
         assert!(super::lookup_chunks(&[]).is_empty());
+    }
+
+    #[test]
+    fn statement_sizes_recur_except_a_small_last_one() {
+        let sizes = |len, n| super::statement_sizes(len, n).collect::<Vec<_>>();
+        assert_eq!(sizes(2999, 1000), [1000, 1000, 512, 256, 128, 64, 32, 7]);
+        assert_eq!(sizes(1000, 1000), [1000]);
+        assert_eq!(sizes(16, 1000), [16]);
+        assert_eq!(sizes(15, 1000), [15]);
+        assert_eq!(sizes(0, 1000), Vec::<usize>::new());
+        for len in 0..2100 {
+            let s = sizes(len, 500);
+            assert_eq!(s.iter().sum::<usize>(), len, "{len}");
+            // Every size but a last one under the minimum is kept, and there are few.
+            let kept = s.iter().filter(|&&n| super::is_cached(n)).count();
+            assert!(kept + 1 >= s.len(), "{len}: {s:?}");
+            assert!(s.len() <= len / 500 + 7, "{len}: {s:?}");
+        }
+        let rows: Vec<u32> = (0..45).collect();
+        let chunks: Vec<(usize, usize)> = super::split(&rows, 20)
+            .map(|(at, c)| (at, c.len()))
+            .collect();
+        assert_eq!(chunks, [(0, 20), (20, 20), (40, 5)]);
     }
 
     #[test]
