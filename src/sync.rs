@@ -11,6 +11,8 @@
 //! (413), that times out, or whose body passes `max_response_bytes`, is split in halves down to
 //! one minute.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::time::Instant;
 
@@ -743,8 +745,11 @@ pub async fn catch_up_until(
 ) -> Result<Vec<WindowReport>, SyncError> {
     let mut all = Vec::new();
     let mut pacer = source.pacer();
-    // The next window, fetched while the one before it was applied (when `max_in_flight` is 2).
-    let mut ahead: Option<(Window, Option<Spooled>)> = None;
+    // Windows after the current one, planned and requested ahead, oldest first: up to
+    // `max_in_flight` requests are in flight at once, so a platform's latency for one window
+    // overlaps its rendering of another and our writing of a third. Each body waits in a spool;
+    // the windows still commit one by one, in order.
+    let mut ahead: VecDeque<(Window, AheadFetch<'_>)> = VecDeque::new();
     while !stop.is_cancelled() {
         let watermark = store.watermark(source.name()).await?.map(|w| w.utc);
         if let Some(w) = watermark {
@@ -757,41 +762,52 @@ pub async fn catch_up_until(
             break;
         };
         // What was fetched ahead is used only if it starts where this window must: the window
-        // before it committed whole.
-        let (window, spooled) = match ahead.take() {
-            Some((w, spooled)) if w.from_utc == planned.from_utc => (w, spooled),
-            _ => (planned, None),
+        // before it committed whole. Otherwise every fetch ahead is stale (dropped, cancelling
+        // any still in flight).
+        let (window, fetch) = match ahead.pop_front() {
+            Some((w, fetch)) if w.from_utc == planned.from_utc => (w, Some(fetch)),
+            _ => {
+                ahead.clear();
+                (planned, None)
+            }
         };
-        let next = (source.max_in_flight > 1)
-            .then(|| {
+        // Top up: the current window's own request, when it was not fetched ahead, counts too.
+        let own = usize::from(fetch.is_none());
+        let mut last_tom = ahead.back().map_or(window.tom_utc, |(w, _)| w.tom_utc);
+        while pacer.settled() && own + ahead.len() < source.max_in_flight as usize {
+            let Some(next) =
                 source
                     .plan
-                    .next_sized(Some(window.tom_utc), source.start, horizon, pacer.span())
-            })
-            .flatten();
+                    .next_sized(Some(last_tom), source.start, horizon, pacer.span())
+            else {
+                break;
+            };
+            last_tom = next.tom_utc;
+            ahead.push_back((next, fetch_ahead(source, next)));
+        }
         let current = async {
-            if let Some(spooled) = spooled {
-                if let Some(report) = apply_spooled(
-                    WindowJob {
-                        store,
-                        source,
-                        window,
-                        kind: RunKind::Sync,
-                        expected_watermark: watermark,
-                    },
-                    spooled,
-                )
-                .await
-                {
-                    return Ok(vec![report]);
+            if let Some(mut fetch) = fetch {
+                (&mut fetch).await;
+                if let Some(spooled) = fetch.as_mut().take_output().flatten() {
+                    if let Some(report) = apply_spooled(
+                        WindowJob {
+                            store,
+                            source,
+                            window,
+                            kind: RunKind::Sync,
+                            expected_watermark: watermark,
+                        },
+                        spooled,
+                    )
+                    .await
+                    {
+                        return Ok(vec![report]);
+                    }
                 }
             }
             sync_window(store, source, window, RunKind::Sync, watermark).await
         };
-        let (reports, fetched) =
-            with_fetch_ahead(current, next.map(|n| (n, spool(source, n))), stop).await;
-        let reports = reports?;
-        ahead = fetched;
+        let reports = while_fetching_ahead(current, &mut ahead).await?;
         pace(&mut pacer, &window, &reports);
         for report in reports {
             on_window(&report);
@@ -799,6 +815,45 @@ pub async fn catch_up_until(
         }
     }
     Ok(all)
+}
+
+/// A window's response being fetched ahead of its turn (`None` once fetched: it could not be).
+type AheadFetch<'a> = std::pin::Pin<
+    Box<
+        futures_util::future::MaybeDone<
+            std::pin::Pin<Box<dyn Future<Output = Option<Spooled>> + Send + 'a>>,
+        >,
+    >,
+>;
+
+/// Starts fetching `window`'s response into a spool, ahead of its turn.
+fn fetch_ahead(source: &SyncSource, window: Window) -> AheadFetch<'_> {
+    let fetch: std::pin::Pin<Box<dyn Future<Output = Option<Spooled>> + Send + '_>> =
+        Box::pin(spool(source, window));
+    Box::pin(futures_util::future::maybe_done(fetch))
+}
+
+/// Runs `current` (a window being applied) while every fetch ahead makes progress. A fetch
+/// ahead that finishes keeps its spool until its turn; one that fails is simply not used (the
+/// window is fetched again in its turn, with the usual retries, splits and records).
+async fn while_fetching_ahead<T>(
+    current: impl Future<Output = T>,
+    ahead: &mut VecDeque<(Window, AheadFetch<'_>)>,
+) -> T {
+    tokio::pin!(current);
+    let fetching = std::future::poll_fn(|cx| {
+        for (_, fetch) in ahead.iter_mut() {
+            // A finished fetch answers Ready at once and keeps its output.
+            let _ = fetch.as_mut().poll(cx);
+        }
+        std::task::Poll::<()>::Pending
+    });
+    tokio::pin!(fetching);
+    tokio::select! {
+        biased;
+        r = &mut current => r,
+        () = &mut fetching => unreachable!("the fetches ahead never finish as a whole"),
+    }
 }
 
 /// The label values a source's metrics know before any event: the client's retry reasons and
@@ -834,44 +889,6 @@ struct Spooled {
     head: Vec<u8>,
     rest: Option<std::fs::File>,
     received: Received,
-}
-
-/// Runs `current` (a window being applied) while `next` fetches the following window's response
-/// into a spool. If `current` fails, or `stop` is cancelled, the fetch ahead is dropped at once
-/// (it would not be used); a fetch ahead that fails is simply not used (the window is fetched
-/// again in its turn, with the usual retries, splits and records).
-async fn with_fetch_ahead<C, F, T, E>(
-    current: C,
-    next: Option<(Window, F)>,
-    stop: &CancellationToken,
-) -> (Result<T, E>, Option<(Window, Option<Spooled>)>)
-where
-    C: std::future::Future<Output = Result<T, E>>,
-    F: std::future::Future<Output = Option<Spooled>>,
-{
-    let Some((window, fetch)) = next else {
-        return (current.await, None);
-    };
-    tokio::pin!(current);
-    tokio::pin!(fetch);
-    let mut fetched = None;
-    let result = loop {
-        tokio::select! {
-            r = &mut current => break r,
-            f = &mut fetch, if fetched.is_none() => fetched = Some(f),
-        }
-    };
-    if result.is_err() {
-        return (result, None);
-    }
-    let fetched = match fetched {
-        Some(f) => f,
-        None => tokio::select! {
-            f = &mut fetch => f,
-            () = stop.cancelled() => return (result, None),
-        },
-    };
-    (result, Some((window, fetched)))
 }
 
 /// Fetches a window's whole response into a spool, or `None` when that fails for any reason

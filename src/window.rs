@@ -257,6 +257,9 @@ pub struct Pacer {
     span: Duration,
     /// Bytes per minute of window, weighted towards the recent windows.
     density: Option<f64>,
+    /// Whether the last answer left the span held back by the growth cap: the next windows will
+    /// be larger still.
+    growing: bool,
 }
 
 impl Pacer {
@@ -279,7 +282,15 @@ impl Pacer {
             min,
             span,
             density: None,
+            growing: target_bytes != 0,
         }
+    }
+
+    /// Whether the span has found its size: windows planned now are the size the next answers
+    /// would give them. Before that (at the start, while each answer still grows the span) a
+    /// window planned ahead of its turn would be too small, and cost a request of its own.
+    pub fn settled(&self) -> bool {
+        !self.growing
     }
 
     /// The span of the next window.
@@ -309,7 +320,9 @@ impl Pacer {
             f64::INFINITY
         };
         let grown = (span * MAX_GROWTH).num_minutes() as f64;
-        self.span = minutes_clamped(by_bytes.min(by_time).min(grown), self.min, self.max);
+        let wanted = by_bytes.min(by_time);
+        self.growing = grown < wanted && (grown as i64) < self.max.num_minutes();
+        self.span = minutes_clamped(wanted.min(grown), self.min, self.max);
         let mut ceiling = self.target_bytes as f64;
         if let Some(refused) = self.refused {
             ceiling = ceiling.min(refused * REFUSED_MARGIN);
@@ -704,6 +717,25 @@ mod tests {
         p.answered(Duration::days(31), 900 * MIB, 200.0);
         p.too_large(Duration::hours(1), MIB);
         assert_eq!(p.span(), Duration::days(31));
+    }
+
+    #[test]
+    fn the_span_settles_once_an_answer_no_longer_grows_it() {
+        // Fixed windows never grow: settled from the start.
+        assert!(pacer(0).settled());
+        let mut p = pacer(8 * MIB);
+        assert!(!p.settled(), "nothing answered yet");
+        // A quiet day: the span may grow fourfold and wants more, so it is still growing.
+        p.answered(Duration::days(1), 10_000, 0.1);
+        assert!(!p.settled());
+        assert_eq!(p.span(), Duration::days(4));
+        // Four days of 4 MiB a day: 8 MiB is two days, so the bytes bound it, not the cap.
+        p.answered(Duration::days(4), 16 * MIB, 1.0);
+        assert!(p.settled());
+        // At the longest window there is nothing left to grow into.
+        let mut q = pacer(8 * MIB);
+        q.answered(Duration::days(16), 100, 0.1);
+        assert!(q.settled(), "{:?}", q.span());
     }
 
     /// (case, answers as (span in minutes, bytes, seconds), then a refusal as (refused span in

@@ -865,7 +865,7 @@ mod tests {
         };
         let err = build_error(&source("follow_redirects = \"always\""));
         assert!(err.starts_with("source.solna.follow_redirects: "), "{err}");
-        let err = build_error(&source("max_in_flight = 3"));
+        let err = build_error(&source("max_in_flight = 5"));
         assert!(err.starts_with("source.solna.max_in_flight: "), "{err}");
         let f = write(
             "[[source]]\nname = \"solna\"\nurl = \"http://x.example\"\nstart = \"2026-08-01T00:00\"\ntoken_file = \"token\"\n",

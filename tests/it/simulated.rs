@@ -201,7 +201,7 @@ async fn a_full_catch_up_equals_the_platforms_current_state_row_for_row() {
 async fn with_faults_and_a_rate_limit_the_catch_up_still_ends_equal_and_polite() {
     // One window at a time, then the next fetched while the last is written (and sized by
     // what the platform answers): faults fall on fetches ahead too.
-    for (in_flight, target) in [(1, 0), (2, 16 * 1024)] {
+    for (in_flight, target) in [(1, 0), (2, 16 * 1024), (3, 16 * 1024), (4, 0)] {
         let platform = platform(300, 12, "2026-01-05T00:00:00Z", "2026-01-08T00:00:00Z", 3);
         let now = t("2026-01-08T06:00:00Z");
         let faults = Faults {
@@ -253,6 +253,12 @@ async fn with_faults_and_a_rate_limit_the_catch_up_still_ends_equal_and_polite()
 
 #[tokio::test]
 async fn a_pipelined_catch_up_commits_in_window_order_and_ends_equal() {
+    for in_flight in [2, 3] {
+        pipelined_catch_up(in_flight).await;
+    }
+}
+
+async fn pipelined_catch_up(in_flight: u32) {
     let platform = platform(800, 33, "2026-01-05T00:00:00Z", "2026-01-12T00:00:00Z", 3);
     let now = t("2026-01-12T06:00:00Z");
     let sim = simulator(platform, now, Faults::default(), None).await;
@@ -264,7 +270,7 @@ async fn a_pipelined_catch_up_commits_in_window_order_and_ends_equal() {
         chrono::Duration::minutes(30),
         "2026-01-05T00:00",
     );
-    src.max_in_flight = 2;
+    src.max_in_flight = in_flight;
     let reports = catch_up(&db.store, &src, now, |_| {})
         .await
         .expect("catch up");
