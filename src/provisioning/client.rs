@@ -235,14 +235,18 @@ impl Api {
                 .await;
             match sent {
                 Ok(fetched) => return self.read(label, fetched.response).await,
-                Err(SourceError::Refused { status: 403, .. })
+                // 403 (LogEntry 5002) is the API's answer to a token it no longer accepts; 401
+                // is what a gateway in front of it answers for the same.
+                Err(SourceError::Refused {
+                    status: 401 | 403, ..
+                })
                     // Once for a refusal; again only when the token reached its refresh time
                     // while the request waited out retries (a 429 or 503 burst can outlast a
                     // short-lived token), never for a fresh token refused.
                     if refusals == 0
                         || (Instant::now() >= refresh_at && refusals < MAX_TOKEN_REFUSALS) =>
                 {
-                    tracing::info!(source = %self.name(), request = %label, "the API refused the token (403); refreshing it");
+                    tracing::info!(source = %self.name(), request = %label, "the API refused the token; refreshing it");
                     refusals += 1;
                     stale = Some(token);
                 }

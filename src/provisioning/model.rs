@@ -16,6 +16,17 @@ use super::civic::Keyed;
 /// one cannot make a row (or a hash input) arbitrarily large.
 pub const MAX_FIELD_CHARS: usize = 1024;
 
+/// A field the schema gives as an array, an object or a boolean, read as its default when a
+/// server writes `null` for it (as serialisers that write every absent field do) as when it
+/// leaves it out: an empty list, no meta, not cancelled.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 /// One page of a list endpoint.
 #[derive(Deserialize)]
 pub struct Page<T> {
@@ -62,7 +73,7 @@ pub struct Enrolment {
     pub enroled_at: Reference,
     pub school_year: Option<i64>,
     pub school_type: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub cancelled: bool,
     pub education_code: Option<String>,
 }
@@ -73,20 +84,20 @@ pub struct Enrolment {
 #[serde(rename_all = "camelCase")]
 pub struct Person {
     pub id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub meta: Meta,
     pub given_name: Option<String>,
     pub middle_name: Option<String>,
     pub family_name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub edu_person_principal_names: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub external_identifiers: Vec<ExternalIdentifier>,
     pub security_marking: Option<String>,
     pub civic_no: Option<CivicNo>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub emails: Vec<Email>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub enrolments: Vec<Enrolment>,
     pub provisioning_status: Option<bool>,
 }
@@ -95,7 +106,7 @@ pub struct Person {
 #[serde(rename_all = "camelCase")]
 pub struct Duty {
     pub id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub meta: Meta,
     pub person: Reference,
     pub duty_at: Reference,
@@ -117,13 +128,13 @@ pub struct GroupMembership {
 #[serde(rename_all = "camelCase")]
 pub struct Group {
     pub id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub meta: Meta,
     pub display_name: String,
     pub group_type: String,
     pub school_type: String,
     pub organisation: Reference,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub group_memberships: Vec<GroupMembership>,
     pub provisioning_status: Option<bool>,
 }
@@ -137,13 +148,13 @@ pub struct DutyAssignment {
 #[serde(rename_all = "camelCase")]
 pub struct Activity {
     pub id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub meta: Meta,
     pub display_name: String,
     pub activity_type: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub groups: Vec<Reference>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub teachers: Vec<DutyAssignment>,
     pub organisation: Reference,
     pub parent_activity: Reference,
@@ -174,11 +185,24 @@ pub fn uuid_bits(id: &str) -> u128 {
     uuid::Uuid::parse_str(id).map(|u| u.as_u128()).unwrap_or(0)
 }
 
+/// An RFC 3339 date-time; one without an offset (as the API's own example page token carries
+/// its `created`) is read as Swedish local time, where the API's records are made, rather than
+/// failing the pass.
 fn instant(field: &'static str, text: Option<&str>) -> Result<Option<DateTime<Utc>>, RecordError> {
     text.map(|t| {
-        DateTime::parse_from_rfc3339(t.trim())
-            .map(|t| crate::store::to_micros(t.with_timezone(&Utc)))
-            .map_err(|_| bad(field, "is not an RFC 3339 date-time"))
+        let t = t.trim();
+        DateTime::parse_from_rfc3339(t)
+            .map(|t| t.with_timezone(&Utc))
+            .or_else(|_| {
+                let naive = chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S%.f")
+                    .map_err(|_| bad(field, "is not an RFC 3339 date-time"))?;
+                naive
+                    .and_local_timezone(chrono_tz::Europe::Stockholm)
+                    .earliest()
+                    .map(|t| t.with_timezone(&Utc))
+                    .ok_or_else(|| bad(field, "is a local time that does not exist in Sweden"))
+            })
+            .map(crate::store::to_micros)
     })
     .transpose()
 }
@@ -582,6 +606,38 @@ mod tests {
         .expect("parses");
         let e = p.record(&keyed()).err().expect("refused");
         assert_eq!(e.to_string(), "meta.modified: is not an RFC 3339 date-time");
+    }
+
+    #[test]
+    fn null_lists_and_meta_read_as_absent_and_a_time_without_offset_as_swedish() {
+        let text = PERSON
+            .replace(
+                r#"[{"value": "pippi@example.se", "type": "Skola elev"}]"#,
+                "null",
+            )
+            .replace(
+                r#""eduPersonPrincipalNames": ["fc79e369@edu.huvudman.se"]"#,
+                r#""eduPersonPrincipalNames": null, "externalIdentifiers": null"#,
+            )
+            .replace("Skyddad folkbokföring", "Ingen")
+            .replace(
+                "2021-05-12T10:30:00.123+02:00\"}",
+                "2021-01-12T10:30:00.5\"}",
+            );
+        let p: Person = serde_json::from_str(&text).expect("parses");
+        let r = p.record(&keyed()).expect("valid");
+        assert!(r.emails.is_empty() && r.eppn.is_none() && r.external_ids.is_empty());
+        // Winter: Swedish time is UTC+1.
+        assert_eq!(
+            r.modified.map(|t| t.to_rfc3339()),
+            Some("2021-01-12T09:30:00.500+00:00".to_owned())
+        );
+        let p: Person = serde_json::from_str(
+            r#"{"id": "3fa85f64-5717-4562-b3fc-2c963f66afa6", "meta": null, "enrolments": null}"#,
+        )
+        .expect("parses");
+        let r = p.record(&keyed()).expect("valid");
+        assert!(r.modified.is_none() && r.enrolments.is_empty());
     }
 
     #[test]

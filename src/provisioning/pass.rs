@@ -369,16 +369,14 @@ impl Pass<'_> {
                 (Items::Records(items), p.page_token)
             }
         };
+        // The spec ends paging with null; an empty token can only mean the same.
+        let page_token = page_token.filter(|t| !t.is_empty());
         if let Some(t) = &page_token {
-            if t.is_empty()
-                || t.len() > MAX_PAGE_TOKEN_BYTES
-                || !t.bytes().all(|b| b.is_ascii_graphic())
-            {
+            if t.len() > MAX_PAGE_TOKEN_BYTES || !t.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(PassError::Paging {
                     kind,
                     page,
-                    message:
-                        "the pageToken is empty, longer than 4096 bytes or not printable ASCII",
+                    message: "the pageToken is longer than 4096 bytes or not printable ASCII",
                 });
             }
         }
