@@ -624,9 +624,10 @@ enum StmtKind {
 /// statement of 1 000 rows is 1 000 copies of its row's placeholders joined, and building them
 /// for every statement was about 2 % of a first sync's CPU. Bounded: a text per statement kind
 /// and recurring size, about a megabyte in all.
-static SQL_TEXTS: std::sync::LazyLock<
-    std::sync::Mutex<HashMap<(StmtKind, usize), std::sync::Arc<str>>>,
-> = std::sync::LazyLock::new(Default::default);
+static SQL_TEXTS: std::sync::LazyLock<std::sync::Mutex<SqlTexts>> =
+    std::sync::LazyLock::new(Default::default);
+
+type SqlTexts = HashMap<(StmtKind, usize), std::sync::Arc<str>>;
 
 /// A statement's SQL text, from [`SQL_TEXTS`] when its size recurs.
 fn sql_text(stmt: &Stmt<'_>) -> std::sync::Arc<str> {
@@ -1099,18 +1100,20 @@ fn split<T>(rows: &[T], n: usize) -> impl Iterator<Item = (usize, &[T])> {
 fn statement_sizes(len: usize, n: usize) -> impl Iterator<Item = usize> {
     let full = len / n.max(1);
     let mut rest = len - full * n.max(1);
-    std::iter::repeat_n(n, full).chain(std::iter::from_fn(move || {
-        if rest == 0 {
-            return None;
-        }
-        let size = if rest >= MIN_CACHED_ROWS {
-            1 << rest.ilog2()
-        } else {
-            rest
-        };
-        rest -= size;
-        Some(size)
-    }))
+    std::iter::repeat(n)
+        .take(full)
+        .chain(std::iter::from_fn(move || {
+            if rest == 0 {
+                return None;
+            }
+            let size = if rest >= MIN_CACHED_ROWS {
+                1 << rest.ilog2()
+            } else {
+                rest
+            };
+            rest -= size;
+            Some(size)
+        }))
 }
 
 /// The delprovsresultat rows of some provtillfalle rows, with ids from `next`.
