@@ -761,52 +761,29 @@ pub async fn catch_up_until(
         else {
             break;
         };
-        // What was fetched ahead is used only if it starts where this window must: the window
-        // before it committed whole. Otherwise every fetch ahead is stale (dropped, cancelling
-        // any still in flight).
-        let (window, fetch) = match ahead.pop_front() {
-            Some((w, fetch)) if w.from_utc == planned.from_utc => (w, Some(fetch)),
-            _ => {
-                ahead.clear();
-                (planned, None)
-            }
-        };
-        // Top up: the current window's own request, when it was not fetched ahead, counts too.
-        let own = usize::from(fetch.is_none());
-        let mut last_tom = ahead.back().map_or(window.tom_utc, |(w, _)| w.tom_utc);
-        while pacer.settled() && own + ahead.len() < source.max_in_flight as usize {
-            let Some(next) =
+        let (window, fetch) = take_ahead(&mut ahead, planned);
+        top_up(
+            &mut ahead,
+            source,
+            &pacer,
+            fetch.is_none(),
+            window,
+            |tom, span| {
                 source
                     .plan
-                    .next_sized(Some(last_tom), source.start, horizon, pacer.span())
-            else {
-                break;
-            };
-            last_tom = next.tom_utc;
-            ahead.push_back((next, fetch_ahead(source, next)));
-        }
-        let current = async {
-            if let Some(mut fetch) = fetch {
-                (&mut fetch).await;
-                if let Some(spooled) = fetch.as_mut().take_output().flatten() {
-                    if let Some(report) = apply_spooled(
-                        WindowJob {
-                            store,
-                            source,
-                            window,
-                            kind: RunKind::Sync,
-                            expected_watermark: watermark,
-                        },
-                        spooled,
-                    )
-                    .await
-                    {
-                        return Ok(vec![report]);
-                    }
-                }
-            }
-            sync_window(store, source, window, RunKind::Sync, watermark).await
-        };
+                    .next_sized(Some(tom), source.start, horizon, span)
+            },
+        );
+        let current = apply_window(
+            WindowJob {
+                store,
+                source,
+                window,
+                kind: RunKind::Sync,
+                expected_watermark: watermark,
+            },
+            fetch,
+        );
         let reports = while_fetching_ahead(current, &mut ahead).await?;
         pace(&mut pacer, &window, &reports);
         for report in reports {
@@ -825,6 +802,68 @@ type AheadFetch<'a> = std::pin::Pin<
         >,
     >,
 >;
+
+/// The window to apply now, with its fetch when it was fetched ahead. What was fetched ahead is
+/// used only if it starts where the planned window must: the window before it committed whole.
+/// Otherwise every fetch ahead is stale (dropped, cancelling any still in flight).
+fn take_ahead<'a>(
+    ahead: &mut VecDeque<(Window, AheadFetch<'a>)>,
+    planned: Window,
+) -> (Window, Option<AheadFetch<'a>>) {
+    match ahead.pop_front() {
+        Some((w, fetch)) if w.from_utc == planned.from_utc => (w, Some(fetch)),
+        _ => {
+            ahead.clear();
+            (planned, None)
+        }
+    }
+}
+
+/// Plans and starts fetches ahead until `max_in_flight` requests are out, the current window's
+/// own counting when it was not fetched ahead (`own`). `next` plans the window after one that
+/// ends at its first argument, with a span. Nothing is fetched ahead while the pacer is still
+/// growing the span (a window planned then would be too small and cost a request of its own).
+fn top_up<'a>(
+    ahead: &mut VecDeque<(Window, AheadFetch<'a>)>,
+    source: &'a SyncSource,
+    pacer: &Pacer,
+    own: bool,
+    current: Window,
+    next: impl Fn(DateTime<Utc>, chrono::Duration) -> Option<Window>,
+) {
+    let mut last_tom = ahead.back().map_or(current.tom_utc, |(w, _)| w.tom_utc);
+    while pacer.settled() && usize::from(own) + ahead.len() < source.max_in_flight as usize {
+        let Some(window) = next(last_tom, pacer.span()) else {
+            break;
+        };
+        last_tom = window.tom_utc;
+        ahead.push_back((window, fetch_ahead(source, window)));
+    }
+}
+
+/// Applies one window and commits it: from its spool when it was fetched ahead (waiting for the
+/// fetch if it is still under way), else, or when that fails, fetched the usual way.
+async fn apply_window(
+    job: WindowJob<'_>,
+    fetch: Option<AheadFetch<'_>>,
+) -> Result<Vec<WindowReport>, SyncError> {
+    if let Some(mut fetch) = fetch {
+        (&mut fetch).await;
+        if let Some(spooled) = fetch.as_mut().take_output().flatten() {
+            if let Some(report) = apply_spooled(job, spooled).await {
+                return Ok(vec![report]);
+            }
+        }
+    }
+    sync_window(
+        job.store,
+        job.source,
+        job.window,
+        job.kind,
+        job.expected_watermark,
+    )
+    .await
+}
 
 /// Starts fetching `window`'s response into a spool, ahead of its turn.
 fn fetch_ahead(source: &SyncSource, window: Window) -> AheadFetch<'_> {
@@ -977,8 +1016,33 @@ pub async fn backfill(
     let mut all = Vec::new();
     let (mut at, end) = source.plan.backfill_range(from, to);
     let mut pacer = source.pacer();
-    while let Some(window) = source.plan.backfill_window(at, end, pacer.span()) {
-        let reports = sync_window(store, source, window, RunKind::Backfill, None).await?;
+    // Fetched ahead as a catch-up is (see `catch_up_until`).
+    let mut ahead: VecDeque<(Window, AheadFetch<'_>)> = VecDeque::new();
+    while let Some(planned) = source.plan.backfill_window(at, end, pacer.span()) {
+        let (window, fetch) = take_ahead(&mut ahead, planned);
+        top_up(
+            &mut ahead,
+            source,
+            &pacer,
+            fetch.is_none(),
+            window,
+            |tom, span| {
+                source
+                    .plan
+                    .backfill_window(tom + chrono::Duration::minutes(1), end, span)
+            },
+        );
+        let current = apply_window(
+            WindowJob {
+                store,
+                source,
+                window,
+                kind: RunKind::Backfill,
+                expected_watermark: None,
+            },
+            fetch,
+        );
+        let reports = while_fetching_ahead(current, &mut ahead).await?;
         pace(&mut pacer, &window, &reports);
         at = window.tom_utc + chrono::Duration::minutes(1);
         for report in reports {

@@ -14,7 +14,7 @@ use nprov_sync::simulate::server::{
 };
 use nprov_sync::simulate::{render_to_string, Platform, Population};
 use nprov_sync::source::{Auth, Client, SourceSettings};
-use nprov_sync::sync::{catch_up, SyncSource};
+use nprov_sync::sync::{backfill, catch_up, SyncSource};
 use nprov_sync::window::{latest_instant, parse_local, Plan};
 use nprov_sync::xml::version::{newest, VersionRules, VERSIONS};
 use nprov_sync::xml::Limits;
@@ -298,6 +298,52 @@ async fn pipelined_catch_up(in_flight: u32) {
     let overlapping: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM sync_run a JOIN sync_run b ON b.id = a.id + 1
          WHERE b.started_at < a.finished_at",
+    )
+    .fetch_one(db.store.pool())
+    .await
+    .expect("count");
+    assert!(overlapping > 0, "no window was fetched ahead");
+}
+
+#[tokio::test]
+async fn a_pipelined_backfill_rereads_in_window_order_and_leaves_the_mirror_equal() {
+    let platform = platform(400, 35, "2026-01-05T00:00:00Z", "2026-01-12T00:00:00Z", 3);
+    let now = t("2026-01-12T06:00:00Z");
+    let sim = simulator(platform, now, Faults::default(), None).await;
+    let db = fresh_sqlite().await;
+    let mut src = source(
+        &sim.url,
+        1000,
+        chrono::Duration::hours(6),
+        chrono::Duration::minutes(30),
+        "2026-01-05T00:00",
+    );
+    catch_up(&db.store, &src, now, |_| {})
+        .await
+        .expect("catch up");
+    let requests = sim.stats.requests.load(Ordering::Relaxed);
+    src.max_in_flight = 3;
+    let reports = backfill(
+        &db.store,
+        &src,
+        parse_local("2026-01-05T00:00").expect("from"),
+        parse_local("2026-01-12T00:00").expect("to"),
+        |_| {},
+    )
+    .await
+    .expect("backfill");
+    assert_eq!(dump(&db.store).await, reference(&sim.platform, now).await);
+    // Back to back, in order, and no request wasted on a window fetched ahead for nothing.
+    for pair in reports.windows(2) {
+        assert!(pair[1].window.from_utc > pair[0].window.tom_utc);
+    }
+    assert_eq!(
+        sim.stats.requests.load(Ordering::Relaxed) - requests,
+        reports.len() as u64
+    );
+    let overlapping: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM sync_run a JOIN sync_run b ON b.id = a.id + 1
+         WHERE a.kind = 'backfill' AND b.kind = 'backfill' AND b.started_at < a.finished_at",
     )
     .fetch_one(db.store.pool())
     .await
