@@ -885,13 +885,14 @@ async fn while_fetching_ahead<T>(
             // A finished fetch answers Ready at once and keeps its output.
             let _ = fetch.as_mut().poll(cx);
         }
-        std::task::Poll::<()>::Pending
+        // Never ready: the fetches ahead have no end as a whole, only `current` ends this.
+        std::task::Poll::<std::convert::Infallible>::Pending
     });
     tokio::pin!(fetching);
     tokio::select! {
         biased;
         r = &mut current => r,
-        () = &mut fetching => unreachable!("the fetches ahead never finish as a whole"),
+        never = &mut fetching => match never {},
     }
 }
 
