@@ -744,54 +744,90 @@ pub async fn catch_up_until(
     mut on_window: impl FnMut(&WindowReport),
 ) -> Result<Vec<WindowReport>, SyncError> {
     let mut all = Vec::new();
-    let mut pacer = source.pacer();
-    // Windows after the current one, planned and requested ahead, oldest first: up to
-    // `max_in_flight` requests are in flight at once, so a platform's latency for one window
-    // overlaps its rendering of another and our writing of a third. Each body waits in a spool;
-    // the windows still commit one by one, in order.
-    let mut ahead: VecDeque<(Window, AheadFetch<'_>)> = VecDeque::new();
+    let mut windows = Windows::new(source);
     while !stop.is_cancelled() {
         let watermark = store.watermark(source.name()).await?.map(|w| w.utc);
         if let Some(w) = watermark {
             source.metrics.watermark(w);
         }
-        let Some(planned) = source
-            .plan
-            .next_sized(watermark, source.start, horizon, pacer.span())
+        let Some(planned) =
+            source
+                .plan
+                .next_sized(watermark, source.start, horizon, windows.pacer.span())
         else {
             break;
         };
-        let (window, fetch) = take_ahead(&mut ahead, planned);
-        top_up(
-            &mut ahead,
-            source,
-            &pacer,
-            fetch.is_none(),
-            window,
-            |tom, span| {
+        let (_, reports) = windows
+            .run(store, planned, RunKind::Sync, watermark, |tom, span| {
                 source
                     .plan
                     .next_sized(Some(tom), source.start, horizon, span)
-            },
-        );
-        let current = apply_window(
-            WindowJob {
-                store,
-                source,
-                window,
-                kind: RunKind::Sync,
-                expected_watermark: watermark,
-            },
-            fetch,
-        );
-        let reports = while_fetching_ahead(current, &mut ahead).await?;
-        pace(&mut pacer, &window, &reports);
+            })
+            .await?;
         for report in reports {
             on_window(&report);
             all.push(report);
         }
     }
     Ok(all)
+}
+
+/// A catch-up's or backfill's windows in turn: the pacer that sizes them, and the windows after
+/// the current one, planned and requested ahead, oldest first. Up to `max_in_flight` requests
+/// are in flight at once, so a platform's latency for one window overlaps its rendering of
+/// another and our writing of a third. Each body waits in a spool; the windows still commit one
+/// by one, in order.
+struct Windows<'a> {
+    source: &'a SyncSource,
+    pacer: Pacer,
+    ahead: VecDeque<(Window, AheadFetch<'a>)>,
+}
+
+impl<'a> Windows<'a> {
+    fn new(source: &'a SyncSource) -> Self {
+        Windows {
+            source,
+            pacer: source.pacer(),
+            ahead: VecDeque::new(),
+        }
+    }
+
+    /// Applies and commits the `planned` window (or the one fetched ahead for it), keeping the
+    /// fetches ahead topped up meanwhile (`next` plans the window after one that ends at its
+    /// first argument, with a span), and paces by what it answered. Returns the window applied
+    /// and its reports (more than one when it was split).
+    async fn run(
+        &mut self,
+        store: &'a dyn Store,
+        planned: Window,
+        kind: RunKind,
+        expected_watermark: Option<DateTime<Utc>>,
+        next: impl Fn(DateTime<Utc>, chrono::Duration) -> Option<Window>,
+    ) -> Result<(Window, Vec<WindowReport>), SyncError> {
+        let source = self.source;
+        let (window, fetch) = take_ahead(&mut self.ahead, planned);
+        top_up(
+            &mut self.ahead,
+            source,
+            &self.pacer,
+            fetch.is_none(),
+            window,
+            next,
+        );
+        let current = apply_window(
+            WindowJob {
+                store,
+                source,
+                window,
+                kind,
+                expected_watermark,
+            },
+            fetch,
+        );
+        let reports = while_fetching_ahead(current, &mut self.ahead).await?;
+        pace(&mut self.pacer, &window, &reports);
+        Ok((window, reports))
+    }
 }
 
 /// A window's response being fetched ahead of its turn (`None` once fetched: it could not be).
@@ -812,7 +848,7 @@ fn take_ahead<'a>(
 ) -> (Window, Option<AheadFetch<'a>>) {
     match ahead.pop_front() {
         Some((w, fetch)) if w.from_utc == planned.from_utc => (w, Some(fetch)),
-        _ => {
+        Some(_) | None => {
             ahead.clear();
             (planned, None)
         }
@@ -1016,35 +1052,15 @@ pub async fn backfill(
 ) -> Result<Vec<WindowReport>, SyncError> {
     let mut all = Vec::new();
     let (mut at, end) = source.plan.backfill_range(from, to);
-    let mut pacer = source.pacer();
-    // Fetched ahead as a catch-up is (see `catch_up_until`).
-    let mut ahead: VecDeque<(Window, AheadFetch<'_>)> = VecDeque::new();
-    while let Some(planned) = source.plan.backfill_window(at, end, pacer.span()) {
-        let (window, fetch) = take_ahead(&mut ahead, planned);
-        top_up(
-            &mut ahead,
-            source,
-            &pacer,
-            fetch.is_none(),
-            window,
-            |tom, span| {
+    let mut windows = Windows::new(source);
+    while let Some(planned) = source.plan.backfill_window(at, end, windows.pacer.span()) {
+        let (window, reports) = windows
+            .run(store, planned, RunKind::Backfill, None, |tom, span| {
                 source
                     .plan
                     .backfill_window(tom + chrono::Duration::minutes(1), end, span)
-            },
-        );
-        let current = apply_window(
-            WindowJob {
-                store,
-                source,
-                window,
-                kind: RunKind::Backfill,
-                expected_watermark: None,
-            },
-            fetch,
-        );
-        let reports = while_fetching_ahead(current, &mut ahead).await?;
-        pace(&mut pacer, &window, &reports);
+            })
+            .await?;
         at = window.tom_utc + chrono::Duration::minutes(1);
         for report in reports {
             on_window(&report);

@@ -259,17 +259,7 @@ async fn a_pipelined_catch_up_commits_in_window_order_and_ends_equal() {
 }
 
 async fn pipelined_catch_up(in_flight: u32) {
-    let platform = platform(800, 33, "2026-01-05T00:00:00Z", "2026-01-12T00:00:00Z", 3);
-    let now = t("2026-01-12T06:00:00Z");
-    let sim = simulator(platform, now, Faults::default(), None).await;
-    let db = fresh_sqlite().await;
-    let mut src = source(
-        &sim.url,
-        1000,
-        chrono::Duration::hours(6),
-        chrono::Duration::minutes(30),
-        "2026-01-05T00:00",
-    );
+    let (sim, db, mut src, now) = a_week_in_six_hour_windows(800, 33).await;
     src.max_in_flight = in_flight;
     let reports = catch_up(&db.store, &src, now, |_| {})
         .await
@@ -294,30 +284,54 @@ async fn pipelined_catch_up(in_flight: u32) {
     sorted.sort();
     assert_eq!(runs, sorted, "committed out of order");
     assert_eq!(runs.len(), reports.len());
-    // Fetched ahead: a window's request began before the one before it had committed.
-    let overlapping: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM sync_run a JOIN sync_run b ON b.id = a.id + 1
-         WHERE b.started_at < a.finished_at",
-    )
-    .fetch_one(db.store.pool())
-    .await
-    .expect("count");
-    assert!(overlapping > 0, "no window was fetched ahead");
+    assert!(
+        fetched_ahead(&db, "sync").await > 0,
+        "no window was fetched ahead"
+    );
 }
 
-#[tokio::test]
-async fn a_pipelined_backfill_rereads_in_window_order_and_leaves_the_mirror_equal() {
-    let platform = platform(400, 35, "2026-01-05T00:00:00Z", "2026-01-12T00:00:00Z", 3);
+/// A simulated week (`students`, `seed`) and a fresh mirror, with a source of fixed six-hour
+/// windows on it, as of six hours after the week.
+async fn a_week_in_six_hour_windows(
+    students: u64,
+    seed: u64,
+) -> (Running, TestDb, SyncSource, DateTime<Utc>) {
+    let platform = platform(
+        students,
+        seed,
+        "2026-01-05T00:00:00Z",
+        "2026-01-12T00:00:00Z",
+        3,
+    );
     let now = t("2026-01-12T06:00:00Z");
     let sim = simulator(platform, now, Faults::default(), None).await;
     let db = fresh_sqlite().await;
-    let mut src = source(
+    let src = source(
         &sim.url,
         1000,
         chrono::Duration::hours(6),
         chrono::Duration::minutes(30),
         "2026-01-05T00:00",
     );
+    (sim, db, src, now)
+}
+
+/// Windows of `kind` whose request began before the one before it had committed: fetched
+/// ahead.
+async fn fetched_ahead(db: &TestDb, kind: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM sync_run a JOIN sync_run b ON b.id = a.id + 1
+         WHERE a.kind = $1 AND b.kind = $1 AND b.started_at < a.finished_at",
+    )
+    .bind(kind)
+    .fetch_one(db.store.pool())
+    .await
+    .expect("count")
+}
+
+#[tokio::test]
+async fn a_pipelined_backfill_rereads_in_window_order_and_leaves_the_mirror_equal() {
+    let (sim, db, mut src, now) = a_week_in_six_hour_windows(400, 35).await;
     catch_up(&db.store, &src, now, |_| {})
         .await
         .expect("catch up");
@@ -341,14 +355,10 @@ async fn a_pipelined_backfill_rereads_in_window_order_and_leaves_the_mirror_equa
         sim.stats.requests.load(Ordering::Relaxed) - requests,
         reports.len() as u64
     );
-    let overlapping: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM sync_run a JOIN sync_run b ON b.id = a.id + 1
-         WHERE a.kind = 'backfill' AND b.kind = 'backfill' AND b.started_at < a.finished_at",
-    )
-    .fetch_one(db.store.pool())
-    .await
-    .expect("count");
-    assert!(overlapping > 0, "no window was fetched ahead");
+    assert!(
+        fetched_ahead(&db, "backfill").await > 0,
+        "no window was fetched ahead"
+    );
 }
 
 #[tokio::test]
