@@ -280,6 +280,9 @@ async fn last_complete(
         .begin_sql("reading the last complete provisioning pass")
         .await?;
     let at = crate::provisioning::store::last_complete(&mut *tx, name).await?;
-    drop(tx);
+    // Ended, not dropped: a transaction dropped open closes its connection rather than return
+    // it (SQLite's writer is one connection, with its caches).
+    tx.commit("reading the last complete provisioning pass")
+        .await?;
     Ok(at)
 }

@@ -411,7 +411,9 @@ impl Pass<'_> {
                 .begin_sql("reading the provisioning mirror")
                 .await?;
             let known = prov_store::known(&mut *tx, self.spec.source, kind, &ids).await?;
-            drop(tx);
+            // Ended, not dropped: a transaction dropped open closes its connection rather than
+            // return it (SQLite's writer is one connection, with its caches).
+            tx.commit("reading the provisioning mirror").await?;
             known
         };
         let known = &prepared.known;

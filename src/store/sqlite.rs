@@ -12,8 +12,11 @@
 //! What to write is decided in [`super::replace`]; this module only says it in SQLite's SQL. The
 //! document's tracking rows live in the temporary tables `doc_tracking` and `doc_held`, which
 //! belong to the transaction's connection and spill to disk like any table. A key held back is
-//! put back as committed by reading the committed rows on another connection of the pool: in WAL
-//! mode it sees the database as it was before this transaction, which holds the only write lock.
+//! put back as committed by reading the committed rows on a reader connection: in WAL mode it
+//! sees the database as it was before this transaction, which holds the only write lock.
+//!
+//! Writes go through a pool of one connection and reads through a pool of their own (see
+//! [`SqliteStore`]): SQLite has one writer anyway, and one connection keeps one set of caches.
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
@@ -61,6 +64,10 @@ const MIN_CACHED_ROWS: usize = 16;
 /// ([`is_cached`]: about 90) and the lookups' (16), with room for the rest; sqlx's default of
 /// 100 would evict some of them on every document.
 const STATEMENT_CACHE: usize = 256;
+/// Prepared statements kept per reader connection: reads are few kinds of small statements.
+const READER_STATEMENT_CACHE: usize = 32;
+/// Reader connections at most: `status`, `/readyz`, a restore and a loader's report at once.
+const READERS: u32 = 4;
 /// A batch: as many keys as one lookup pair and a provomrade statement pair take; elements and
 /// raw bytes capped so that a key repeated many times, or large elements, still flush.
 const BATCH: BatchLimits = BatchLimits {
@@ -71,8 +78,17 @@ const BATCH: BatchLimits = BatchLimits {
 
 // ---- Connecting: pragmas, WAL, file mode --------------------------------------------------------
 
+/// Two pools on one file. `writer` holds one connection, and every transaction (documents,
+/// `begin_sql`, migrations) takes it: SQLite lets one connection write at a time anyway, so a
+/// second writer connection would only wait in SQLite's busy handler, and each one that ever
+/// wrote keeps its own statement cache (the large multi-row INSERTs) and page cache filled.
+/// With a pool of four, document transactions rotated over two or three connections and the
+/// peak memory of a first sync varied with their number (measured: 59-63 MiB with two, 71-73
+/// with three). `reader` serves every read outside a transaction, among them a document's
+/// restores, which must not wait for the writer that their own transaction holds.
 pub struct SqliteStore {
-    pool: SqlitePool,
+    writer: SqlitePool,
+    reader: SqlitePool,
     /// The scanner's advice, kept across documents (see [`Applier::new`]).
     build_ahead: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
@@ -115,14 +131,16 @@ impl SqliteStore {
             // thousand rows all over provomrade as synced, and the default checkpointed every
             // few windows, writing the same pages back again and again (measured: 10 % off a
             // catch-up of 317 daily windows, first sync and re-read alike).
-            .pragma("wal_autocheckpoint", "16384")
-            .statement_cache_capacity(STATEMENT_CACHE);
+            .pragma("wal_autocheckpoint", "16384");
         create_with_mode(options.get_filename(), file_mode).map_err(|e| StoreError::Connect {
             url: redact_url(url),
             source: sqlx::Error::Io(e),
         })?;
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            // Waiting for the writer connection is waiting for SQLite's write lock, held by
+            // this process: as long as waiting for another process's lock may take.
+            .acquire_timeout(busy_timeout)
             // A connection whose transaction is still open when it comes back is closed, not
             // reused. A COMMIT that fails with SQLITE_FULL makes SQLite roll the transaction
             // back by itself; sqlx's ROLLBACK on drop then fails and its count of open
@@ -133,18 +151,24 @@ impl SqliteStore {
             .after_release(|conn, _| {
                 Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
             })
-            .connect_with(options)
+            .connect_with(options.clone().statement_cache_capacity(STATEMENT_CACHE))
             .await
             .map_err(connect_err)?;
+        // Opened when first read through (a restore is rare; `status` and `/readyz` read).
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .acquire_timeout(busy_timeout)
+            .connect_lazy_with(options.statement_cache_capacity(READER_STATEMENT_CACHE));
         Ok(SqliteStore {
-            pool,
+            writer,
+            reader,
             build_ahead: Default::default(),
         })
     }
 
-    /// The pool, for read-only queries in tests and reports.
+    /// The readers' pool, for read-only queries in tests and reports.
     pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+        &self.reader
     }
 }
 
@@ -190,10 +214,10 @@ impl Store for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
         // Before anything is written: a file a newer build migrated is left as it is.
         self.schema_state().await?.check()?;
-        MIGRATOR.run(&self.pool).await?;
+        MIGRATOR.run(&self.writer).await?;
         // The data contract, rewritten whole: a changed description reaches an existing file.
         let mut tx = self
-            .pool
+            .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(query_err("writing the data contract"))?;
@@ -227,14 +251,14 @@ impl Store for SqliteStore {
         let exists: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&self.reader)
         .await
         .map_err(query_err(context))?;
         if !exists {
             return Ok(Vec::new());
         }
         sqlx::query_scalar(super::APPLIED_VERSIONS_SQL)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reader)
             .await
             .map_err(query_err(context))
     }
@@ -247,7 +271,7 @@ impl Store for SqliteStore {
         // IMMEDIATE: the write lock now, so the operation never interleaves with a window (and
         // never fails half way for want of it).
         let tx = self
-            .pool
+            .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(query_err(context))?;
@@ -256,7 +280,7 @@ impl Store for SqliteStore {
 
     async fn source_rows(&self) -> Result<Vec<governance::SourceState>, StoreError> {
         let rows = sqlx::query(governance::SOURCES_SQL)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reader)
             .await
             .map_err(query_err("listing sources"))?;
         Ok(rows
@@ -277,7 +301,7 @@ impl Store for SqliteStore {
         doc: std::sync::Arc<DocContext>,
     ) -> Result<Box<dyn DocumentTx>, StoreError> {
         let mut tx = self
-            .pool
+            .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(query_err("starting a transaction"))?;
@@ -310,7 +334,7 @@ impl Store for SqliteStore {
         let dialect = SqliteDialect {
             tx,
             source: info.source.clone(),
-            pool: self.pool.clone(),
+            reader: self.reader.clone(),
             now: timestamp(ctx.now),
             ids: None,
         };
@@ -326,19 +350,20 @@ impl Store for SqliteStore {
 
     async fn table_counts(&self) -> Result<TableCounts, StoreError> {
         sqlx::query(TableCounts::SQL)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.reader)
             .await
             .and_then(|row| TableCounts::from_row(&row))
             .map_err(query_err("counting rows"))
     }
 
     async fn close(&self) {
-        self.pool.close().await;
+        self.writer.close().await;
+        self.reader.close().await;
     }
 
     async fn watermark(&self, source: &str) -> Result<Option<Watermark>, StoreError> {
         let mut conn = self
-            .pool
+            .reader
             .acquire()
             .await
             .map_err(query_err("reading the watermark"))?;
@@ -352,7 +377,7 @@ impl Store for SqliteStore {
         context: &'static str,
     ) -> Result<Vec<Vec<Option<String>>>, StoreError> {
         let rows = bind_values(sqlx::query(sql), values)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reader)
             .await
             .map_err(query_err(context))?;
         rows.iter()
@@ -369,7 +394,7 @@ impl Store for SqliteStore {
         let rows = sqlx::query(super::sql::RECENT_RUNS_SQL)
             .bind(source)
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reader)
             .await
             .map_err(query_err("reading recent windows"))?;
         rows.iter()
@@ -397,7 +422,7 @@ impl Store for SqliteStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
-            .execute(&self.pool)
+            .execute(&self.reader)
             .await
             .map_err(query_err("checking the database"))?;
         Ok(())
@@ -536,7 +561,7 @@ struct SqliteDialect {
     /// The document's source, for lookups.
     source: String,
     /// For reading the committed state, which the transaction's own connection no longer sees.
-    pool: SqlitePool,
+    reader: SqlitePool,
     /// The document's timestamp in the stored form.
     now: String,
     /// The next free row ids, read when the document first inserts (an unchanged re-read never
@@ -998,7 +1023,7 @@ impl SqliteDialect {
     /// still sees the database without this transaction's writes.
     async fn restore(&mut self, id: i64, doc: &DocInfo) -> Result<(), StoreError> {
         let mut conn = self
-            .pool
+            .reader
             .acquire()
             .await
             .map_err(query_err("reading a held key as committed"))?;

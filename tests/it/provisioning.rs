@@ -556,7 +556,7 @@ async fn the_binary_mirrors_the_simulated_register_and_hashes_a_personnummer_as_
         .await
         .expect("query");
     assert_eq!(found, 1);
-    store.pool().close().await;
+    nprov_sync::store::Store::close(&store).await;
     let bytes = std::fs::read(&db).expect("the database file");
     for secret in ["201201010000", "Elev42", "Efternamn42", "elev42@"] {
         assert!(

@@ -573,7 +573,7 @@ async fn a_sync_killed_mid_run_resumes_from_its_watermark_and_ends_equal() {
             continue;
         };
         let wm = nprov_sync::store::Store::watermark(&store, "default").await;
-        store.pool().close().await;
+        nprov_sync::store::Store::close(&store).await;
         if let Ok(Some(wm)) = wm {
             break wm;
         }

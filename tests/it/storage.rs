@@ -78,7 +78,7 @@ async fn a_locked_sqlite_at_start_is_waited_for_and_a_lock_during_operation_fail
         nprov_sync::store::Store::migrate(&store)
             .await
             .expect("migrate");
-        store.pool().close().await;
+        nprov_sync::store::Store::close(&store).await;
     }
     let port = free_port();
     let cfg = dir.path().join("nprov.toml");
@@ -355,7 +355,7 @@ async fn a_full_disk_fails_a_sync_at_once_and_the_daemon_catches_up_once_there_i
         nprov_sync::store::Store::migrate(&store)
             .await
             .expect("migrate");
-        store.pool().close().await;
+        nprov_sync::store::Store::close(&store).await;
     }
     disk.fill(256 << 10);
     let port = free_port();
@@ -419,7 +419,7 @@ async fn a_full_disk_fails_a_sync_at_once_and_the_daemon_catches_up_once_there_i
             .await
             .expect("open");
         let got = dump(&store).await;
-        store.pool().close().await;
+        nprov_sync::store::Store::close(&store).await;
         if got == expected {
             break;
         }
