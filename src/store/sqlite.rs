@@ -215,30 +215,57 @@ impl Store for SqliteStore {
         // Before anything is written: a file a newer build migrated is left as it is.
         self.schema_state().await?.check()?;
         MIGRATOR.run(&self.writer).await?;
-        // The data contract, rewritten whole: a changed description reaches an existing file.
+        // The data contract, rewritten whole when it differs: a changed description reaches an
+        // existing file, and a start that changes nothing writes nothing (every `sync --once`
+        // from a timer migrates first; the contract is 354 rows).
+        let context = "writing the data contract";
+        let mut wanted: Vec<(String, Option<String>, String)> = super::contract::OBJECTS
+            .iter()
+            .flat_map(|object| {
+                std::iter::once((None, object.about))
+                    .chain(object.columns().map(|(c, about)| (Some(*c), *about)))
+                    .map(|(column, about)| {
+                        (
+                            object.name.to_owned(),
+                            column.map(str::to_owned),
+                            super::contract::squeeze(about),
+                        )
+                    })
+            })
+            .collect();
+        wanted.sort();
         let mut tx = self
             .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
-            .map_err(query_err("writing the data contract"))?;
+            .map_err(query_err(context))?;
+        let stored: Vec<(String, Option<String>, String)> = sqlx::query_as(
+            "SELECT object, column_name, description FROM data_contract
+             ORDER BY object, column_name IS NOT NULL, column_name, description",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(query_err(context))?;
+        if stored == wanted {
+            // Awaited rather than dropped: a connection that comes back inside a transaction is
+            // closed (see `after_release`), and this is the writer's only one.
+            tx.rollback().await.map_err(query_err(context))?;
+            return Ok(());
+        }
         sqlx::query("DELETE FROM data_contract")
             .execute(&mut *tx)
             .await
-            .map_err(query_err("writing the data contract"))?;
-        for object in super::contract::OBJECTS {
-            let rows = std::iter::once((None, object.about))
-                .chain(object.columns().map(|(c, about)| (Some(*c), *about)));
-            for (column, about) in rows {
-                sqlx::query(
-                    "INSERT INTO data_contract (object, column_name, description) VALUES (?, ?, ?)",
-                )
-                .bind(object.name)
-                .bind(column)
-                .bind(super::contract::squeeze(about))
-                .execute(&mut *tx)
-                .await
-                .map_err(query_err("writing the data contract"))?;
-            }
+            .map_err(query_err(context))?;
+        for (object, column, about) in &wanted {
+            sqlx::query(
+                "INSERT INTO data_contract (object, column_name, description) VALUES (?, ?, ?)",
+            )
+            .bind(object)
+            .bind(column)
+            .bind(about)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err(context))?;
         }
         tx.commit()
             .await

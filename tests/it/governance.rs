@@ -556,3 +556,51 @@ async fn every_table_view_and_column_is_described_in_the_database(b: Backend) {
     names.sort();
     assert_eq!(names, present);
 }
+
+/// A start that finds the data contract as this build describes it writes nothing to it (every
+/// `sync --once` from a timer migrates first); one that finds a description changed or missing
+/// puts the contract back whole.
+#[tokio::test]
+async fn an_unchanged_data_contract_is_not_rewritten_and_a_changed_one_is() {
+    let db = Backend::Sqlite.fresh().await;
+    // A witness of every write to the contract, made by the database itself.
+    for sql in [
+        "CREATE TABLE contract_writes (what TEXT NOT NULL)",
+        "CREATE TRIGGER contract_delete AFTER DELETE ON data_contract
+         BEGIN INSERT INTO contract_writes VALUES ('delete'); END",
+        "CREATE TRIGGER contract_insert AFTER INSERT ON data_contract
+         BEGIN INSERT INTO contract_writes VALUES ('insert'); END",
+    ] {
+        db.execute(sql).await.expect(sql);
+    }
+    let writes = "SELECT CAST(count(*) AS TEXT) FROM contract_writes";
+    let contract = "SELECT object, COALESCE(column_name, ''), description FROM data_contract \
+                    ORDER BY 1, 2";
+    let before = db.texts(contract).await;
+    db.store.migrate().await.expect("second start");
+    assert_eq!(
+        db.texts(writes).await,
+        [["0"]],
+        "an unchanged contract was written"
+    );
+    // An older build's wording of one column, and a row this build no longer has.
+    db.execute(
+        "UPDATE data_contract SET description = 'older words' \
+         WHERE object = 'provomrade' AND column_name = 'elev'",
+    )
+    .await
+    .expect("older words");
+    db.execute("INSERT INTO data_contract VALUES ('gone', NULL, 'a dropped table')")
+        .await
+        .expect("stale row");
+    db.execute("DELETE FROM contract_writes")
+        .await
+        .expect("reset");
+    db.store.migrate().await.expect("third start");
+    assert_eq!(db.texts(contract).await, before);
+    assert_ne!(
+        db.texts(writes).await,
+        [["0"]],
+        "a changed contract was not written"
+    );
+}
