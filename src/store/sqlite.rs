@@ -71,6 +71,20 @@ const READER_STATEMENT_CACHE: usize = 32;
 /// pages back (`pread64`): 8 MiB took a tenth off the CPU of a 200 000-pupil year for 7 MiB
 /// more peak memory (61 MiB); with one writer connection there is one such cache.
 const WRITER_CACHE_KIB: &str = "-8192";
+/// The temporary tables of a document's transaction (see the module docs).
+const TRACKING_TABLES: [&str; 2] = [
+    "CREATE TEMP TABLE IF NOT EXISTS doc_tracking (
+        provomrade_id INTEGER PRIMARY KEY,
+        written       INTEGER NOT NULL,
+        prev_content  TEXT,
+        raw           BLOB,
+        children      INTEGER NOT NULL,
+        elements      INTEGER NOT NULL,
+        settle        INTEGER NOT NULL,
+        op            TEXT
+    )",
+    "CREATE TEMP TABLE IF NOT EXISTS doc_held (fp BLOB PRIMARY KEY) WITHOUT ROWID",
+];
 /// Reader connections at most: `status`, `/readyz`, a restore and a loader's report at once.
 const READERS: u32 = 4;
 /// A batch: as many keys as one lookup pair and a provomrade statement pair take; elements and
@@ -155,6 +169,18 @@ impl SqliteStore {
             // the connection: a reconnect is cheap, and such drops are failed windows.)
             .after_release(|conn, _| {
                 Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
+            })
+            // A document's tracking tables, made once per connection rather than in every
+            // document's transaction (two statements, each a trip to the connection's worker
+            // thread, in every window of an unchanged re-read). They outlive transactions, and
+            // every document leaves them empty (rolled back, or cleared in `finish`).
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    for sql in TRACKING_TABLES {
+                        sqlx::query(sql).execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
             })
             .connect_with(
                 options
@@ -337,31 +363,11 @@ impl Store for SqliteStore {
         ctx: ApplyContext,
         doc: std::sync::Arc<DocContext>,
     ) -> Result<Box<dyn DocumentTx>, StoreError> {
-        let mut tx = self
+        let tx = self
             .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(query_err("starting a transaction"))?;
-        // The tables outlive transactions on this pooled connection, and every document leaves
-        // them empty (rolled back, or cleared in `finish`).
-        for sql in [
-            "CREATE TEMP TABLE IF NOT EXISTS doc_tracking (
-                provomrade_id INTEGER PRIMARY KEY,
-                written       INTEGER NOT NULL,
-                prev_content  TEXT,
-                raw           BLOB,
-                children      INTEGER NOT NULL,
-                elements      INTEGER NOT NULL,
-                settle        INTEGER NOT NULL,
-                op            TEXT
-            )",
-            "CREATE TEMP TABLE IF NOT EXISTS doc_held (fp BLOB PRIMARY KEY) WITHOUT ROWID",
-        ] {
-            sqlx::query(sql)
-                .execute(&mut *tx)
-                .await
-                .map_err(query_err("preparing the document's tracking tables"))?;
-        }
         let info = DocInfo {
             source: ctx.source,
             namespace: doc.namespace.clone(),
@@ -374,6 +380,7 @@ impl Store for SqliteStore {
             reader: self.reader.clone(),
             now: timestamp(ctx.now),
             ids: None,
+            tracked: false,
         };
         Ok(Box::new(Applier::new(
             Box::new(dialect),
@@ -604,6 +611,9 @@ struct SqliteDialect {
     /// The next free row ids, read when the document first inserts (an unchanged re-read never
     /// does).
     ids: Option<NextIds>,
+    /// Whether a row went into the tracking tables: a document that wrote none (an unchanged
+    /// re-read's) has nothing to log or clear in `finish`.
+    tracked: bool,
 }
 
 /// The next row id of each table this transaction inserts into.
@@ -723,6 +733,22 @@ impl Stmt<'_> {
             Stmt::Rehash(_) => StmtKind::Rehash,
             Stmt::SpillHeld(_) => StmtKind::SpillHeld,
             Stmt::Quarantine(_) => StmtKind::Quarantine,
+        }
+    }
+
+    /// Whether the statement puts rows into the document's tracking tables.
+    fn tracks(&self) -> bool {
+        match self {
+            Stmt::Track(_) | Stmt::SpillUnchanged(_) | Stmt::SpillHeld(_) => true,
+            Stmt::Untrack(_)
+            | Stmt::DeleteDelprov(_)
+            | Stmt::DeleteProvtillfalle(_)
+            | Stmt::Provomrade(..)
+            | Stmt::Replaced(_)
+            | Stmt::Provtillfalle(_)
+            | Stmt::Delprov(_)
+            | Stmt::Rehash(_)
+            | Stmt::Quarantine(_) => false,
         }
     }
 
@@ -1032,6 +1058,8 @@ impl SqliteDialect {
     /// Runs statements in order, each bound while the one before it executes on sqlx's worker
     /// thread (binding thousands of values is real work).
     async fn run(&mut self, stmts: &[Stmt<'_>], c: &Common<'_>) -> Result<(), StoreError> {
+        // Set before they run: a statement that fails half way fails the document anyway.
+        self.tracked |= stmts.iter().any(Stmt::tracks);
         let sqls: Vec<std::sync::Arc<str>> = stmts.iter().map(sql_text).collect();
         let mut queries = stmts
             .iter()
@@ -1483,6 +1511,11 @@ impl Dialect for SqliteDialect {
     }
 
     async fn finish(&mut self, _doc: &DocInfo) -> Result<(), StoreError> {
+        if !self.tracked {
+            // Nothing tracked, so nothing changed and the tables are empty: three statements
+            // fewer in every window of an unchanged re-read.
+            return Ok(());
+        }
         // Real changes only, decided by the replace core; within one document in provomrade id
         // order.
         sqlx::query(
