@@ -3,8 +3,8 @@
 //! PostgreSQL gets it as `COMMENT ON` (so `\d+` and every catalogue-reading tool show it);
 //! SQLite, which has no comments, as rows of the table `data_contract`; the README's data
 //! contract section is generated from it (a test holds the README equal to [`markdown`]). Both
-//! are written after every migration, so a change here reaches an existing database on the next
-//! start. A test checks that every table, view and column in either database is described here,
+//! are brought up to date after every migration (SQLite's rows only when they differ), so a
+//! change here reaches an existing database on the next start. A test checks that every table, view and column in either database is described here,
 //! and nothing more.
 
 /// A table or view of the mirror.
@@ -615,7 +615,7 @@ pub const OBJECTS: &[Object] = &[
         name: "data_contract",
         view: false,
         about: "SQLite only (PostgreSQL has COMMENT ON): this description of every table, view \
-                and column, rewritten after every migration.",
+                and column, checked at every start and rewritten whole when it differs.",
         columns: &[&[
             ("object", "Table or view name."),
             ("column_name", "Column name; NULL for the row describing the object itself."),
