@@ -3,9 +3,10 @@
 //! PostgreSQL gets it as `COMMENT ON` (so `\d+` and every catalogue-reading tool show it);
 //! SQLite, which has no comments, as rows of the table `data_contract`; the README's data
 //! contract section is generated from it (a test holds the README equal to [`markdown`]). Both
-//! are brought up to date after every migration (SQLite's rows only when they differ), so a
-//! change here reaches an existing database on the next start. A test checks that every table, view and column in either database is described here,
-//! and nothing more.
+//! are brought up to date after every migration (written whole when they differ, not at all
+//! when they do not), so a change here reaches an existing database on the next start. A test
+//! checks that every table, view and column in either database is described here, and nothing
+//! more.
 
 /// A table or view of the mirror.
 #[derive(Debug)]
@@ -657,33 +658,74 @@ pub(crate) fn literal(text: &str) -> String {
     format!("'{}'", squeeze(text).replace('\'', "''"))
 }
 
-/// `COMMENT ON` statements for PostgreSQL, every object and column.
-pub fn postgres_comments() -> Vec<String> {
-    let mut out = Vec::new();
-    for o in OBJECTS.iter().filter(|o| o.name != "data_contract") {
-        let kind = if o.view { "VIEW" } else { "TABLE" };
-        out.push(format!(
-            "COMMENT ON {kind} {} IS {}",
-            o.name,
-            literal(o.about)
-        ));
-        for (column, about) in o.columns() {
-            out.push(format!(
+/// One description: of a table or view (`column` `None`) or of a column; a row of SQLite's
+/// `data_contract`, a comment on PostgreSQL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Description {
+    pub object: &'static str,
+    /// `TABLE` or `VIEW`.
+    pub kind: &'static str,
+    pub column: Option<&'static str>,
+    /// The text as the database stores it (squeezed to one line).
+    pub text: String,
+}
+
+impl Description {
+    /// Its `COMMENT ON` statement (PostgreSQL).
+    pub fn statement(&self) -> String {
+        match self.column {
+            None => format!(
+                "COMMENT ON {} {} IS {}",
+                self.kind,
+                self.object,
+                literal(&self.text)
+            ),
+            Some(column) => format!(
                 "COMMENT ON COLUMN {}.\"{column}\" IS {}",
-                o.name,
-                literal(about)
-            ));
+                self.object,
+                literal(&self.text)
+            ),
         }
     }
-    out.push(format!(
-        "COMMENT ON TABLE {MIGRATIONS_TABLE} IS {}",
-        literal("The migrations applied to this schema (sqlx's bookkeeping): version, description, when, checksum.")
-    ));
+}
+
+/// Every object's and column's description, in [`OBJECTS`]' order.
+pub fn described() -> impl Iterator<Item = Description> {
+    OBJECTS.iter().flat_map(|o| {
+        let kind = if o.view { "VIEW" } else { "TABLE" };
+        std::iter::once((None, o.about))
+            .chain(o.columns().map(|(c, about)| (Some(*c), *about)))
+            .map(move |(column, about)| Description {
+                object: o.name,
+                kind,
+                column,
+                text: squeeze(about),
+            })
+    })
+}
+
+/// Every comment PostgreSQL carries: each object and column but SQLite's `data_contract`, and
+/// sqlx's migrations table.
+pub fn postgres_described() -> Vec<Description> {
+    let mut out: Vec<Description> = described()
+        .filter(|d| d.object != "data_contract")
+        .collect();
+    out.push(Description {
+        object: MIGRATIONS_TABLE,
+        kind: "TABLE",
+        column: None,
+        text: squeeze(
+            "The migrations applied to this schema (sqlx's bookkeeping): version, description, \
+             when, checksum.",
+        ),
+    });
     for (column, about) in MIGRATIONS_COLUMNS {
-        out.push(format!(
-            "COMMENT ON COLUMN {MIGRATIONS_TABLE}.{column} IS {}",
-            literal(about)
-        ));
+        out.push(Description {
+            object: MIGRATIONS_TABLE,
+            kind: "TABLE",
+            column: Some(column),
+            text: squeeze(about),
+        });
     }
     out
 }

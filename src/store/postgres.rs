@@ -259,11 +259,43 @@ impl Store for PostgresStore {
         self.schema_state().await?.check()?;
         self.ensure_schema().await?;
         MIGRATOR.run(&self.pool).await?;
-        // The data contract as comments, every time: a changed description reaches an existing
-        // database on the next start. One simple-protocol query: one round trip (every command
-        // that migrates pays it, and the database may be across a network), and PostgreSQL runs
-        // a multi-statement query as one implicit transaction.
-        let comments = super::contract::postgres_comments().join(";\n");
+        // The data contract as comments, written when the schema's differ from this build's: a
+        // changed description reaches an existing database on the next start, and a start that
+        // changes nothing writes nothing (no catalogue rows, no WAL, no lock on every table).
+        let described = super::contract::postgres_described();
+        let stored: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT c.relname::text, NULL::text, obj_description(c.oid, 'pg_class')
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'v')
+             UNION ALL
+             SELECT c.relname::text, a.attname::text, col_description(c.oid, a.attnum)
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             JOIN pg_attribute a ON a.attrelid = c.oid
+             WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'v')
+               AND a.attnum > 0 AND NOT a.attisdropped",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_err("reading the data contract"))?;
+        let stored: HashMap<(String, Option<String>), Option<String>> = stored
+            .into_iter()
+            .map(|(object, column, text)| ((object, column), text))
+            .collect();
+        let current = |c: &super::contract::Description| {
+            stored
+                .get(&(c.object.to_owned(), c.column.map(str::to_owned)))
+                .is_some_and(|text| text.as_deref() == Some(c.text.as_str()))
+        };
+        if described.iter().all(current) {
+            return Ok(());
+        }
+        // One simple-protocol query: one round trip (the database may be across a network), and
+        // PostgreSQL runs a multi-statement query as one implicit transaction.
+        let comments = described
+            .iter()
+            .map(super::contract::Description::statement)
+            .collect::<Vec<_>>()
+            .join(";\n");
         sqlx::raw_sql(&comments)
             .execute(&self.pool)
             .await

@@ -255,19 +255,8 @@ impl Store for SqliteStore {
         // existing file, and a start that changes nothing writes nothing (every `sync --once`
         // from a timer migrates first; the contract is 354 rows).
         let context = "writing the data contract";
-        let mut wanted: Vec<(String, Option<String>, String)> = super::contract::OBJECTS
-            .iter()
-            .flat_map(|object| {
-                std::iter::once((None, object.about))
-                    .chain(object.columns().map(|(c, about)| (Some(*c), *about)))
-                    .map(|(column, about)| {
-                        (
-                            object.name.to_owned(),
-                            column.map(str::to_owned),
-                            super::contract::squeeze(about),
-                        )
-                    })
-            })
+        let mut wanted: Vec<(String, Option<String>, String)> = super::contract::described()
+            .map(|d| (d.object.to_owned(), d.column.map(str::to_owned), d.text))
             .collect();
         wanted.sort();
         let mut tx = self
