@@ -264,13 +264,13 @@ impl Store for SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(query_err(context))?;
-        let stored: Vec<(String, Option<String>, String)> = sqlx::query_as(
-            "SELECT object, column_name, description FROM data_contract
-             ORDER BY object, column_name IS NOT NULL, column_name, description",
-        )
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(query_err(context))?;
+        let mut stored: Vec<(String, Option<String>, String)> =
+            sqlx::query_as("SELECT object, column_name, description FROM data_contract")
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(query_err(context))?;
+        // Sorted here, the same way as `wanted`: no SQL ordering to keep in step with Rust's.
+        stored.sort();
         if stored == wanted {
             // Awaited rather than dropped: a connection that comes back inside a transaction is
             // closed (see `after_release`), and this is the writer's only one.
