@@ -15,16 +15,21 @@
 //!
 //! A second scenario, "realistic platform", puts the simulator at a real platform's pace (250 ms
 //! per request, 50 ms per MiB rendered, at most 5 requests per second answered, 429 beyond) and
-//! runs the client as shipped (5 requests per second, windows sized by `target_response_bytes`),
-//! the same with the next window fetched while the last is written (`max_in_flight = 2`), and
-//! the same binary configured as the first generation ran (fixed one-day windows, one at a
-//! time):
-//! wall time, requests, retries, the largest response, peak memory, and whether both mirrors hold
-//! the same rows.
+//! runs the client as shipped (5 requests per second, windows sized by `target_response_bytes`,
+//! the next window fetched while the last is written), the same one request at a time
+//! (`max_in_flight = 1`), and the same binary configured as the first generation ran (fixed
+//! one-day windows, one at a time): wall time, requests, retries, the largest response, peak
+//! memory, whether the mirrors hold the same rows, and each run against the platform's bound
+//! (rendering its bytes, or answering its requests at the rate limit, plus one latency).
 //!
 //! A third, "fast platform", runs the client as shipped against the simulator at memory speed and
 //! prints its CPU beside the floor of the same work, measured in the same run (see
 //! `common/floor.rs`), and what the catch-up wrote to disk beside the database's size.
+//!
+//! Both the realistic and the fast scenario then run the comparison script,
+//! `benches/script/baseline.py` (requests, lxml and sqlite3: what a data team would write
+//! instead), over the same year from the same simulator, when the machine's `python3` (or
+//! `NPROV_BENCH_PYTHON`) has lxml and requests (`python3 -m pip install lxml requests`).
 //!
 //! `cargo bench --bench catchup` (200 000 students; `NPROV_BENCH_STUDENTS` to change;
 //! `NPROV_BENCH_SCENARIOS=engine,realistic,fast` to choose). Figures are printed, nothing is
@@ -68,6 +73,10 @@ struct Measured {
     windows: u64,
     attempts: u64,
     largest: u64,
+    /// Response bytes of the windows committed, summed from the same lines.
+    bytes: u64,
+    /// What a line `rows N` said: the comparison script's count of its three tables.
+    reported_rows: Option<u64>,
 }
 
 /// `write_bytes` of /proc/<pid>/io: what the process (all its threads) sent to storage.
@@ -151,7 +160,12 @@ fn measure(cmd: &mut Command) -> Measured {
     // 449 unchanged, …".
     let output = std::fs::read_to_string(out.path()).unwrap_or_default();
     let (mut records, mut unchanged, mut windows, mut attempts, mut largest) = (0, 0, 0, 0, 0);
+    let mut reported_rows = None;
+    let mut bytes = 0;
     for line in output.lines() {
+        if let Some(n) = line.strip_prefix("rows ") {
+            reported_rows = n.trim().parse().ok();
+        }
         let Some((head, tail)) = line.split_once(" records → ") else {
             continue;
         };
@@ -166,10 +180,12 @@ fn measure(cmd: &mut Command) -> Measured {
             head.split_once(" (")
                 .and_then(|(_, rest)| rest.split(' ').next()),
         );
-        largest = largest.max(number(
+        let body = number(
             head.split(", ")
                 .find_map(|part| part.strip_suffix(" bytes")),
-        ));
+        );
+        largest = largest.max(body);
+        bytes += body;
     }
     Measured {
         wall,
@@ -180,6 +196,8 @@ fn measure(cmd: &mut Command) -> Measured {
         windows,
         attempts,
         largest,
+        bytes,
+        reported_rows,
         write_bytes: write_bytes.unwrap_or_else(|| panic!("no /proc/{pid}/io for {cmd:?}")),
     }
 }
@@ -348,6 +366,58 @@ fn fast(bin: &str, students: u64) {
         insert.seconds,
         m.cpu / floor,
     );
+    if let Some(s) = script(&url, dir.path(), rows) {
+        println!(
+            "  the script's CPU is {:.2}x the floor; the client uses {:.1}x less CPU than the \
+             script",
+            s.cpu / floor,
+            s.cpu / m.cpu,
+        );
+    }
+}
+
+/// The comparison script (`benches/script/baseline.py`: requests, lxml and sqlite3, month-long
+/// windows one at a time) run over the same year from the same simulator into a fresh file, or
+/// `None`, said, when this machine's Python lacks its two packages.
+fn script(url: &str, dir: &Path, expected_rows: u64) -> Option<Measured> {
+    let python = std::env::var("NPROV_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ready = Command::new(&python)
+        .args(["-c", "import lxml, requests"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ready {
+        println!(
+            "  script: not run ({python} lacks lxml or requests: `{python} -m pip install lxml \
+             requests`, or NPROV_BENCH_PYTHON names another interpreter)"
+        );
+        return None;
+    }
+    let db = dir.join(format!("script-{}.db", std::process::id()));
+    let m = measure(
+        Command::new(&python)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/benches/script/baseline.py"
+            ))
+            .arg(url)
+            .arg(&db)
+            .args([START, UNTIL]),
+    );
+    let rows = m.reported_rows.expect("the script reports its rows");
+    println!(
+        "  script (requests + lxml + sqlite3, benches/script/baseline.py): {:.1} s wall, {:.1} s \
+         CPU, peak RSS {:.1} MiB, {rows} rows ({})",
+        m.wall,
+        m.cpu,
+        m.peak_mib,
+        if rows == expected_rows {
+            "equal to the client's"
+        } else {
+            "DIFFER from the client's"
+        }
+    );
+    Some(m)
 }
 
 /// The whole year as one response, streamed to a file.
@@ -369,6 +439,12 @@ fn download(endpoint: &str, to: &Path) {
     });
 }
 
+/// The realistic platform's pace: its latency per request, its rendering cost per MiB of body
+/// (the simulator's `--render-ms-per-mb` counts MiB), and the requests per second it answers.
+const LATENCY_SECONDS: f64 = 0.25;
+const RENDER_SECONDS_PER_MIB: f64 = 0.05;
+const RATE_LIMIT: f64 = 5.0;
+
 /// The platform at a real one's pace; the client as shipped beside the first generation's fixed
 /// one-day windows, into SQLite.
 fn realistic(bin: &str, students: u64) {
@@ -377,11 +453,11 @@ fn realistic(bin: &str, students: u64) {
         students,
         &[
             "--latency",
-            "250ms",
+            &format!("{}ms", LATENCY_SECONDS * 1000.0),
             "--render-ms-per-mb",
-            "50",
+            &format!("{}", RENDER_SECONDS_PER_MIB * 1000.0),
             "--rate-limit",
-            "5",
+            &format!("{RATE_LIMIT}"),
         ],
     );
     let dir = tempfile::tempdir().expect("dir");
@@ -393,8 +469,8 @@ fn realistic(bin: &str, students: u64) {
     for (label, settings) in [
         ("as shipped", ""),
         (
-            "as shipped, the next window fetched ahead (max_in_flight 2)",
-            "max_in_flight = 2\n",
+            "as shipped but one request at a time (max_in_flight 1)",
+            "max_in_flight = 1\n",
         ),
         (
             "first generation (max_window 1d, target_response_bytes 0, max_in_flight 1)",
@@ -420,9 +496,17 @@ fn realistic(bin: &str, students: u64) {
                 .arg(&config),
         );
         let rows = rows(bin, &config);
+        // What this platform needs at least for these windows, however the client behaves: it
+        // renders every byte at its pace (or, for many small windows, lets the requests through
+        // at its rate: the first at once, each next a 1/rate later), and the last answer waits
+        // one latency that nothing overlaps.
+        let render = m.bytes as f64 / f64::from(1 << 20) * RENDER_SECONDS_PER_MIB;
+        let admitted = m.attempts.saturating_sub(1) as f64 / RATE_LIMIT;
+        let bound = render.max(admitted) + LATENCY_SECONDS;
         println!(
             "  {label}: {:.1} s wall, {:.1} s client CPU, {} windows, {} requests ({} retried), \
-             largest response {:.1} MB, peak RSS {:.1} MiB, {rows} rows",
+             largest response {:.1} MB, peak RSS {:.1} MiB, {rows} rows; {:.2}x the platform's \
+             bound of {bound:.2} s ({:.1} MB rendered)",
             m.wall,
             m.cpu,
             m.windows,
@@ -430,10 +514,21 @@ fn realistic(bin: &str, students: u64) {
             m.attempts - m.windows,
             mb(m.largest),
             m.peak_mib,
+            m.wall / bound,
+            mb(m.bytes),
         );
         row_counts.push((m.wall, rows));
     }
     let (baseline, baseline_rows) = row_counts[row_counts.len() - 1];
+    if let Some(s) = script(&url, dir.path(), baseline_rows) {
+        for (i, (wall, _)) in row_counts.iter().enumerate() {
+            println!(
+                "  configuration {} / script: {:.1}x faster",
+                i + 1,
+                s.wall / wall
+            );
+        }
+    }
     for (i, (wall, rows)) in row_counts[..row_counts.len() - 1].iter().enumerate() {
         println!(
             "  configuration {} / first generation: {:.3} of the wall time ({:.1}x faster); rows {}",
