@@ -65,13 +65,13 @@ impl Window {
         format!("{}..{}", self.from_param(), self.tom_param())
     }
 
-    /// The two halves of this window, for a response too large to take at once; `None` when it
-    /// is a single minute already.
     /// How long the window is, as instants: `[from_utc, tom_utc + 1 min)`.
     pub fn span(&self) -> Duration {
         self.tom_utc - self.from_utc + Duration::minutes(1)
     }
 
+    /// The two halves of this window, for a response too large to take at once; `None` when it
+    /// is a single minute already.
     pub fn split(&self, tz: Tz) -> Option<(Window, Window)> {
         let minutes = (self.tom_utc - self.from_utc).num_minutes();
         if minutes < 1 {
@@ -213,9 +213,14 @@ impl Plan {
 /// window that proves too large (413, a timeout) costs the whole response again.
 pub const DEFAULT_TARGET_RESPONSE_BYTES: u64 = 8 << 20;
 
-/// The span a catch-up starts with before anything was answered: one day, the size of a
-/// school day's changes, so a first response is not larger than a fixed daily window's.
-pub const INITIAL_SPAN_MINUTES: i64 = 24 * 60;
+/// The span a catch-up starts with before anything was answered: four days. Every answer
+/// before the span has found its size costs a round trip that nothing overlaps (a window
+/// planned ahead then would be too small), so the first window is as long as it can be while
+/// still holding less than `DEFAULT_TARGET_RESPONSE_BYTES` at the busiest time of a large
+/// municipality's year: every four-day window of the simulated 200 000-pupil year holds at most
+/// 7.05 MB (median 6.84). Against the realistic platform at 20 000 pupils this is one probe
+/// fewer than a one-day start: 3.28 s instead of 3.57 (farm-bench, 9 pairs).
+pub const INITIAL_SPAN_MINUTES: i64 = 4 * 24 * 60;
 
 /// How much longer than the last one the next window may be: a quiet week says little about
 /// the next (school starts, results arrive in bulk), so the pacer probes before it leaps.
@@ -751,7 +756,7 @@ mod tests {
     fn the_next_span_follows_what_the_platform_answered() {
         const DAY: i64 = 24 * 60;
         let cases: &[PaceCase] = &[
-            ("nothing answered yet: one day", &[], None, DAY),
+            ("nothing answered yet: four days", &[], None, 4 * DAY),
             (
                 "a quiet day grows fourfold, not to the cap at once",
                 &[(DAY, 2_000, 0.3)],

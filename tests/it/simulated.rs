@@ -1405,7 +1405,7 @@ async fn windows_sized_by_what_the_platform_answers_take_a_fraction_of_the_reque
         assert_eq!(dump(&db.store).await, reference(&sim.platform, now).await);
         let largest = reports.iter().map(|r| r.bytes).max().unwrap_or(0);
         if target > 0 {
-            // The first window is one day; every later one aims at the target, and none is
+            // The first window is four days; every later one aims at the target, and none is
             // more than a few times over it (density varies within a window).
             assert!(largest < 4 * target, "{largest} bytes");
         }
