@@ -275,14 +275,5 @@ async fn last_complete(
     shared: &Shared,
     name: &str,
 ) -> Result<Option<DateTime<Utc>>, crate::store::StoreError> {
-    let mut tx = shared
-        .store
-        .begin_sql("reading the last complete provisioning pass")
-        .await?;
-    let at = crate::provisioning::store::last_complete(&mut *tx, name).await?;
-    // Ended, not dropped: a transaction dropped open closes its connection rather than return
-    // it (SQLite's writer is one connection, with its caches).
-    tx.commit("reading the last complete provisioning pass")
-        .await?;
-    Ok(at)
+    crate::provisioning::store::last_complete(&*shared.store, name).await
 }

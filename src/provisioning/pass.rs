@@ -405,17 +405,7 @@ impl Pass<'_> {
         if ids.is_empty() {
             return Ok(prepared);
         }
-        prepared.known = {
-            let mut tx = self
-                .store
-                .begin_sql("reading the provisioning mirror")
-                .await?;
-            let known = prov_store::known(&mut *tx, self.spec.source, kind, &ids).await?;
-            // Ended, not dropped: a transaction dropped open closes its connection rather than
-            // return it (SQLite's writer is one connection, with its caches).
-            tx.commit("reading the provisioning mirror").await?;
-            known
-        };
+        prepared.known = prov_store::known(self.store, self.spec.source, kind, &ids).await?;
         let known = &prepared.known;
         let differs = |id: &str, hash: &str| match known.get(id) {
             None => true,

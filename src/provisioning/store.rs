@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use super::model::{ActivityRecord, DutyRecord, GroupRecord, PersonRecord, Record};
 use super::Kind;
 use crate::store::sql::{Sql, Value};
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 
 /// Ids bound per `IN (…)` list: far under either database's limit on parameters.
 pub const IDS_PER_STATEMENT: usize = 500;
@@ -33,9 +33,12 @@ fn placeholders(first: usize, n: usize) -> String {
         .join(", ")
 }
 
-/// What the mirror holds of `ids` (at most [`IDS_PER_STATEMENT`] per query).
+/// What the mirror holds of `ids` (at most [`IDS_PER_STATEMENT`] per query). A read outside
+/// any transaction ([`Store::read_texts`]): it takes no write lock, so preparing a page never
+/// waits for a window being written, nor holds one off. The page's own write transaction
+/// follows; nothing else writes a pass's records meanwhile.
 pub async fn known(
-    tx: &mut dyn Sql,
+    store: &dyn Store,
     source: &str,
     kind: Kind,
     ids: &[String],
@@ -55,8 +58,8 @@ pub async fn known(
         );
         let mut values = vec![Value::Text(source)];
         values.extend(chunk.iter().map(|id| Value::Text(id)));
-        for row in tx
-            .texts(&sql, &values, "reading the provisioning mirror")
+        for row in store
+            .read_texts(&sql, &values, "reading the provisioning mirror")
             .await?
         {
             let mut cols = row.into_iter().map(Option::unwrap_or_default);
@@ -677,13 +680,14 @@ pub async fn record_pass(
     Ok(())
 }
 
-/// When the source's last complete pass ended, if it had one.
+/// When the source's last complete pass ended, if it had one: read outside any transaction,
+/// without the write lock.
 pub async fn last_complete(
-    tx: &mut dyn Sql,
+    store: &dyn Store,
     source: &str,
 ) -> Result<Option<DateTime<Utc>>, StoreError> {
-    let rows = tx
-        .texts(
+    let rows = store
+        .read_texts(
             "SELECT CAST(last_complete_finished AS TEXT) FROM prov_state WHERE source = $1",
             &[Value::Text(source)],
             "reading a provisioning source's last complete pass",

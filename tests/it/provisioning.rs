@@ -23,6 +23,7 @@ for_each_backend!(
     a_mass_drop_is_refused_until_an_operator_confirms_or_the_next_pass_agrees,
     the_join_views_see_matches_and_both_mismatches,
     forget_drop_and_prune_cover_the_provisioning_mirror,
+    the_mirror_is_read_without_waiting_for_a_writer,
 );
 
 const SOURCE: &str = "kommun";
@@ -383,6 +384,44 @@ async fn a_mass_drop_is_refused_until_an_operator_confirms_or_the_next_pass_agre
     assert_eq!(run(&db, &api, 100).await.outcome, PassOutcome::Refused);
     assert_eq!(run(&db, &api, 100).await.outcome, PassOutcome::Complete);
     assert_mirrored(&db, &s.sim).await;
+}
+
+async fn the_mirror_is_read_without_waiting_for_a_writer(backend: Backend) {
+    // A pass looks up what it holds of each page, and the daemon reads when the last complete
+    // pass ended. Neither takes the write lock: with a window's transaction open (on SQLite
+    // the one writer connection, BEGIN IMMEDIATE) both answer at once.
+    let db = backend.fresh().await;
+    let s = serve(
+        Register::generate(&population(20), 21),
+        ProvFaults::default(),
+    )
+    .await;
+    assert_eq!(
+        run(&db, &api(&s, 50), 100).await.outcome,
+        PassOutcome::Complete
+    );
+    let ids = register_ids(&s.sim, "prov_person");
+    let writer = db.store.begin_sql("a window").await.expect("begin");
+    let (known, last) = tokio::time::timeout(Duration::from_secs(2), async {
+        let known = nprov_sync::provisioning::store::known(
+            db.store.as_ref(),
+            SOURCE,
+            nprov_sync::provisioning::Kind::Person,
+            &ids,
+        )
+        .await
+        .expect("known");
+        let last = nprov_sync::provisioning::store::last_complete(db.store.as_ref(), SOURCE)
+            .await
+            .expect("last complete");
+        (known, last)
+    })
+    .await
+    .expect("a read waited for the writer");
+    writer.commit("a window").await.expect("commit");
+    assert_eq!(known.len(), ids.len());
+    assert!(known.values().all(|k| !k.removed));
+    assert!(last.is_some(), "the complete pass is recorded");
 }
 
 async fn the_join_views_see_matches_and_both_mismatches(backend: Backend) {
