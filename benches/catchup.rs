@@ -393,7 +393,7 @@ fn script(url: &str, dir: &Path, expected_rows: u64) -> Option<Measured> {
         );
         return None;
     }
-    let db = dir.join(format!("script-{}.db", std::process::id()));
+    let db = dir.join("script.db");
     let m = measure(
         Command::new(&python)
             .arg(concat!(
