@@ -966,8 +966,9 @@ impl Stmt<'_> {
     }
 }
 
-/// A lookup chunk's JSON row: batch index, id, raw hash equal, stored content and raw hash
-/// (hex, when needed), then the tracking row's columns (all null when untracked).
+/// A lookup chunk's JSON row for a key that is not simply unchanged: batch index, id, raw hash
+/// equal, stored content and raw hash (hex), then the tracking row's columns (all null when
+/// untracked).
 type LookupRow = (
     usize,
     i64,
@@ -991,7 +992,32 @@ fn raw_from_hex(text: Option<&str>) -> Option<RawHash> {
     hex::decode_to_slice(text?, &mut out).ok().map(|()| out)
 }
 
-/// Puts a lookup chunk's rows in their places.
+/// Puts a lookup chunk's unchanged keys, `index,id,index,id…`, in their places: raw hash equal,
+/// and nothing else needed (the content is that of the batch's elements).
+fn fill_unchanged(found: &mut [Option<Stored>], list: &str) -> Result<(), StoreError> {
+    let corrupt = || StoreError::Corrupt(format!("lookup result {list:.80}: not index,id pairs"));
+    let mut numbers = list.split(',').filter(|n| !n.is_empty());
+    while let Some(i) = numbers.next() {
+        let i: usize = i.parse().map_err(|_| corrupt())?;
+        let id: i64 = numbers
+            .next()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(corrupt)?;
+        let slot = found
+            .get_mut(i)
+            .ok_or_else(|| StoreError::Corrupt(format!("lookup returned index {i}")))?;
+        *slot = Some(Stored {
+            id,
+            raw_matches: true,
+            content: None,
+            raw: None,
+            touched: None,
+        });
+    }
+    Ok(())
+}
+
+/// Puts a lookup chunk's other rows in their places.
 fn fill(found: &mut [Option<Stored>], json: &str) -> Result<(), StoreError> {
     let rows: Vec<LookupRow> = serde_json::from_str(json)
         .map_err(|e| StoreError::Corrupt(format!("lookup result {json:.80}: {e}")))?;
@@ -1228,13 +1254,17 @@ impl Dialect for SqliteDialect {
         raws: &[RawHash],
     ) -> Result<Vec<Option<Stored>>, StoreError> {
         let mut found: Vec<Option<Stored>> = vec![None; keys.len()];
-        const RESULT: &str = "SELECT json_group_array(json_array(k.i, p.id, p.raw_sha256 IS k.raw,
-                    CASE WHEN p.raw_sha256 IS k.raw AND t.provomrade_id IS NULL
-                         THEN NULL ELSE p.content_sha256 END,
-                    CASE WHEN p.raw_sha256 IS k.raw AND t.provomrade_id IS NULL
-                         THEN NULL ELSE hex(p.raw_sha256) END,
-                    t.written, t.prev_content, hex(t.raw), t.children, t.elements, t.settle,
-                    t.op))";
+        // An unchanged key (raw hash equal, not yet touched by this document) needs only its
+        // index and id: those come as a plain list, the rest as JSON tuples (so a re-read's
+        // keys, nearly all unchanged, cost neither a 12-element JSON array nor its parse).
+        const UNCHANGED: &str = "p.raw_sha256 IS k.raw AND t.provomrade_id IS NULL";
+        let result = format!(
+            "SELECT group_concat(k.i || ',' || p.id) FILTER (WHERE {UNCHANGED}),
+                    json_group_array(json_array(k.i, p.id, p.raw_sha256 IS k.raw,
+                        p.content_sha256, hex(p.raw_sha256), t.written, t.prev_content,
+                        hex(t.raw), t.children, t.elements, t.settle, t.op))
+                        FILTER (WHERE NOT ({UNCHANGED}))"
+        );
         let amne: Vec<usize> = (0..keys.len())
             .filter(|&i| matches!(keys[i].omrade, Omrade::Amne { .. }))
             .collect();
@@ -1246,7 +1276,7 @@ impl Dialect for SqliteDialect {
                 let sql = if is_amne {
                     format!(
                         "WITH k(i, elev, amne, arskurs, raw) AS (VALUES {})
-                         {RESULT}
+                         {result}
                          FROM k JOIN provomrade p
                            ON p.source = ? AND p.kind = 'amne' AND p.elev = k.elev
                           AND p.amne = k.amne AND p.arskurs = k.arskurs
@@ -1256,7 +1286,7 @@ impl Dialect for SqliteDialect {
                 } else {
                     format!(
                         "WITH k(i, elev, kurs, raw) AS (VALUES {})
-                         {RESULT}
+                         {result}
                          FROM k JOIN provomrade p
                            ON p.source = ? AND p.kind = 'kurs' AND p.elev = k.elev
                           AND p.kurs = k.kurs
@@ -1265,7 +1295,7 @@ impl Dialect for SqliteDialect {
                     )
                 };
                 // Every size recurs, so every statement is prepared once per connection.
-                let mut q = sqlx::query_scalar::<_, String>(&sql).persistent(true);
+                let mut q = sqlx::query_as::<_, (Option<String>, String)>(&sql).persistent(true);
                 for &i in chunk {
                     let k = keys[i];
                     q = q.bind(i as i64).bind(&k.elev);
@@ -1285,11 +1315,12 @@ impl Dialect for SqliteDialect {
                     }
                     q = q.bind(None::<&[u8]>);
                 }
-                let json = q
+                let (unchanged, json) = q
                     .bind(&self.source)
                     .fetch_one(&mut *self.tx)
                     .await
                     .map_err(query_err("looking up stored provområden"))?;
+                fill_unchanged(&mut found, unchanged.as_deref().unwrap_or(""))?;
                 fill(&mut found, &json)?;
             }
         }
@@ -1662,6 +1693,30 @@ fn placeholders_with(rows: usize, cols: usize, tail: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::{placeholders, placeholders_with};
+
+    #[test]
+    fn unchanged_keys_come_as_index_id_pairs() {
+        let mut found = vec![None; 4];
+        super::fill_unchanged(&mut found, "2,17,0,5").expect("pairs");
+        let ids: Vec<Option<i64>> = found.iter().map(|s| s.as_ref().map(|s| s.id)).collect();
+        assert_eq!(ids, [Some(5), None, Some(17), None]);
+        let unchanged = found[2].as_ref().expect("filled");
+        assert!(
+            unchanged.raw_matches && unchanged.content.is_none() && unchanged.touched.is_none()
+        );
+        // No unchanged key at all (SQLite's group_concat of no rows is NULL, read as "").
+        super::fill_unchanged(&mut found, "").expect("empty");
+        // Anything but pairs of numbers naming a key of the chunk is a corrupt result.
+        for bad in ["1", "1,x", "9,1", "1,2,3", "-1,4"] {
+            assert!(
+                matches!(
+                    super::fill_unchanged(&mut found, bad),
+                    Err(super::StoreError::Corrupt(_))
+                ),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn lookup_chunks_come_in_fixed_sizes_that_hold_them() {
