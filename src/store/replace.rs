@@ -33,6 +33,7 @@
 //! incrementally, holding 32 bytes between batches.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasherDefault;
 
 use sha2::{Digest, Sha256};
 
@@ -232,24 +233,62 @@ pub struct BatchLimits {
 
 /// The elements gathered for the next flush, grouped by key.
 #[derive(Debug)]
-pub struct Batch {
+pub struct Batch<S = std::collections::hash_map::RandomState> {
     limits: BatchLimits,
     groups: Vec<Group>,
-    /// Groups by a hash of their key (equal hashes are told apart by the key itself), so the
-    /// key is not copied into the index.
-    index: HashMap<u64, Vec<usize>>,
-    hasher: std::collections::hash_map::RandomState,
+    /// The first group of each key hash (equal hashes are told apart by the key itself), so the
+    /// key is not copied into the index. The hashes are already SipHash under this batch's own
+    /// random key, so the index uses them as they are rather than hashing them again.
+    index: HashMap<u64, usize, BuildHasherDefault<Prehashed>>,
+    /// Per group, the next group whose key has the same hash ([`NO_GROUP`] for none): a chain
+    /// in place of a list per hash, which would be an allocation per key.
+    same_hash: Vec<usize>,
+    hasher: S,
     elements: usize,
     bytes: usize,
 }
 
+/// The end of a [`Batch::same_hash`] chain.
+const NO_GROUP: usize = usize::MAX;
+
+/// A hasher for keys that are hashes already: a `u64` is its own hash.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl std::hash::Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    /// Only `u64`s are hashed here; anything else is folded in, so it still hashes.
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+}
+
 impl Batch {
     pub fn new(limits: BatchLimits) -> Batch {
+        Batch::with_hasher(limits, Default::default())
+    }
+}
+
+impl<S: std::hash::BuildHasher> Batch<S> {
+    /// A batch whose keys are hashed by `hasher` (tests give one under which keys collide).
+    pub fn with_hasher(limits: BatchLimits, hasher: S) -> Batch<S> {
+        // Sized for a full batch at once: a document's first batch would otherwise grow the
+        // index and the groups step by step, rehashing every key each time.
         Batch {
             limits,
-            groups: Vec::new(),
-            index: HashMap::new(),
-            hasher: std::collections::hash_map::RandomState::new(),
+            groups: Vec::with_capacity(limits.keys),
+            index: HashMap::with_capacity_and_hasher(limits.keys, Default::default()),
+            same_hash: Vec::with_capacity(limits.keys),
+            hasher,
             elements: 0,
             bytes: 0,
         }
@@ -259,18 +298,29 @@ impl Batch {
     pub fn push(&mut self, e: Element) -> bool {
         self.elements += 1;
         self.bytes += e.raw.len();
-        let h = std::hash::BuildHasher::hash_one(&self.hasher, &e.key);
-        let slot = self.index.entry(h).or_default();
-        match slot.iter().find(|&&i| self.groups[i].key == e.key) {
-            // A later element of a key in this batch (split skolformer): it joins that key.
-            Some(&i) => self.groups[i].elements.push(e),
-            None => {
-                slot.push(self.groups.len());
+        let h = self.hasher.hash_one(&e.key);
+        let next = self.groups.len();
+        let mut at = *self.index.entry(h).or_insert(next);
+        loop {
+            if at == next {
+                // The key's first element in this batch (a new hash, or the end of the chain).
+                self.same_hash.push(NO_GROUP);
                 self.groups.push(Group {
                     key: e.key.clone(),
                     elements: vec![e],
                 });
+                break;
             }
+            if self.groups[at].key == e.key {
+                // A later element of a key in this batch (split skolformer): it joins that key.
+                self.groups[at].elements.push(e);
+                break;
+            }
+            if self.same_hash[at] == NO_GROUP {
+                // Another key with the same hash: chained after the last one.
+                self.same_hash[at] = next;
+            }
+            at = self.same_hash[at];
         }
         self.groups.len() >= self.limits.keys
             || self.elements >= self.limits.elements
@@ -283,9 +333,10 @@ impl Batch {
 
     pub fn take(&mut self) -> Vec<Group> {
         self.index.clear();
+        self.same_hash.clear();
         self.elements = 0;
         self.bytes = 0;
-        std::mem::take(&mut self.groups)
+        std::mem::replace(&mut self.groups, Vec::with_capacity(self.limits.keys))
     }
 }
 
@@ -1365,6 +1416,64 @@ mod tests {
                     )
                 })
                 .collect()
+        }
+    }
+
+    /// Keys whose hashes collide are still told apart: with every key hashed alike, a batch
+    /// groups the elements of each key, in the order the keys first came.
+    #[test]
+    fn a_batch_groups_keys_whose_hashes_collide() {
+        #[derive(Default)]
+        struct Collide;
+        impl std::hash::Hasher for Collide {
+            fn finish(&self) -> u64 {
+                7
+            }
+            fn write(&mut self, _: &[u8]) {}
+        }
+        let xml = doc(&[
+            element("a", "GY", &["A"]),
+            element("b", "GY", &["B"]),
+            element("a", "VUX", &["C"]),
+            element("c", "GY", &["D"]),
+            element("b", "VUX", &["E"]),
+            element("a", "GY", &["F"]),
+        ]);
+        let mut scanner = Scanner::new(xml.as_bytes(), Limits::default()).expect("a document");
+        scanner.set_build_ahead(true);
+        let mut elements = Vec::new();
+        while let Some(s) = scanner.next_element().expect("well-formed") {
+            let Scanned::Element(e) = s else {
+                panic!("nothing here is quarantined")
+            };
+            elements.push(e);
+        }
+        assert_eq!(elements.len(), 6);
+        let limits = BatchLimits {
+            keys: 100,
+            elements: 100,
+            bytes: 1 << 20,
+        };
+        let mut batch =
+            Batch::with_hasher(limits, std::hash::BuildHasherDefault::<Collide>::default());
+        // Twice: a batch taken starts again empty, its index and chains cleared with it.
+        for _ in 0..2 {
+            for e in &elements {
+                assert!(!batch.push(e.clone()), "not full");
+            }
+            let groups = batch.take();
+            assert!(batch.is_empty());
+            // Each element by its place in the document (their raw hashes all differ).
+            let place = |e: &Element| elements.iter().position(|x| x.raw_sha256 == e.raw_sha256);
+            let seen: Vec<(&str, Vec<Option<usize>>)> = groups
+                .iter()
+                .map(|g| (&*g.key.elev, g.elements.iter().map(place).collect()))
+                .collect();
+            let at = |places: &[usize]| places.iter().copied().map(Some).collect::<Vec<_>>();
+            assert_eq!(
+                seen,
+                [("a", at(&[0, 2, 5])), ("b", at(&[1, 4])), ("c", at(&[3]))]
+            );
         }
     }
 
