@@ -1257,13 +1257,20 @@ impl Dialect for SqliteDialect {
         // An unchanged key (raw hash equal, not yet touched by this document) needs only its
         // index and id: those come as a plain list, the rest as JSON tuples (so a re-read's
         // keys, nearly all unchanged, cost neither a 12-element JSON array nor its parse).
-        const UNCHANGED: &str = "p.raw_sha256 IS k.raw AND t.provomrade_id IS NULL";
-        let result = format!(
-            "SELECT group_concat(k.i || ',' || p.id) FILTER (WHERE {UNCHANGED}),
-                    json_group_array(json_array(k.i, p.id, p.raw_sha256 IS k.raw,
-                        p.content_sha256, hex(p.raw_sha256), t.written, t.prev_content,
-                        hex(t.raw), t.children, t.elements, t.settle, t.op))
-                        FILTER (WHERE NOT ({UNCHANGED}))"
+        // Each key lands in exactly one of the two: both sides of the condition are 0 or 1.
+        macro_rules! unchanged {
+            () => {
+                "p.raw_sha256 IS k.raw AND t.provomrade_id IS NULL"
+            };
+        }
+        const RESULT: &str = concat!(
+            "SELECT group_concat(k.i || ',' || p.id) FILTER (WHERE ",
+            unchanged!(),
+            "), json_group_array(json_array(k.i, p.id, p.raw_sha256 IS k.raw,
+                    p.content_sha256, hex(p.raw_sha256), t.written, t.prev_content, hex(t.raw),
+                    t.children, t.elements, t.settle, t.op)) FILTER (WHERE NOT (",
+            unchanged!(),
+            "))"
         );
         let amne: Vec<usize> = (0..keys.len())
             .filter(|&i| matches!(keys[i].omrade, Omrade::Amne { .. }))
@@ -1276,7 +1283,7 @@ impl Dialect for SqliteDialect {
                 let sql = if is_amne {
                     format!(
                         "WITH k(i, elev, amne, arskurs, raw) AS (VALUES {})
-                         {result}
+                         {RESULT}
                          FROM k JOIN provomrade p
                            ON p.source = ? AND p.kind = 'amne' AND p.elev = k.elev
                           AND p.amne = k.amne AND p.arskurs = k.arskurs
@@ -1286,7 +1293,7 @@ impl Dialect for SqliteDialect {
                 } else {
                     format!(
                         "WITH k(i, elev, kurs, raw) AS (VALUES {})
-                         {result}
+                         {RESULT}
                          FROM k JOIN provomrade p
                            ON p.source = ? AND p.kind = 'kurs' AND p.elev = k.elev
                           AND p.kurs = k.kurs
