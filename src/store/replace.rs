@@ -281,11 +281,13 @@ impl Batch {
 impl<S: std::hash::BuildHasher> Batch<S> {
     /// A batch whose keys are hashed by `hasher` (tests give one under which keys collide).
     pub fn with_hasher(limits: BatchLimits, hasher: S) -> Batch<S> {
-        // Sized for a full batch at once: a document's first batch would otherwise grow the
-        // index and the groups step by step, rehashing every key each time.
+        // The index and its chains are sized for a full batch once, and kept across batches
+        // (cleared, not dropped): a document's first batch would otherwise grow the index step
+        // by step, rehashing every key each time. The groups leave with each batch, so they
+        // grow as they come rather than reserving a full batch that a small document never fills.
         Batch {
             limits,
-            groups: Vec::with_capacity(limits.keys),
+            groups: Vec::new(),
             index: HashMap::with_capacity_and_hasher(limits.keys, Default::default()),
             same_hash: Vec::with_capacity(limits.keys),
             hasher,
@@ -336,7 +338,7 @@ impl<S: std::hash::BuildHasher> Batch<S> {
         self.same_hash.clear();
         self.elements = 0;
         self.bytes = 0;
-        std::mem::replace(&mut self.groups, Vec::with_capacity(self.limits.keys))
+        std::mem::take(&mut self.groups)
     }
 }
 
